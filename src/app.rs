@@ -1,0 +1,301 @@
+//! The assembled service: configuration, stores, vault, audit, metrics and
+//! callers, built once and shared by the gRPC and HTTP listeners.
+
+use crate::audit::AuditLog;
+use crate::auth::{Authenticator, CallerRegistry};
+use crate::broker::Broker;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::consent::catalog::Catalog;
+use crate::consent::return_url::ReturnUrlPolicy;
+use crate::consent::ConsentFlow;
+use crate::lifecycle::{Lifecycle, OutboxWorker, Sweeper};
+use crate::provider::{ProviderHttp, Providers};
+use crate::store::{KeyStore, SqlStore, Store, StoreError, StoreOptions};
+use crate::telemetry::Metrics;
+use crate::vault::{Keyring, LocalKeyring, Vault, VaultError};
+use secrecy::SecretString;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use url::Url;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Configuration that cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The keyring or key table.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Other I/O.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything a running tokenvault holds.
+pub struct App {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// The clock.
+    pub clock: SharedClock,
+    /// The main database.
+    pub sql: SqlStore,
+    /// The main database as the `Store` trait.
+    pub store: Arc<dyn Store>,
+    /// The key table's database (the main one unless `key_database_url` is set).
+    pub key_sql: SqlStore,
+    /// Envelope encryption.
+    pub vault: Vault,
+    /// Audit writer.
+    pub audit: AuditLog,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Caller authentication.
+    pub authenticator: Arc<Authenticator>,
+    /// Configured providers.
+    pub providers: Arc<Providers>,
+    /// The consent flow.
+    pub consent: ConsentFlow,
+    /// The OAuth `redirect_uri`, known once the HTTP listener is bound.
+    pub callback_url: Arc<OnceLock<Url>>,
+    /// The access-token broker.
+    pub broker: Arc<Broker>,
+    /// Revocation, deletion, key rotation.
+    pub lifecycle: Arc<Lifecycle>,
+    /// The retention sweeper.
+    pub sweeper: Arc<Sweeper>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("backend", &self.sql.backend_name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the keyring the configuration names.
+pub fn keyring_from_config(config: &Config) -> Result<Arc<dyn Keyring>, StartupError> {
+    let active = config.keys.active.as_deref();
+    let keyring = match (&config.keys.file, &config.keys.inline) {
+        (Some(path), None) => LocalKeyring::from_file(path, active)?,
+        (None, Some(inline)) => LocalKeyring::from_inline(inline, active)?,
+        (Some(_), Some(_)) => {
+            return Err(StartupError::Config(
+                "set keys.file or keys.inline, not both".to_owned(),
+            ));
+        }
+        (None, None) => {
+            return Err(StartupError::Config(
+                "no key-encryption keys: set keys.file or keys.inline (TOKENVAULT_KEYS__INLINE)".to_owned(),
+            ));
+        }
+    };
+    Ok(Arc::new(keyring))
+}
+
+async fn connect(url: &SecretString, config: &Config) -> Result<SqlStore, StartupError> {
+    let options = StoreOptions {
+        max_connections: config.database.max_connections,
+        acquire_timeout: Duration::from_secs(config.database.acquire_timeout_seconds),
+    };
+    Ok(SqlStore::connect(url, &options).await?)
+}
+
+impl App {
+    /// Connects, migrates (when asked), checks the keyring against the key
+    /// table, and starts the background audit writer.
+    pub async fn build(config: Config, clock: SharedClock, run_migrations: bool) -> Result<Self, StartupError> {
+        let url = config
+            .database_url
+            .clone()
+            .ok_or_else(|| StartupError::Config("database_url is not set".to_owned()))?;
+        let keyring = keyring_from_config(&config)?;
+        let sql = connect(&url, &config).await?;
+        let key_sql = match &config.key_database_url {
+            Some(key_url) => connect(key_url, &config).await?,
+            None => sql.clone(),
+        };
+        if run_migrations {
+            sql.migrate().await?;
+            if config.key_database_url.is_some() {
+                key_sql.migrate().await?;
+            }
+        }
+        let key_store: Arc<dyn KeyStore> = Arc::new(key_sql.clone());
+        let key_store_for_sweeper = key_store.clone();
+        let vault = Vault::new(
+            keyring,
+            key_store,
+            clock.clone(),
+            config.broker.cache_capacity.max(1_000),
+            Duration::from_secs(300),
+        );
+        vault.check_keyring_covers_store().await?;
+        let metrics = Metrics::new();
+        let store: Arc<dyn Store> = Arc::new(sql.clone());
+        let audit = AuditLog::start(store.clone(), metrics.clone(), 100_000);
+        let registry = CallerRegistry::from_config(&config.auth).map_err(StartupError::Config)?;
+        let authenticator = Arc::new(Authenticator::new(
+            registry,
+            config.auth.max_failures_per_minute,
+            metrics.clone(),
+        ));
+        let mut catalog = Catalog::builtin().map_err(|e| StartupError::Config(e.to_string()))?;
+        if let Some(path) = &config.providers.catalog_file {
+            catalog.merge(Catalog::from_file(path).map_err(|e| StartupError::Config(e.to_string()))?);
+        }
+        let http = ProviderHttp::new(
+            Duration::from_secs(config.provider_http.timeout_seconds),
+            config.provider_http.max_response_bytes,
+        )
+        .map_err(StartupError::Config)?;
+        let providers = Arc::new(
+            Providers::build(catalog, &config.providers.clients, http)
+                .await
+                .map_err(|e| StartupError::Config(e.to_string()))?,
+        );
+        let policy = ReturnUrlPolicy::new(&config.consent.allowed_return_origins).map_err(StartupError::Config)?;
+        let callback_url = Arc::new(OnceLock::new());
+        if let Some(public) = &config.server.public_url {
+            let url = public
+                .join("oauth/callback")
+                .map_err(|e| StartupError::Config(format!("server.public_url: {e}")))?;
+            let _ = callback_url.set(url);
+        }
+        let consent = ConsentFlow::new(
+            store.clone(),
+            vault.clone(),
+            providers.clone(),
+            audit.clone(),
+            clock.clone(),
+            metrics.clone(),
+            policy,
+            config.consent.ttl_seconds,
+            callback_url.clone(),
+        );
+        let broker = Arc::new(Broker::new(
+            &config.broker,
+            store.clone(),
+            vault.clone(),
+            providers.clone(),
+            audit.clone(),
+            clock.clone(),
+            metrics.clone(),
+            (config.database.max_connections as usize / 2).max(1),
+        ));
+        let outbox = Arc::new(OutboxWorker::new(
+            store.clone(),
+            vault.clone(),
+            providers.clone(),
+            audit.clone(),
+            clock.clone(),
+            metrics.clone(),
+            config.lifecycle.revocation_retry_base_seconds,
+        ));
+        let lifecycle = Arc::new(Lifecycle::new(
+            &config.lifecycle,
+            store.clone(),
+            vault.clone(),
+            broker.clone(),
+            audit.clone(),
+            clock.clone(),
+            metrics.clone(),
+            outbox.clone(),
+        ));
+        let sweeper = Arc::new(Sweeper::new(
+            &config.lifecycle,
+            store.clone(),
+            key_store_for_sweeper,
+            vault.clone(),
+            lifecycle.clone(),
+            outbox,
+            clock.clone(),
+            metrics.clone(),
+        ));
+        Ok(Self {
+            lifecycle,
+            sweeper,
+            broker,
+            providers,
+            consent,
+            callback_url,
+            config: Arc::new(config),
+            clock,
+            sql,
+            store,
+            key_sql,
+            vault,
+            audit,
+            metrics,
+            authenticator,
+        })
+    }
+}
+
+impl App {
+    /// Starts the background work of a serving process: issuance
+    /// bookkeeping and cross-replica invalidations. Ends when `stop` is cancelled.
+    pub async fn start_background(&self, stop: tokio_util::sync::CancellationToken) -> Result<(), StartupError> {
+        let broker = self.broker.clone();
+        let usage_stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = usage_stop.cancelled() => break,
+                    _ = tick.tick() => broker.flush_usage().await,
+                }
+            }
+        });
+        let outbox = self.lifecycle.outbox().clone();
+        let poll = Duration::from_secs(self.config.lifecycle.outbox_poll_seconds.max(1));
+        tokio::spawn(outbox.run(stop.clone(), poll));
+        if self.config.lifecycle.sweep_interval_seconds > 0 {
+            let interval = Duration::from_secs(self.config.lifecycle.sweep_interval_seconds);
+            tokio::spawn(self.sweeper.clone().run(stop.clone(), interval));
+        }
+        if let Some(mut notices) = self.store.subscribe().await? {
+            let broker = self.broker.clone();
+            let vault = self.vault.clone();
+            tokio::spawn(async move {
+                loop {
+                    let notice = tokio::select! {
+                        _ = stop.cancelled() => break,
+                        notice = notices.recv() => notice,
+                    };
+                    let Some(notice) = notice else { break };
+                    apply_invalidation(&broker, &vault, &notice);
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Applies a change another replica announced to this replica's caches.
+pub fn apply_invalidation(broker: &Broker, vault: &Vault, notice: &crate::store::Invalidation) {
+    use crate::store::Invalidation;
+    match notice {
+        Invalidation::Connection { id } => broker.cache().invalidate_connection(*id),
+        Invalidation::User { tenant_id, user_id } => broker.cache().invalidate_user(tenant_id, user_id),
+        Invalidation::DataKey { id } => vault.forget(*id),
+        Invalidation::All => {
+            broker.cache().invalidate_all();
+            vault.forget_all();
+        }
+    }
+}

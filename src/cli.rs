@@ -1,0 +1,238 @@
+//! What each `tokenvault` subcommand does (argument parsing is in `main.rs`).
+
+use crate::app::{App, StartupError};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config;
+use secrecy::ExposeSecret;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A parsed subcommand.
+#[derive(Debug)]
+pub enum Action {
+    /// `serve`.
+    Serve {
+        /// Apply migrations at start.
+        migrate: bool,
+    },
+    /// `migrate`.
+    Migrate,
+    /// `retention`.
+    Retention {
+        /// RFC 3339 time to use as now.
+        now: Option<String>,
+        /// Count only.
+        dry_run: bool,
+    },
+    /// `keys rotate`.
+    KeysRotate,
+    /// `keys generate --id`.
+    KeysGenerate {
+        /// New key id.
+        id: String,
+    },
+    /// `keys status`.
+    KeysStatus,
+    /// `api-key create`.
+    ApiKeyCreate {
+        /// Caller name.
+        name: String,
+        /// Roles.
+        roles: Vec<String>,
+        /// Tenants.
+        tenants: Vec<String>,
+    },
+    /// `api-key hash`.
+    ApiKeyHash,
+    /// `check-config`.
+    CheckConfig,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Start-up.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// Anything else, in words.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs one subcommand.
+pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliError> {
+    match action {
+        Action::KeysGenerate { id } => return keys_generate(&id),
+        Action::ApiKeyCreate { name, roles, tenants } => return api_key_create(&name, &roles, &tenants),
+        Action::ApiKeyHash => return api_key_hash(),
+        _ => {}
+    }
+    let mut config = config::load(config_path)?;
+    let serving = matches!(action, Action::Serve { .. });
+    let dev = config::prepare_development_defaults(&mut config, serving)
+        .map_err(|e| CliError::Other(format!("development setup in {}: {e}", config.data_dir.display())))?;
+    if serving || matches!(action, Action::Migrate | Action::KeysRotate | Action::Retention { .. }) {
+        crate::telemetry::logging::init(&config).map_err(CliError::Other)?;
+    }
+    let clock: SharedClock = Arc::new(SystemClock);
+    match action {
+        Action::Serve { migrate } => {
+            if dev.is_active() {
+                for note in &dev.notes {
+                    tracing::warn!("DEVELOPMENT SETUP: {note}");
+                }
+                tracing::warn!(
+                    "DEVELOPMENT SETUP: do not use this for real users; configure database_url, keys and auth (see README)"
+                );
+            }
+            let migrate = migrate && config.database.run_migrations;
+            let app = Arc::new(App::build(config, clock, migrate).await?);
+            let server = crate::api::start(app).await?;
+            wait_for_shutdown_signal().await;
+            tracing::info!("shutting down: draining in-flight requests");
+            server.shutdown().await;
+            crate::telemetry::logging::shutdown();
+            Ok(())
+        }
+        Action::Migrate => {
+            let app = App::build(config, clock, true).await?;
+            tracing::info!(backend = app.sql.backend_name(), "migrations applied");
+            println!("migrations applied ({})", app.sql.backend_name());
+            Ok(())
+        }
+        Action::Retention { now, dry_run } => {
+            let now = now
+                .map(|text| {
+                    chrono::DateTime::parse_from_rfc3339(&text)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|e| CliError::Other(format!("--now `{text}` is not an RFC 3339 time: {e}")))
+                })
+                .transpose()?;
+            let app = App::build(config, clock, false).await?;
+            let result = app.sweeper.run_once(now, dry_run).await;
+            app.audit.shutdown().await;
+            match result {
+                Ok(Some(report)) => {
+                    tracing::info!(
+                        dry_run,
+                        users = report.users_purged,
+                        audit = report.audit_events_purged,
+                        "retention pass done"
+                    );
+                    println!("{report}");
+                    Ok(())
+                }
+                Ok(None) => Err(CliError::Other(
+                    "another process holds the sweeper lock (a replica's sweeper is running); try again shortly"
+                        .to_owned(),
+                )),
+                Err(error) => Err(CliError::Other(format!("retention failed: {error}"))),
+            }
+        }
+        Action::KeysRotate => {
+            let app = App::build(config, clock, false).await?;
+            let actor = crate::lifecycle::Actor {
+                name: "tokenvault keys rotate",
+                tenants: &crate::store::TenantScope::All,
+                request_id: None,
+            };
+            let result = app.lifecycle.rotate_keys(&actor).await;
+            app.audit.shutdown().await;
+            let report = result.map_err(|e| CliError::Other(format!("key rotation failed: {e}")))?;
+            println!(
+                "re-wrapped {} data keys under `{}` ({} already were)",
+                report.rewrapped, report.active_kek, report.unchanged
+            );
+            Ok(())
+        }
+        Action::KeysStatus => {
+            let app = App::build(config, clock, false).await?;
+            let usage = app
+                .vault
+                .check_keyring_covers_store()
+                .await
+                .map_err(StartupError::from)?;
+            println!("active key-encryption key: {}", app.vault.keyring().active_id());
+            for (kek, count) in usage {
+                println!("  {kek}: {count} data keys");
+            }
+            Ok(())
+        }
+        Action::CheckConfig => {
+            crate::app::keyring_from_config(&config)?;
+            println!("configuration is valid");
+            Ok(())
+        }
+        Action::KeysGenerate { .. } | Action::ApiKeyCreate { .. } | Action::ApiKeyHash => Ok(()),
+    }
+}
+
+fn keys_generate(id: &str) -> Result<(), CliError> {
+    if !crate::vault::is_valid_key_id(id) {
+        return Err(CliError::Other(
+            "--id must be 1-64 characters of A-Z a-z 0-9 . _ -".to_owned(),
+        ));
+    }
+    let text = crate::vault::LocalKeyring::generate_file_text(id);
+    // Only the [[keys]] entry: the operator appends it to the key file and moves `active` when ready.
+    let entry = text.split("[[keys]]").nth(1).unwrap_or_default();
+    println!("[[keys]]{entry}");
+    Ok(())
+}
+
+fn api_key_create(name: &str, roles: &[String], tenants: &[String]) -> Result<(), CliError> {
+    for role in roles {
+        if !matches!(role.as_str(), "agent" | "platform" | "admin") {
+            return Err(CliError::Other(format!(
+                "unknown role `{role}` (agent, platform or admin)"
+            )));
+        }
+    }
+    let key = crate::auth::generate_api_key();
+    let hash = crate::auth::hash_api_key(key.expose_secret());
+    let quote = |items: &[String]| items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
+    eprintln!("# The key is shown once. Give it to the caller; store only the entry below.");
+    println!("{}", key.expose_secret());
+    eprintln!();
+    eprintln!(
+        "[[api_keys]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nroles = [{}]\ntenants = [{}]",
+        quote(roles),
+        quote(tenants)
+    );
+    Ok(())
+}
+
+fn api_key_hash() -> Result<(), CliError> {
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| CliError::Other(format!("reading standard input: {e}")))?;
+    println!("{}", crate::auth::hash_api_key(text.trim()));
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

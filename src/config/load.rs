@@ -1,0 +1,384 @@
+//! Loading: defaults → TOML file → `TOKENVAULT_*` environment, then the
+//! files the configuration points to, then validation.
+
+use super::{ApiKeyConfig, Config};
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Tag, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// Environment variables with this prefix override the file.
+pub const ENV_PREFIX: &str = "TOKENVAULT_";
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable does not parse or names an unknown key.
+    #[error("configuration: {0}")]
+    Parse(Box<figment::Error>),
+    /// A file the configuration points to cannot be read.
+    #[error("configuration: cannot read {what} `{path}`: {source}")]
+    Read {
+        /// What the file holds.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Values that parse but cannot work together; every problem is listed.
+    #[error("configuration is invalid:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(error: figment::Error) -> Self {
+        ConfigError::Parse(Box::new(error))
+    }
+}
+
+/// Loads and validates the configuration from `file` (if any) and the process environment.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    load_from(file, &env)
+}
+
+/// Like [`load`], with the environment given explicitly (for tests).
+pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::Read {
+                what: "configuration file",
+                path: path.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(EnvOverrides::from_pairs(env));
+    let mut config: Config = figment.extract_lossy()?;
+    resolve_files(&mut config)?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Reads what the configuration keeps in separate files (API key hashes,
+/// client secrets) and normalises `public_url` to end in `/`.
+fn resolve_files(config: &mut Config) -> Result<(), ConfigError> {
+    if let Some(url) = config.server.public_url.as_mut() {
+        if !url.path().ends_with('/') {
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
+        }
+    }
+    if let Some(path) = &config.auth.api_keys_file {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ApiKeysFile {
+            #[serde(default)]
+            api_keys: Vec<ApiKeyConfig>,
+        }
+        let text = read_text("API keys file", path)?;
+        let parsed: ApiKeysFile = toml::from_str(&text)
+            .map_err(|error| ConfigError::Invalid(vec![format!("API keys file `{}`: {error}", path.display())]))?;
+        config.auth.api_keys.extend(parsed.api_keys);
+    }
+    for (name, client) in &mut config.providers.clients {
+        if let Some(path) = &client.client_secret_file {
+            if client.client_secret.is_some() {
+                return Err(ConfigError::Invalid(vec![format!(
+                    "providers.{name}: set client_secret or client_secret_file, not both"
+                )]));
+            }
+            let text = read_text("client secret file", path)?;
+            client.client_secret = Some(SecretString::from(text.trim().to_owned()));
+        }
+    }
+    Ok(())
+}
+
+fn read_text(what: &'static str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Checks values that parse but cannot work, and lists every problem at once.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    for (name, url) in [
+        ("database_url", &config.database_url),
+        ("key_database_url", &config.key_database_url),
+    ] {
+        if let Some(url) = url {
+            let url = url.expose_secret();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
+                problems.push(format!("{name} must start with postgres://, postgresql:// or sqlite:"));
+            }
+        }
+    }
+    if let Some(url) = &config.server.public_url {
+        if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+            problems.push("server.public_url must be an http:// or https:// URL".to_owned());
+        }
+    }
+    if tracing_subscriber::EnvFilter::try_new(&config.log.level).is_err() {
+        problems.push(format!("log.level `{}` is not a valid filter", config.log.level));
+    }
+    if config.tracing.otlp_endpoint.is_some() && !cfg!(feature = "otel") {
+        problems.push("tracing.otlp_endpoint needs a build with the `otel` cargo feature".to_owned());
+    }
+    if !(0.0..=1.0).contains(&config.tracing.sample_ratio) {
+        problems.push("tracing.sample_ratio must be between 0 and 1".to_owned());
+    }
+    if config.database.max_connections < 2 {
+        problems.push("database.max_connections must be at least 2".to_owned());
+    }
+    if let Some(active) = &config.keys.active {
+        if !crate::vault::is_valid_key_id(active) {
+            problems.push("keys.active must be 1-64 characters of A-Z a-z 0-9 . _ -".to_owned());
+        }
+    }
+    validate_callers(config, &mut problems);
+    for origin in &config.consent.allowed_return_origins {
+        if let Err(reason) = crate::consent::return_url::parse_origin(origin) {
+            problems.push(format!("consent.allowed_return_origins: `{origin}` {reason}"));
+        }
+    }
+    if config.consent.ttl_seconds == 0 || config.consent.ttl_seconds > 3600 {
+        problems.push("consent.ttl_seconds must be between 1 and 3600".to_owned());
+    }
+    if config.broker.max_lease_seconds == 0 {
+        problems.push("broker.max_lease_seconds must be positive".to_owned());
+    }
+    if config.broker.refresh_attempts == 0 {
+        problems.push("broker.refresh_attempts must be at least 1".to_owned());
+    }
+    if config.provider_http.timeout_seconds == 0 || config.provider_http.max_response_bytes < 1024 {
+        problems.push("provider_http needs a positive timeout and max_response_bytes ≥ 1024".to_owned());
+    }
+    if config.lifecycle.purge_after_days == 0 || config.lifecycle.audit_retention_days == 0 {
+        problems.push("lifecycle.purge_after_days and audit_retention_days must be positive".to_owned());
+    }
+    for (name, client) in &config.providers.clients {
+        if client.client_id.trim().is_empty() {
+            problems.push(format!("providers.{name}.client_id is empty"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn validate_callers(config: &Config, problems: &mut Vec<String>) {
+    let mut names = HashSet::new();
+    let mut hashes = HashSet::new();
+    for key in &config.auth.api_keys {
+        if !names.insert(key.name.as_str()) {
+            problems.push(format!("auth: caller name `{}` is used twice", key.name));
+        }
+        if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
+            problems.push(format!("auth.api_keys `{}`: sha256 must be 64 hex digits", key.name));
+        }
+        if !hashes.insert(key.sha256.to_ascii_lowercase()) {
+            problems.push(format!(
+                "auth.api_keys `{}`: the same key hash is configured twice",
+                key.name
+            ));
+        }
+        check_grant(&key.name, &key.roles, &key.tenants, problems);
+    }
+    for cert in &config.auth.client_certs {
+        if !names.insert(cert.name.as_str()) {
+            problems.push(format!("auth: caller name `{}` is used twice", cert.name));
+        }
+        if cert.subject.trim().is_empty() {
+            problems.push(format!("auth.client_certs `{}`: subject is empty", cert.name));
+        }
+        check_grant(&cert.name, &cert.roles, &cert.tenants, problems);
+    }
+    if !config.auth.client_certs.is_empty() && config.tls.as_ref().and_then(|t| t.client_ca_file.as_ref()).is_none() {
+        problems.push("auth.client_certs needs tls.client_ca_file (mutual TLS)".to_owned());
+    }
+}
+
+fn check_grant(name: &str, roles: &[super::Role], tenants: &[String], problems: &mut Vec<String>) {
+    if roles.is_empty() {
+        problems.push(format!("auth: `{name}` has no roles"));
+    }
+    if tenants.is_empty() {
+        problems.push(format!("auth: `{name}` has no tenants (use \"*\" for all)"));
+    }
+    if tenants.iter().any(|t| t.is_empty()) {
+        problems.push(format!("auth: `{name}` lists an empty tenant"));
+    }
+}
+
+/// Variables with the prefix that are not server configuration.
+const CLIENT_VARIABLES: [&str; 3] = ["CONFIG", "ADDR", "API_KEY"];
+
+/// `TOKENVAULT_SECTION__KEY=value` variables as a figment provider.
+///
+/// Values are parsed like TOML values (so lists work), but scalars stay
+/// strings and are converted only where the field wants a number or a
+/// boolean: a client id like `1234.5678` must stay text.
+struct EnvOverrides {
+    dict: Dict,
+}
+
+impl EnvOverrides {
+    fn from_pairs(env: &[(String, String)]) -> Self {
+        let mut dict = Dict::new();
+        for (name, raw) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            // TOKENVAULT_CONFIG names the file; TOKENVAULT_ADDR and TOKENVAULT_API_KEY belong to clients (examples/).
+            if key.is_empty() || CLIENT_VARIABLES.iter().any(|name| key.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
+            let value = match raw.parse::<Value>() {
+                Ok(parsed @ (Value::Array(..) | Value::Dict(..))) => parsed,
+                _ => Value::from(raw.clone()),
+            };
+            insert_nested(&mut dict, &path, value);
+        }
+        Self { dict }
+    }
+}
+
+fn insert_nested(dict: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::Dict(Tag::Default, Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_nested(inner, rest, value);
+            }
+        }
+    }
+}
+
+impl Provider for EnvOverrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("`{ENV_PREFIX}*` environment variable(s)"))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut map = Map::new();
+        map.insert(Profile::Default, self.dict.clone());
+        Ok(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = load_from(None, &[]).unwrap();
+        assert!(config.database_url.is_none());
+        assert_eq!(config.server.grpc_listen.port(), 50051);
+        assert_eq!(config.lifecycle.purge_after_days, 30);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let f = file("[server]\ngrpc_listen = \"127.0.0.1:1111\"\n[broker]\nmax_lease_seconds = 60\n");
+        let config = load_from(
+            Some(f.path()),
+            &env(&[
+                ("TOKENVAULT_SERVER__GRPC_LISTEN", "127.0.0.1:2222"),
+                ("TOKENVAULT_DATABASE_URL", "postgres://u:pw@db/x"),
+                ("TOKENVAULT_PROVIDERS__SLACK__CLIENT_ID", "1234.5678"),
+                (
+                    "TOKENVAULT_CONSENT__ALLOWED_RETURN_ORIGINS",
+                    "[\"https://app.example.com\"]",
+                ),
+                ("TOKENVAULT_CONFIG", "/ignored.toml"),
+                ("TOKENVAULT_API_KEY", "a client's key"),
+                ("TOKENVAULT_ADDR", "http://127.0.0.1:50051"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server.grpc_listen.port(), 2222);
+        assert_eq!(config.broker.max_lease_seconds, 60);
+        assert_eq!(config.providers.clients["slack"].client_id, "1234.5678");
+        assert_eq!(config.consent.allowed_return_origins, vec!["https://app.example.com"]);
+        assert!(!format!("{config:?}").contains("pw@"), "database URL must be redacted");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let f = file("[server]\ngrpc_lisen = \"127.0.0.1:1\"\n");
+        let error = load_from(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(error.contains("grpc_lisen"), "{error}");
+        let error = load_from(None, &env(&[("TOKENVAULT_BROKR__X", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("brokr"), "{error}");
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let f = file(
+            "database_url = \"mysql://x\"\n[log]\nlevel = \"[[[\"\n[[auth.api_keys]]\nname = \"a\"\nsha256 = \"zz\"\nroles = []\ntenants = []\n",
+        );
+        let error = load_from(Some(f.path()), &[]).unwrap_err().to_string();
+        for expected in ["database_url", "log.level", "64 hex digits", "no roles", "no tenants"] {
+            assert!(error.contains(expected), "missing `{expected}` in: {error}");
+        }
+    }
+
+    #[test]
+    fn files_are_read() {
+        let keys = file(&format!(
+            "[[api_keys]]\nname = \"agents\"\nsha256 = \"{}\"\nroles = [\"agent\"]\ntenants = [\"acme\"]\n",
+            "ab".repeat(32)
+        ));
+        let secret = file("shh-from-file\n");
+        let f = file(&format!(
+            "[auth]\napi_keys_file = \"{}\"\n[providers.google]\nclient_id = \"g\"\nclient_secret_file = \"{}\"\n",
+            keys.path().display(),
+            secret.path().display()
+        ));
+        let config = load_from(Some(f.path()), &[]).unwrap();
+        assert_eq!(config.auth.api_keys.len(), 1);
+        assert_eq!(config.auth.api_keys[0].name, "agents");
+        let secret = config.providers.clients["google"].client_secret.as_ref().unwrap();
+        assert_eq!(secret.expose_secret(), "shh-from-file");
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let error = load_from(Some(Path::new("/nonexistent/tokenvault.toml")), &[]).unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/tokenvault.toml"), "{error}");
+    }
+}

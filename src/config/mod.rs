@@ -1,0 +1,401 @@
+//! Service configuration: built-in defaults, then a TOML file, then
+//! `TOKENVAULT_*` environment variables, validated once at start-up.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default).
+//! Every value that is a secret (database URLs with passwords, inline keys,
+//! client secrets) is held in a `secrecy` type, so the derived `Debug`
+//! prints `[REDACTED]`.
+
+mod dev;
+mod load;
+mod providers;
+
+pub use dev::{dev_api_keys_path, prepare_development_defaults, write_private, DevSetup};
+pub use load::{load, ConfigError};
+pub use providers::{ProviderClientConfig, ProvidersConfig};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The whole configuration of one tokenvault process.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `postgres://…` or `sqlite://…`; unset means the embedded SQLite file in `data_dir`.
+    pub database_url: Option<SecretString>,
+    /// Where the wrapped data keys live; unset means the main database.
+    pub key_database_url: Option<SecretString>,
+    /// Directory for the development defaults (SQLite file, generated key files).
+    pub data_dir: PathBuf,
+    /// Listeners.
+    pub server: ServerConfig,
+    /// TLS for both listeners; absent means plain text.
+    pub tls: Option<TlsConfig>,
+    /// Logging.
+    pub log: LogConfig,
+    /// OpenTelemetry trace export (needs the `otel` cargo feature).
+    pub tracing: TracingConfig,
+    /// Database pool and migrations.
+    pub database: DatabaseConfig,
+    /// Key-encryption keys.
+    pub keys: KeysConfig,
+    /// Callers: API keys and client certificates.
+    pub auth: AuthConfig,
+    /// Consent flow.
+    pub consent: ConsentConfig,
+    /// Provider catalog file and client credentials.
+    pub providers: ProvidersConfig,
+    /// Upstream HTTP calls to providers.
+    pub provider_http: ProviderHttpConfig,
+    /// Access-token broker.
+    pub broker: BrokerConfig,
+    /// Revocation, deletion and retention.
+    pub lifecycle: LifecycleConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            key_database_url: None,
+            data_dir: PathBuf::from("tokenvault-data"),
+            server: ServerConfig::default(),
+            tls: None,
+            log: LogConfig::default(),
+            tracing: TracingConfig::default(),
+            database: DatabaseConfig::default(),
+            keys: KeysConfig::default(),
+            auth: AuthConfig::default(),
+            consent: ConsentConfig::default(),
+            providers: ProvidersConfig::default(),
+            provider_http: ProviderHttpConfig::default(),
+            broker: BrokerConfig::default(),
+            lifecycle: LifecycleConfig::default(),
+        }
+    }
+}
+
+/// Listener addresses and request limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listener (port 0 picks a free port; the bound address is logged).
+    pub grpc_listen: SocketAddr,
+    /// HTTP listener for `/oauth/callback`, `/healthz`, `/readyz` and `/metrics`.
+    pub http_listen: SocketAddr,
+    /// External base URL of the HTTP listener; the OAuth `redirect_uri` is this plus `/oauth/callback`.
+    pub public_url: Option<url::Url>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace_seconds: u64,
+    /// Largest gRPC request accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Upper bound on any one RPC.
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            shutdown_grace_seconds: 20,
+            max_request_bytes: 64 * 1024,
+            request_timeout_seconds: 30,
+        }
+    }
+}
+
+/// TLS on both listeners; the files are read again when they change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, gRPC clients may authenticate with a certificate (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for changes.
+    #[serde(default = "default_tls_reload_seconds")]
+    pub reload_interval_seconds: u64,
+}
+
+fn default_tls_reload_seconds() -> u64 {
+    30
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `tokenvault=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// OpenTelemetry trace export.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// OTLP/gRPC collector endpoint, e.g. `http://otel-collector:4317`; unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Fraction of traces sampled (0.0–1.0), parent-based.
+    pub sample_ratio: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "tokenvault".to_owned(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+/// Database pool and migrations.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Pool size per database.
+    pub max_connections: u32,
+    /// How long to wait for a connection before answering `UNAVAILABLE`.
+    pub acquire_timeout_seconds: u64,
+    /// Apply pending migrations when `serve` starts.
+    pub run_migrations: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 20,
+            acquire_timeout_seconds: 5,
+            run_migrations: true,
+        }
+    }
+}
+
+/// Where the key-encryption keys come from.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// A TOML key file: `active = "id"` and `[[keys]]` entries with `id` and base64 `key`.
+    pub file: Option<PathBuf>,
+    /// Keys given inline as `id:base64,id:base64` (for example from a Kubernetes Secret in the environment).
+    pub inline: Option<SecretString>,
+    /// Id of the key new data keys are wrapped with (overrides the file's `active`).
+    pub active: Option<String>,
+}
+
+/// A caller role; a key may hold several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Agent workers: `TokenService`.
+    Agent,
+    /// The AI-agent platform: `ConsentService`, `ConnectionService`.
+    Platform,
+    /// Operators: `AdminService`.
+    Admin,
+}
+
+impl Role {
+    /// The lowercase name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Platform => "platform",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// One API key, known only by the SHA-256 of its text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Name recorded in audit events as the actor.
+    pub name: String,
+    /// Hex SHA-256 of the key text.
+    pub sha256: String,
+    /// What the key may do.
+    pub roles: Vec<Role>,
+    /// Tenants the key may act for; `"*"` means all.
+    pub tenants: Vec<String>,
+}
+
+/// One client-certificate identity for mutual TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertConfig {
+    /// Name recorded in audit events as the actor.
+    pub name: String,
+    /// The certificate's subject common name or a DNS/URI subject alternative name.
+    pub subject: String,
+    /// What the certificate may do.
+    pub roles: Vec<Role>,
+    /// Tenants it may act for; `"*"` means all.
+    pub tenants: Vec<String>,
+}
+
+/// Callers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// API keys given inline.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// A TOML file with more `[[api_keys]]` (for example a mounted Secret).
+    pub api_keys_file: Option<PathBuf>,
+    /// Client-certificate identities (mutual TLS).
+    pub client_certs: Vec<ClientCertConfig>,
+    /// Failed authentications one peer address may make per minute before it is refused.
+    pub max_failures_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            client_certs: Vec::new(),
+            max_failures_per_minute: 20,
+        }
+    }
+}
+
+/// Consent flow.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsentConfig {
+    /// Origins (`scheme://host[:port]`) a `return_url` may point to.
+    pub allowed_return_origins: Vec<String>,
+    /// How long a consent request stays usable.
+    pub ttl_seconds: u64,
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        Self {
+            allowed_return_origins: Vec::new(),
+            ttl_seconds: 600,
+        }
+    }
+}
+
+/// Upstream HTTP calls to providers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderHttpConfig {
+    /// Timeout of one upstream request.
+    pub timeout_seconds: u64,
+    /// Largest response body read from a provider.
+    pub max_response_bytes: usize,
+}
+
+impl Default for ProviderHttpConfig {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: 10,
+            max_response_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Access-token broker.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// A token is refreshed this long before it expires.
+    pub refresh_skew_seconds: u64,
+    /// Upper bound on the `expires_at` handed to agents.
+    pub max_lease_seconds: u64,
+    /// Access tokens kept in memory (0 turns the in-memory cache off).
+    pub cache_capacity: u64,
+    /// Longest an entry stays in memory, a backstop behind revocation notices.
+    pub cache_max_age_seconds: u64,
+    /// Upstream attempts for one refresh (5xx or timeout) inside the caller's deadline.
+    pub refresh_attempts: u32,
+    /// Deadline for a refresh when the caller gave none.
+    pub refresh_deadline_seconds: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            refresh_skew_seconds: 30,
+            max_lease_seconds: 3600,
+            cache_capacity: 100_000,
+            cache_max_age_seconds: 60,
+            refresh_attempts: 3,
+            refresh_deadline_seconds: 20,
+        }
+    }
+}
+
+/// Revocation, deletion and retention.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// Days between `DeleteUser` and the purge.
+    pub purge_after_days: u32,
+    /// Days audit events are kept.
+    pub audit_retention_days: u32,
+    /// Seconds between retention sweeps inside `serve` (0 turns the sweeper off).
+    pub sweep_interval_seconds: u64,
+    /// Hours the outbox keeps retrying a provider revocation before it gives up.
+    pub revocation_give_up_after_hours: u32,
+    /// First retry delay of a failed provider revocation; it doubles each time.
+    pub revocation_retry_base_seconds: u64,
+    /// How often each replica looks for due provider revocations.
+    pub outbox_poll_seconds: u64,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            purge_after_days: 30,
+            audit_retention_days: 90,
+            sweep_interval_seconds: 300,
+            revocation_give_up_after_hours: 72,
+            revocation_retry_base_seconds: 30,
+            outbox_poll_seconds: 5,
+        }
+    }
+}
+
+impl Config {
+    /// The URL providers redirect the user's browser to: `public_url` (or
+    /// the bound HTTP address) plus `/oauth/callback`.
+    pub fn callback_url(&self, bound_http: SocketAddr) -> Result<url::Url, url::ParseError> {
+        let base = match &self.server.public_url {
+            Some(url) => url.clone(),
+            None => url::Url::parse(&format!("http://{bound_http}/"))?,
+        };
+        base.join("oauth/callback")
+    }
+}

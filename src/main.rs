@@ -1,0 +1,111 @@
+//! The `tokenvault` command line. Everything else lives in the library.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "tokenvault", version, about = "OAuth integration broker with a token vault")]
+struct Cli {
+    /// Configuration file (TOML). Environment variables TOKENVAULT_* override it.
+    #[arg(long, global = true, env = "TOKENVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the gRPC and HTTP listeners (with no configuration: embedded SQLite and generated dev keys).
+    Serve {
+        /// Do not apply pending database migrations at start.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Applies pending database migrations, then exits.
+    Migrate,
+    /// Runs one retention pass (purges due users, old audit events, expired consents, finished outbox entries), then exits.
+    Retention {
+        /// Treat this RFC 3339 time as now (for example to preview a future pass).
+        #[arg(long)]
+        now: Option<String>,
+        /// Count what would be purged; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Key-encryption key operations.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// API key operations.
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+    /// Loads and validates the configuration, then exits.
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Re-wraps every data key under the active key-encryption key.
+    Rotate,
+    /// Prints a new key file entry (a fresh random 256-bit key) to standard output.
+    Generate {
+        /// Id of the new key.
+        #[arg(long)]
+        id: String,
+    },
+    /// Shows which key-encryption keys wrap how many data keys.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Creates an API key: prints the key once, and the configuration entry holding only its hash.
+    Create {
+        /// Caller name (the actor in audit events).
+        #[arg(long)]
+        name: String,
+        /// Role: agent, platform or admin (repeat for several).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Tenant the key may act for, or "*" (repeat for several).
+        #[arg(long = "tenant", required = true)]
+        tenants: Vec<String>,
+    },
+    /// Reads a key from standard input and prints its SHA-256 (the configured form).
+    Hash,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match tokenvault::cli::run(cli.config.as_deref(), into_action(cli.command)).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tokenvault: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn into_action(command: Command) -> tokenvault::cli::Action {
+    use tokenvault::cli::Action;
+    match command {
+        Command::Serve { no_migrate } => Action::Serve { migrate: !no_migrate },
+        Command::Migrate => Action::Migrate,
+        Command::Retention { now, dry_run } => Action::Retention { now, dry_run },
+        Command::Keys { command } => match command {
+            KeysCommand::Rotate => Action::KeysRotate,
+            KeysCommand::Generate { id } => Action::KeysGenerate { id },
+            KeysCommand::Status => Action::KeysStatus,
+        },
+        Command::ApiKey { command } => match command {
+            ApiKeyCommand::Create { name, roles, tenants } => Action::ApiKeyCreate { name, roles, tenants },
+            ApiKeyCommand::Hash => Action::ApiKeyHash,
+        },
+        Command::CheckConfig => Action::CheckConfig,
+    }
+}

@@ -1,0 +1,400 @@
+//! Records the store reads and writes. Secrets appear here only sealed.
+
+use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
+use uuid::Uuid;
+
+/// A set of OAuth scopes, kept sorted so equal sets compare and print alike.
+pub type ScopeSet = BTreeSet<String>;
+
+/// Joins scopes with single spaces (the stored form; OAuth scope tokens never contain spaces).
+pub fn scopes_to_text(scopes: &ScopeSet) -> String {
+    scopes.iter().map(String::as_str).collect::<Vec<_>>().join(" ")
+}
+
+/// The inverse of [`scopes_to_text`].
+pub fn scopes_from_text(text: &str) -> ScopeSet {
+    text.split_whitespace().map(str::to_owned).collect()
+}
+
+/// The record part of an access token's sealing binding: connection id and scope key.
+pub fn access_token_record(connection_id: Uuid, scope_key: &str) -> String {
+    format!("{connection_id}/{scope_key}")
+}
+
+/// Ciphertext as stored: never printed, only its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed(pub Vec<u8>);
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealed({} bytes)", self.0.len())
+    }
+}
+
+impl Sealed {
+    /// The stored bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Which tenants a caller may see; store reads never return rows outside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantScope {
+    /// Every tenant (keys configured with `"*"`).
+    All,
+    /// Only these tenants.
+    Only(BTreeSet<String>),
+}
+
+impl TenantScope {
+    /// Whether `tenant_id` is inside the scope.
+    pub fn allows(&self, tenant_id: &str) -> bool {
+        match self {
+            TenantScope::All => true,
+            TenantScope::Only(tenants) => tenants.contains(tenant_id),
+        }
+    }
+}
+
+/// Stored status of a connection. `PendingDeletion` is never stored: it is
+/// derived from the user's deletion, so restoring the user restores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectionStatus {
+    /// Tokens are served.
+    Active,
+    /// The provider rejected the refresh token; the user must consent again.
+    NeedsReauth,
+    /// Revoked; tokens destroyed.
+    Revoked,
+    /// The user is deleted; nothing is served until restore or purge.
+    PendingDeletion,
+}
+
+impl ConnectionStatus {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionStatus::Active => "active",
+            ConnectionStatus::NeedsReauth => "needs_reauth",
+            ConnectionStatus::Revoked => "revoked",
+            ConnectionStatus::PendingDeletion => "pending_deletion",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "active" => ConnectionStatus::Active,
+            "needs_reauth" => ConnectionStatus::NeedsReauth,
+            "revoked" => ConnectionStatus::Revoked,
+            "pending_deletion" => ConnectionStatus::PendingDeletion,
+            _ => return None,
+        })
+    }
+}
+
+/// An end user of a tenant, as far as tokenvault knows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// The platform's id for the user.
+    pub user_id: String,
+    /// First seen.
+    pub created_at: DateTime<Utc>,
+    /// When `DeleteUser` was called, while it stands.
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// When the user's data is destroyed for good.
+    pub purge_at: Option<DateTime<Utc>>,
+}
+
+/// A user's authorization of one provider.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Connection id.
+    pub id: Uuid,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Owning user.
+    pub user_id: String,
+    /// Catalog name of the provider.
+    pub provider: String,
+    /// Scopes the provider reported granting.
+    pub granted_scopes: ScopeSet,
+    /// Stored status (never `PendingDeletion`).
+    pub stored_status: ConnectionStatus,
+    /// Why it is not active, in words.
+    pub status_reason: Option<String>,
+    /// The connection's data key; `None` once its tokens are destroyed.
+    pub dek_id: Option<Uuid>,
+    /// The sealed refresh token.
+    pub refresh_token: Option<Sealed>,
+    /// Bumped whenever the refresh token changes (optimistic concurrency).
+    pub token_version: i64,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Last time a token was handed out (kept in batches).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Set while the user is deleted.
+    pub user_deleted_at: Option<DateTime<Utc>>,
+    /// Set while the user is deleted: when everything is purged.
+    pub purge_at: Option<DateTime<Utc>>,
+}
+
+impl Connection {
+    /// The status callers see: `PendingDeletion` while the user is deleted (unless revoked).
+    pub fn status(&self) -> ConnectionStatus {
+        match (self.user_deleted_at, self.stored_status) {
+            (_, ConnectionStatus::Revoked) => ConnectionStatus::Revoked,
+            (Some(_), _) => ConnectionStatus::PendingDeletion,
+            (None, status) => status,
+        }
+    }
+}
+
+/// A sealed access token for one connection and scope set.
+#[derive(Debug, Clone)]
+pub struct AccessTokenRecord {
+    /// The connection.
+    pub connection_id: Uuid,
+    /// Canonical scope key (empty for the full grant).
+    pub scope_key: String,
+    /// The sealed token.
+    pub token: Sealed,
+    /// Usually `Bearer`.
+    pub token_type: String,
+    /// Scopes the token carries.
+    pub scopes: ScopeSet,
+    /// When the provider said it expires.
+    pub expires_at: DateTime<Utc>,
+    /// The connection's token version it was minted under.
+    pub token_version: i64,
+}
+
+/// The state of a consent request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentState {
+    /// Waiting for the provider's redirect.
+    Pending,
+    /// The callback arrived and the code is being exchanged (single use).
+    Exchanging,
+    /// A connection was stored.
+    Completed,
+    /// The user refused or the exchange failed.
+    Failed,
+}
+
+impl ConsentState {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentState::Pending => "pending",
+            ConsentState::Exchanging => "exchanging",
+            ConsentState::Completed => "completed",
+            ConsentState::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => ConsentState::Pending,
+            "exchanging" => ConsentState::Exchanging,
+            "completed" => ConsentState::Completed,
+            "failed" => ConsentState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A consent request started by `StartConsent`.
+#[derive(Debug, Clone)]
+pub struct ConsentRecord {
+    /// Consent id.
+    pub id: Uuid,
+    /// Hex SHA-256 of the `state` parameter (the state itself is never stored).
+    pub state_hash: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Owning user.
+    pub user_id: String,
+    /// Catalog name of the provider.
+    pub provider: String,
+    /// Capabilities the platform asked for.
+    pub capabilities: Vec<String>,
+    /// All scopes the connection should hold afterwards.
+    pub requested_scopes: ScopeSet,
+    /// Scopes put in the authorization URL.
+    pub asked_scopes: ScopeSet,
+    /// Whether the provider was asked incrementally.
+    pub incremental: bool,
+    /// Where the browser goes afterwards.
+    pub return_url: Option<String>,
+    /// The `redirect_uri` sent to the provider.
+    pub redirect_uri: String,
+    /// The data key sealing the verifier.
+    pub dek_id: Uuid,
+    /// The sealed PKCE verifier.
+    pub pkce_verifier: Option<Sealed>,
+    /// Where the request stands.
+    pub state: ConsentState,
+    /// The connection it produced.
+    pub connection_id: Option<Uuid>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Started.
+    pub created_at: DateTime<Utc>,
+    /// Unusable after this.
+    pub expires_at: DateTime<Utc>,
+    /// Finished.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Caller that started it.
+    pub actor: String,
+}
+
+/// One audit record. `detail` is a JSON object without secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    /// Time-ordered id (UUIDv7).
+    pub id: Uuid,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// Tenant concerned, if any.
+    pub tenant_id: Option<String>,
+    /// User concerned, if any.
+    pub user_id: Option<String>,
+    /// Connection concerned, if any.
+    pub connection_id: Option<Uuid>,
+    /// Caller name or `system`.
+    pub actor: String,
+    /// What happened, e.g. `token.issued`.
+    pub action: String,
+    /// `success`, `failure`, `denied`, …
+    pub outcome: String,
+    /// Secret-free detail.
+    pub detail: serde_json::Value,
+    /// The request that caused it.
+    pub request_id: Option<String>,
+}
+
+/// Filters for listing audit events.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this tenant.
+    pub tenant_id: Option<String>,
+    /// Only this user.
+    pub user_id: Option<String>,
+    /// Only this connection.
+    pub connection_id: Option<Uuid>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// At or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Before.
+    pub until: Option<DateTime<Utc>>,
+    /// Older than this id (keyset pagination, newest first).
+    pub before_id: Option<Uuid>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// Filters for listing connections (keyset pagination by id).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionFilter {
+    /// Only this tenant.
+    pub tenant_id: String,
+    /// Only this user.
+    pub user_id: Option<String>,
+    /// Only this provider.
+    pub provider: Option<String>,
+    /// After this id.
+    pub after_id: Option<Uuid>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// A provider revocation waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    /// Entry id.
+    pub id: Uuid,
+    /// The revoked connection.
+    pub connection_id: Uuid,
+    /// Tenant of the connection (part of the token's binding).
+    pub tenant_id: String,
+    /// User of the connection (part of the token's binding).
+    pub user_id: String,
+    /// Provider to call.
+    pub provider: String,
+    /// The data key that sealed the token; destroyed when the entry finishes.
+    pub dek_id: Uuid,
+    /// The sealed token, exactly as it was stored on the connection.
+    pub token: Option<Sealed>,
+    /// `refresh_token` or `access_token`.
+    pub token_type_hint: String,
+    /// The record part of the token's binding.
+    pub binding_record: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// When to try next.
+    pub next_attempt_at: DateTime<Utc>,
+    /// When to stop trying.
+    pub give_up_at: DateTime<Utc>,
+    /// `pending`, `done` or `gave_up`.
+    pub status: String,
+    /// The last failure, secret-free.
+    pub last_error: Option<String>,
+    /// Enqueued.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A wrapped data key as the key table holds it.
+#[derive(Clone)]
+pub struct WrappedDataKey {
+    /// Data key id.
+    pub id: Uuid,
+    /// The key-encryption key that wraps it.
+    pub kek_id: String,
+    /// Nonce, wrapped key and tag.
+    pub wrapped: Vec<u8>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for WrappedDataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrappedDataKey")
+            .field("id", &self.id)
+            .field("kek_id", &self.kek_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What changed, for other replicas' caches (PostgreSQL NOTIFY).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Invalidation {
+    /// One connection's tokens or status changed.
+    Connection {
+        /// The connection.
+        id: Uuid,
+    },
+    /// A user's deletion state changed.
+    User {
+        /// Tenant.
+        tenant_id: String,
+        /// User.
+        user_id: String,
+    },
+    /// A data key was destroyed.
+    DataKey {
+        /// The key.
+        id: Uuid,
+    },
+    /// Anything may have changed (a notification may have been missed).
+    All,
+}

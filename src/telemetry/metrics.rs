@@ -1,0 +1,257 @@
+//! Prometheus metrics, served at `/metrics`. Labels are small closed sets
+//! (method names, outcomes, provider names): never a token, id or user.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone)]
+struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        // 50 µs … ~26 s
+        Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+    }
+}
+
+struct Inner {
+    registry: Registry,
+    rpc_requests: Family<RpcLabels, Counter>,
+    rpc_duration: Family<MethodLabels, Histogram, LatencyBuckets>,
+    auth_failures: Family<OutcomeLabels, Counter>,
+    issuances: Family<OutcomeLabels, Counter>,
+    refresh_duration: Histogram,
+    upstream_errors: Family<ProviderLabels, Counter>,
+    audit_dropped: Counter,
+    audit_queue: Gauge,
+    revocations: Family<OutcomeLabels, Counter>,
+    purged: Family<KindLabels, Counter>,
+    consents: Family<OutcomeLabels, Counter>,
+}
+
+/// Handle to every metric; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tokenvault");
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "grpc_requests",
+            "gRPC requests by method and status code",
+            rpc_requests.clone(),
+        );
+        let rpc_duration = Family::<MethodLabels, Histogram, LatencyBuckets>::new_with_constructor(LatencyBuckets);
+        registry.register(
+            "grpc_request_duration_seconds",
+            "gRPC request latency",
+            rpc_duration.clone(),
+        );
+        let auth_failures = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Failed authentications by reason",
+            auth_failures.clone(),
+        );
+        let issuances = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "token_issuances",
+            "GetAccessToken outcomes (cache_hit, store_hit, refreshed, or an error kind)",
+            issuances.clone(),
+        );
+        let refresh_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "refresh_duration_seconds",
+            "Upstream refresh latency",
+            refresh_duration.clone(),
+        );
+        let upstream_errors = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Provider call failures by provider and kind",
+            upstream_errors.clone(),
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_events_dropped",
+            "Audit events that could not be queued",
+            audit_dropped.clone(),
+        );
+        let audit_queue = Gauge::default();
+        registry.register(
+            "audit_queue_depth",
+            "Audit events waiting to be written",
+            audit_queue.clone(),
+        );
+        let revocations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "provider_revocations",
+            "Provider revocation attempts by outcome",
+            revocations.clone(),
+        );
+        let purged = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "retention_purged",
+            "Rows removed by the retention sweeper",
+            purged.clone(),
+        );
+        let consents = Family::<OutcomeLabels, Counter>::default();
+        registry.register("consents", "Consent outcomes", consents.clone());
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                rpc_requests,
+                rpc_duration,
+                auth_failures,
+                issuances,
+                refresh_duration,
+                upstream_errors,
+                audit_dropped,
+                audit_queue,
+                revocations,
+                purged,
+                consents,
+            }),
+        }
+    }
+
+    /// Records one finished RPC.
+    pub fn rpc(&self, method: &'static str, code: &'static str, seconds: f64) {
+        self.inner.rpc_requests.get_or_create(&RpcLabels { method, code }).inc();
+        self.inner
+            .rpc_duration
+            .get_or_create(&MethodLabels { method })
+            .observe(seconds);
+    }
+
+    /// Records a failed authentication.
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.inner
+            .auth_failures
+            .get_or_create(&OutcomeLabels { outcome: reason })
+            .inc();
+    }
+
+    /// Records a `GetAccessToken` outcome.
+    pub fn issuance(&self, outcome: &'static str) {
+        self.inner.issuances.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Records an upstream refresh's latency.
+    pub fn refresh_latency(&self, seconds: f64) {
+        self.inner.refresh_duration.observe(seconds);
+    }
+
+    /// Records a failed provider call.
+    pub fn upstream_error(&self, provider: &str, kind: &'static str) {
+        self.inner
+            .upstream_errors
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// Records an audit event that was dropped.
+    pub fn audit_dropped(&self) {
+        self.inner.audit_dropped.inc();
+    }
+
+    /// Sets the audit queue depth.
+    pub fn audit_queue_depth(&self, depth: usize) {
+        self.inner.audit_queue.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Records a provider revocation attempt.
+    pub fn revocation(&self, outcome: &'static str) {
+        self.inner.revocations.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Records rows purged by retention.
+    pub fn purged(&self, kind: &'static str, count: u64) {
+        self.inner.purged.get_or_create(&KindLabels { kind }).inc_by(count);
+    }
+
+    /// Records a consent outcome.
+    pub fn consent(&self, outcome: &'static str) {
+        self.inner.consents.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.inner.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_encode_with_labels() {
+        let metrics = Metrics::new();
+        metrics.rpc("GetAccessToken", "OK", 0.001);
+        metrics.issuance("cache_hit");
+        metrics.upstream_error("google", "timeout");
+        let text = metrics.encode();
+        assert!(
+            text.contains("tokenvault_grpc_requests_total{method=\"GetAccessToken\",code=\"OK\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("tokenvault_token_issuances_total{outcome=\"cache_hit\"} 1"));
+        assert!(text.contains("tokenvault_upstream_errors_total{provider=\"google\",kind=\"timeout\"} 1"));
+    }
+}
