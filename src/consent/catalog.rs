@@ -1,0 +1,750 @@
+//! The provider catalog: each OAuth provider's endpoints, protocol quirks,
+//! scope allow-list and the capabilities a user can grant, each mapped to the
+//! fewest scopes that serve it.
+//!
+//! The built-in catalog is `catalog/providers.toml`, compiled into the binary.
+//! An operator file adds providers or replaces built-in ones whole, by name
+//! ([`Catalog::merge`]). Every catalog is validated when it is loaded; the
+//! format is described in `docs/providers.md`. Client ids and secrets are not
+//! catalog data and are rejected as unknown fields.
+
+#![warn(missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use url::{Host, Url};
+
+/// The built-in catalog (`catalog/providers.toml`) as compiled into the binary.
+pub const BUILTIN_CATALOG: &str = include_str!("../../catalog/providers.toml");
+
+const BUILTIN_ORIGIN: &str = "built-in catalog/providers.toml";
+const TEXT_ORIGIN: &str = "(text)";
+
+/// Authorization-request parameters tokenvault sets itself; a catalog entry
+/// may not set or override them.
+const RESERVED_AUTHORIZATION_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "state",
+    "scope",
+    "code_challenge",
+    "code_challenge_method",
+    "nonce",
+];
+
+/// Request headers the provider client sets itself; `request_headers` may not
+/// set them.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+];
+
+const MAX_NAME_LEN: usize = 64;
+
+/// Errors of loading a catalog or of resolving a request against it.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The text is not a well-formed catalog (TOML syntax, wrong type,
+    /// unknown field such as `client_secret`).
+    #[error("cannot parse the provider catalog {origin}: {source}")]
+    Parse {
+        /// Where the text came from: a file path, or the built-in catalog.
+        origin: String,
+        /// The TOML error, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// A provider entry breaks a rule of the catalog format.
+    #[error("provider `{provider}`: {reason}")]
+    Invalid {
+        /// The provider's name.
+        provider: String,
+        /// What is wrong, naming the field.
+        reason: String,
+    },
+    /// No provider of that name in the catalog.
+    #[error("unknown provider `{provider}`")]
+    UnknownProvider {
+        /// The name asked for.
+        provider: String,
+    },
+    /// The provider has no capability of that name.
+    #[error("provider `{provider}` has no capability `{capability}`")]
+    UnknownCapability {
+        /// The provider's name.
+        provider: String,
+        /// The capability asked for.
+        capability: String,
+    },
+    /// An explicitly requested scope is not on the provider's allow-list.
+    #[error("scope `{scope}` is not on the allow-list of provider `{provider}`")]
+    ScopeNotAllowed {
+        /// The provider's name.
+        provider: String,
+        /// The scope asked for.
+        scope: String,
+    },
+    /// Neither capabilities nor scopes were requested.
+    #[error("nothing requested from provider `{provider}`: name at least one capability or scope")]
+    NothingRequested {
+        /// The provider's name.
+        provider: String,
+    },
+    /// A catalog file could not be read.
+    #[error("cannot read the provider catalog {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// How tokenvault authenticates itself (the OAuth client) to the token and
+/// revocation endpoints (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic with the client id and secret (`client_secret_basic`).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the request body (`client_secret_post`).
+    ClientSecretPost,
+}
+
+/// How the bodies of token, refresh and revocation requests are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRequestBody {
+    /// `application/x-www-form-urlencoded`, as RFC 6749 specifies.
+    #[default]
+    Form,
+    /// `application/json` (Notion).
+    Json,
+}
+
+/// How a grant is revoked at the provider's `revocation_url`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationMethod {
+    /// RFC 7009: POST `token` (the refresh token, with
+    /// `token_type_hint=refresh_token`; the access token when there is no
+    /// refresh token) with client authentication.
+    #[default]
+    Rfc7009,
+    /// As RFC 7009, but `token` is the access token (Notion).
+    Rfc7009AccessToken,
+    /// POST with the access token as `Authorization: Bearer`, no body and no
+    /// client authentication; revokes the token that authenticates the call
+    /// (Dropbox `/2/auth/token/revoke`, Slack `auth.revoke`).
+    BearerAccessToken,
+}
+
+/// The authorization-request parameter that makes a provider keep the scopes
+/// granted before, so only new scopes need to be asked for (e.g. Google's
+/// `include_granted_scopes=true`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncrementalAuthorization {
+    /// Parameter name.
+    pub param: String,
+    /// Parameter value.
+    pub value: String,
+}
+
+/// What to ask the provider for in a consent, given what the user already
+/// granted (see [`ProviderSpec::scope_plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopePlan {
+    /// The scopes to put in the authorization request.
+    pub ask: BTreeSet<String>,
+    /// Whether the provider's incremental-authorization parameter is sent,
+    /// i.e. the provider adds the scopes granted before to the new grant.
+    pub incremental: bool,
+}
+
+/// One provider of the catalog, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderSpec {
+    /// Catalog name, `[a-z0-9_-]{1,64}` (e.g. `google`).
+    pub name: String,
+    /// Name shown to people.
+    pub display_name: String,
+    /// The provider's OAuth documentation.
+    pub docs_url: Option<Url>,
+    /// Issuer for OpenID Connect discovery / RFC 8414 metadata; endpoints not
+    /// given explicitly come from there at run time.
+    pub issuer: Option<Url>,
+    /// Authorization endpoint (always set when `issuer` is not).
+    pub authorization_url: Option<Url>,
+    /// Token endpoint (always set when `issuer` is not).
+    pub token_url: Option<Url>,
+    /// Revocation endpoint; `None` when the provider has none usable.
+    pub revocation_url: Option<Url>,
+    /// How `revocation_url` is called.
+    pub revocation_method: RevocationMethod,
+    /// Client authentication at the token and revocation endpoints.
+    pub client_auth: ClientAuth,
+    /// Encoding of token, refresh and revocation request bodies.
+    pub token_request_body: TokenRequestBody,
+    /// Extra headers for token, refresh and revocation requests
+    /// (e.g. Notion's `Notion-Version`).
+    pub request_headers: BTreeMap<String, String>,
+    /// Separator between scopes in requests (`" "`, or `","` for Slack).
+    pub scope_separator: String,
+    /// Authorization-request parameter that carries the scopes (`scope`, or
+    /// `user_scope` for Slack user tokens).
+    pub scope_param: String,
+    /// `false` for providers without OAuth scopes (Notion): no scope is ever
+    /// sent and capabilities are labels without scopes.
+    pub uses_scopes: bool,
+    /// JSON object of the code-exchange response that holds the token fields
+    /// instead of the top level (`authed_user` for Slack user tokens).
+    pub token_response_object: Option<String>,
+    /// Fixed extra authorization-request parameters (e.g. Google's
+    /// `access_type=offline`).
+    pub authorization_params: BTreeMap<String, String>,
+    /// Incremental-authorization parameter, when the provider has one.
+    pub incremental_authorization: Option<IncrementalAuthorization>,
+    /// The refresh request accepts a narrower `scope` (RFC 6749 §6).
+    pub refresh_scope_narrowing: bool,
+    /// The provider issues refresh tokens.
+    pub issues_refresh_tokens: bool,
+    /// Scopes asked for in every consent (e.g. `offline_access`).
+    pub required_scopes: BTreeSet<String>,
+    /// The only scopes that may be requested explicitly.
+    pub allowed_scopes: BTreeSet<String>,
+    /// Capability name → the scopes that serve it.
+    pub capabilities: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl ProviderSpec {
+    /// The union of the capabilities' scopes, the explicit scopes and
+    /// `required_scopes`.
+    ///
+    /// Errors: an unknown capability ([`CatalogError::UnknownCapability`]), an
+    /// explicit scope not on the allow-list ([`CatalogError::ScopeNotAllowed`]),
+    /// neither capabilities nor scopes given ([`CatalogError::NothingRequested`]).
+    pub fn resolve_scopes(&self, capabilities: &[String], scopes: &[String]) -> Result<BTreeSet<String>, CatalogError> {
+        if capabilities.is_empty() && scopes.is_empty() {
+            return Err(CatalogError::NothingRequested {
+                provider: self.name.clone(),
+            });
+        }
+        let mut resolved = BTreeSet::new();
+        for capability in capabilities {
+            let serving = self
+                .capabilities
+                .get(capability)
+                .ok_or_else(|| CatalogError::UnknownCapability {
+                    provider: self.name.clone(),
+                    capability: capability.clone(),
+                })?;
+            resolved.extend(serving.iter().cloned());
+        }
+        for scope in scopes {
+            if !self.allowed_scopes.contains(scope) {
+                return Err(CatalogError::ScopeNotAllowed {
+                    provider: self.name.clone(),
+                    scope: scope.clone(),
+                });
+            }
+            resolved.insert(scope.clone());
+        }
+        resolved.extend(self.required_scopes.iter().cloned());
+        Ok(resolved)
+    }
+
+    /// What to ask the provider when the user already holds `granted`.
+    ///
+    /// A provider with incremental authorization is asked only for
+    /// `requested − granted` plus `required_scopes` (`incremental` = true); when
+    /// everything requested is already granted, for `requested` again (a
+    /// re-consent). Any other provider is asked for `granted ∪ requested`
+    /// (plus `required_scopes`), since the new refresh token replaces the old
+    /// one; granted scopes that are no longer on the allow-list are left out.
+    pub fn scope_plan(&self, requested: &BTreeSet<String>, granted: &BTreeSet<String>) -> ScopePlan {
+        let required = self.required_scopes.iter().cloned();
+        if self.incremental_authorization.is_some() {
+            let new: BTreeSet<String> = requested.difference(granted).cloned().collect();
+            let mut ask = if new.is_empty() { requested.clone() } else { new };
+            ask.extend(required);
+            ScopePlan { ask, incremental: true }
+        } else {
+            let mut ask: BTreeSet<String> = granted
+                .iter()
+                .filter(|scope| self.allowed_scopes.contains(*scope))
+                .cloned()
+                .collect();
+            ask.extend(requested.iter().cloned());
+            ask.extend(required);
+            ScopePlan {
+                ask,
+                incremental: false,
+            }
+        }
+    }
+
+    /// The scopes joined with `scope_separator`, as a request carries them.
+    pub fn join_scopes(&self, scopes: &BTreeSet<String>) -> String {
+        scopes
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(&self.scope_separator)
+    }
+
+    /// The scopes of a provider's answer. Tolerant: splits on the separator and
+    /// also on whitespace and commas, and drops empty pieces.
+    pub fn split_scopes(&self, text: &str) -> BTreeSet<String> {
+        text.split(self.scope_separator.as_str())
+            .flat_map(|piece| piece.split(|c: char| c.is_whitespace() || c == ','))
+            .filter(|scope| !scope.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The authorization-request parameters the catalog contributes for
+    /// `plan`: the scopes under `scope_param` (when the provider uses scopes
+    /// and there are any), the fixed `authorization_params`, and the
+    /// incremental-authorization parameter when the plan is incremental.
+    /// `response_type`, `client_id`, `redirect_uri`, `state` and the PKCE
+    /// challenge are the caller's.
+    pub fn authorization_params_for(&self, plan: &ScopePlan) -> BTreeMap<String, String> {
+        let mut params = self.authorization_params.clone();
+        if self.uses_scopes && !plan.ask.is_empty() {
+            params.insert(self.scope_param.clone(), self.join_scopes(&plan.ask));
+        }
+        if plan.incremental {
+            if let Some(incremental) = &self.incremental_authorization {
+                params.insert(incremental.param.clone(), incremental.value.clone());
+            }
+        }
+        params
+    }
+
+    /// Whether endpoints not given explicitly come from discovery (`issuer`).
+    pub fn uses_discovery(&self) -> bool {
+        self.issuer.is_some()
+    }
+}
+
+/// The set of providers tokenvault can connect to, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    providers: BTreeMap<String, ProviderSpec>,
+}
+
+impl Catalog {
+    /// The built-in catalog ([`BUILTIN_CATALOG`]).
+    pub fn builtin() -> Result<Catalog, CatalogError> {
+        parse(BUILTIN_CATALOG, BUILTIN_ORIGIN)
+    }
+
+    /// A catalog from TOML text, validated.
+    pub fn from_toml_str(text: &str) -> Result<Catalog, CatalogError> {
+        parse(text, TEXT_ORIGIN)
+    }
+
+    /// A catalog from a TOML file, validated.
+    pub fn from_file(path: &Path) -> Result<Catalog, CatalogError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        parse(&text, &path.display().to_string())
+    }
+
+    /// Adds the providers of `overrides`; one with the name of a provider
+    /// already here replaces it whole (no field-by-field merge).
+    pub fn merge(&mut self, overrides: Catalog) {
+        self.providers.extend(overrides.providers);
+    }
+
+    /// The provider of that name.
+    pub fn provider(&self, name: &str) -> Option<&ProviderSpec> {
+        self.providers.get(name)
+    }
+
+    /// The provider of that name, or [`CatalogError::UnknownProvider`].
+    pub fn require(&self, name: &str) -> Result<&ProviderSpec, CatalogError> {
+        self.provider(name).ok_or_else(|| CatalogError::UnknownProvider {
+            provider: name.to_owned(),
+        })
+    }
+
+    /// The providers' names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.providers.keys().map(String::as_str)
+    }
+
+    /// The providers, in name order.
+    pub fn providers(&self) -> impl Iterator<Item = &ProviderSpec> + '_ {
+        self.providers.values()
+    }
+
+    /// Number of providers.
+    pub fn len(&self) -> usize {
+        self.providers.len()
+    }
+
+    /// Whether the catalog has no provider.
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file format and its validation.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    display_name: String,
+    docs_url: Option<String>,
+    issuer: Option<String>,
+    authorization_url: Option<String>,
+    token_url: Option<String>,
+    revocation_url: Option<String>,
+    revocation_method: Option<RevocationMethod>,
+    #[serde(default)]
+    client_auth: ClientAuth,
+    #[serde(default)]
+    token_request_body: TokenRequestBody,
+    #[serde(default)]
+    request_headers: BTreeMap<String, String>,
+    #[serde(default = "default_scope_separator")]
+    scope_separator: String,
+    #[serde(default = "default_scope_param")]
+    scope_param: String,
+    #[serde(default = "default_true")]
+    uses_scopes: bool,
+    token_response_object: Option<String>,
+    #[serde(default)]
+    authorization_params: BTreeMap<String, String>,
+    incremental_authorization: Option<IncrementalAuthorization>,
+    #[serde(default)]
+    refresh_scope_narrowing: bool,
+    #[serde(default = "default_true")]
+    issues_refresh_tokens: bool,
+    #[serde(default)]
+    required_scopes: BTreeSet<String>,
+    #[serde(default)]
+    allowed_scopes: BTreeSet<String>,
+    #[serde(default)]
+    capabilities: BTreeMap<String, BTreeSet<String>>,
+}
+
+fn default_scope_separator() -> String {
+    " ".to_owned()
+}
+
+fn default_scope_param() -> String {
+    "scope".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn parse(text: &str, origin: &str) -> Result<Catalog, CatalogError> {
+    let raw: RawCatalog = toml::from_str(text).map_err(|source| CatalogError::Parse {
+        origin: origin.to_owned(),
+        source: Box::new(source),
+    })?;
+    let mut providers = BTreeMap::new();
+    for (name, provider) in raw.providers {
+        let spec = validate(name.clone(), provider)?;
+        providers.insert(name, spec);
+    }
+    Ok(Catalog { providers })
+}
+
+/// Which rules a URL field follows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UrlRole {
+    /// Documentation link: a fragment is fine.
+    Docs,
+    /// OAuth endpoint: no fragment (RFC 6749 §3.1, §3.2).
+    Endpoint,
+    /// Issuer: no query and no fragment (RFC 8414 §2).
+    Issuer,
+}
+
+struct Check<'a> {
+    provider: &'a str,
+}
+
+impl Check<'_> {
+    fn invalid(&self, reason: String) -> CatalogError {
+        CatalogError::Invalid {
+            provider: self.provider.to_owned(),
+            reason,
+        }
+    }
+
+    fn url(&self, field: &str, value: Option<&str>, role: UrlRole) -> Result<Option<Url>, CatalogError> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let url = Url::parse(value)
+            .map_err(|error| self.invalid(format!("`{field}` is not a valid URL ({error}): {value}")))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&url) => {}
+            _ => {
+                return Err(self.invalid(format!(
+                    "`{field}` must use https (plain http is allowed only for localhost and 127.0.0.1): {value}"
+                )))
+            }
+        }
+        if url.host().is_none() {
+            return Err(self.invalid(format!("`{field}` has no host: {value}")));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.invalid(format!("`{field}` must not carry credentials")));
+        }
+        if role != UrlRole::Docs && url.fragment().is_some() {
+            return Err(self.invalid(format!("`{field}` must not have a fragment: {value}")));
+        }
+        if role == UrlRole::Issuer && url.query().is_some() {
+            return Err(self.invalid(format!("`{field}` must not have a query: {value}")));
+        }
+        Ok(Some(url))
+    }
+
+    fn scope(&self, field: &str, scope: &str, separator: &str) -> Result<(), CatalogError> {
+        // RFC 6749 §3.3 scope-token: %x21 / %x23-5B / %x5D-7E; commas are also
+        // refused since split_scopes reads them as separators.
+        let well_formed = !scope.is_empty()
+            && scope
+                .chars()
+                .all(|c| matches!(c, '\x21' | '\x23'..='\x5B' | '\x5D'..='\x7E') && c != ',');
+        if !well_formed {
+            return Err(self.invalid(format!(
+                "`{field}`: `{scope}` is not a valid scope (printable ASCII without spaces, commas, quotes or backslashes)"
+            )));
+        }
+        if scope.contains(separator) {
+            return Err(self.invalid(format!(
+                "`{field}`: scope `{scope}` contains the scope separator `{separator}`"
+            )));
+        }
+        Ok(())
+    }
+
+    fn param_name(&self, field: &str, name: &str) -> Result<(), CatalogError> {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok {
+            return Err(self.invalid(format!("`{field}`: `{name}` is not a valid parameter name")));
+        }
+        Ok(())
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+fn is_valid_name(name: &str, extra: &[char]) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(&c))
+}
+
+fn is_header_name(name: &str) -> bool {
+    // RFC 9110 token.
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+}
+
+fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, CatalogError> {
+    let check = Check { provider: &name };
+
+    if !is_valid_name(&name, &['_', '-']) {
+        return Err(check.invalid("the provider name must be 1 to 64 characters of a-z, 0-9, `_` and `-`".to_owned()));
+    }
+    if raw.display_name.trim().is_empty() {
+        return Err(check.invalid("`display_name` is empty".to_owned()));
+    }
+
+    let docs_url = check.url("docs_url", raw.docs_url.as_deref(), UrlRole::Docs)?;
+    let issuer = check.url("issuer", raw.issuer.as_deref(), UrlRole::Issuer)?;
+    let authorization_url = check.url("authorization_url", raw.authorization_url.as_deref(), UrlRole::Endpoint)?;
+    let token_url = check.url("token_url", raw.token_url.as_deref(), UrlRole::Endpoint)?;
+    let revocation_url = check.url("revocation_url", raw.revocation_url.as_deref(), UrlRole::Endpoint)?;
+    if issuer.is_none() {
+        if authorization_url.is_none() {
+            return Err(check.invalid("`authorization_url` is required unless `issuer` is set".to_owned()));
+        }
+        if token_url.is_none() {
+            return Err(check.invalid("`token_url` is required unless `issuer` is set".to_owned()));
+        }
+    }
+    if raw.revocation_method.is_some() && revocation_url.is_none() && issuer.is_none() {
+        return Err(check.invalid(
+            "`revocation_method` is set but there is no `revocation_url` (nor an `issuer` to discover one)".to_owned(),
+        ));
+    }
+
+    let separator = raw.scope_separator;
+    if separator.is_empty() {
+        return Err(check.invalid("`scope_separator` is empty".to_owned()));
+    }
+    check.param_name("scope_param", &raw.scope_param)?;
+    if raw.scope_param != "scope" && RESERVED_AUTHORIZATION_PARAMS.contains(&raw.scope_param.as_str()) {
+        return Err(check.invalid(format!(
+            "`scope_param`: `{}` is a parameter tokenvault sets itself",
+            raw.scope_param
+        )));
+    }
+    if let Some(object) = &raw.token_response_object {
+        let ok = !object.is_empty() && object.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(check.invalid(format!(
+                "`token_response_object`: `{object}` is not a JSON member name of letters, digits and `_`"
+            )));
+        }
+    }
+
+    for (header, value) in &raw.request_headers {
+        if !is_header_name(header) {
+            return Err(check.invalid(format!("`request_headers`: `{header}` is not a valid header name")));
+        }
+        if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+            return Err(check.invalid(format!(
+                "`request_headers`: `{header}` is set by tokenvault and cannot be configured"
+            )));
+        }
+        if value.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(check.invalid(format!(
+                "`request_headers`: the value of `{header}` contains a control character"
+            )));
+        }
+    }
+
+    for key in raw.authorization_params.keys() {
+        check.param_name("authorization_params", key)?;
+        if RESERVED_AUTHORIZATION_PARAMS.contains(&key.as_str()) || *key == raw.scope_param {
+            return Err(check.invalid(format!(
+                "`authorization_params`: `{key}` is a parameter tokenvault sets itself"
+            )));
+        }
+    }
+    if let Some(incremental) = &raw.incremental_authorization {
+        check.param_name("incremental_authorization.param", &incremental.param)?;
+        if RESERVED_AUTHORIZATION_PARAMS.contains(&incremental.param.as_str())
+            || incremental.param == raw.scope_param
+            || raw.authorization_params.contains_key(&incremental.param)
+        {
+            return Err(check.invalid(format!(
+                "`incremental_authorization.param`: `{}` clashes with another authorization parameter",
+                incremental.param
+            )));
+        }
+        if incremental.value.is_empty() {
+            return Err(check.invalid("`incremental_authorization.value` is empty".to_owned()));
+        }
+    }
+
+    if raw.refresh_scope_narrowing && !raw.issues_refresh_tokens {
+        return Err(check.invalid("`refresh_scope_narrowing` is true but `issues_refresh_tokens` is false".to_owned()));
+    }
+
+    for scope in &raw.allowed_scopes {
+        check.scope("allowed_scopes", scope, &separator)?;
+    }
+    for scope in &raw.required_scopes {
+        if !raw.allowed_scopes.contains(scope) {
+            return Err(check.invalid(format!("`required_scopes`: `{scope}` is not in `allowed_scopes`")));
+        }
+    }
+    for (capability, scopes) in &raw.capabilities {
+        if !is_valid_name(capability, &['_', '.', '-']) {
+            return Err(check.invalid(format!(
+                "`capabilities`: `{capability}` is not a valid capability name (1 to 64 characters of a-z, 0-9, `_`, `.` and `-`)"
+            )));
+        }
+        if raw.uses_scopes && scopes.is_empty() {
+            return Err(check.invalid(format!("`capabilities.\"{capability}\"` maps to no scope")));
+        }
+        for scope in scopes {
+            if !raw.allowed_scopes.contains(scope) {
+                return Err(check.invalid(format!(
+                    "`capabilities.\"{capability}\"`: scope `{scope}` is not in `allowed_scopes`"
+                )));
+            }
+        }
+    }
+
+    if !raw.uses_scopes {
+        if !raw.allowed_scopes.is_empty() || !raw.required_scopes.is_empty() {
+            return Err(check
+                .invalid("`uses_scopes` is false but `allowed_scopes` or `required_scopes` is not empty".to_owned()));
+        }
+        if raw.incremental_authorization.is_some() || raw.refresh_scope_narrowing {
+            return Err(check.invalid(
+                "`uses_scopes` is false: `incremental_authorization` and `refresh_scope_narrowing` make no sense"
+                    .to_owned(),
+            ));
+        }
+    }
+    if raw.capabilities.is_empty() && raw.allowed_scopes.is_empty() {
+        return Err(
+            check.invalid("neither `capabilities` nor `allowed_scopes`: nothing could ever be requested".to_owned())
+        );
+    }
+
+    Ok(ProviderSpec {
+        name: name.clone(),
+        display_name: raw.display_name,
+        docs_url,
+        issuer,
+        authorization_url,
+        token_url,
+        revocation_url,
+        revocation_method: raw.revocation_method.unwrap_or_default(),
+        client_auth: raw.client_auth,
+        token_request_body: raw.token_request_body,
+        request_headers: raw.request_headers,
+        scope_separator: separator,
+        scope_param: raw.scope_param,
+        uses_scopes: raw.uses_scopes,
+        token_response_object: raw.token_response_object,
+        authorization_params: raw.authorization_params,
+        incremental_authorization: raw.incremental_authorization,
+        refresh_scope_narrowing: raw.refresh_scope_narrowing,
+        issues_refresh_tokens: raw.issues_refresh_tokens,
+        required_scopes: raw.required_scopes,
+        allowed_scopes: raw.allowed_scopes,
+        capabilities: raw.capabilities,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,807 @@
+use super::*;
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn builtin() -> Catalog {
+    Catalog::builtin().expect("the built-in catalog is valid")
+}
+
+fn invalid_reason(text: &str) -> (String, String) {
+    match Catalog::from_toml_str(text) {
+        Err(CatalogError::Invalid { provider, reason }) => (provider, reason),
+        other => panic!("expected CatalogError::Invalid, got {other:?}"),
+    }
+}
+
+/// A minimal valid provider, to be varied by the tests.
+const MINIMAL: &str = r#"
+[providers.acme]
+display_name = "Acme"
+authorization_url = "https://id.acme.example/authorize"
+token_url = "https://id.acme.example/token"
+allowed_scopes = ["read", "write"]
+[providers.acme.capabilities]
+"things.read" = ["read"]
+"#;
+
+#[test]
+fn builtin_catalog_has_the_seven_providers() {
+    let catalog = builtin();
+    assert_eq!(
+        catalog.names().collect::<Vec<_>>(),
+        [
+            "atlassian",
+            "dropbox",
+            "github",
+            "google",
+            "microsoft",
+            "notion",
+            "slack"
+        ]
+    );
+    assert_eq!(catalog.len(), 7);
+    for provider in catalog.providers() {
+        let docs = provider.docs_url.as_ref().expect("every built-in has docs_url");
+        assert_eq!(docs.scheme(), "https", "{}", provider.name);
+        assert!(provider.issuer.is_none(), "{}", provider.name);
+        assert!(provider.authorization_url.is_some(), "{}", provider.name);
+        assert!(provider.token_url.is_some(), "{}", provider.name);
+        assert!(!provider.capabilities.is_empty(), "{}", provider.name);
+    }
+}
+
+#[test]
+fn builtin_revocation_endpoints() {
+    let catalog = builtin();
+    let revocation = |name: &str| {
+        let provider = catalog.require(name).expect("built-in provider");
+        (
+            provider.revocation_url.as_ref().map(Url::as_str).map(str::to_owned),
+            provider.revocation_method,
+        )
+    };
+    assert_eq!(
+        revocation("google"),
+        (
+            Some("https://oauth2.googleapis.com/revoke".to_owned()),
+            RevocationMethod::Rfc7009
+        )
+    );
+    assert_eq!(
+        revocation("notion"),
+        (
+            Some("https://api.notion.com/v1/oauth/revoke".to_owned()),
+            RevocationMethod::Rfc7009AccessToken
+        )
+    );
+    assert_eq!(
+        revocation("dropbox"),
+        (
+            Some("https://api.dropboxapi.com/2/auth/token/revoke".to_owned()),
+            RevocationMethod::BearerAccessToken
+        )
+    );
+    assert_eq!(
+        revocation("slack"),
+        (
+            Some("https://slack.com/api/auth.revoke".to_owned()),
+            RevocationMethod::BearerAccessToken
+        )
+    );
+    for name in ["microsoft", "github", "atlassian"] {
+        assert_eq!(revocation(name).0, None, "{name}");
+    }
+}
+
+#[test]
+fn builtin_endpoints_and_quirks() {
+    let catalog = builtin();
+    let url = |name: &str| {
+        let p = catalog.require(name).expect("built-in provider");
+        (
+            p.authorization_url.as_ref().map(Url::to_string),
+            p.token_url.as_ref().map(Url::to_string),
+        )
+    };
+    assert_eq!(
+        url("microsoft"),
+        (
+            Some("https://login.microsoftonline.com/common/oauth2/v2.0/authorize".to_owned()),
+            Some("https://login.microsoftonline.com/common/oauth2/v2.0/token".to_owned())
+        )
+    );
+    assert_eq!(
+        url("google"),
+        (
+            Some("https://accounts.google.com/o/oauth2/v2/auth".to_owned()),
+            Some("https://oauth2.googleapis.com/token".to_owned())
+        )
+    );
+
+    let google = catalog.require("google").expect("google");
+    assert_eq!(google.client_auth, ClientAuth::ClientSecretPost);
+    assert_eq!(
+        google.incremental_authorization,
+        Some(IncrementalAuthorization {
+            param: "include_granted_scopes".to_owned(),
+            value: "true".to_owned()
+        })
+    );
+    assert_eq!(
+        google.authorization_params.get("access_type").map(String::as_str),
+        Some("offline")
+    );
+
+    let microsoft = catalog.require("microsoft").expect("microsoft");
+    assert_eq!(microsoft.required_scopes, set(&["offline_access"]));
+    assert!(microsoft.refresh_scope_narrowing);
+    assert!(microsoft.incremental_authorization.is_none());
+
+    let atlassian = catalog.require("atlassian").expect("atlassian");
+    assert_eq!(atlassian.required_scopes, set(&["offline_access"]));
+    assert_eq!(
+        atlassian.authorization_params,
+        [("audience", "api.atlassian.com"), ("prompt", "consent")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    );
+
+    let github = catalog.require("github").expect("github");
+    assert!(!github.issues_refresh_tokens);
+    assert!(!github.refresh_scope_narrowing);
+
+    let slack = catalog.require("slack").expect("slack");
+    assert_eq!(slack.scope_separator, ",");
+    assert_eq!(slack.scope_param, "user_scope");
+    assert_eq!(slack.token_response_object.as_deref(), Some("authed_user"));
+    assert_eq!(slack.client_auth, ClientAuth::ClientSecretBasic);
+
+    let notion = catalog.require("notion").expect("notion");
+    assert!(!notion.uses_scopes);
+    assert!(notion.allowed_scopes.is_empty());
+    assert_eq!(notion.token_request_body, TokenRequestBody::Json);
+    assert_eq!(notion.client_auth, ClientAuth::ClientSecretBasic);
+    assert_eq!(
+        notion.authorization_params.get("owner").map(String::as_str),
+        Some("user")
+    );
+
+    let dropbox = catalog.require("dropbox").expect("dropbox");
+    assert_eq!(
+        dropbox.incremental_authorization,
+        Some(IncrementalAuthorization {
+            param: "include_granted_scopes".to_owned(),
+            value: "user".to_owned()
+        })
+    );
+    assert_eq!(
+        dropbox
+            .authorization_params
+            .get("token_access_type")
+            .map(String::as_str),
+        Some("offline")
+    );
+}
+
+#[test]
+fn shared_capability_names_exist_where_expected() {
+    let catalog = builtin();
+    let has = |provider: &str, capability: &str| {
+        catalog
+            .require(provider)
+            .expect("built-in provider")
+            .capabilities
+            .contains_key(capability)
+    };
+    for provider in ["google", "microsoft"] {
+        for capability in [
+            "calendar.read",
+            "calendar.write",
+            "mail.read",
+            "mail.send",
+            "contacts.read",
+        ] {
+            assert!(has(provider, capability), "{provider} {capability}");
+        }
+    }
+    for provider in ["google", "microsoft", "slack", "dropbox"] {
+        assert!(has(provider, "files.read"), "{provider}");
+        assert!(has(provider, "files.write"), "{provider}");
+    }
+    for provider in ["microsoft", "slack"] {
+        assert!(has(provider, "chat.read"), "{provider}");
+        assert!(has(provider, "chat.write"), "{provider}");
+    }
+    assert!(has("github", "repo.read"));
+    assert!(has("github", "issues.write"));
+    assert!(has("atlassian", "issues.write"));
+    assert!(has("notion", "pages.read"));
+    assert!(has("atlassian", "pages.read"));
+}
+
+#[test]
+fn resolve_scopes_is_the_exact_union() {
+    let catalog = builtin();
+    let google = catalog.require("google").expect("google");
+    let scopes = google
+        .resolve_scopes(
+            &strings(&["calendar.read", "mail.send"]),
+            &strings(&["https://www.googleapis.com/auth/contacts.readonly"]),
+        )
+        .expect("resolves");
+    assert_eq!(
+        scopes,
+        set(&[
+            "https://www.googleapis.com/auth/calendar.events.readonly",
+            "https://www.googleapis.com/auth/gmail.send",
+            "https://www.googleapis.com/auth/contacts.readonly",
+        ])
+    );
+
+    // required_scopes are always added.
+    let microsoft = catalog.require("microsoft").expect("microsoft");
+    assert_eq!(
+        microsoft
+            .resolve_scopes(&strings(&["mail.send"]), &[])
+            .expect("resolves"),
+        set(&["Mail.Send", "offline_access"])
+    );
+
+    // Overlapping capabilities collapse to one scope.
+    let github = catalog.require("github").expect("github");
+    assert_eq!(
+        github
+            .resolve_scopes(&strings(&["repo.read", "issues.write"]), &[])
+            .expect("resolves"),
+        set(&["repo"])
+    );
+
+    // Explicit scopes only.
+    let slack = catalog.require("slack").expect("slack");
+    assert_eq!(
+        slack
+            .resolve_scopes(&[], &strings(&["chat:write", "users:read"]))
+            .expect("resolves"),
+        set(&["chat:write", "users:read"])
+    );
+    assert_eq!(
+        slack.resolve_scopes(&strings(&["chat.read"]), &[]).expect("resolves"),
+        set(&["channels:history", "groups:history", "im:history", "mpim:history"])
+    );
+
+    // A provider without scopes: a known capability resolves to nothing.
+    let notion = catalog.require("notion").expect("notion");
+    assert_eq!(
+        notion.resolve_scopes(&strings(&["pages.read"]), &[]).expect("resolves"),
+        BTreeSet::new()
+    );
+}
+
+#[test]
+fn resolve_scopes_errors() {
+    let catalog = builtin();
+    let google = catalog.require("google").expect("google");
+
+    match google.resolve_scopes(&strings(&["calendar.read", "teleport"]), &[]) {
+        Err(CatalogError::UnknownCapability { provider, capability }) => {
+            assert_eq!(provider, "google");
+            assert_eq!(capability, "teleport");
+        }
+        other => panic!("expected UnknownCapability, got {other:?}"),
+    }
+
+    // gmail's full-access scope is deliberately not on the allow-list.
+    match google.resolve_scopes(&[], &strings(&["https://mail.google.com/"])) {
+        Err(CatalogError::ScopeNotAllowed { provider, scope }) => {
+            assert_eq!(provider, "google");
+            assert_eq!(scope, "https://mail.google.com/");
+        }
+        other => panic!("expected ScopeNotAllowed, got {other:?}"),
+    }
+
+    match google.resolve_scopes(&[], &[]) {
+        Err(CatalogError::NothingRequested { provider }) => assert_eq!(provider, "google"),
+        other => panic!("expected NothingRequested, got {other:?}"),
+    }
+
+    let notion = catalog.require("notion").expect("notion");
+    assert!(matches!(
+        notion.resolve_scopes(&[], &strings(&["read_content"])),
+        Err(CatalogError::ScopeNotAllowed { .. })
+    ));
+
+    let error = google
+        .resolve_scopes(&strings(&["teleport"]), &[])
+        .expect_err("unknown capability");
+    assert_eq!(error.to_string(), "provider `google` has no capability `teleport`");
+}
+
+#[test]
+fn require_unknown_provider() {
+    match builtin().require("myspace") {
+        Err(CatalogError::UnknownProvider { provider }) => assert_eq!(provider, "myspace"),
+        other => panic!("expected UnknownProvider, got {other:?}"),
+    }
+    assert!(builtin().provider("myspace").is_none());
+}
+
+#[test]
+fn scope_plan_incremental_asks_only_for_new_scopes() {
+    let catalog = builtin();
+    let google = catalog.require("google").expect("google");
+    let events_ro = "https://www.googleapis.com/auth/calendar.events.readonly";
+    let send = "https://www.googleapis.com/auth/gmail.send";
+    let drive_ro = "https://www.googleapis.com/auth/drive.readonly";
+
+    let plan = google.scope_plan(&set(&[events_ro, send]), &set(&[events_ro, drive_ro]));
+    assert_eq!(
+        plan,
+        ScopePlan {
+            ask: set(&[send]),
+            incremental: true
+        }
+    );
+
+    // Nothing new: a re-consent for what was requested.
+    let plan = google.scope_plan(&set(&[events_ro]), &set(&[events_ro, drive_ro]));
+    assert_eq!(
+        plan,
+        ScopePlan {
+            ask: set(&[events_ro]),
+            incremental: true
+        }
+    );
+
+    let params = google.authorization_params_for(&ScopePlan {
+        ask: set(&[send]),
+        incremental: true,
+    });
+    assert_eq!(
+        params,
+        [
+            ("access_type", "offline"),
+            ("include_granted_scopes", "true"),
+            ("prompt", "consent"),
+            ("scope", send),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    );
+}
+
+#[test]
+fn scope_plan_incremental_keeps_required_scopes() {
+    let text = r#"
+[providers.acme]
+display_name = "Acme"
+issuer = "https://id.acme.example"
+incremental_authorization = { param = "include_granted_scopes", value = "true" }
+required_scopes = ["offline_access"]
+allowed_scopes = ["offline_access", "read", "write"]
+[providers.acme.capabilities]
+"things.read" = ["read"]
+"things.write" = ["write"]
+"#;
+    let catalog = Catalog::from_toml_str(text).expect("valid");
+    let acme = catalog.require("acme").expect("acme");
+    let plan = acme.scope_plan(
+        &set(&["offline_access", "read", "write"]),
+        &set(&["offline_access", "read"]),
+    );
+    assert_eq!(plan.ask, set(&["offline_access", "write"]));
+    assert!(plan.incremental);
+}
+
+#[test]
+fn scope_plan_without_incremental_asks_for_the_union() {
+    let catalog = builtin();
+    let microsoft = catalog.require("microsoft").expect("microsoft");
+    // `openid` was granted but is not on the allow-list: it is not asked again.
+    let plan = microsoft.scope_plan(
+        &set(&["Mail.Send", "offline_access"]),
+        &set(&["Mail.Read", "offline_access", "openid"]),
+    );
+    assert_eq!(
+        plan,
+        ScopePlan {
+            ask: set(&["Mail.Read", "Mail.Send", "offline_access"]),
+            incremental: false
+        }
+    );
+    assert_eq!(
+        microsoft.authorization_params_for(&plan),
+        [("scope".to_owned(), "Mail.Read Mail.Send offline_access".to_owned())]
+            .into_iter()
+            .collect()
+    );
+
+    let slack = catalog.require("slack").expect("slack");
+    let plan = slack.scope_plan(&set(&["chat:write"]), &set(&["users:read"]));
+    assert_eq!(plan.ask, set(&["chat:write", "users:read"]));
+    assert!(!plan.incremental);
+    assert_eq!(
+        slack.authorization_params_for(&plan),
+        [("user_scope".to_owned(), "chat:write,users:read".to_owned())]
+            .into_iter()
+            .collect()
+    );
+
+    // No scope parameter at all for a provider without scopes.
+    let notion = catalog.require("notion").expect("notion");
+    let plan = notion.scope_plan(&BTreeSet::new(), &BTreeSet::new());
+    assert_eq!(
+        notion.authorization_params_for(&plan),
+        [("owner".to_owned(), "user".to_owned())].into_iter().collect()
+    );
+}
+
+#[test]
+fn join_and_split_scopes() {
+    let catalog = builtin();
+    let slack = catalog.require("slack").expect("slack");
+    let google = catalog.require("google").expect("google");
+    let github = catalog.require("github").expect("github");
+
+    let scopes = set(&["users:read", "chat:write", "channels:history"]);
+    assert_eq!(slack.join_scopes(&scopes), "channels:history,chat:write,users:read");
+    assert_eq!(google.join_scopes(&set(&["b", "a"])), "a b");
+    assert_eq!(google.join_scopes(&BTreeSet::new()), "");
+
+    assert_eq!(
+        slack.split_scopes("channels:history, chat:write  users:read,,"),
+        set(&["channels:history", "chat:write", "users:read"])
+    );
+    assert_eq!(
+        google.split_scopes(" openid  https://www.googleapis.com/auth/gmail.send\n"),
+        set(&["openid", "https://www.googleapis.com/auth/gmail.send"])
+    );
+    // GitHub reports granted scopes comma-separated although it is asked space-separated.
+    assert_eq!(github.split_scopes("repo,gist"), set(&["gist", "repo"]));
+    assert_eq!(github.split_scopes(""), BTreeSet::new());
+
+    // A separator other than space or comma is honoured too.
+    let text = MINIMAL.replace(
+        "display_name = \"Acme\"",
+        "display_name = \"Acme\"\nscope_separator = \"+\"",
+    );
+    let catalog = Catalog::from_toml_str(&text).expect("valid");
+    let acme = catalog.require("acme").expect("acme");
+    assert_eq!(acme.join_scopes(&set(&["read", "write"])), "read+write");
+    assert_eq!(acme.split_scopes("read+write"), set(&["read", "write"]));
+
+    // Round trip.
+    assert_eq!(slack.split_scopes(&slack.join_scopes(&scopes)), scopes);
+}
+
+#[test]
+fn minimal_provider_takes_the_defaults() {
+    let catalog = Catalog::from_toml_str(MINIMAL).expect("valid");
+    let acme = catalog.require("acme").expect("acme");
+    assert_eq!(acme.client_auth, ClientAuth::ClientSecretBasic);
+    assert_eq!(acme.scope_separator, " ");
+    assert_eq!(acme.scope_param, "scope");
+    assert!(acme.uses_scopes);
+    assert!(acme.issues_refresh_tokens);
+    assert!(!acme.refresh_scope_narrowing);
+    assert_eq!(acme.token_request_body, TokenRequestBody::Form);
+    assert_eq!(acme.revocation_method, RevocationMethod::Rfc7009);
+    assert_eq!(acme.revocation_url, None);
+    assert_eq!(acme.docs_url, None);
+    assert!(!acme.uses_discovery());
+}
+
+#[test]
+fn issuer_replaces_explicit_endpoints() {
+    let text = r#"
+[providers.corp-sso]
+display_name = "Corp SSO"
+issuer = "https://sso.corp.example/realms/main"
+allowed_scopes = ["openid", "offline_access"]
+"#;
+    let catalog = Catalog::from_toml_str(text).expect("valid");
+    let sso = catalog.require("corp-sso").expect("corp-sso");
+    assert!(sso.uses_discovery());
+    assert_eq!(
+        sso.issuer.as_ref().map(Url::as_str),
+        Some("https://sso.corp.example/realms/main")
+    );
+    assert_eq!(sso.authorization_url, None);
+    assert_eq!(sso.token_url, None);
+    assert!(sso.capabilities.is_empty());
+    assert_eq!(
+        sso.resolve_scopes(&[], &strings(&["openid"])).expect("resolves"),
+        set(&["openid"])
+    );
+}
+
+#[test]
+fn generic_example_in_the_builtin_file_is_valid() {
+    let begin = "# --- generic provider example (begin) ---";
+    let end = "# --- generic provider example (end) ---";
+    let start = BUILTIN_CATALOG.find(begin).expect("example start marker") + begin.len();
+    let stop = BUILTIN_CATALOG.find(end).expect("example end marker");
+    let example: String = BUILTIN_CATALOG[start..stop]
+        .lines()
+        .map(|line| line.strip_prefix("# ").unwrap_or(line.trim_start_matches('#')))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let catalog = Catalog::from_toml_str(&example).expect("the commented example is valid");
+    let acme = catalog.require("acme").expect("acme");
+    assert!(acme.uses_discovery());
+    assert_eq!(
+        acme.resolve_scopes(&strings(&["tickets.read"]), &[]).expect("resolves"),
+        set(&["offline_access", "tickets:read"])
+    );
+}
+
+#[test]
+fn http_is_refused_for_public_hosts() {
+    let text = MINIMAL.replace("https://id.acme.example/token", "http://id.acme.example/token");
+    let (provider, reason) = invalid_reason(&text);
+    assert_eq!(provider, "acme");
+    assert!(reason.contains("`token_url`"), "{reason}");
+    assert!(reason.contains("https"), "{reason}");
+
+    for host in ["127.0.0.1:8080", "localhost:9000", "[::1]"] {
+        let text = MINIMAL
+            .replace("https://id.acme.example/token", &format!("http://{host}/token"))
+            .replace("https://id.acme.example/authorize", &format!("http://{host}/authorize"));
+        let catalog = Catalog::from_toml_str(&text).expect("loopback http is allowed");
+        let acme = catalog.require("acme").expect("acme");
+        assert_eq!(acme.token_url.as_ref().map(Url::scheme), Some("http"));
+    }
+
+    let text = MINIMAL.replace("https://id.acme.example/authorize", "ftp://id.acme.example/authorize");
+    let (_, reason) = invalid_reason(&text);
+    assert!(reason.contains("`authorization_url`"), "{reason}");
+}
+
+#[test]
+fn capability_scope_must_be_allowed() {
+    let text = MINIMAL.replace(r#""things.read" = ["read"]"#, r#""things.read" = ["read", "admin"]"#);
+    let (provider, reason) = invalid_reason(&text);
+    assert_eq!(provider, "acme");
+    assert!(reason.contains("things.read"), "{reason}");
+    assert!(reason.contains("`admin`"), "{reason}");
+    assert!(reason.contains("allowed_scopes"), "{reason}");
+}
+
+#[test]
+fn required_scope_must_be_allowed() {
+    let text = MINIMAL.replace(
+        "allowed_scopes = [\"read\", \"write\"]",
+        "allowed_scopes = [\"read\", \"write\"]\nrequired_scopes = [\"offline_access\"]",
+    );
+    let (_, reason) = invalid_reason(&text);
+    assert!(reason.contains("`required_scopes`"), "{reason}");
+    assert!(reason.contains("offline_access"), "{reason}");
+}
+
+#[test]
+fn client_secrets_are_not_catalog_data() {
+    let text = MINIMAL.replace(
+        "display_name = \"Acme\"",
+        "display_name = \"Acme\"\nclient_secret = \"hunter2\"",
+    );
+    match Catalog::from_toml_str(&text) {
+        Err(CatalogError::Parse { origin, source }) => {
+            assert_eq!(origin, "(text)");
+            let message = source.to_string();
+            assert!(message.contains("unknown field `client_secret`"), "{message}");
+        }
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+    let text = MINIMAL.replace("display_name = \"Acme\"", "display_name = \"Acme\"\nclient_id = \"x\"");
+    assert!(matches!(Catalog::from_toml_str(&text), Err(CatalogError::Parse { .. })));
+    // Unknown top-level keys too.
+    assert!(matches!(
+        Catalog::from_toml_str("provider = {}"),
+        Err(CatalogError::Parse { .. })
+    ));
+}
+
+#[test]
+fn other_invalid_catalogs() {
+    let cases: &[(&str, &str, &str)] = &[
+        // (text to replace in MINIMAL, replacement, expected words of the reason)
+        (
+            "\"things.read\" = [\"read\"]",
+            "\"Things Read\" = [\"read\"]",
+            "capability name",
+        ),
+        (
+            "\"things.read\" = [\"read\"]",
+            "\"things.read\" = []",
+            "maps to no scope",
+        ),
+        (
+            "token_url = \"https://id.acme.example/token\"",
+            "",
+            "`token_url` is required",
+        ),
+        (
+            "authorization_url = \"https://id.acme.example/authorize\"",
+            "",
+            "`authorization_url` is required",
+        ),
+        (
+            "display_name = \"Acme\"",
+            "display_name = \"Acme\"\nscope_separator = \"\"",
+            "`scope_separator` is empty",
+        ),
+        (
+            "allowed_scopes = [\"read\", \"write\"]",
+            "allowed_scopes = [\"read\", \"wr ite\"]",
+            "not a valid scope",
+        ),
+        (
+            "allowed_scopes = [\"read\", \"write\"]",
+            "allowed_scopes = [\"read\", \"a,b\"]",
+            "not a valid scope",
+        ),
+        (
+            "display_name = \"Acme\"",
+            "display_name = \"Acme\"\nauthorization_params = { redirect_uri = \"https://evil.example/\" }",
+            "`authorization_params`",
+        ),
+        (
+            "display_name = \"Acme\"",
+            "display_name = \"Acme\"\nissues_refresh_tokens = false\nrefresh_scope_narrowing = true",
+            "refresh_scope_narrowing",
+        ),
+        (
+            "display_name = \"Acme\"",
+            "display_name = \"Acme\"\nrevocation_method = \"bearer_access_token\"",
+            "`revocation_method`",
+        ),
+        (
+            "display_name = \"Acme\"",
+            "display_name = \"Acme\"\nuses_scopes = false",
+            "`uses_scopes` is false",
+        ),
+        (
+            "display_name = \"Acme\"",
+            "display_name = \"Acme\"\nrequest_headers = { Authorization = \"Bearer x\" }",
+            "`request_headers`",
+        ),
+        (
+            "token_url = \"https://id.acme.example/token\"",
+            "token_url = \"https://id.acme.example/token#frag\"",
+            "fragment",
+        ),
+        (
+            "token_url = \"https://id.acme.example/token\"",
+            "token_url = \"https://user:pw@id.acme.example/token\"",
+            "credentials",
+        ),
+        (
+            "display_name = \"Acme\"",
+            "display_name = \" \"",
+            "`display_name` is empty",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(MINIMAL.contains(from), "case does not apply: {from}");
+        let text = MINIMAL.replace(from, to);
+        match Catalog::from_toml_str(&text) {
+            Err(CatalogError::Invalid { reason, .. }) => {
+                assert!(reason.contains(expected), "{expected:?} not in {reason:?}")
+            }
+            other => panic!("{to:?}: expected Invalid, got {other:?}"),
+        }
+    }
+
+    let (provider, reason) = invalid_reason(&MINIMAL.replace("providers.acme", "providers.\"Acme Corp\""));
+    assert_eq!(provider, "Acme Corp");
+    assert!(reason.contains("provider name"), "{reason}");
+
+    let (_, reason) = invalid_reason(
+        r#"
+[providers.empty]
+display_name = "Empty"
+issuer = "https://id.example"
+"#,
+    );
+    assert!(reason.contains("nothing could ever be requested"), "{reason}");
+
+    let (_, reason) = invalid_reason(
+        r#"
+[providers.odd]
+display_name = "Odd"
+issuer = "https://id.example/?tenant=x"
+allowed_scopes = ["a"]
+"#,
+    );
+    assert!(reason.contains("`issuer` must not have a query"), "{reason}");
+}
+
+#[test]
+fn error_messages_name_provider_and_field() {
+    let text = MINIMAL.replace("https://id.acme.example/token", "http://id.acme.example/token");
+    let error = Catalog::from_toml_str(&text).expect_err("invalid");
+    assert_eq!(
+        error.to_string(),
+        "provider `acme`: `token_url` must use https (plain http is allowed only for localhost and 127.0.0.1): http://id.acme.example/token"
+    );
+}
+
+#[test]
+fn merge_replaces_whole_providers_by_name() {
+    let mut catalog = builtin();
+    let overrides = Catalog::from_toml_str(
+        r#"
+[providers.github]
+display_name = "GitHub Enterprise"
+authorization_url = "https://github.corp.example/login/oauth/authorize"
+token_url = "https://github.corp.example/login/oauth/access_token"
+issues_refresh_tokens = false
+allowed_scopes = ["repo"]
+[providers.github.capabilities]
+"repo.read" = ["repo"]
+
+[providers.acme]
+display_name = "Acme"
+issuer = "https://id.acme.example"
+allowed_scopes = ["read"]
+"#,
+    )
+    .expect("valid overrides");
+    let google_before = catalog.require("google").expect("google").clone();
+
+    catalog.merge(overrides);
+
+    assert_eq!(catalog.len(), 8);
+    let github = catalog.require("github").expect("github");
+    assert_eq!(github.display_name, "GitHub Enterprise");
+    assert_eq!(
+        github.token_url.as_ref().map(Url::as_str),
+        Some("https://github.corp.example/login/oauth/access_token")
+    );
+    // Replaced whole: the built-in capabilities are gone, defaults apply.
+    assert_eq!(
+        github.capabilities.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["repo.read"]
+    );
+    assert_eq!(github.client_auth, ClientAuth::ClientSecretBasic);
+    assert!(catalog.provider("acme").is_some());
+    assert_eq!(catalog.require("google").expect("google"), &google_before);
+}
+
+#[test]
+fn from_file_reads_and_reports_the_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("providers.toml");
+    std::fs::write(&path, MINIMAL).expect("write");
+    let catalog = Catalog::from_file(&path).expect("valid file");
+    assert_eq!(catalog.names().collect::<Vec<_>>(), ["acme"]);
+
+    let missing = dir.path().join("missing.toml");
+    match Catalog::from_file(&missing) {
+        Err(CatalogError::Io { path, source }) => {
+            assert_eq!(path, missing);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
+
+    std::fs::write(&path, "[providers.acme\n").expect("write");
+    match Catalog::from_file(&path) {
+        Err(CatalogError::Parse { origin, .. }) => assert_eq!(origin, path.display().to_string()),
+        other => panic!("expected Parse, got {other:?}"),
+    }
+}
+
+#[test]
+fn empty_text_is_an_empty_catalog() {
+    let catalog = Catalog::from_toml_str("").expect("valid");
+    assert!(catalog.is_empty());
+    assert_eq!(catalog, Catalog::default());
+}

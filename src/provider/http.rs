@@ -1,0 +1,223 @@
+//! The HTTP client for provider endpoints: bounded time, bounded body,
+//! no redirects, and a few normalisations so that providers which bend
+//! RFC 6749 (errors with status 200, Slack's nested user token) read like
+//! ones that do not.
+
+use std::time::Duration;
+
+/// Why an upstream HTTP exchange failed before a usable answer arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// No answer in time.
+    #[error("provider did not answer within the timeout")]
+    Timeout,
+    /// The connection failed.
+    #[error("cannot reach the provider")]
+    Connect,
+    /// 5xx or 429: the provider is struggling; worth retrying.
+    #[error("provider answered HTTP {0}")]
+    Status(u16),
+    /// The body was larger than allowed.
+    #[error("provider response exceeded {0} bytes")]
+    TooLarge(usize),
+    /// Anything else on the wire.
+    #[error("HTTP exchange with the provider failed")]
+    Other,
+}
+
+impl HttpError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            HttpError::Timeout | HttpError::Connect | HttpError::Status(_) | HttpError::Other
+        )
+    }
+}
+
+/// A reqwest client with the service's limits.
+#[derive(Debug, Clone)]
+pub struct ProviderHttp {
+    client: reqwest::Client,
+    max_body: usize,
+}
+
+impl ProviderHttp {
+    /// A client with a per-request `timeout` and a response body limit.
+    pub fn new(timeout: Duration, max_body: usize) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("tokenvault/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("cannot build the provider HTTP client: {e}"))?;
+        Ok(Self { client, max_body })
+    }
+
+    /// Sends one request and reads at most `max_body` bytes of the answer.
+    pub async fn send(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        let (parts, body) = request.into_parts();
+        let response = self
+            .client
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = response.status();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(HttpError::Status(status.as_u16()));
+        }
+        let headers = response.headers().clone();
+        let body = read_limited(response, self.max_body).await?;
+        let mut builder = http::Response::builder().status(status);
+        if let Some(headers_mut) = builder.headers_mut() {
+            *headers_mut = headers;
+        }
+        builder.body(body).map_err(|_| HttpError::Other)
+    }
+
+    /// A plain GET returning the body (discovery documents).
+    pub async fn get_json(&self, url: &str) -> Result<serde_json::Value, HttpError> {
+        let response = self.client.get(url).send().await.map_err(classify)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(HttpError::Status(status.as_u16()));
+        }
+        let body = read_limited(response, self.max_body).await?;
+        serde_json::from_slice(&body).map_err(|_| HttpError::Other)
+    }
+}
+
+fn classify(error: reqwest::Error) -> HttpError {
+    if error.is_timeout() {
+        HttpError::Timeout
+    } else if error.is_connect() {
+        HttpError::Connect
+    } else {
+        HttpError::Other
+    }
+}
+
+async fn read_limited(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, HttpError> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(HttpError::TooLarge(max));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+        if body.len() + chunk.len() > max {
+            return Err(HttpError::TooLarge(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Makes provider quirks look like RFC 6749:
+/// - an error object sent with status 200 (GitHub, Slack `ok: false`) becomes a 400;
+/// - the token fields under `response_object` (Slack's `authed_user`) are lifted to the top level;
+/// - a missing `token_type` is `Bearer`, a numeric-string `expires_in` a number;
+/// - a JSON body is labelled `application/json`.
+pub fn normalize(response: oauth2::HttpResponse, response_object: Option<&str>) -> oauth2::HttpResponse {
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice::<serde_json::Value>(response.body()) else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    parts.headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let mut changed = false;
+    if parts.status == http::StatusCode::OK {
+        let slack_failed = object.get("ok") == Some(&serde_json::Value::Bool(false));
+        let has_token = object.contains_key("access_token");
+        if (slack_failed || object.contains_key("error")) && !has_token {
+            parts.status = http::StatusCode::BAD_REQUEST;
+            if !object.contains_key("error") {
+                object.insert("error".into(), "invalid_request".into());
+            }
+            changed = true;
+        } else {
+            if let (false, Some(name)) = (has_token, response_object) {
+                if let Some(serde_json::Value::Object(inner)) = object.remove(name) {
+                    for (key, value) in inner {
+                        if key != "id" {
+                            object.insert(key, value);
+                        }
+                    }
+                    changed = true;
+                }
+            }
+            if object.contains_key("access_token") && !object.contains_key("token_type") {
+                object.insert("token_type".into(), "Bearer".into());
+                changed = true;
+            }
+            if let Some(serde_json::Value::String(text)) = object.get("expires_in") {
+                if let Ok(seconds) = text.parse::<u64>() {
+                    object.insert("expires_in".into(), seconds.into());
+                    changed = true;
+                }
+            }
+        }
+    }
+    let body = if changed {
+        serde_json::to_vec(&object).unwrap_or(body)
+    } else {
+        body
+    };
+    http::Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, body: &str) -> oauth2::HttpResponse {
+        http::Response::builder()
+            .status(status)
+            .body(body.as_bytes().to_vec())
+            .unwrap()
+    }
+
+    #[test]
+    fn errors_sent_with_200_become_400() {
+        let out = normalize(response(200, r#"{"error":"bad_verification_code"}"#), None);
+        assert_eq!(out.status(), 400);
+        let out = normalize(response(200, r#"{"ok":false,"error":"invalid_code"}"#), None);
+        assert_eq!(out.status(), 400);
+        assert_eq!(out.headers()[http::header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn slack_user_tokens_are_lifted() {
+        let out = normalize(
+            response(
+                200,
+                r#"{"ok":true,"authed_user":{"id":"U1","access_token":"xoxp-1","token_type":"user","scope":"chat:write"}}"#,
+            ),
+            Some("authed_user"),
+        );
+        let value: serde_json::Value = serde_json::from_slice(out.body()).unwrap();
+        assert_eq!(value["access_token"], "xoxp-1");
+        assert_eq!(value["scope"], "chat:write");
+    }
+
+    #[test]
+    fn ordinary_answers_pass_through() {
+        let body = r#"{"access_token":"a","token_type":"Bearer"}"#;
+        let out = normalize(response(200, body), None);
+        assert_eq!(out.status(), 200);
+        assert_eq!(out.body(), body.as_bytes());
+        let out = normalize(response(200, r#"{"access_token":"a","expires_in":"60"}"#), None);
+        let value: serde_json::Value = serde_json::from_slice(out.body()).unwrap();
+        assert_eq!(
+            (value["token_type"].as_str(), value["expires_in"].as_u64()),
+            (Some("Bearer"), Some(60))
+        );
+        let out = normalize(response(200, "not json"), None);
+        assert_eq!(out.body(), b"not json");
+    }
+}

@@ -1,0 +1,99 @@
+//! Calls to providers: token, refresh and revocation endpoints, and
+//! OpenID Connect / RFC 8414 discovery.
+
+mod client;
+mod discovery;
+mod http;
+mod registry;
+
+pub use client::{new_pkce, Endpoints, ProviderClient};
+pub use discovery::discover;
+pub use http::{HttpError, ProviderHttp};
+pub use registry::{Providers, ProvidersError};
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+
+/// What a token endpoint answered. `Debug` shows no token.
+pub struct TokenSet {
+    /// The access token.
+    pub access_token: SecretString,
+    /// A refresh token, when issued (or rotated).
+    pub refresh_token: Option<SecretString>,
+    /// Usually `Bearer`.
+    pub token_type: String,
+    /// When the access token expires.
+    pub expires_at: DateTime<Utc>,
+    /// Scopes the provider reported; `None` means "as requested" (RFC 6749 §5.1).
+    pub scopes: Option<crate::store::ScopeSet>,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("access_token", &"[REDACTED]")
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[REDACTED]"))
+            .field("token_type", &self.token_type)
+            .field("expires_at", &self.expires_at)
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// Why a provider call failed. Messages never contain a token or code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// The grant (code or refresh token) is invalid, expired or revoked.
+    #[error("provider rejected the grant (invalid_grant){}", suffix(.0))]
+    InvalidGrant(String),
+    /// The requested scope exceeds the grant.
+    #[error("provider rejected the scope (invalid_scope){}", suffix(.0))]
+    InvalidScope(String),
+    /// tokenvault's client id or secret was refused.
+    #[error("{0}")]
+    ClientRejected(String),
+    /// Another OAuth error.
+    #[error("{0}")]
+    Rejected(String),
+    /// Down, slow, or 5xx: worth retrying.
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+    /// An answer that is not a valid response.
+    #[error("{0}")]
+    Malformed(String),
+    /// The provider cannot do what was asked.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The provider is not configured on this server.
+    #[error("provider `{0}` is not configured on this server (no client credentials)")]
+    NotConfigured(String),
+}
+
+fn suffix(description: &str) -> String {
+    if description.is_empty() {
+        String::new()
+    } else {
+        format!(": {description}")
+    }
+}
+
+impl ProviderError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ProviderError::Unavailable(_))
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::InvalidGrant(_) => "invalid_grant",
+            ProviderError::InvalidScope(_) => "invalid_scope",
+            ProviderError::ClientRejected(_) => "client_rejected",
+            ProviderError::Rejected(_) => "rejected",
+            ProviderError::Unavailable(_) => "unavailable",
+            ProviderError::Malformed(_) => "malformed",
+            ProviderError::Unsupported(_) => "unsupported",
+            ProviderError::NotConfigured(_) => "not_configured",
+        }
+    }
+}
