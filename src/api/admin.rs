@@ -1,0 +1,185 @@
+//! `AdminService`: operator actions.
+
+use super::context::CallContext;
+use super::{convert, validate};
+use crate::app::App;
+use crate::clock::{from_proto, to_proto};
+use crate::lifecycle::Actor;
+use crate::proto::admin_service_server::AdminService;
+use crate::proto::*;
+use crate::store::{AuditFilter, TenantScope};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// `AdminService` over the app.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    app: Arc<App>,
+}
+
+impl AdminApi {
+    /// The service.
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
+    }
+}
+
+fn actor(context: &CallContext) -> Actor<'_> {
+    Actor {
+        name: &context.caller.name,
+        tenants: &context.caller.tenants,
+        request_id: context.request_id(),
+    }
+}
+
+fn reason(text: &str, default: &str) -> Result<String, Status> {
+    if text.len() > 500 || text.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(
+            "reason must be at most 500 characters without control characters",
+        ));
+    }
+    Ok(if text.is_empty() {
+        default.to_owned()
+    } else {
+        text.to_owned()
+    })
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn revoke_connection(
+        &self,
+        request: Request<RevokeConnectionRequest>,
+    ) -> Result<Response<RevokeConnectionResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let id = validate::id("connection_id", &request.get_ref().connection_id)?;
+        let why = reason(&request.get_ref().reason, "revoked by an operator")?;
+        let connection = self.app.lifecycle.revoke_connection(&actor(&context), id, &why).await?;
+        Ok(Response::new(RevokeConnectionResponse {
+            connection: Some(convert::connection(&connection)),
+        }))
+    }
+
+    async fn revoke_user(&self, request: Request<RevokeUserRequest>) -> Result<Response<RevokeUserResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let body = request.get_ref();
+        validate::tenant(&body.tenant_id)?;
+        validate::user(&body.user_id)?;
+        let why = reason(&body.reason, "all of the user's connections revoked by an operator")?;
+        let connections = self
+            .app
+            .lifecycle
+            .revoke_user(&actor(&context), &body.tenant_id, &body.user_id, &why)
+            .await?;
+        Ok(Response::new(RevokeUserResponse {
+            connections: connections.iter().map(convert::connection).collect(),
+        }))
+    }
+
+    async fn delete_user(&self, request: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let body = request.get_ref();
+        validate::tenant(&body.tenant_id)?;
+        validate::user(&body.user_id)?;
+        let purge_at = self
+            .app
+            .lifecycle
+            .delete_user(&actor(&context), &body.tenant_id, &body.user_id)
+            .await?;
+        Ok(Response::new(DeleteUserResponse {
+            purge_at: Some(to_proto(purge_at)),
+        }))
+    }
+
+    async fn restore_user(
+        &self,
+        request: Request<RestoreUserRequest>,
+    ) -> Result<Response<RestoreUserResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let body = request.get_ref();
+        validate::tenant(&body.tenant_id)?;
+        validate::user(&body.user_id)?;
+        let connections = self
+            .app
+            .lifecycle
+            .restore_user(&actor(&context), &body.tenant_id, &body.user_id)
+            .await?;
+        Ok(Response::new(RestoreUserResponse {
+            connections: connections.iter().map(convert::connection).collect(),
+        }))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Result<Response<ListAuditEventsResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let body = request.into_inner();
+        let tenant_id = if body.tenant_id.is_empty() {
+            if context.caller.tenants != TenantScope::All {
+                return Err(Status::invalid_argument(
+                    "tenant_id is required for a caller limited to some tenants",
+                ));
+            }
+            None
+        } else {
+            validate::tenant(&body.tenant_id)?;
+            validate::may_act_for(&context.caller, &body.tenant_id)?;
+            Some(body.tenant_id)
+        };
+        if !body.user_id.is_empty() {
+            validate::user(&body.user_id)?;
+        }
+        let connection_id = if body.connection_id.is_empty() {
+            None
+        } else {
+            Some(validate::id("connection_id", &body.connection_id)?)
+        };
+        if body.action.len() > 64 {
+            return Err(Status::invalid_argument("action is at most 64 characters"));
+        }
+        let time = |field: &str, ts: Option<prost_types::Timestamp>| -> Result<_, Status> {
+            ts.map(|t| from_proto(&t).ok_or_else(|| Status::invalid_argument(format!("{field} is out of range"))))
+                .transpose()
+        };
+        let limit = validate::page_size(body.page_size);
+        let events = self
+            .app
+            .store
+            .list_audit(&AuditFilter {
+                tenant_id,
+                user_id: (!body.user_id.is_empty()).then_some(body.user_id),
+                connection_id,
+                action: (!body.action.is_empty()).then_some(body.action),
+                since: time("since", body.since)?,
+                until: time("until", body.until)?,
+                before_id: validate::page_token(&body.page_token)?,
+                limit,
+            })
+            .await?;
+        let next_page_token = if events.len() == limit as usize {
+            events.last().map(|e| e.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListAuditEventsResponse {
+            events: events.iter().map(convert::audit_event).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn rotate_keys(&self, request: Request<RotateKeysRequest>) -> Result<Response<RotateKeysResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        if context.caller.tenants != TenantScope::All {
+            return Err(Status::permission_denied(
+                "key rotation needs an admin key for all tenants (\"*\")",
+            ));
+        }
+        let report = self.app.lifecycle.rotate_keys(&actor(&context)).await?;
+        Ok(Response::new(RotateKeysResponse {
+            active_kek_id: report.active_kek,
+            rewrapped: report.rewrapped,
+            unchanged: report.unchanged,
+        }))
+    }
+}

@@ -1,0 +1,177 @@
+//! `ConsentService`: decode, validate, call the consent flow, map errors.
+
+use super::context::CallContext;
+use super::validate;
+use crate::app::App;
+use crate::clock::to_proto;
+use crate::consent::{CallbackParams, Completion, Outcome, StartRequest};
+use crate::proto::consent_service_server::ConsentService;
+use crate::proto::*;
+use crate::store::ConsentState;
+use secrecy::SecretString;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// `ConsentService` over the app.
+#[derive(Debug, Clone)]
+pub struct ConsentApi {
+    app: Arc<App>,
+}
+
+impl ConsentApi {
+    /// The service.
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
+    }
+}
+
+const MAX_CAPABILITIES: usize = 50;
+
+fn capability_names(values: &[String]) -> Result<Vec<String>, Status> {
+    if values.len() > MAX_CAPABILITIES {
+        return Err(Status::invalid_argument(format!(
+            "capabilities lists more than {MAX_CAPABILITIES} entries"
+        )));
+    }
+    for value in values {
+        let valid = !value.is_empty()
+            && value.len() <= 64
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+        if !valid {
+            return Err(Status::invalid_argument(
+                "capabilities must be names of 1-64 characters of a-z 0-9 . _ -",
+            ));
+        }
+    }
+    let mut names = values.to_vec();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+fn provider_name(value: &str) -> Result<&str, Status> {
+    let valid = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
+    if valid {
+        Ok(value)
+    } else {
+        Err(Status::invalid_argument(
+            "provider must be a catalog name (a-z 0-9 _ -)",
+        ))
+    }
+}
+
+/// The proto form of a completion.
+pub fn completion_response(completion: &Completion) -> CompleteConsentResponse {
+    CompleteConsentResponse {
+        consent_id: completion.consent_id.to_string(),
+        connection_id: completion.connection_id.map(|c| c.to_string()).unwrap_or_default(),
+        status: match completion.outcome {
+            Outcome::Connected => ConsentStatus::ConsentCompleted,
+            Outcome::Denied | Outcome::Failed => ConsentStatus::ConsentFailed,
+        } as i32,
+        granted_scopes: completion.granted_scopes.iter().cloned().collect(),
+        redirect_url: completion
+            .redirect_url
+            .as_ref()
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
+        error: completion.error.clone().unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl ConsentService for ConsentApi {
+    async fn start_consent(
+        &self,
+        request: Request<StartConsentRequest>,
+    ) -> Result<Response<StartConsentResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let body = request.into_inner();
+        validate::tenant(&body.tenant_id)?;
+        validate::user(&body.user_id)?;
+        provider_name(&body.provider)?;
+        let capabilities = capability_names(&body.capabilities)?;
+        let scopes = validate::scopes("scopes", &body.scopes)?;
+        validate::may_act_for(&context.caller, &body.tenant_id)?;
+        let started = self
+            .app
+            .consent
+            .start(
+                &context.caller.name,
+                &context.caller.tenants,
+                StartRequest {
+                    tenant_id: body.tenant_id,
+                    user_id: body.user_id,
+                    provider: body.provider,
+                    capabilities,
+                    scopes: scopes.into_iter().collect(),
+                    return_url: body.return_url,
+                },
+                context.request_id(),
+            )
+            .await?;
+        Ok(Response::new(StartConsentResponse {
+            consent_id: started.consent_id.to_string(),
+            authorization_url: started.authorization_url.to_string(),
+            scopes: started.scopes.into_iter().collect(),
+            expires_at: Some(to_proto(started.expires_at)),
+        }))
+    }
+
+    async fn complete_consent(
+        &self,
+        request: Request<CompleteConsentRequest>,
+    ) -> Result<Response<CompleteConsentResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let body = request.into_inner();
+        if body.code.len() > 4096 || body.error.len() > 256 || body.error_description.len() > 2048 {
+            return Err(Status::invalid_argument("code, error or error_description is too long"));
+        }
+        let params = CallbackParams {
+            state: body.state,
+            code: (!body.code.is_empty()).then(|| SecretString::from(body.code)),
+            error: (!body.error.is_empty()).then_some(body.error),
+            error_description: (!body.error_description.is_empty()).then_some(body.error_description),
+        };
+        let completion = self
+            .app
+            .consent
+            .complete_for(
+                &context.caller.name,
+                &context.caller.tenants,
+                params,
+                context.request_id(),
+            )
+            .await?;
+        Ok(Response::new(completion_response(&completion)))
+    }
+
+    async fn get_consent(&self, request: Request<GetConsentRequest>) -> Result<Response<GetConsentResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let id = validate::id("consent_id", &request.get_ref().consent_id)?;
+        let (record, expired) = self.app.consent.get(&context.caller.tenants, id).await?;
+        let status = match record.state {
+            _ if expired => ConsentStatus::ConsentExpired,
+            ConsentState::Pending | ConsentState::Exchanging => ConsentStatus::ConsentPending,
+            ConsentState::Completed => ConsentStatus::ConsentCompleted,
+            ConsentState::Failed => ConsentStatus::ConsentFailed,
+        };
+        Ok(Response::new(GetConsentResponse {
+            consent_id: record.id.to_string(),
+            tenant_id: record.tenant_id,
+            user_id: record.user_id,
+            provider: record.provider,
+            status: status as i32,
+            requested_scopes: record.requested_scopes.into_iter().collect(),
+            connection_id: record.connection_id.map(|c| c.to_string()).unwrap_or_default(),
+            expires_at: Some(to_proto(record.expires_at)),
+            error: record.error.unwrap_or_default(),
+        }))
+    }
+}

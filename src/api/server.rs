@@ -1,0 +1,200 @@
+//! Starts the gRPC and HTTP listeners and stops them gracefully.
+
+use super::tls::{self, TlsAcceptor};
+use super::{AdminApi, ConnectionApi, ConsentApi, TokenApi};
+use crate::app::{App, StartupError};
+use crate::auth::AuthLayer;
+use crate::proto::admin_service_server::AdminServiceServer;
+use crate::proto::connection_service_server::ConnectionServiceServer;
+use crate::proto::consent_service_server::ConsentServiceServer;
+use crate::proto::token_service_server::TokenServiceServer;
+use crate::telemetry::TelemetryLayer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
+
+/// gRPC service names reported by the health service.
+const SERVICES: [&str; 4] = [
+    "tokenvault.v1.ConsentService",
+    "tokenvault.v1.TokenService",
+    "tokenvault.v1.ConnectionService",
+    "tokenvault.v1.AdminService",
+];
+
+/// A running server; drop or [`shutdown`](ServerHandle::shutdown) to stop it.
+pub struct ServerHandle {
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// Where HTTP listens.
+    pub http_addr: SocketAddr,
+    /// The app behind it.
+    pub app: Arc<App>,
+    stop: CancellationToken,
+    health: HealthReporter,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })
+}
+
+/// Binds both listeners and serves until shut down.
+pub async fn start(app: Arc<App>) -> Result<ServerHandle, StartupError> {
+    let config = app.config.clone();
+    let grpc_listener = bind(config.server.grpc_listen).await?;
+    let http_listener = bind(config.server.http_listen).await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    if app.callback_url.get().is_none() {
+        let url = config
+            .callback_url(http_addr)
+            .map_err(|e| StartupError::Config(format!("callback URL: {e}")))?;
+        let _ = app.callback_url.set(url);
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for service in SERVICES {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartupError::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartupError::Config(format!("reflection: {e}")))?;
+
+    let limit = config.server.max_request_bytes;
+    let stop = CancellationToken::new();
+    let tls = match &config.tls {
+        Some(settings) => {
+            let acceptor = TlsAcceptor::load(settings).map_err(|e| StartupError::Config(e.to_string()))?;
+            acceptor.spawn_reloader(Duration::from_secs(settings.reload_interval_seconds), stop.clone());
+            Some(acceptor)
+        }
+        None => None,
+    };
+    app.start_background(stop.child_token()).await?;
+    let grpc_stop = stop.clone();
+    let router = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(config.server.request_timeout_seconds))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(TelemetryLayer::new(app.metrics.clone()))
+        .layer(AuthLayer::new(app.authenticator.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ConsentServiceServer::new(ConsentApi::new(app.clone())).max_decoding_message_size(limit))
+        .add_service(TokenServiceServer::new(TokenApi::new(app.clone())).max_decoding_message_size(limit))
+        .add_service(ConnectionServiceServer::new(ConnectionApi::new(app.clone())).max_decoding_message_size(limit))
+        .add_service(AdminServiceServer::new(AdminApi::new(app.clone())).max_decoding_message_size(limit));
+    let grpc = match tls.clone() {
+        Some(acceptor) => tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(tls::incoming(grpc_listener, acceptor), grpc_stop.cancelled_owned())
+                .await
+        }),
+        None => {
+            let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
+                    .await
+            })
+        }
+    };
+
+    let http_stop = stop.clone();
+    let http_router = super::http::router(app.clone());
+    let http = match &tls {
+        // Browsers reach the callback: never ask them for a client certificate.
+        Some(acceptor) => tokio::spawn(tls::serve_http(
+            http_listener,
+            acceptor.without_client_auth(),
+            http_router,
+            http_stop,
+        )),
+        None => tokio::spawn(async move {
+            axum::serve(http_listener, http_router)
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .await
+        }),
+    };
+
+    let transport = match &tls {
+        Some(acceptor) if acceptor.mutual() => "TLS with optional client certificates",
+        Some(_) => "TLS",
+        None => "plain text (development, or behind a mesh that provides TLS)",
+    };
+    tracing::info!(%grpc_addr, %http_addr, backend = app.sql.backend_name(), transport, "tokenvault is listening");
+    Ok(ServerHandle {
+        grpc_addr,
+        http_addr,
+        app,
+        stop,
+        health,
+        grpc,
+        http,
+    })
+}
+
+impl ServerHandle {
+    /// Stops accepting, lets in-flight requests finish within the grace
+    /// period, flushes the audit queue and closes the database pools.
+    pub async fn shutdown(self) {
+        let grace = Duration::from_secs(self.app.config.server.shutdown_grace_seconds);
+        for service in SERVICES {
+            self.health
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        self.health
+            .set_not_serving::<tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>>()
+            .await;
+        self.stop.cancel();
+        let drained = tokio::time::timeout(grace, async {
+            let grpc = self.grpc.await;
+            let http = self.http.await;
+            (grpc, http)
+        })
+        .await;
+        match drained {
+            Ok((grpc, http)) => {
+                if let Ok(Err(error)) = grpc {
+                    tracing::warn!(%error, "gRPC server ended with an error");
+                }
+                if let Ok(Err(error)) = http {
+                    tracing::warn!(%error, "HTTP server ended with an error");
+                }
+            }
+            Err(_) => tracing::warn!(?grace, "in-flight requests did not finish within the grace period"),
+        }
+        self.app.broker.flush_usage().await;
+        self.app.audit.shutdown().await;
+        self.app.sql.close().await;
+        self.app.key_sql.close().await;
+        tracing::info!("tokenvault stopped");
+    }
+}

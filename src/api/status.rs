@@ -1,0 +1,97 @@
+//! The one place where errors become gRPC statuses. Unexpected failures are
+//! logged under a random reference, and only the reference reaches the
+//! caller; messages never carry a token, code or verifier.
+
+use crate::store::StoreError;
+use crate::vault::VaultError;
+use tonic::Status;
+use uuid::Uuid;
+
+/// An `INTERNAL` status whose detail stays in the log under a reference id.
+pub fn internal(error: &dyn std::fmt::Display) -> Status {
+    let reference = Uuid::new_v4();
+    tracing::error!(%reference, %error, "internal error");
+    Status::internal(format!("internal error (reference {reference})"))
+}
+
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "database unavailable");
+                Status::unavailable("database unavailable; retry shortly")
+            }
+            other => internal(&other),
+        }
+    }
+}
+
+impl From<VaultError> for Status {
+    fn from(error: VaultError) -> Self {
+        match error {
+            VaultError::Store(store) => store.into(),
+            VaultError::OpenFailed | VaultError::Malformed(_) | VaultError::UnwrapFailed { .. } => {
+                let reference = Uuid::new_v4();
+                tracing::error!(%reference, %error, "stored secret failed integrity check");
+                Status::data_loss(format!(
+                    "a stored secret failed its integrity check (reference {reference}); the platform must re-consent"
+                ))
+            }
+            other => internal(&other),
+        }
+    }
+}
+
+impl From<crate::consent::ConsentError> for Status {
+    fn from(error: crate::consent::ConsentError) -> Self {
+        use crate::consent::catalog::CatalogError;
+        use crate::consent::ConsentError as E;
+        use crate::provider::ProviderError;
+        match error {
+            E::Invalid(_) | E::UnknownProvider(_) | E::UnknownState => Status::invalid_argument(error.to_string()),
+            E::Catalog(ref inner) => match inner {
+                CatalogError::UnknownCapability { .. }
+                | CatalogError::ScopeNotAllowed { .. }
+                | CatalogError::NothingRequested { .. }
+                | CatalogError::UnknownProvider { .. } => Status::invalid_argument(error.to_string()),
+                _ => internal(&error),
+            },
+            E::ProviderUnusable(ProviderError::Unavailable(_)) => Status::unavailable(error.to_string()),
+            E::ProviderUnusable(_) => Status::failed_precondition(error.to_string()),
+            E::WrongTenant { .. } => Status::permission_denied(error.to_string()),
+            E::UserDeleted(_) | E::Expired | E::AlreadyUsed => Status::failed_precondition(error.to_string()),
+            E::NotFound(_) => Status::not_found(error.to_string()),
+            E::Store(inner) => inner.into(),
+            E::Vault(inner) => inner.into(),
+        }
+    }
+}
+
+impl From<crate::broker::BrokerError> for Status {
+    fn from(error: crate::broker::BrokerError) -> Self {
+        use crate::broker::BrokerError as E;
+        match error {
+            E::NotFound(_) => Status::not_found(error.to_string()),
+            E::WrongTenant | E::ScopeNotGranted(_) => Status::permission_denied(error.to_string()),
+            E::Revoked | E::NeedsReauth(_) | E::UserDeleted | E::ProviderMisconfigured(_) => {
+                Status::failed_precondition(error.to_string())
+            }
+            E::ProviderUnavailable(_) => Status::unavailable(error.to_string()),
+            E::Store(inner) => inner.into(),
+            E::Vault(inner) => inner.into(),
+        }
+    }
+}
+
+impl From<crate::lifecycle::LifecycleError> for Status {
+    fn from(error: crate::lifecycle::LifecycleError) -> Self {
+        use crate::lifecycle::LifecycleError as E;
+        match error {
+            E::NotFound(_) => Status::not_found(error.to_string()),
+            E::WrongTenant(_) => Status::permission_denied(error.to_string()),
+            E::Precondition(_) => Status::failed_precondition(error.to_string()),
+            E::Store(inner) => inner.into(),
+            E::Vault(inner) => inner.into(),
+        }
+    }
+}
