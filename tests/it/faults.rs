@@ -1,0 +1,229 @@
+//! Faults: the database going away under load, the server killed mid-refresh,
+//! a provider answering garbage, a tampered ciphertext.
+
+use crate::support::provider::{connect_on, install, start_fake, CatalogOptions, WithProvider};
+use crate::support::proxy::TcpProxy;
+use crate::support::{base_config, keys, Backend, TestDb, TestServer};
+use std::time::{Duration, Instant};
+use tokenvault::proto::*;
+use tokenvault::store::TenantScope;
+use tokenvault::testing::fake_provider::{Endpoint, FakeProviderConfig, Fault};
+use tonic::Code;
+
+async fn token(server: &TestServer, connection_id: &str) -> Result<GetAccessTokenResponse, tonic::Status> {
+    let mut request = tonic::Request::new(GetAccessTokenRequest {
+        connection_id: connection_id.to_owned(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(5));
+    server
+        .tokens(keys::AGENT)
+        .get_access_token(request)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Retries until `check` passes or `limit` passes.
+async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_under_load_loses_nothing() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let options = CatalogOptions::default();
+    let fake = start_fake(FakeProviderConfig::default(), &options).await;
+    let upstream = crate::support::pg_host_port();
+    let proxy = TcpProxy::start(upstream.parse().expect("TOKENVAULT_TEST_PG names host:port")).await;
+    let mut config = base_config(&db);
+    let url = secrecy::ExposeSecret::expose_secret(&db.url).replace(&upstream, &proxy.addr.to_string());
+    assert!(
+        url.contains(&proxy.addr.to_string()),
+        "TOKENVAULT_TEST_PG must name the server as 127.0.0.1:<port>"
+    );
+    config.database_url = Some(url.into());
+    config.database.acquire_timeout_seconds = 1;
+    let _catalog = install(&mut config, &fake, &options);
+    let server = TestServer::start_on(TestDb::attach(&db), config).await;
+    let cached = connect_on(&server, &fake, "ann", &["mail.read"]).await;
+    let stored = connect_on(&server, &fake, "ben", &["mail.read"]).await;
+    let rotating = connect_on(&server, &fake, "cid", &["mail.read"]).await;
+    token(&server, &cached).await.unwrap();
+
+    // A refresh is in flight (the provider is slow) when the database goes away.
+    server.clock.advance(chrono::Duration::seconds(3600));
+    token(&server, &cached).await.unwrap();
+    server
+        .app()
+        .broker
+        .cache()
+        .invalidate_connection(stored.parse().unwrap());
+    fake.faults()
+        .push(Endpoint::Token, Fault::Delay(Duration::from_millis(700)));
+    let in_flight = {
+        let mut client = server.tokens(keys::AGENT);
+        let id = rotating.clone();
+        tokio::spawn(async move {
+            client
+                .get_access_token(GetAccessTokenRequest {
+                    connection_id: id,
+                    ..Default::default()
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+
+    // While it is down: cached tokens are served, the rest is UNAVAILABLE (never INTERNAL).
+    let outcome = in_flight.await.unwrap();
+    assert_eq!(
+        outcome.unwrap_err().code(),
+        Code::Unavailable,
+        "the rotated token could not be stored yet"
+    );
+    for _ in 0..5 {
+        assert!(
+            token(&server, &cached).await.is_ok(),
+            "cached tokens survive a database outage"
+        );
+        let error = token(&server, &stored).await.unwrap_err();
+        assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    }
+    let ready = reqwest::get(server.http_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    // Back: the server recovers by itself, and the rotated refresh token was kept.
+    proxy.restore();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            token(&server, &stored).await.is_ok()
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            token(&server, &rotating).await.is_ok()
+        })
+        .await,
+        "the connection whose refresh was cut off still yields a token"
+    );
+    server.clock.advance(chrono::Duration::seconds(3600));
+    for id in [&cached, &stored, &rotating] {
+        let fresh = token(&server, id).await.expect("every refresh token survived");
+        assert!(fake.introspect(&fresh.access_token).is_some());
+    }
+    server.stop().await;
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_huge_provider_answers_are_bounded() {
+    let with = WithProvider::start_with(
+        Backend::Sqlite,
+        FakeProviderConfig::default(),
+        CatalogOptions::default(),
+        |c| {
+            c.provider_http.max_response_bytes = 64 * 1024;
+            c.broker.refresh_attempts = 1;
+        },
+    )
+    .await;
+    let connection = connect_on(&with.server, &with.fake, "dee", &["mail.read"]).await;
+    with.server.clock.advance(chrono::Duration::seconds(3600));
+    for fault in [
+        Fault::GarbageJson,
+        Fault::HugeBody(50 * 1024 * 1024),
+        Fault::Status(500),
+    ] {
+        with.fake.faults().push(Endpoint::Token, fault);
+        let started = Instant::now();
+        let error = token(&with.server, &connection).await.unwrap_err();
+        assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!error.message().contains("fake_"), "{}", error.message());
+    }
+    assert!(
+        token(&with.server, &connection).await.is_ok(),
+        "the connection is unharmed"
+    );
+    with.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_ciphertext_is_reported_and_contained() {
+    let with = WithProvider::start(Backend::Postgres).await;
+    let victim = connect_on(&with.server, &with.fake, "eve", &["mail.read"]).await;
+    let bystander = connect_on(&with.server, &with.fake, "fay", &["mail.read"]).await;
+    // Flip one bit of the victim's stored access token.
+    let pool = with.server.app().sql.pool();
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT token FROM access_tokens WHERE connection_id = $1")
+        .bind(&victim)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let mut tampered = stored.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    sqlx::query("UPDATE access_tokens SET token = $1 WHERE connection_id = $2")
+        .bind(tampered)
+        .bind(&victim)
+        .execute(pool)
+        .await
+        .unwrap();
+    let error = token(&with.server, &victim).await.unwrap_err();
+    assert_eq!(error.code(), Code::DataLoss);
+    assert!(error.message().contains("integrity"), "{}", error.message());
+    let events = with
+        .server
+        .app()
+        .store
+        .list_audit(&tokenvault::store::AuditFilter {
+            action: Some("vault.integrity_failure".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].connection_id.map(|c| c.to_string()), Some(victim.clone()));
+    assert!(
+        token(&with.server, &bystander).await.is_ok(),
+        "nothing else is affected"
+    );
+    // A ciphertext moved to another row does not open either.
+    sqlx::query("UPDATE access_tokens SET token = $1 WHERE connection_id = $2")
+        .bind(
+            sqlx::query_scalar::<_, Vec<u8>>("SELECT token FROM access_tokens WHERE connection_id = $1")
+                .bind(&bystander)
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+        )
+        .bind(&victim)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(token(&with.server, &victim).await.unwrap_err().code(), Code::DataLoss);
+    let stored = with
+        .server
+        .app()
+        .store
+        .connection(&TenantScope::All, victim.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.refresh_token.is_some(), "nothing is deleted");
+    with.stop().await;
+}

@@ -1,0 +1,339 @@
+//! The real binary as a separate process: killed with SIGKILL mid-refresh and
+//! started again, and its logs searched for secrets.
+
+use crate::support::provider::{browser, catalog_toml, connect_on, install, query, start_fake, CatalogOptions};
+use crate::support::{base_config, keys, random_kek, Backend, TestDb, TestServer};
+use secrecy::ExposeSecret;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokenvault::proto::token_service_client::TokenServiceClient;
+use tokenvault::proto::*;
+use tokenvault::testing::fake_provider::{Endpoint, FakeProvider, FakeProviderConfig, Fault};
+use tonic::transport::Channel;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `tokenvault serve` in its own process.
+struct ServerProcess {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    async fn spawn(db: &TestDb, kek: &str, fake: &FakeProvider, log_level: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = dir.path().join("catalog.toml");
+        std::fs::write(&catalog, catalog_toml(fake, &CatalogOptions::default())).unwrap();
+        let (grpc, http) = (free_port(), free_port());
+        let key = |k: &str| tokenvault::auth::hash_api_key(k);
+        let config = format!(
+            r#"database_url = "{db}"
+[server]
+grpc_listen = "127.0.0.1:{grpc}"
+http_listen = "127.0.0.1:{http}"
+shutdown_grace_seconds = 2
+[log]
+format = "json"
+level = "{log_level}"
+[keys]
+inline = "{kek}"
+[[auth.api_keys]]
+name = "agent"
+sha256 = "{agent}"
+roles = ["agent"]
+tenants = ["{tenant}"]
+[[auth.api_keys]]
+name = "platform"
+sha256 = "{platform}"
+roles = ["platform"]
+tenants = ["{tenant}"]
+[[auth.api_keys]]
+name = "admin"
+sha256 = "{admin}"
+roles = ["admin"]
+tenants = ["*"]
+[consent]
+allowed_return_origins = ["https://app.example.com"]
+[providers]
+catalog_file = "{catalog}"
+[providers.fake]
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+[lifecycle]
+sweep_interval_seconds = 0
+outbox_poll_seconds = 1
+"#,
+            db = db.url.expose_secret(),
+            agent = key(keys::AGENT),
+            platform = key(keys::PLATFORM),
+            admin = key(keys::ADMIN),
+            tenant = keys::TENANT,
+            catalog = catalog.display(),
+            client_id = fake.config().client_id,
+            client_secret = fake.config().client_secret,
+        );
+        let config_path = dir.path().join("tokenvault.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("server.log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+        // The server reads every `TOKENVAULT_*` variable as configuration; the
+        // test's own (such as `TOKENVAULT_TEST_PG`) must not reach it.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TOKENVAULT_") {
+                command.env_remove(&name);
+            }
+        }
+        let child = command
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start tokenvault");
+        let mut process = Self {
+            child,
+            grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
+            http: SocketAddr::from(([127, 0, 0, 1], http)),
+            log,
+            _dir: dir,
+        };
+        process.wait_healthy().await;
+        process
+    }
+
+    async fn wait_healthy(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.grpc))
+                .unwrap()
+                .connect()
+                .await
+            {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                if health
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "tokenvault exited early ({status}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "tokenvault did not become healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn tokens(&self) -> TokenServiceClient<crate::support::Authed> {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let value = format!("Bearer {}", keys::AGENT).parse().unwrap();
+        TokenServiceClient::new(tonic::service::interceptor::InterceptedService::new(
+            channel,
+            crate::support::Bearer::with(value),
+        ))
+    }
+
+    fn kill9(&mut self) {
+        // std's Child::kill sends SIGKILL on Unix.
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+
+    fn stop(mut self) -> String {
+        self.kill9();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A database seeded with connections through an in-process server, then handed to the binary.
+async fn seeded(fake: &FakeProvider, users: &[&str]) -> (TestDb, String, Vec<String>) {
+    let db = TestDb::new(Backend::Postgres).await;
+    let kek = random_kek("proc");
+    let mut config = base_config(&db);
+    config.keys.inline = Some(kek.clone().into());
+    let _catalog = install(&mut config, fake, &CatalogOptions::default());
+    let server = TestServer::start_on(TestDb::attach(&db), config).await;
+    let mut ids = Vec::new();
+    for user in users {
+        ids.push(connect_on(&server, fake, user, &["mail.read"]).await);
+    }
+    server.stop().await;
+    (db, kek, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_refresh_then_restarted_every_connection_still_yields_a_token() {
+    // Tokens live one second, so every request below refreshes.
+    let fake = start_fake(
+        FakeProviderConfig {
+            access_token_ttl: Duration::from_secs(1),
+            ..Default::default()
+        },
+        &CatalogOptions::default(),
+    )
+    .await;
+    let users = ["u1", "u2", "u3", "u4", "u5", "u6"];
+    let (db, kek, ids) = seeded(&fake, &users).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let mut server = ServerProcess::spawn(&db, &kek, &fake, "warn").await;
+    // The provider is slow: the refreshes are in flight when the process dies.
+    fake.faults()
+        .set_persistent(Endpoint::Token, Some(Fault::Delay(Duration::from_millis(1500))));
+    let client = server.tokens().await;
+    let mut calls = Vec::new();
+    for id in &ids {
+        let mut client = client.clone();
+        let id = id.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .get_access_token(GetAccessTokenRequest {
+                    connection_id: id,
+                    ..Default::default()
+                })
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.kill9();
+    for call in calls {
+        assert!(call.await.unwrap().is_err(), "no answer from a killed server");
+    }
+    fake.faults().clear();
+    // Let any refresh the provider was still processing finish.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let server = ServerProcess::spawn(&db, &kek, &fake, "warn").await;
+    let mut client = server.tokens().await;
+    for id in &ids {
+        let issued = client
+            .get_access_token(GetAccessTokenRequest {
+                connection_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("connection {id} lost its token: {e:?}"))
+            .into_inner();
+        assert!(fake.introspect(&issued.access_token).is_some());
+    }
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs() {
+    let fake = start_fake(FakeProviderConfig::default(), &CatalogOptions::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let kek = random_kek("logs");
+    let server = ServerProcess::spawn(&db, &kek, &fake, "trace").await;
+    let channel = Channel::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let authed = |key: &str| {
+        tonic::service::interceptor::InterceptedService::new(
+            channel.clone(),
+            crate::support::Bearer::with(format!("Bearer {key}").parse().unwrap()),
+        )
+    };
+    let mut consent = tokenvault::proto::consent_service_client::ConsentServiceClient::new(authed(keys::PLATFORM));
+    let started = consent
+        .start_consent(StartConsentRequest {
+            tenant_id: keys::TENANT.into(),
+            user_id: "logan".into(),
+            provider: "fake".into(),
+            capabilities: vec!["mail.read".into()],
+            scopes: vec![],
+            return_url: "https://app.example.com/done".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let callback = fake.approve(&started.authorization_url).await.unwrap();
+    let params = query(&callback);
+    let callback = url::Url::parse(&format!(
+        "http://{}/oauth/callback?{}",
+        server.http,
+        callback.query().unwrap()
+    ))
+    .unwrap();
+    let answer = browser().get(callback.as_str()).send().await.unwrap();
+    assert_eq!(answer.status(), 303);
+    let location = url::Url::parse(answer.headers()["location"].to_str().unwrap()).unwrap();
+    let connection_id = query(&location)["connection_id"].clone();
+    let mut tokens = TokenServiceClient::new(authed(keys::AGENT));
+    let first = tokens
+        .get_access_token(GetAccessTokenRequest {
+            connection_id: connection_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let narrow = tokens
+        .get_access_token(GetAccessTokenRequest {
+            connection_id: connection_id.clone(),
+            scopes: vec!["mail.read".into()],
+            min_ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Failed authentication with a key-like value, and a revocation.
+    let _ = TokenServiceClient::new(authed("tvk_this-key-must-not-be-logged"))
+        .get_access_token(GetAccessTokenRequest {
+            connection_id: connection_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    tokenvault::proto::connection_service_client::ConnectionServiceClient::new(authed(keys::PLATFORM))
+        .disconnect(DisconnectRequest { connection_id })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the outbox revokes at the provider
+    assert!(!fake.stats().revocations.is_empty());
+    let logs = server.stop();
+    assert!(logs.contains("tokenvault is listening"), "the log was captured");
+    let revoked = fake.stats().revocations[0].token.clone();
+    for secret in [
+        first.access_token.as_str(),
+        narrow.access_token.as_str(),
+        revoked.as_str(),
+        params["code"].as_str(),
+        params["state"].as_str(),
+        "fake_at_",
+        "fake_rt_",
+        "fake_code_",
+        "tvk_this-key-must-not-be-logged",
+        keys::AGENT,
+        keys::PLATFORM,
+        kek.split(':').nth(1).unwrap(),
+        fake.config().client_secret.as_str(),
+    ] {
+        assert!(!logs.contains(secret), "a secret reached the log: {secret}");
+    }
+}

@@ -1,0 +1,120 @@
+//! The vault over a real key table: rotation, missing keys, a separate key database.
+
+use crate::on_both;
+use crate::support::{base_config, random_kek, Backend, TestDb};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+use std::time::Duration;
+use tokenvault::app::{App, StartupError};
+use tokenvault::clock::SystemClock;
+use tokenvault::store::{SqlStore, Store, StoreOptions};
+use tokenvault::vault::{Binding, Field, LocalKeyring, Vault, VaultError};
+
+fn binding(record: &str) -> Binding<'_> {
+    Binding {
+        tenant_id: "acme",
+        user_id: "u1",
+        record,
+        field: Field::RefreshToken,
+    }
+}
+
+fn vault(keys: &SqlStore, spec: &str, active: &str) -> Vault {
+    let ring = LocalKeyring::from_inline(&SecretString::from(spec.to_owned()), Some(active)).unwrap();
+    Vault::new(
+        Arc::new(ring),
+        Arc::new(keys.clone()),
+        Arc::new(SystemClock),
+        100,
+        Duration::from_secs(60),
+    )
+}
+
+async fn rotation(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = SqlStore::connect(&db.url, &StoreOptions::default()).await.unwrap();
+    store.migrate().await.unwrap();
+    let old = random_kek("old");
+    let new = random_kek("new");
+
+    let v1 = vault(&store, &old, "old");
+    let mut sealed = Vec::new();
+    for i in 0..7 {
+        let key = v1.create_data_key().await.unwrap();
+        let record = format!("c{i}");
+        sealed.push((
+            key.id(),
+            record.clone(),
+            key.seal(&binding(&record), format!("token-{i}").as_bytes()).unwrap(),
+        ));
+    }
+
+    // Both keys configured, the new one active: rotation re-wraps every data key.
+    let both = format!("{old},{new}");
+    let v2 = vault(&store, &both, "new");
+    let report = v2.rotate().await.unwrap();
+    assert_eq!(
+        (report.rewrapped, report.unchanged, report.active_kek.as_str()),
+        (7, 0, "new")
+    );
+    assert_eq!(
+        v2.rotate().await.unwrap().rewrapped,
+        0,
+        "a second rotation has nothing to do"
+    );
+
+    // The old key can now be removed: everything still opens.
+    let v3 = vault(&store, &new, "new");
+    v3.check_keyring_covers_store().await.unwrap();
+    for (dek, record, ciphertext) in &sealed {
+        let key = v3.data_key(*dek).await.unwrap();
+        let plain = key.open(&binding(record), ciphertext).unwrap();
+        assert!(plain.expose_secret().starts_with(b"token-"));
+    }
+
+    // With only the old key, the store names the missing one.
+    let stale = vault(&store, &old, "old");
+    let error = stale.check_keyring_covers_store().await.unwrap_err();
+    assert!(error.to_string().contains("`new` (7 data keys)"), "{error}");
+    assert!(matches!(stale.data_key(sealed[0].0).await, Err(VaultError::UnknownKek(id)) if id == "new"));
+
+    // Destroying a data key crypto-shreds what it sealed.
+    v3.destroy_data_keys(&[sealed[0].0]).await.unwrap();
+    assert!(matches!(
+        v3.data_key(sealed[0].0).await,
+        Err(VaultError::MissingDataKey(_))
+    ));
+}
+on_both!(rotation_keeps_data_readable, rotation);
+
+#[tokio::test]
+async fn start_up_fails_when_a_kek_is_missing() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = base_config(&db);
+    let app = App::build(config, Arc::new(SystemClock), true).await.unwrap();
+    app.vault.create_data_key().await.unwrap();
+    app.sql.close().await;
+
+    let mut config = base_config(&db);
+    config.keys.inline = Some(SecretString::from(random_kek("another")));
+    let error = App::build(config, Arc::new(SystemClock), true).await.unwrap_err();
+    assert!(matches!(error, StartupError::Vault(_)), "{error}");
+    assert!(error.to_string().contains("`test-1` (1 data keys)"), "{error}");
+}
+
+#[tokio::test]
+async fn keys_can_live_in_their_own_database() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let key_db = db.sibling().await;
+    let mut config = base_config(&db);
+    config.key_database_url = Some(key_db.url.clone());
+    let app = App::build(config, Arc::new(SystemClock), true).await.unwrap();
+    let key = app.vault.create_data_key().await.unwrap();
+
+    let main = SqlStore::connect(&db.url, &StoreOptions::default()).await.unwrap();
+    let keys = SqlStore::connect(&key_db.url, &StoreOptions::default()).await.unwrap();
+    use tokenvault::store::KeyStore;
+    assert!(main.data_key(key.id()).await.unwrap().is_none());
+    assert!(keys.data_key(key.id()).await.unwrap().is_some());
+    main.ping().await.unwrap();
+}
