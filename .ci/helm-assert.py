@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Structural checks on manifests rendered by `helm template helm/tokenvault`.
+
+kubernetes-validate says each object is well-formed; this says the chart's
+objects fit together the way tokenvault needs them to:
+
+- no Secret is ever rendered (every secret comes from an existing Secret);
+- config.toml parses, holds only the keys the binary knows, no secret, and
+  every file it names is mounted into the container that reads it;
+- server and migration pods are hardened, bounded, and get no API token;
+- the migration Job is a pre-install/pre-upgrade hook whose ConfigMap and
+  ServiceAccount are hooks with a lower weight (they must exist before it);
+- the grace period outlasts preStop sleep + drain; selectors of the Service,
+  PDB, NetworkPolicy and ServiceMonitor match the server pods; NetworkPolicy
+  ingress rules always name their peers; the Ingress never exposes /metrics.
+
+Usage: helm-assert.py RENDERED.yaml [...]   (exit 1 on the first file that fails)
+"""
+import sys
+
+import yaml
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
+CONFIG_PATH = "/etc/tokenvault/config.toml"
+UID = 65532
+
+# Keys of config.toml as the binary defines them (deny_unknown_fields).
+KNOWN = {
+    "server": {"grpc_listen", "http_listen", "public_url", "shutdown_grace_seconds"},
+    "tls": {"cert_file", "key_file", "client_ca_file"},
+    "log": {"format", "level"},
+    "database": {"max_connections", "run_migrations"},
+    "keys": {"file"},
+    "auth": {"api_keys_file"},
+    "consent": {"allowed_return_origins"},
+    "providers": None,  # catalog_file + one table per provider, checked below
+    "broker": {"max_lease_seconds", "cache_capacity"},
+    "lifecycle": {"purge_after_days", "audit_retention_days", "sweep_interval_seconds"},
+}
+TOP_LEVEL_SECRETS = {"database_url", "key_database_url"}
+
+
+class Failed(Exception):
+    pass
+
+
+class Checker:
+    def __init__(self, name):
+        self.name = name
+        self.count = 0
+
+    def ok(self, cond, what):
+        if not cond:
+            raise Failed(f"{self.name}: {what}")
+        self.count += 1
+
+
+def hook_info(obj):
+    ann = (obj["metadata"].get("annotations") or {})
+    hooks = ann.get("helm.sh/hook")
+    if not hooks:
+        return None
+    return {
+        "events": set(hooks.split(",")),
+        "weight": int(ann.get("helm.sh/hook-weight", "0")),
+        "delete": set(ann.get("helm.sh/hook-delete-policy", "").split(",")),
+    }
+
+
+def matches(selector, labels):
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+def config_file_paths(cfg):
+    """Every file path config.toml points at."""
+    paths = []
+    for section, keys in cfg.items():
+        if not isinstance(keys, dict):
+            continue
+        for key, value in keys.items():
+            if isinstance(value, dict):  # [providers.NAME]
+                paths += [v for k, v in value.items() if k.endswith("_file")]
+            elif key.endswith("_file") or (section == "keys" and key == "file"):
+                paths.append(value)
+    return paths
+
+
+def volume_files(volume):
+    """Relative paths a volume provides, or None when it is not restricted by items."""
+    for kind in ("secret", "configMap"):
+        if kind in volume:
+            items = volume[kind].get("items")
+            return None if items is None else {i["path"] for i in items}
+    if "projected" in volume:
+        files = set()
+        for src in volume["projected"]["sources"]:
+            for kind in ("secret", "configMap"):
+                if kind in src:
+                    files |= {i["path"] for i in src[kind].get("items", [])}
+        return files
+    return None
+
+
+def check_config(c, cm_name, text, for_migration):
+    cfg = tomllib.loads(text)
+    c.ok(not (TOP_LEVEL_SECRETS & cfg.keys()), f"{cm_name}: a database URL is written into config.toml")
+    for section, value in cfg.items():
+        c.ok(section in KNOWN, f"{cm_name}: unknown config section or top-level key {section!r}")
+        if KNOWN[section] is not None:
+            unknown = set(value) - KNOWN[section]
+            c.ok(not unknown, f"{cm_name}: unknown keys in [{section}]: {sorted(unknown)}")
+    for name, p in cfg.get("providers", {}).items():
+        if name == "catalog_file":
+            continue
+        c.ok(isinstance(p, dict) and "client_id" in p and "client_secret_file" in p,
+             f"{cm_name}: [providers.{name}] needs client_id and client_secret_file")
+        c.ok("client_secret" not in p, f"{cm_name}: [providers.{name}] holds a client secret in clear")
+    c.ok(cfg["database"]["run_migrations"] is False, f"{cm_name}: run_migrations must be false (the hook Job migrates)")
+    c.ok(cfg["log"]["format"] in ("json", "pretty"), f"{cm_name}: bad log format")
+    if for_migration:
+        c.ok("tls" not in cfg, f"{cm_name}: the migration config must not need TLS files (cert-manager's Secret may not exist yet)")
+    return cfg
+
+
+def check_pod(c, kind, name, spec, cfg):
+    where = f"{kind}/{name}"
+    c.ok(spec.get("automountServiceAccountToken") is False, f"{where}: automountServiceAccountToken must be false")
+    psc = spec.get("securityContext") or {}
+    c.ok(psc.get("runAsNonRoot") is True and psc.get("runAsUser") == UID, f"{where}: pod must run as non-root uid {UID}")
+    c.ok((psc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", f"{where}: pod seccompProfile RuntimeDefault")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for ctr in spec["containers"]:
+        cwhere = f"{where} container {ctr['name']}"
+        sc = ctr.get("securityContext") or {}
+        c.ok(sc.get("readOnlyRootFilesystem") is True, f"{cwhere}: readOnlyRootFilesystem")
+        c.ok(sc.get("allowPrivilegeEscalation") is False, f"{cwhere}: allowPrivilegeEscalation false")
+        c.ok(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{cwhere}: capabilities.drop [ALL]")
+        c.ok(sc.get("runAsNonRoot") is True, f"{cwhere}: runAsNonRoot")
+        res = ctr.get("resources") or {}
+        c.ok(res.get("requests") and res.get("limits"), f"{cwhere}: resources requests and limits")
+        args = ctr.get("args", [])
+        c.ok(args[1:3] == ["--config", CONFIG_PATH], f"{cwhere}: args must pass --config {CONFIG_PATH}")
+        env = {e["name"]: e for e in ctr.get("env", [])}
+        db = env.get("TOKENVAULT_DATABASE_URL", {})
+        c.ok("secretKeyRef" in db.get("valueFrom", {}), f"{cwhere}: TOKENVAULT_DATABASE_URL must come from a secretKeyRef")
+        c.ok(all("value" not in e or not e["name"].endswith("_URL") for e in env.values()),
+             f"{cwhere}: a URL is set as a literal env value")
+        mounts = ctr.get("volumeMounts", [])
+        tmp = [m for m in mounts if m["mountPath"] == "/tmp"]
+        c.ok(tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{cwhere}: /tmp must be an emptyDir")
+        # Every file config.toml names must be provided by a mount.
+        for path in [CONFIG_PATH] + config_file_paths(cfg):
+            found = False
+            for m in mounts:
+                vol = volumes.get(m["name"])
+                c.ok(vol is not None, f"{cwhere}: mount {m['name']} has no volume")
+                if m.get("subPath"):
+                    found |= m["mountPath"] == path
+                elif path.startswith(m["mountPath"].rstrip("/") + "/"):
+                    rel = path[len(m["mountPath"].rstrip("/")) + 1:]
+                    files = volume_files(vol)
+                    found |= files is None or rel in files
+            c.ok(found, f"{cwhere}: {path} (named in config.toml) is not mounted")
+        # Secrets come from Secrets, never from values rendered here.
+        for v in volumes.values():
+            if "secret" in v:
+                c.ok(v["secret"]["secretName"], f"{where}: volume {v['name']} has no secretName")
+
+
+def check_file(path):
+    with open(path) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    c = Checker(path)
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+    c.ok("Secret" not in by_kind, "the chart rendered a Secret; secrets must come from existing Secrets")
+    deployments = by_kind.get("Deployment", [])
+    c.ok(len(deployments) == 1, "exactly one Deployment")
+    dep = deployments[0]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    pod = dep["spec"]["template"]["spec"]
+
+    for sa in by_kind.get("ServiceAccount", []):
+        c.ok(sa.get("automountServiceAccountToken") is False, f"ServiceAccount/{sa['metadata']['name']}: automount must be false")
+
+    # --- server ---------------------------------------------------------
+    cm_name = next(v["configMap"]["name"] for v in pod["volumes"] if v["name"] == "config")
+    cm = objects.get(("ConfigMap", cm_name))
+    c.ok(cm is not None and hook_info(cm) is None, f"Deployment config ConfigMap {cm_name} must be an ordinary resource of the chart")
+    cfg = check_config(c, cm_name, cm["data"]["config.toml"], for_migration=False)
+    check_pod(c, "Deployment", dep["metadata"]["name"], pod, cfg)
+    ann = dep["spec"]["template"]["metadata"].get("annotations") or {}
+    c.ok(len(ann.get("checksum/config", "")) == 64, "Deployment: checksum/config annotation rolls pods on config change")
+    ctr = pod["containers"][0]
+    c.ok(ctr["args"][0] == "serve", "Deployment: runs serve")
+    sleep = ((ctr.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
+    drain = cfg["server"]["shutdown_grace_seconds"]
+    c.ok(pod["terminationGracePeriodSeconds"] > drain + sleep,
+         f"Deployment: terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} must exceed drain {drain} + preStop {sleep}")
+    for probe in ("livenessProbe", "readinessProbe"):
+        c.ok(probe in ctr, f"Deployment: {probe}")
+        if "grpc" in ctr[probe]:
+            c.ok("tls" not in cfg, f"Deployment: {probe} is a gRPC probe but the listener speaks TLS (kubelet cannot)")
+            c.ok(ctr[probe]["grpc"]["port"] == int(cfg["server"]["grpc_listen"].rsplit(":", 1)[1]),
+                 f"Deployment: {probe} gRPC port is not the listener's")
+    ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
+    c.ok(ports.get("grpc") == int(cfg["server"]["grpc_listen"].rsplit(":", 1)[1]), "grpc containerPort = grpc_listen port")
+    c.ok(ports.get("http") == int(cfg["server"]["http_listen"].rsplit(":", 1)[1]), "http containerPort = http_listen port")
+
+    # --- Services, PDB, HPA, NetworkPolicy, ServiceMonitor, Ingress ----------
+    for svc in by_kind.get("Service", []):
+        c.ok(matches(svc["spec"]["selector"], pod_labels), f"Service/{svc['metadata']['name']}: selector misses the pods")
+        for p in svc["spec"]["ports"]:
+            if p["name"] == "grpc":
+                c.ok(p.get("appProtocol") == "grpc", f"Service/{svc['metadata']['name']}: grpc port needs appProtocol grpc")
+    for pdb in by_kind.get("PodDisruptionBudget", []):
+        c.ok(matches(pdb["spec"]["selector"]["matchLabels"], pod_labels), "PDB selector misses the pods")
+    for hpa in by_kind.get("HorizontalPodAutoscaler", []):
+        c.ok(hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"], "HPA targets the Deployment")
+        c.ok("replicas" not in dep["spec"], "Deployment must leave replicas to the HPA")
+    for np in by_kind.get("NetworkPolicy", []):
+        for rule in np["spec"].get("ingress", []):
+            c.ok(rule.get("from"), f"NetworkPolicy/{np['metadata']['name']}: an ingress rule without 'from' admits everyone")
+    server_nps = [np for np in by_kind.get("NetworkPolicy", []) if hook_info(np) is None]
+    for np in server_nps:
+        c.ok(matches(np["spec"]["podSelector"]["matchLabels"], pod_labels), "NetworkPolicy selects the server pods")
+    for sm in by_kind.get("ServiceMonitor", []):
+        svc_labels = by_kind["Service"][0]["metadata"]["labels"]
+        c.ok(matches(sm["spec"]["selector"]["matchLabels"], svc_labels), "ServiceMonitor selects the Service")
+    for ing in by_kind.get("Ingress", []):
+        for rule in ing["spec"]["rules"]:
+            for p in rule["http"]["paths"]:
+                c.ok(p["path"] != "/" and not p["path"].startswith("/metrics") and p["pathType"] == "Exact",
+                     f"Ingress exposes {p['path']} ({p['pathType']}); only the callback should be public")
+
+    # --- migration hook ---------------------------------------------------
+    for job in by_kind.get("Job", []):
+        jname = job["metadata"]["name"]
+        hook = hook_info(job)
+        c.ok(hook and hook["events"] == {"pre-install", "pre-upgrade"}, f"Job/{jname}: must be a pre-install,pre-upgrade hook")
+        c.ok({"before-hook-creation", "hook-succeeded"} <= hook["delete"], f"Job/{jname}: hook-delete-policy")
+        jpod = job["spec"]["template"]["spec"]
+        c.ok(jpod["containers"][0]["args"][0] == "migrate", f"Job/{jname}: runs migrate")
+        jcm_name = next(v["configMap"]["name"] for v in jpod["volumes"] if v["name"] == "config")
+        jcm = objects.get(("ConfigMap", jcm_name))
+        jcm_hook = jcm and hook_info(jcm)
+        c.ok(jcm_hook and hook["events"] <= jcm_hook["events"] and jcm_hook["weight"] < hook["weight"],
+             f"Job/{jname}: its ConfigMap {jcm_name} must be a hook of the same events with a lower weight")
+        sa = objects.get(("ServiceAccount", jpod.get("serviceAccountName", "default")))
+        if sa is not None:  # rendered by the chart: it must exist before the Job runs
+            sa_hook = hook_info(sa)
+            c.ok(sa_hook and hook["events"] <= sa_hook["events"] and sa_hook["weight"] < hook["weight"],
+                 f"Job/{jname}: its ServiceAccount must be a hook with a lower weight")
+        jcfg = check_config(c, jcm_name, jcm["data"]["config.toml"], for_migration=True)
+        check_pod(c, "Job", jname, jpod, jcfg)
+    return c.count
+
+
+def main(paths):
+    try:
+        for path in paths:
+            n = check_file(path)
+            print(f"helm-assert: {n} checks passed")
+    except Failed as e:
+        print(f"helm-assert FAILED: {e}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,450 @@
+{{/* ---------------------------------------------------------------------
+  Names and labels
+--------------------------------------------------------------------- */}}
+
+{{- define "tokenvault.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: <release>-<chart>, or the release name alone when it already contains the chart name. */}}
+{{- define "tokenvault.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "tokenvault.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Standard labels. Call with the root context. */}}
+{{- define "tokenvault.labels" -}}
+helm.sh/chart: {{ include "tokenvault.chart" . }}
+{{ include "tokenvault.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tokenvault
+{{- end }}
+
+{{/* Labels that select this release's pods (all components). */}}
+{{- define "tokenvault.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tokenvault.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels that select the server pods only (not the migration Job). */}}
+{{- define "tokenvault.serverSelectorLabels" -}}
+{{ include "tokenvault.selectorLabels" . }}
+app.kubernetes.io/component: server
+{{- end }}
+
+{{- define "tokenvault.migrateSelectorLabels" -}}
+{{ include "tokenvault.selectorLabels" . }}
+app.kubernetes.io/component: migrate
+{{- end }}
+
+{{- define "tokenvault.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tokenvault.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The migration hook runs before the chart's ServiceAccount exists on a first install, so it gets its own hook ServiceAccount. */}}
+{{- define "tokenvault.migrateServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- printf "%s-migrate" (include "tokenvault.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- include "tokenvault.serviceAccountName" . }}
+{{- end }}
+{{- end }}
+
+{{- define "tokenvault.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------------
+  Derived settings
+--------------------------------------------------------------------- */}}
+
+{{- define "tokenvault.tlsSecretName" -}}
+{{- if .Values.tls.certManager.enabled }}
+{{- printf "%s-tls" (include "tokenvault.fullname" .) }}
+{{- else }}
+{{- .Values.tls.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/*
+Probe handler. With TLS off: the gRPC health service (service "" = overall).
+The kubelet's gRPC probe cannot speak TLS, so with TLS on ("auto"): HTTP
+`path` on the HTTP listener. Called with (dict "root" $ "path" "/healthz").
+*/}}
+{{- define "tokenvault.probeHandler" -}}
+{{- $v := .root.Values -}}
+{{- $type := $v.probes.type }}
+{{- if eq $type "auto" }}
+{{- $type = ternary "http" "grpc" $v.tls.enabled }}
+{{- end }}
+{{- if eq $type "grpc" -}}
+grpc:
+  port: {{ $v.server.grpcPort }}
+  service: ""
+{{- else -}}
+httpGet:
+  path: {{ .path }}
+  port: http
+  scheme: {{ include "tokenvault.httpScheme" .root }}
+{{- end }}
+{{- end }}
+
+{{- define "tokenvault.publicUrl" -}}
+{{- if .Values.server.publicUrl }}
+{{- .Values.server.publicUrl | trimSuffix "/" }}
+{{- else if and .Values.ingress.enabled .Values.ingress.host }}
+{{- printf "%s://%s" (ternary "https" "http" .Values.ingress.tls.enabled) .Values.ingress.host }}
+{{- else }}
+{{- printf "http://%s.%s.svc.%s:%d" (include "tokenvault.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.service.httpPort) }}
+{{- end }}
+{{- end }}
+
+{{/* The providers to render (enabled unset or true), as JSON: include ... | fromJson. */}}
+{{- define "tokenvault.enabledProviders" -}}
+{{- $enabled := dict }}
+{{- range $name, $p := .Values.providers }}
+{{- if ne (toString $p.enabled) "false" }}
+{{- $_ := set $enabled $name $p }}
+{{- end }}
+{{- end }}
+{{- toJson $enabled }}
+{{- end }}
+
+{{- define "tokenvault.catalogEnabled" -}}
+{{- if or .Values.providerCatalog.toml .Values.providerCatalog.existingConfigMap }}true{{- end }}
+{{- end }}
+
+{{- define "tokenvault.terminationGracePeriodSeconds" -}}
+{{- $drain := int .Values.server.shutdownGraceSeconds }}
+{{- $sleep := ternary (int .Values.preStop.sleepSeconds) 0 .Values.preStop.sleepEnabled }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add $drain $sleep 10 }}
+{{- else }}
+{{- $tgps := int .Values.terminationGracePeriodSeconds }}
+{{- if le $tgps (add $drain $sleep) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed server.shutdownGraceSeconds + preStop.sleepSeconds (%d), or the pod is killed mid-drain" $tgps (add $drain $sleep)) }}
+{{- end }}
+{{- $tgps }}
+{{- end }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------------
+  Validation: clear messages for settings that cannot work.
+--------------------------------------------------------------------- */}}
+
+{{- define "tokenvault.validate" -}}
+{{- $_ := required "database.existingSecret is required: name an existing Secret holding the PostgreSQL URL under the key database.urlKey (see README, \"Secrets\")" .Values.database.existingSecret }}
+{{- $_ = required "keys.existingSecret is required: name an existing Secret holding the key-encryption-key file under the key keys.key (see README, \"Secrets\")" .Values.keys.existingSecret }}
+{{- if .Values.tls.enabled }}
+{{- if and .Values.tls.certManager.enabled .Values.tls.existingSecret }}
+{{- fail "tls: set either tls.existingSecret or tls.certManager.enabled, not both" }}
+{{- end }}
+{{- if not (or .Values.tls.certManager.enabled .Values.tls.existingSecret) }}
+{{- fail "tls.enabled needs a certificate: set tls.existingSecret (a kubernetes.io/tls Secret) or tls.certManager.enabled with tls.certManager.issuerRef.name" }}
+{{- end }}
+{{- if .Values.tls.certManager.enabled }}
+{{- $_ = required "tls.certManager.issuerRef.name is required when tls.certManager.enabled" .Values.tls.certManager.issuerRef.name }}
+{{- end }}
+{{- else if or .Values.tls.certManager.enabled .Values.tls.clientCa.enabled }}
+{{- fail "tls.certManager.enabled and tls.clientCa.enabled need tls.enabled=true" }}
+{{- end }}
+{{- if and .Values.tls.enabled (eq .Values.probes.type "grpc") }}
+{{- fail "probes.type=grpc cannot work with tls.enabled: the kubelet's gRPC probe does not speak TLS; use probes.type=auto or http" }}
+{{- end }}
+{{- if and .Values.ingress.enabled (not .Values.ingress.host) }}
+{{- fail "ingress.host is required when ingress.enabled" }}
+{{- end }}
+{{- if and .Values.providerCatalog.toml .Values.providerCatalog.existingConfigMap }}
+{{- fail "providerCatalog: set either toml or existingConfigMap, not both" }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled (not (or .Values.networkPolicy.ingress.grpc.agents .Values.networkPolicy.ingress.grpc.platform)) }}
+{{- fail "networkPolicy.enabled: list at least one peer in networkPolicy.ingress.grpc.agents or .platform, or nothing can reach gRPC" }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled (not (or .Values.networkPolicy.egress.database.cidrs .Values.networkPolicy.egress.database.to)) }}
+{{- fail "networkPolicy.enabled: set networkPolicy.egress.database.cidrs or .to, or the pods cannot reach PostgreSQL" }}
+{{- end }}
+{{- if and .Values.preStop.sleepEnabled (semverCompare "<1.30-0" .Capabilities.KubeVersion.Version) }}
+{{- fail (printf "preStop.sleepEnabled needs Kubernetes >= 1.30 (lifecycle.preStop.sleep); this cluster is %s: set preStop.sleepEnabled=false" .Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------------
+  config.toml
+  Called with (dict "root" $ "tls" bool). The migration hook renders it
+  with tls=false: it does not listen, and a cert-manager Secret does not
+  exist yet before the first install.
+--------------------------------------------------------------------- */}}
+
+{{/* One TOML value: strings and lists go through toJson (JSON strings are valid TOML basic strings). */}}
+{{- define "tokenvault.tomlValue" -}}
+{{- if kindIs "bool" . }}{{ . }}
+{{- else if or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .) }}
+{{- if eq (float64 .) (floor .) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- else }}{{ toJson . }}
+{{- end }}
+{{- end }}
+
+{{- define "tokenvault.configToml" -}}
+{{- $root := .root }}
+{{- $v := $root.Values -}}
+# Rendered by the tokenvault Helm chart from values; it holds no secret.
+# database_url / key_database_url come from the environment
+# (TOKENVAULT_DATABASE_URL, TOKENVAULT_KEY_DATABASE_URL); other secrets are
+# files mounted from existing Secrets.
+
+[server]
+grpc_listen = {{ printf "%s:%d" $v.server.listenAddress (int $v.server.grpcPort) | toJson }}
+http_listen = {{ printf "%s:%d" $v.server.listenAddress (int $v.server.httpPort) | toJson }}
+public_url = {{ include "tokenvault.publicUrl" $root | toJson }}
+shutdown_grace_seconds = {{ int64 $v.server.shutdownGraceSeconds }}
+{{- if and .tls $v.tls.enabled }}
+
+[tls]
+cert_file = "/etc/tokenvault/tls/tls.crt"
+key_file = "/etc/tokenvault/tls/tls.key"
+{{- if $v.tls.clientCa.enabled }}
+client_ca_file = "/etc/tokenvault/tls/ca.crt"
+{{- end }}
+{{- end }}
+
+[log]
+format = {{ $v.log.format | toJson }}
+level = {{ $v.log.level | toJson }}
+
+[database]
+max_connections = {{ int64 $v.database.maxConnections }}
+# Migrations run in the chart's pre-install/pre-upgrade hook Job.
+run_migrations = false
+
+[keys]
+file = "/etc/tokenvault/keys/keys.toml"
+{{- if $v.auth.apiKeys.existingSecret }}
+
+[auth]
+api_keys_file = "/etc/tokenvault/auth/api-keys.toml"
+{{- end }}
+
+[consent]
+allowed_return_origins = {{ $v.consent.allowedReturnOrigins | default list | toJson }}
+
+[providers]
+{{- if include "tokenvault.catalogEnabled" $root }}
+catalog_file = "/etc/tokenvault/catalog/providers.toml"
+{{- end }}
+{{- range $name, $p := include "tokenvault.enabledProviders" $root | fromJson }}
+
+[providers.{{ $name }}]
+client_id = {{ $p.clientId | toJson }}
+client_secret_file = {{ printf "/etc/tokenvault/providers/%s/client_secret" $name | toJson }}
+{{- range $key, $value := $p.extraConfig }}
+{{ $key }} = {{ include "tokenvault.tomlValue" $value }}
+{{- end }}
+{{- end }}
+
+[broker]
+max_lease_seconds = {{ int64 $v.broker.maxLeaseSeconds }}
+cache_capacity = {{ int64 $v.broker.cacheCapacity }}
+
+[lifecycle]
+purge_after_days = {{ int64 $v.lifecycle.purgeAfterDays }}
+audit_retention_days = {{ int64 $v.lifecycle.auditRetentionDays }}
+sweep_interval_seconds = {{ int64 $v.lifecycle.sweepIntervalSeconds }}
+{{- end }}
+
+{{/* ConfigMap "data:" block (config.toml and the optional catalog), at column 0. Same arguments as configToml. */}}
+{{- define "tokenvault.configData" -}}
+{{- $data := include "tokenvault.configToml" . | nindent 4 | printf "data:\n  config.toml: |%s" }}
+{{- with .root.Values.providerCatalog.toml }}
+{{- $data = printf "%s\n  providers.toml: |%s" $data (nindent 4 .) }}
+{{- end }}
+{{- /* nindent indents empty lines too; keep them empty. */}}
+{{- regexReplaceAll "(?m)^ +$" $data "" }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------------
+  Pod pieces shared by the Deployment and the migration Job.
+  Called with (dict "root" $ "configMap" NAME "tls" bool).
+--------------------------------------------------------------------- */}}
+
+{{- define "tokenvault.env" -}}
+{{- $v := .root.Values -}}
+- name: TOKENVAULT_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.database.existingSecret }}
+      key: {{ $v.database.urlKey }}
+{{- if $v.database.keyDatabase.enabled }}
+- name: TOKENVAULT_KEY_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ default $v.database.existingSecret $v.database.keyDatabase.existingSecret }}
+      key: {{ $v.database.keyDatabase.urlKey }}
+{{- end }}
+{{- with $v.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "tokenvault.volumeMounts" -}}
+{{- $v := .root.Values -}}
+- name: config
+  mountPath: /etc/tokenvault/config.toml
+  subPath: config.toml
+  readOnly: true
+{{- if include "tokenvault.catalogEnabled" .root }}
+- name: catalog
+  mountPath: /etc/tokenvault/catalog
+  readOnly: true
+{{- end }}
+- name: keys
+  mountPath: /etc/tokenvault/keys
+  readOnly: true
+{{- if $v.auth.apiKeys.existingSecret }}
+- name: api-keys
+  mountPath: /etc/tokenvault/auth
+  readOnly: true
+{{- end }}
+{{- range $name, $p := include "tokenvault.enabledProviders" .root | fromJson }}
+- name: provider-{{ $name }}
+  mountPath: /etc/tokenvault/providers/{{ $name }}
+  readOnly: true
+{{- end }}
+{{- if and .tls $v.tls.enabled }}
+- name: tls
+  mountPath: /etc/tokenvault/tls
+  readOnly: true
+{{- end }}
+- name: tmp
+  mountPath: /tmp
+{{- with $v.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "tokenvault.volumes" -}}
+{{- $root := .root }}
+{{- $v := $root.Values -}}
+- name: config
+  configMap:
+    name: {{ .configMap }}
+    items:
+      - key: config.toml
+        path: config.toml
+{{- if include "tokenvault.catalogEnabled" $root }}
+- name: catalog
+  configMap:
+    name: {{ default .configMap $v.providerCatalog.existingConfigMap }}
+    items:
+      - key: {{ ternary $v.providerCatalog.key "providers.toml" (not (empty $v.providerCatalog.existingConfigMap)) }}
+        path: providers.toml
+{{- end }}
+- name: keys
+  secret:
+    secretName: {{ $v.keys.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $v.keys.key }}
+        path: keys.toml
+{{- if $v.auth.apiKeys.existingSecret }}
+- name: api-keys
+  secret:
+    secretName: {{ $v.auth.apiKeys.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $v.auth.apiKeys.key }}
+        path: api-keys.toml
+{{- end }}
+{{- range $name, $p := include "tokenvault.enabledProviders" $root | fromJson }}
+- name: provider-{{ $name }}
+  secret:
+    secretName: {{ $p.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ default "client-secret" $p.clientSecretKey }}
+        path: client_secret
+{{- end }}
+{{- if and .tls $v.tls.enabled }}
+- name: tls
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ include "tokenvault.tlsSecretName" $root }}
+          items:
+            - key: tls.crt
+              path: tls.crt
+            - key: tls.key
+              path: tls.key
+      {{- if $v.tls.clientCa.enabled }}
+      - secret:
+          name: {{ default (include "tokenvault.tlsSecretName" $root) $v.tls.clientCa.existingSecret }}
+          items:
+            - key: {{ $v.tls.clientCa.key }}
+              path: ca.crt
+      {{- end }}
+{{- end }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ $v.tmpSizeLimit }}
+{{- with $v.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Probe timing fields from one of .Values.probes.{startup,liveness,readiness}. */}}
+{{- define "tokenvault.probeTiming" -}}
+periodSeconds: {{ .periodSeconds }}
+timeoutSeconds: {{ .timeoutSeconds }}
+failureThreshold: {{ .failureThreshold }}
+{{- end }}
+
+{{/* NetworkPolicy egress rules shared by the server and the migration Job: DNS and PostgreSQL. */}}
+{{- define "tokenvault.egressDnsAndDatabase" -}}
+{{- $np := .Values.networkPolicy.egress -}}
+{{- if $np.dns.enabled }}
+- to:
+    {{- toYaml $np.dns.to | nindent 4 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+- to:
+    {{- range $np.database.cidrs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+    {{- with $np.database.to }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - port: {{ $np.database.port }}
+      protocol: TCP
+{{- end }}
+
+{{/* Scheme of the HTTP listener: HTTPS when the binary's [tls] is on (it secures both listeners). */}}
+{{- define "tokenvault.httpScheme" -}}
+{{- .Values.server.httpScheme | default (ternary "HTTPS" "HTTP" .Values.tls.enabled) -}}
+{{- end }}
