@@ -1,0 +1,282 @@
+//! An agent worker: gets a user's access token from tokenvault before each
+//! task it does in the user's account.
+//!
+//! ```sh
+//! TOKENVAULT_API_KEY=<agent key> CONNECTION_ID=<id> cargo run --example agent
+//! ```
+//!
+//! Environment:
+//!
+//! - `TOKENVAULT_ADDR`: tokenvault's gRPC address (default `http://127.0.0.1:50051`, plain text);
+//! - `TOKENVAULT_API_KEY`: an API key with the `agent` role (required);
+//! - `CONNECTION_ID`: the connection to act through (required);
+//! - `SCOPES`: comma-separated subset of the granted scopes (default: all granted scopes);
+//! - `MIN_TTL`: seconds the token must stay valid (default 0: whatever tokenvault holds);
+//! - `TIMEOUT`: deadline of one call in seconds, sent as `grpc-timeout` (default 10);
+//! - `ITERATIONS`, `INTERVAL`: how many tasks to run and the seconds between them (default 1 and 5).
+//!
+//! What a real worker should copy:
+//!
+//! - the API key goes in `authorization: Bearer …` metadata, added by an interceptor;
+//! - every call has a deadline (`grpc-timeout`): tokenvault fits its upstream
+//!   refresh attempts into it;
+//! - the token is kept in a small local cache until shortly before its
+//!   `expires_at`, so most tasks make no call at all;
+//! - `UNAVAILABLE` (tokenvault or the provider down, nothing valid cached) is
+//!   retried with exponential backoff and jitter;
+//! - `FAILED_PRECONDITION` means the connection is revoked, needs re-consent or
+//!   the user was deleted: retrying cannot help, so the worker stops and reports
+//!   tokenvault's message;
+//! - the token itself is never logged (only its first 8 characters here).
+//!
+//! Exit status: 0 on success, 2 when the connection cannot be used
+//! (`FAILED_PRECONDITION`), 1 on any other failure.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rand::Rng as _;
+use tokenvault::proto::token_service_client::TokenServiceClient;
+use tokenvault::proto::{GetAccessTokenRequest, GetAccessTokenResponse};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// A cached token is used until this long before its `expires_at` (or `MIN_TTL`, if longer).
+const REFRESH_MARGIN: Duration = Duration::from_secs(30);
+/// Attempts for one token when tokenvault answers `UNAVAILABLE`.
+const MAX_ATTEMPTS: u32 = 5;
+/// First backoff delay; it doubles after each attempt, up to `MAX_BACKOFF`.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("agent: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(&settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(status) if status.code() == Code::FailedPrecondition => {
+            eprintln!(
+                "agent: connection {} cannot be used: {}",
+                settings.connection_id,
+                status.message()
+            );
+            eprintln!("agent: the user must connect again (re-consent); stopping");
+            ExitCode::from(2)
+        }
+        Err(status) => {
+            eprintln!(
+                "agent: GetAccessToken failed: {:?}: {}",
+                status.code(),
+                status.message()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the worker is configured with.
+struct Settings {
+    addr: String,
+    api_key: String,
+    connection_id: String,
+    scopes: Vec<String>,
+    min_ttl: u32,
+    timeout: Duration,
+    iterations: u32,
+    interval: Duration,
+}
+
+impl Settings {
+    fn from_env() -> Result<Self, String> {
+        let required = |name: &str| optional(name).ok_or_else(|| format!("{name} is not set"));
+        let mut scopes: Vec<String> = optional("SCOPES")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        scopes.sort();
+        scopes.dedup();
+        Ok(Self {
+            addr: optional("TOKENVAULT_ADDR").unwrap_or_else(|| "http://127.0.0.1:50051".to_owned()),
+            api_key: required("TOKENVAULT_API_KEY")?,
+            connection_id: required("CONNECTION_ID")?,
+            scopes,
+            min_ttl: number("MIN_TTL", 0)?,
+            timeout: Duration::from_secs(number("TIMEOUT", 10)?.max(1).into()),
+            iterations: number("ITERATIONS", 1)?.max(1),
+            interval: Duration::from_secs(number("INTERVAL", 5)?.into()),
+        })
+    }
+}
+
+fn optional(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn number(name: &str, default: u32) -> Result<u32, String> {
+    optional(name).map_or(Ok(default), |v| {
+        v.trim()
+            .parse()
+            .map_err(|_| format!("{name} must be a whole number, not `{v}`"))
+    })
+}
+
+/// Adds `authorization: Bearer <api key>` to every call.
+#[derive(Clone)]
+struct BearerAuth(MetadataValue<Ascii>);
+
+impl BearerAuth {
+    fn new(api_key: &str) -> Result<Self, String> {
+        let mut value: MetadataValue<Ascii> = format!("Bearer {api_key}")
+            .parse()
+            .map_err(|_| "TOKENVAULT_API_KEY must be printable ASCII".to_owned())?;
+        // Keeps the key out of debug output of the request.
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Client = TokenServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+/// A token kept until shortly before it expires.
+struct Cached {
+    token: GetAccessTokenResponse,
+    expires_at: SystemTime,
+}
+
+/// Tokens by connection and requested scopes.
+#[derive(Default)]
+struct TokenCache {
+    entries: HashMap<(String, Vec<String>), Cached>,
+}
+
+impl TokenCache {
+    /// A cached token still valid for `REFRESH_MARGIN` (or `min_ttl`, if longer).
+    fn get(&self, key: &(String, Vec<String>), min_ttl: Duration) -> Option<&GetAccessTokenResponse> {
+        let needed = SystemTime::now() + REFRESH_MARGIN.max(min_ttl);
+        self.entries
+            .get(key)
+            .filter(|cached| cached.expires_at > needed)
+            .map(|cached| &cached.token)
+    }
+
+    fn put(&mut self, key: (String, Vec<String>), token: GetAccessTokenResponse) -> Result<(), Status> {
+        let expires_at = token
+            .expires_at
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .ok_or_else(|| Status::internal("tokenvault sent a token without a valid expires_at"))?;
+        self.entries.insert(key, Cached { token, expires_at });
+        Ok(())
+    }
+
+    fn forget(&mut self, key: &(String, Vec<String>)) {
+        self.entries.remove(key);
+    }
+}
+
+async fn run(settings: &Settings) -> Result<(), Status> {
+    let auth = BearerAuth::new(&settings.api_key).map_err(Status::invalid_argument)?;
+    let channel = Endpoint::from_shared(settings.addr.clone())
+        .map_err(|e| Status::invalid_argument(format!("TOKENVAULT_ADDR `{}`: {e}", settings.addr)))?
+        .connect_timeout(Duration::from_secs(5))
+        // Connects on first use: a server that is not up yet is an UNAVAILABLE, retried below.
+        .connect_lazy();
+    let mut client = TokenServiceClient::with_interceptor(channel, auth);
+    let mut cache = TokenCache::default();
+    let key = (settings.connection_id.clone(), settings.scopes.clone());
+    let min_ttl = Duration::from_secs(settings.min_ttl.into());
+
+    for task in 1..=settings.iterations {
+        if task > 1 {
+            tokio::time::sleep(settings.interval).await;
+        }
+        let (token, source) = match cache.get(&key, min_ttl) {
+            Some(token) => (token.clone(), "from the local cache"),
+            None => match fetch(&mut client, settings).await {
+                Ok(token) => {
+                    cache.put(key.clone(), token.clone())?;
+                    (token, "from tokenvault")
+                }
+                Err(status) => {
+                    cache.forget(&key);
+                    return Err(status);
+                }
+            },
+        };
+        println!("task {task}/{}: token {source}", settings.iterations);
+        describe(&token);
+        // A real worker would now call the provider's API with
+        // `authorization: {token_type} {access_token}`.
+    }
+    Ok(())
+}
+
+/// One `GetAccessToken`, retried with backoff while tokenvault is unavailable.
+async fn fetch(client: &mut Client, settings: &Settings) -> Result<GetAccessTokenResponse, Status> {
+    let mut backoff = INITIAL_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        let mut request = Request::new(GetAccessTokenRequest {
+            connection_id: settings.connection_id.clone(),
+            scopes: settings.scopes.clone(),
+            min_ttl_seconds: settings.min_ttl,
+        });
+        request.set_timeout(settings.timeout);
+        match client.get_access_token(request).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) if status.code() == Code::Unavailable && attempt < MAX_ATTEMPTS => {
+                // Full jitter in [backoff/2, backoff): replicas of a worker do not retry in step.
+                let delay = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                eprintln!(
+                    "agent: tokenvault unavailable ({}); attempt {attempt}/{MAX_ATTEMPTS}, retrying in {} ms",
+                    status.message(),
+                    delay.as_millis()
+                );
+                tokio::time::sleep(delay).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                attempt += 1;
+            }
+            Err(status) => return Err(status),
+        }
+    }
+}
+
+/// Prints what the worker got, without the secret: only the token's first 8 characters.
+fn describe(token: &GetAccessTokenResponse) {
+    let prefix: String = token.access_token.chars().take(8).collect();
+    println!("  connection_id: {}", token.connection_id);
+    println!("  token_type: {}", token.token_type);
+    println!("  scopes: {}", token.scopes.join(" "));
+    if let Some(expires_at) = token.expires_at.and_then(|t| SystemTime::try_from(t).ok()) {
+        let remaining = expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        let expires_at: DateTime<Utc> = expires_at.into();
+        println!(
+            "  expires_at: {} (in {remaining} s)",
+            expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+        );
+    }
+    println!("  access_token: {prefix}… ({} characters)", token.access_token.len());
+}

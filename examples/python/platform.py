@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""The platform side: connects a user's account through tokenvault.
+
+The same behaviour as examples/platform.rs: with no argument it calls
+StartConsent, prints the authorization URL the user's browser must open, then
+polls GetConsent until the consent is completed, failed or expired, and prints
+the connection id. ``--list`` shows ListConnections for the tenant and user;
+``--disconnect ID`` calls Disconnect.
+
+Environment: TOKENVAULT_ADDR (default http://127.0.0.1:50051, plain text),
+TOKENVAULT_API_KEY (platform role, required), TENANT (default acme), USER (the
+user id; shells set it to the login name), PROVIDER (default demo),
+CAPABILITIES (comma-separated, default calendar.read), RETURN_URL (its origin
+must be in consent.allowed_return_origins; default
+http://localhost:3000/connected), POLL_INTERVAL (seconds, default 1).
+
+Output lines ``authorization_url: ...`` and ``connection_id: ...`` are meant
+to be read by scripts too. Exit status: 0 when connected, 1 otherwise.
+
+    pip install -r requirements.txt && ./generate.sh
+    TOKENVAULT_API_KEY=... USER=alice python platform.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GEN = HERE / "gen"
+if not (GEN / "tokenvault" / "v1" / "consent_pb2.py").exists():
+    sys.exit(f"platform: generated stubs missing; run {HERE / 'generate.sh'} first")
+# This script's directory is first on sys.path, where this file would shadow the
+# standard library's `platform` module for any library that imports it: put the
+# generated stubs there instead.
+if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
+    sys.path[0] = str(GEN)
+else:
+    sys.path.insert(0, str(GEN))
+
+import grpc  # noqa: E402
+from tokenvault.v1 import (  # noqa: E402
+    common_pb2,
+    connection_pb2,
+    connection_pb2_grpc,
+    consent_pb2,
+    consent_pb2_grpc,
+)
+
+CALL_TIMEOUT = 10.0
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def target(addr: str) -> str:
+    if addr.startswith("https://"):
+        sys.exit("platform: this example speaks plain text; use grpc.secure_channel for TLS")
+    return addr.removeprefix("http://").rstrip("/")
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class BearerAuth(grpc.UnaryUnaryClientInterceptor):
+    """Adds ``authorization: Bearer <api key>`` to every call."""
+
+    def __init__(self, api_key: str) -> None:
+        self._header = ("authorization", f"Bearer {api_key}")
+
+    def intercept_unary_unary(self, continuation, details, request):
+        metadata = list(details.metadata or []) + [self._header]
+        details = _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+        return continuation(details, request)
+
+
+def user() -> str:
+    value = env("USER")
+    if not value:
+        sys.exit("platform: USER is not set (the user id at the platform)")
+    return value
+
+
+def connect(channel) -> int:
+    stub = consent_pb2_grpc.ConsentServiceStub(channel)
+    try:
+        poll = max(1, int(env("POLL_INTERVAL", "1")))
+    except ValueError:
+        sys.exit("platform: POLL_INTERVAL must be a whole number of seconds")
+    capabilities = [c.strip() for c in (env("CAPABILITIES") or "calendar.read").split(",") if c.strip()]
+    started = stub.StartConsent(
+        consent_pb2.StartConsentRequest(
+            tenant_id=env("TENANT", "acme"),
+            user_id=user(),
+            provider=env("PROVIDER", "demo"),
+            capabilities=capabilities,
+            return_url=env("RETURN_URL", "http://localhost:3000/connected"),
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    print(f"consent_id: {started.consent_id}")
+    print(f"scopes: {' '.join(started.scopes)}")
+    print("Open this URL in the user's browser:")
+    print(f"authorization_url: {started.authorization_url}", flush=True)
+
+    # tokenvault marks the consent expired itself; this is only a backstop.
+    give_up = (started.expires_at.seconds or time.time() + 600) + 30
+    print(f"waiting for the user (polling GetConsent every {poll} s)…", flush=True)
+    while True:
+        time.sleep(poll)
+        try:
+            consent = stub.GetConsent(
+                consent_pb2.GetConsentRequest(consent_id=started.consent_id), timeout=CALL_TIMEOUT
+            )
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            print(f"platform: tokenvault unavailable ({error.details()}); still polling", file=sys.stderr)
+            continue
+        if consent.status == consent_pb2.CONSENT_COMPLETED:
+            print("connected")
+            print(f"connection_id: {consent.connection_id}")
+            return 0
+        if consent.status == consent_pb2.CONSENT_FAILED:
+            print(f"platform: consent failed: {consent.error}", file=sys.stderr)
+            return 1
+        if consent.status == consent_pb2.CONSENT_EXPIRED:
+            print("platform: consent expired before the user finished", file=sys.stderr)
+            return 1
+        if time.time() > give_up:
+            print("platform: gave up waiting for the consent", file=sys.stderr)
+            return 1
+
+
+def print_connection(connection) -> None:
+    status = common_pb2.ConnectionStatus.Name(connection.status)
+    line = f"{connection.id}  {connection.provider}  {status}  [{' '.join(connection.granted_scopes)}]"
+    if connection.status_reason:
+        line += f"  ({connection.status_reason})"
+    print(line)
+
+
+def list_connections(channel) -> int:
+    stub = connection_pb2_grpc.ConnectionServiceStub(channel)
+    tenant, user_id = env("TENANT", "acme"), user()
+    page_token, count = "", 0
+    while True:
+        page = stub.ListConnections(
+            connection_pb2.ListConnectionsRequest(
+                tenant_id=tenant, user_id=user_id, page_size=100, page_token=page_token
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        for connection in page.connections:
+            print_connection(connection)
+            count += 1
+        if not page.next_page_token:
+            break
+        page_token = page.next_page_token
+    print(f"{count} connection(s) for tenant {tenant}, user {user_id}")
+    return 0
+
+
+def disconnect(channel, connection_id: str) -> int:
+    stub = connection_pb2_grpc.ConnectionServiceStub(channel)
+    response = stub.Disconnect(connection_pb2.DisconnectRequest(connection_id=connection_id), timeout=CALL_TIMEOUT)
+    print("disconnected (revoked at the provider too, in the background)")
+    if response.HasField("connection"):
+        print_connection(response.connection)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="tokenvault platform example")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--list", action="store_true", help="list the user's connections")
+    group.add_argument("--disconnect", metavar="CONNECTION_ID", help="disconnect (revoke) a connection")
+    args = parser.parse_args()
+
+    api_key = env("TOKENVAULT_API_KEY")
+    if not api_key:
+        print("platform: TOKENVAULT_API_KEY is not set (a platform key)", file=sys.stderr)
+        return 1
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(target(env("TOKENVAULT_ADDR", "http://127.0.0.1:50051"))),
+        BearerAuth(api_key),
+    )
+    try:
+        if args.list:
+            return list_connections(channel)
+        if args.disconnect:
+            return disconnect(channel, args.disconnect)
+        return connect(channel)
+    except grpc.RpcError as error:
+        print(f"platform: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
