@@ -1,0 +1,663 @@
+//! Load generator: the real `tokenvault serve` binary in its own process on a
+//! fresh PostgreSQL database, driven by a tonic client from this process.
+//!
+//! In one run it measures, at each concurrency:
+//! - `grpc.health.v1.Health/Check` (the ceiling),
+//! - `GetAccessToken` on a cached token,
+//! - `GetAccessToken` on a cache miss (a server with the in-memory token cache
+//!   off: one database read plus AES-GCM open, no upstream call),
+//!
+//! then a refresh storm (1,000 concurrent calls for one expired token, on one
+//! server and on two servers sharing the database) and the resident memory of
+//! a server holding 100,000 connections with cached tokens. It prints Markdown
+//! tables with the ratios to the ceiling, and stops by itself.
+//!
+//! ```text
+//! cargo bench --bench load -- [--seconds 5] [--concurrency 1,16,64] [--memory-connections 100000]
+//! ```
+//!
+//! PostgreSQL: `TOKENVAULT_TEST_PG` (an admin URL ending in `/<database>`), else
+//! `postgres://postgres@127.0.0.1:5432/postgres`. The benchmark creates its own
+//! database and drops it at the end.
+
+use clap::Parser;
+use futures::stream::{self, StreamExt};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::Connection as _;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokenvault::clock::{SharedClock, SystemClock};
+use tokenvault::proto::token_service_client::TokenServiceClient;
+use tokenvault::proto::GetAccessTokenRequest;
+use tokenvault::store::{access_token_record, AccessTokenRecord, ConsentGrant, Sealed, SqlStore, Store, StoreOptions};
+use tokenvault::testing::fake_provider::{FakeProvider, FakeProviderConfig};
+use tokenvault::vault::{Binding, Field, LocalKeyring, Vault};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use uuid::Uuid;
+
+const TENANT: &str = "acme";
+const AGENT_KEY: &str = "bench-agent-key";
+const PROVIDER: &str = "fake";
+const SCOPE: &str = "mail.read";
+/// Connections the throughput workloads cycle through.
+const WORKING_SET: usize = 1_000;
+/// Concurrent calls in the refresh storm.
+const STORM_CALLS: usize = 1_000;
+
+#[derive(Parser, Debug)]
+#[command(about = "tokenvault load benchmark")]
+struct Args {
+    /// Measured seconds per workload and concurrency (after one second of warm-up).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrency levels, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// Connections with cached tokens for the memory measurement (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    memory_connections: usize,
+    /// HTTP/2 connections the client spreads its calls over.
+    #[arg(long, default_value_t = 2)]
+    channels: usize,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// PostgreSQL admin URL the benchmark creates its database through.
+fn pg_admin_url() -> String {
+    std::env::var("TOKENVAULT_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database that lives for the run.
+struct BenchDb {
+    name: String,
+    url: String,
+}
+
+impl BenchDb {
+    async fn create() -> Self {
+        let admin = pg_admin_url();
+        let name = format!("tv_bench_{}", Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL must be reachable (set TOKENVAULT_TEST_PG)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create the benchmark database");
+        let _ = conn.close().await;
+        let (prefix, _) = admin.rsplit_once('/').expect("TOKENVAULT_TEST_PG must end in /<database>");
+        Self {
+            url: format!("{prefix}/{name}"),
+            name,
+        }
+    }
+
+    async fn drop_now(self) {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .execute(&mut conn)
+                .await;
+            let _ = conn.close().await;
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Everything a server process needs to be started.
+struct ServerSetup {
+    dir: tempfile::TempDir,
+    db_url: String,
+    kek: SecretString,
+    fake: FakeProvider,
+}
+
+/// `tokenvault serve` in its own process; killed on drop.
+struct ServerProcess {
+    child: Child,
+    grpc: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    async fn spawn(setup: &ServerSetup, name: &str, broker: &str) -> Self {
+        let catalog = setup.dir.path().join("catalog.toml");
+        if !catalog.exists() {
+            std::fs::write(&catalog, catalog_toml(&setup.fake)).expect("write catalog");
+        }
+        let (grpc, http) = (free_port(), free_port());
+        let config = format!(
+            r#"database_url = "{db}"
+[server]
+grpc_listen = "127.0.0.1:{grpc}"
+http_listen = "127.0.0.1:{http}"
+shutdown_grace_seconds = 1
+[log]
+format = "json"
+level = "info"
+[keys]
+inline = "{kek}"
+[[auth.api_keys]]
+name = "bench-agent"
+sha256 = "{agent}"
+roles = ["agent"]
+tenants = ["{TENANT}"]
+[consent]
+allowed_return_origins = ["https://app.example.com"]
+[providers]
+catalog_file = "{catalog}"
+[providers.{PROVIDER}]
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+[broker]
+{broker}
+[lifecycle]
+sweep_interval_seconds = 0
+"#,
+            db = setup.db_url,
+            kek = setup.kek.expose_secret(),
+            agent = tokenvault::auth::hash_api_key(AGENT_KEY),
+            catalog = catalog.display(),
+            client_id = setup.fake.config().client_id,
+            client_secret = setup.fake.config().client_secret,
+        );
+        let config_path = setup.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config_path, config).expect("write config");
+        let log = setup.dir.path().join(format!("{name}.log"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("TOKENVAULT_") {
+                command.env_remove(&var);
+            }
+        }
+        let child = command
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start tokenvault");
+        let mut server = Self {
+            child,
+            grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
+            log,
+        };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.grpc))
+                .expect("url")
+                .connect()
+                .await
+            {
+                if HealthClient::new(channel)
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "tokenvault exited early ({status}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "tokenvault did not become healthy");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Resident set size, from `/proc/<pid>/status`.
+    fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    async fn channels(&self, count: usize) -> Vec<Channel> {
+        let mut channels = Vec::with_capacity(count);
+        for _ in 0..count.max(1) {
+            channels.push(
+                Channel::from_shared(format!("http://{}", self.grpc))
+                    .expect("url")
+                    .connect()
+                    .await
+                    .expect("connect"),
+            );
+        }
+        channels
+    }
+}
+
+fn catalog_toml(fake: &FakeProvider) -> String {
+    let base = fake.base_url();
+    format!(
+        "[providers.{PROVIDER}]\ndisplay_name = \"Fake\"\nauthorization_url = \"{a}\"\ntoken_url = \"{t}\"\nrevocation_url = \"{r}\"\n\
+         client_auth = \"client_secret_basic\"\nscope_separator = \" \"\nrefresh_scope_narrowing = true\n\
+         issues_refresh_tokens = true\nallowed_scopes = [\"{SCOPE}\"]\n[providers.{PROVIDER}.capabilities]\n\"{SCOPE}\" = [\"{SCOPE}\"]\n",
+        a = base.join("authorize").expect("url"),
+        t = base.join("token").expect("url"),
+        r = base.join("revoke").expect("url"),
+    )
+}
+
+/// Stores connections directly through the library (what a completed consent
+/// stores), each with its own data key, a refresh token the fake provider
+/// knows, and a sealed access token expiring at `expires_at`.
+struct Seeder {
+    store: SqlStore,
+    vault: Vault,
+    fake: FakeProvider,
+}
+
+impl Seeder {
+    async fn new(setup: &ServerSetup) -> Self {
+        let store = SqlStore::connect(
+            &SecretString::from(setup.db_url.clone()),
+            &StoreOptions {
+                max_connections: 32,
+                acquire_timeout: Duration::from_secs(30),
+            },
+        )
+        .await
+        .expect("connect to the benchmark database");
+        store.migrate().await.expect("migrate");
+        let keyring = LocalKeyring::from_inline(&setup.kek, None).expect("keyring");
+        let clock: SharedClock = Arc::new(SystemClock);
+        let vault = Vault::new(
+            Arc::new(keyring),
+            Arc::new(store.clone()),
+            clock,
+            1_000,
+            Duration::from_secs(60),
+        );
+        Self {
+            store,
+            vault,
+            fake: setup.fake.clone(),
+        }
+    }
+
+    async fn seed(&self, prefix: &str, count: usize, expires_at: chrono::DateTime<chrono::Utc>) -> Vec<Uuid> {
+        stream::iter(0..count)
+            .map(|i| self.seed_one(format!("{prefix}-{i}"), expires_at))
+            .buffer_unordered(32)
+            .collect()
+            .await
+    }
+
+    async fn seed_one(&self, user: String, expires_at: chrono::DateTime<chrono::Utc>) -> Uuid {
+        let now = chrono::Utc::now();
+        let grant = self.fake.mint_grant(&user, &[SCOPE]);
+        let connection = self
+            .store
+            .get_or_create_connection(TENANT, &user, PROVIDER, now)
+            .await
+            .expect("create connection");
+        let key = self.vault.create_data_key().await.expect("data key");
+        let record = connection.id.to_string();
+        let access_record = access_token_record(connection.id, "");
+        let refresh = key
+            .seal_str(
+                &Binding {
+                    tenant_id: TENANT,
+                    user_id: &user,
+                    record: &record,
+                    field: Field::RefreshToken,
+                },
+                &SecretString::from(grant.refresh_token),
+            )
+            .expect("seal");
+        let access = key
+            .seal_str(
+                &Binding {
+                    tenant_id: TENANT,
+                    user_id: &user,
+                    record: &access_record,
+                    field: Field::AccessToken,
+                },
+                &SecretString::from(grant.access_token),
+            )
+            .expect("seal");
+        let scopes: BTreeSet<String> = [SCOPE.to_owned()].into();
+        let stored = self
+            .store
+            .store_consent_grant(
+                &ConsentGrant {
+                    connection_id: connection.id,
+                    expected_version: connection.token_version,
+                    dek_id: key.id(),
+                    refresh_token: Some(Sealed(refresh)),
+                    granted_scopes: scopes.clone(),
+                    access_token: AccessTokenRecord {
+                        connection_id: connection.id,
+                        scope_key: String::new(),
+                        token: Sealed(access),
+                        token_type: "Bearer".to_owned(),
+                        scopes,
+                        expires_at,
+                        token_version: connection.token_version + 1,
+                    },
+                },
+                now,
+            )
+            .await
+            .expect("store grant");
+        assert!(stored, "a fresh connection's version cannot have moved");
+        connection.id
+    }
+}
+
+/// One workload the client can run.
+#[derive(Clone, Copy, Debug)]
+enum Workload {
+    Health,
+    Token,
+}
+
+/// Results of one measured cell.
+#[derive(Debug, Clone, Copy, Default)]
+struct Measured {
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    u64::from(sorted[index.min(sorted.len() - 1)])
+}
+
+fn bearer() -> MetadataValue<tonic::metadata::Ascii> {
+    format!("Bearer {AGENT_KEY}").parse().expect("header")
+}
+
+/// Runs `workload` at `concurrency` for `warmup` then `duration`; measures the second part.
+async fn run_cell(
+    channels: &[Channel],
+    workload: Workload,
+    connections: Arc<Vec<Uuid>>,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Measured {
+    let start = Instant::now() + warmup;
+    let end = start + duration;
+    let mut tasks = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let channel = channels[worker % channels.len()].clone();
+        let connections = connections.clone();
+        tasks.push(tokio::spawn(async move {
+            let auth = bearer();
+            let mut health = HealthClient::new(channel.clone());
+            let mut tokens = TokenServiceClient::new(channel);
+            let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
+            let mut errors = 0u64;
+            let mut i = worker;
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let ok = match workload {
+                    Workload::Health => {
+                        let mut request = tonic::Request::new(HealthCheckRequest::default());
+                        request.metadata_mut().insert("authorization", auth.clone());
+                        health.check(request).await.is_ok()
+                    }
+                    Workload::Token => {
+                        let mut request = tonic::Request::new(GetAccessTokenRequest {
+                            connection_id: connections[i % connections.len()].to_string(),
+                            scopes: Vec::new(),
+                            min_ttl_seconds: 0,
+                        });
+                        request.metadata_mut().insert("authorization", auth.clone());
+                        tokens.get_access_token(request).await.is_ok()
+                    }
+                };
+                i += concurrency;
+                if sent >= start {
+                    latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    if !ok {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (latencies, failed) = task.await.expect("worker");
+        all.extend(latencies);
+        errors += failed;
+    }
+    all.sort_unstable();
+    Measured {
+        rps: all.len() as f64 / duration.as_secs_f64(),
+        p50_us: percentile(&all, 0.50),
+        p99_us: percentile(&all, 0.99),
+        errors,
+    }
+}
+
+/// 1,000 concurrent calls for one expired token spread over `servers`;
+/// returns (upstream refreshes, seconds until all answered, successes).
+async fn refresh_storm(servers: &[&ServerProcess], fake: &FakeProvider, connection: Uuid) -> (u64, f64, usize) {
+    let mut channels = Vec::new();
+    for server in servers {
+        channels.extend(server.channels(4).await);
+    }
+    let before = fake.stats().refreshes;
+    let started = Instant::now();
+    let calls = (0..STORM_CALLS).map(|i| {
+        let mut client = TokenServiceClient::new(channels[i % channels.len()].clone());
+        async move {
+            let mut request = tonic::Request::new(GetAccessTokenRequest {
+                connection_id: connection.to_string(),
+                scopes: Vec::new(),
+                min_ttl_seconds: 60,
+            });
+            request.metadata_mut().insert("authorization", bearer());
+            client.get_access_token(request).await.is_ok()
+        }
+    });
+    let answered = futures::future::join_all(calls).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let successes = answered.into_iter().filter(|ok| *ok).count();
+    (fake.stats().refreshes - before, elapsed, successes)
+}
+
+/// Calls `GetAccessToken` once for each connection, at concurrency 64.
+async fn warm(server: &ServerProcess, connections: &[Uuid]) -> usize {
+    let channels = server.channels(2).await;
+    stream::iter(connections.iter().enumerate())
+        .map(|(i, id)| {
+            let mut client = TokenServiceClient::new(channels[i % channels.len()].clone());
+            async move {
+                let mut request = tonic::Request::new(GetAccessTokenRequest {
+                    connection_id: id.to_string(),
+                    scopes: Vec::new(),
+                    min_ttl_seconds: 0,
+                });
+                request.metadata_mut().insert("authorization", bearer());
+                client.get_access_token(request).await.is_ok()
+            }
+        })
+        .buffer_unordered(64)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await
+}
+
+fn print_row(name: &str, concurrency: usize, m: &Measured, ceiling: &Measured) {
+    println!(
+        "| {name} | {concurrency} | {:.0} | {} | {} | {:.2} | {} |",
+        m.rps,
+        m.p50_us,
+        m.p99_us,
+        m.rps / ceiling.rps.max(1.0),
+        m.errors
+    );
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+async fn run(args: &Args, db_url: String) {
+    let fake = FakeProvider::start(FakeProviderConfig {
+        access_token_ttl: Duration::from_secs(3600),
+        ..FakeProviderConfig::default()
+    })
+    .await
+    .expect("fake provider");
+    let kek_bytes: [u8; 32] = rand::random();
+    let kek = SecretString::from(format!(
+        "bench:{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, kek_bytes)
+    ));
+    let setup = ServerSetup {
+        dir: tempfile::tempdir().expect("temp dir"),
+        db_url,
+        kek,
+        fake: fake.clone(),
+    };
+    let seeder = Seeder::new(&setup).await;
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    let working_set = Arc::new(seeder.seed("load", WORKING_SET, later).await);
+
+    let cached = ServerProcess::spawn(&setup, "cached", "").await;
+    let uncached = ServerProcess::spawn(&setup, "uncached", "cache_capacity = 0").await;
+    let warmup = Duration::from_secs(1);
+    let duration = Duration::from_secs(args.seconds);
+
+    println!("\n## Throughput ({}s per cell, {} client HTTP/2 connections, {WORKING_SET} connections cycled)\n", args.seconds, args.channels);
+    println!("| workload | concurrency | req/s | p50 µs | p99 µs | ratio to Health/Check | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut summary = Vec::new();
+    for &concurrency in &args.concurrency {
+        let channels = cached.channels(args.channels).await;
+        let health = run_cell(&channels, Workload::Health, working_set.clone(), concurrency, warmup, duration).await;
+        let hit = run_cell(&channels, Workload::Token, working_set.clone(), concurrency, warmup, duration).await;
+        let miss_channels = uncached.channels(args.channels).await;
+        let miss_health =
+            run_cell(&miss_channels, Workload::Health, working_set.clone(), concurrency, warmup, duration).await;
+        let miss = run_cell(&miss_channels, Workload::Token, working_set.clone(), concurrency, warmup, duration).await;
+        print_row("Health/Check", concurrency, &health, &health);
+        print_row("GetAccessToken, cached", concurrency, &hit, &health);
+        print_row("Health/Check (cache-off server)", concurrency, &miss_health, &miss_health);
+        print_row("GetAccessToken, cache miss", concurrency, &miss, &miss_health);
+        summary.push((concurrency, hit.rps / health.rps.max(1.0), miss.rps / miss_health.rps.max(1.0)));
+    }
+    println!("\n| concurrency | cached / ceiling (target ≥ 0.80) | miss / ceiling (target ≥ 0.30) |");
+    println!("|---:|---:|---:|");
+    for (concurrency, hit, miss) in &summary {
+        println!(
+            "| {concurrency} | {hit:.2} {} | {miss:.2} {} |",
+            if *hit >= 0.8 { "met" } else { "MISSED" },
+            if *miss >= 0.3 { "met" } else { "MISSED" }
+        );
+    }
+    drop(uncached);
+
+    println!("\n## Refresh storm ({STORM_CALLS} concurrent calls for one expired token)\n");
+    println!("| servers | upstream refreshes (target 1) | seconds until all answered | calls answered OK |");
+    println!("|---:|---:|---:|---:|");
+    let expired = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let storm = seeder.seed("storm", 2, expired).await;
+    let (refreshes, seconds, ok) = refresh_storm(&[&cached], &fake, storm[0]).await;
+    println!("| 1 | {refreshes} | {seconds:.3} | {ok} |");
+    let replica = ServerProcess::spawn(&setup, "replica", "").await;
+    let (refreshes, seconds, ok) = refresh_storm(&[&cached, &replica], &fake, storm[1]).await;
+    println!("| 2 | {refreshes} | {seconds:.3} | {ok} |");
+    drop(replica);
+    drop(cached);
+
+    if args.memory_connections > 0 {
+        let count = args.memory_connections;
+        let seeding = Instant::now();
+        let many = seeder.seed("mem", count, later).await;
+        let seeded_in = seeding.elapsed().as_secs_f64();
+        let server = ServerProcess::spawn(&setup, "memory", "cache_max_age_seconds = 3600").await;
+        warm(&server, &working_set[..10]).await;
+        let before = server.rss_bytes();
+        let warming = Instant::now();
+        let served = warm(&server, &many).await;
+        let warmed_in = warming.elapsed().as_secs_f64();
+        // A second pass served from memory shows the entries stayed cached.
+        let channels = server.channels(args.channels).await;
+        let hits = run_cell(&channels, Workload::Token, Arc::new(many.clone()), 16, Duration::ZERO, Duration::from_secs(2)).await;
+        let after = server.rss_bytes();
+        println!("\n## Memory ({count} connections with cached tokens)\n");
+        println!("| measure | value |");
+        println!("|---|---:|");
+        println!("| RSS after start-up and a few calls | {:.1} MiB |", mib(before));
+        println!("| RSS holding {count} cached tokens (and their data keys) | {:.1} MiB |", mib(after));
+        println!("| per connection | {:.0} bytes |", after.saturating_sub(before) as f64 / count as f64);
+        println!("| first calls (cache misses) served | {served} of {count} in {warmed_in:.1} s |");
+        println!("| second pass at concurrency 16 | {:.0} req/s, p99 {} µs |", hits.rps, hits.p99_us);
+        println!("| seeding {count} connections through the library | {seeded_in:.1} s |");
+    }
+    println!();
+    drop(setup);
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let db = BenchDb::create().await;
+        println!(
+            "# tokenvault load benchmark\n\nmachine: {} cores; server: `tokenvault serve` (release), PostgreSQL {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            pg_admin_url().rsplit_once('@').map_or("", |(_, host)| host)
+        );
+        // A panic inside the run must still drop the database.
+        let url = db.url.clone();
+        let outcome = tokio::spawn(async move { run(&args, url).await }).await;
+        db.drop_now().await;
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic.into_panic());
+        }
+    });
+}
