@@ -33,10 +33,16 @@ fn seal_and_open(c: &mut Criterion) {
         let sealed = key.seal_str(&binding(&record), &secret).expect("seal");
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(format!("seal/{name}"), |b| {
-            b.iter(|| key.seal_str(black_box(&binding(&record)), black_box(&secret)).expect("seal"))
+            b.iter(|| {
+                key.seal_str(black_box(&binding(&record)), black_box(&secret))
+                    .expect("seal")
+            })
         });
         group.bench_function(format!("open/{name}"), |b| {
-            b.iter(|| key.open_string(black_box(&binding(&record)), black_box(&sealed)).expect("open"))
+            b.iter(|| {
+                key.open_string(black_box(&binding(&record)), black_box(&sealed))
+                    .expect("open")
+            })
         });
     }
     group.finish();

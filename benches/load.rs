@@ -26,8 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::Connection as _;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokenvault::clock::{SharedClock, SystemClock};
@@ -35,6 +34,7 @@ use tokenvault::proto::token_service_client::TokenServiceClient;
 use tokenvault::proto::GetAccessTokenRequest;
 use tokenvault::store::{access_token_record, AccessTokenRecord, ConsentGrant, Sealed, SqlStore, Store, StoreOptions};
 use tokenvault::testing::fake_provider::{FakeProvider, FakeProviderConfig};
+use tokenvault::testing::server_process::ServerProcess;
 use tokenvault::vault::{Binding, Field, LocalKeyring, Vault};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -94,7 +94,9 @@ impl BenchDb {
             .await
             .expect("create the benchmark database");
         let _ = conn.close().await;
-        let (prefix, _) = admin.rsplit_once('/').expect("TOKENVAULT_TEST_PG must end in /<database>");
+        let (prefix, _) = admin
+            .rsplit_once('/')
+            .expect("TOKENVAULT_TEST_PG must end in /<database>");
         Self {
             url: format!("{prefix}/{name}"),
             name,
@@ -111,13 +113,6 @@ impl BenchDb {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// Everything a server process needs to be started.
 struct ServerSetup {
     dir: tempfile::TempDir,
@@ -126,32 +121,19 @@ struct ServerSetup {
     fake: FakeProvider,
 }
 
-/// `tokenvault serve` in its own process; killed on drop.
-struct ServerProcess {
-    child: Child,
-    grpc: SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ServerProcess {
-    async fn spawn(setup: &ServerSetup, name: &str, broker: &str) -> Self {
-        let catalog = setup.dir.path().join("catalog.toml");
+impl ServerSetup {
+    /// Starts a server named `name` whose `[broker]` section is `broker`.
+    async fn spawn(&self, name: &str, broker: &str) -> ServerProcess {
+        let catalog = self.dir.path().join("catalog.toml");
         if !catalog.exists() {
-            std::fs::write(&catalog, catalog_toml(&setup.fake)).expect("write catalog");
+            std::fs::write(&catalog, catalog_toml(&self.fake)).expect("write catalog");
         }
-        let (grpc, http) = (free_port(), free_port());
-        let config = format!(
-            r#"database_url = "{db}"
+        let config = |grpc: SocketAddr, http: SocketAddr| {
+            format!(
+                r#"database_url = "{db}"
 [server]
-grpc_listen = "127.0.0.1:{grpc}"
-http_listen = "127.0.0.1:{http}"
+grpc_listen = "{grpc}"
+http_listen = "{http}"
 shutdown_grace_seconds = 1
 [log]
 format = "json"
@@ -175,89 +157,31 @@ client_secret = "{client_secret}"
 [lifecycle]
 sweep_interval_seconds = 0
 "#,
-            db = setup.db_url,
-            kek = setup.kek.expose_secret(),
-            agent = tokenvault::auth::hash_api_key(AGENT_KEY),
-            catalog = catalog.display(),
-            client_id = setup.fake.config().client_id,
-            client_secret = setup.fake.config().client_secret,
-        );
-        let config_path = setup.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&config_path, config).expect("write config");
-        let log = setup.dir.path().join(format!("{name}.log"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
-        for (var, _) in std::env::vars_os() {
-            if var.to_string_lossy().starts_with("TOKENVAULT_") {
-                command.env_remove(&var);
-            }
-        }
-        let child = command
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start tokenvault");
-        let mut server = Self {
-            child,
-            grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
-            log,
+                db = self.db_url,
+                kek = self.kek.expose_secret(),
+                agent = tokenvault::auth::hash_api_key(AGENT_KEY),
+                catalog = catalog.display(),
+                client_id = self.fake.config().client_id,
+                client_secret = self.fake.config().client_secret,
+            )
         };
-        server.wait_healthy().await;
-        server
+        ServerProcess::spawn(
+            Path::new(env!("CARGO_BIN_EXE_tokenvault")),
+            self.dir.path(),
+            name,
+            config,
+        )
+        .await
     }
+}
 
-    async fn wait_healthy(&mut self) {
-        let started = Instant::now();
-        loop {
-            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.grpc))
-                .expect("url")
-                .connect()
-                .await
-            {
-                if HealthClient::new(channel)
-                    .check(HealthCheckRequest::default())
-                    .await
-                    .is_ok()
-                {
-                    return;
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "tokenvault exited early ({status}): {}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "tokenvault did not become healthy");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+/// `count` HTTP/2 connections to `server`.
+async fn connect_channels(server: &ServerProcess, count: usize) -> Vec<Channel> {
+    let mut channels = Vec::with_capacity(count.max(1));
+    for _ in 0..count.max(1) {
+        channels.push(server.channel().await);
     }
-
-    /// Resident set size, from `/proc/<pid>/status`.
-    fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    }
-
-    async fn channels(&self, count: usize) -> Vec<Channel> {
-        let mut channels = Vec::with_capacity(count);
-        for _ in 0..count.max(1) {
-            channels.push(
-                Channel::from_shared(format!("http://{}", self.grpc))
-                    .expect("url")
-                    .connect()
-                    .await
-                    .expect("connect"),
-            );
-        }
-        channels
-    }
+    channels
 }
 
 fn catalog_toml(fake: &FakeProvider) -> String {
@@ -482,7 +406,7 @@ async fn run_cell(
 async fn refresh_storm(servers: &[&ServerProcess], fake: &FakeProvider, connection: Uuid) -> (u64, f64, usize) {
     let mut channels = Vec::new();
     for server in servers {
-        channels.extend(server.channels(4).await);
+        channels.extend(connect_channels(server, 4).await);
     }
     let before = fake.stats().refreshes;
     let started = Instant::now();
@@ -506,9 +430,12 @@ async fn refresh_storm(servers: &[&ServerProcess], fake: &FakeProvider, connecti
 
 /// Calls `GetAccessToken` once for each connection, at concurrency 64.
 async fn warm(server: &ServerProcess, connections: &[Uuid]) -> usize {
-    let channels = server.channels(2).await;
-    stream::iter(connections.iter().enumerate())
+    let channels = connect_channels(server, 2).await;
+    let calls: Vec<_> = connections
+        .iter()
+        .enumerate()
         .map(|(i, id)| {
+            let id = *id;
             let mut client = TokenServiceClient::new(channels[i % channels.len()].clone());
             async move {
                 let mut request = tonic::Request::new(GetAccessTokenRequest {
@@ -520,10 +447,9 @@ async fn warm(server: &ServerProcess, connections: &[Uuid]) -> usize {
                 client.get_access_token(request).await.is_ok()
             }
         })
-        .buffer_unordered(64)
-        .filter(|ok| futures::future::ready(*ok))
-        .count()
-        .await
+        .collect();
+    let answered: Vec<bool> = stream::iter(calls).buffer_unordered(64).collect().await;
+    answered.into_iter().filter(|ok| *ok).count()
 }
 
 fn print_row(name: &str, concurrency: usize, m: &Measured, ceiling: &Measured) {
@@ -563,28 +489,71 @@ async fn run(args: &Args, db_url: String) {
     let later = chrono::Utc::now() + chrono::Duration::hours(2);
     let working_set = Arc::new(seeder.seed("load", WORKING_SET, later).await);
 
-    let cached = ServerProcess::spawn(&setup, "cached", "").await;
-    let uncached = ServerProcess::spawn(&setup, "uncached", "cache_capacity = 0").await;
+    let cached = setup.spawn("cached", "").await;
+    let uncached = setup.spawn("uncached", "cache_capacity = 0").await;
     let warmup = Duration::from_secs(1);
     let duration = Duration::from_secs(args.seconds);
 
-    println!("\n## Throughput ({}s per cell, {} client HTTP/2 connections, {WORKING_SET} connections cycled)\n", args.seconds, args.channels);
+    println!(
+        "\n## Throughput ({}s per cell, {} client HTTP/2 connections, {WORKING_SET} connections cycled)\n",
+        args.seconds, args.channels
+    );
     println!("| workload | concurrency | req/s | p50 µs | p99 µs | ratio to Health/Check | errors |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut summary = Vec::new();
     for &concurrency in &args.concurrency {
-        let channels = cached.channels(args.channels).await;
-        let health = run_cell(&channels, Workload::Health, working_set.clone(), concurrency, warmup, duration).await;
-        let hit = run_cell(&channels, Workload::Token, working_set.clone(), concurrency, warmup, duration).await;
-        let miss_channels = uncached.channels(args.channels).await;
-        let miss_health =
-            run_cell(&miss_channels, Workload::Health, working_set.clone(), concurrency, warmup, duration).await;
-        let miss = run_cell(&miss_channels, Workload::Token, working_set.clone(), concurrency, warmup, duration).await;
+        let channels = connect_channels(&cached, args.channels).await;
+        let health = run_cell(
+            &channels,
+            Workload::Health,
+            working_set.clone(),
+            concurrency,
+            warmup,
+            duration,
+        )
+        .await;
+        let hit = run_cell(
+            &channels,
+            Workload::Token,
+            working_set.clone(),
+            concurrency,
+            warmup,
+            duration,
+        )
+        .await;
+        let miss_channels = connect_channels(&uncached, args.channels).await;
+        let miss_health = run_cell(
+            &miss_channels,
+            Workload::Health,
+            working_set.clone(),
+            concurrency,
+            warmup,
+            duration,
+        )
+        .await;
+        let miss = run_cell(
+            &miss_channels,
+            Workload::Token,
+            working_set.clone(),
+            concurrency,
+            warmup,
+            duration,
+        )
+        .await;
         print_row("Health/Check", concurrency, &health, &health);
         print_row("GetAccessToken, cached", concurrency, &hit, &health);
-        print_row("Health/Check (cache-off server)", concurrency, &miss_health, &miss_health);
+        print_row(
+            "Health/Check (cache-off server)",
+            concurrency,
+            &miss_health,
+            &miss_health,
+        );
         print_row("GetAccessToken, cache miss", concurrency, &miss, &miss_health);
-        summary.push((concurrency, hit.rps / health.rps.max(1.0), miss.rps / miss_health.rps.max(1.0)));
+        summary.push((
+            concurrency,
+            hit.rps / health.rps.max(1.0),
+            miss.rps / miss_health.rps.max(1.0),
+        ));
     }
     println!("\n| concurrency | cached / ceiling (target ≥ 0.80) | miss / ceiling (target ≥ 0.30) |");
     println!("|---:|---:|---:|");
@@ -604,7 +573,7 @@ async fn run(args: &Args, db_url: String) {
     let storm = seeder.seed("storm", 2, expired).await;
     let (refreshes, seconds, ok) = refresh_storm(&[&cached], &fake, storm[0]).await;
     println!("| 1 | {refreshes} | {seconds:.3} | {ok} |");
-    let replica = ServerProcess::spawn(&setup, "replica", "").await;
+    let replica = setup.spawn("replica", "").await;
     let (refreshes, seconds, ok) = refresh_storm(&[&cached, &replica], &fake, storm[1]).await;
     println!("| 2 | {refreshes} | {seconds:.3} | {ok} |");
     drop(replica);
@@ -615,24 +584,41 @@ async fn run(args: &Args, db_url: String) {
         let seeding = Instant::now();
         let many = seeder.seed("mem", count, later).await;
         let seeded_in = seeding.elapsed().as_secs_f64();
-        let server = ServerProcess::spawn(&setup, "memory", "cache_max_age_seconds = 3600").await;
+        let server = setup.spawn("memory", "cache_max_age_seconds = 3600").await;
         warm(&server, &working_set[..10]).await;
-        let before = server.rss_bytes();
+        let before = server.rss_bytes().unwrap_or(0);
         let warming = Instant::now();
         let served = warm(&server, &many).await;
         let warmed_in = warming.elapsed().as_secs_f64();
         // A second pass served from memory shows the entries stayed cached.
-        let channels = server.channels(args.channels).await;
-        let hits = run_cell(&channels, Workload::Token, Arc::new(many.clone()), 16, Duration::ZERO, Duration::from_secs(2)).await;
-        let after = server.rss_bytes();
+        let channels = connect_channels(&server, args.channels).await;
+        let hits = run_cell(
+            &channels,
+            Workload::Token,
+            Arc::new(many.clone()),
+            16,
+            Duration::ZERO,
+            Duration::from_secs(2),
+        )
+        .await;
+        let after = server.rss_bytes().unwrap_or(0);
         println!("\n## Memory ({count} connections with cached tokens)\n");
         println!("| measure | value |");
         println!("|---|---:|");
         println!("| RSS after start-up and a few calls | {:.1} MiB |", mib(before));
-        println!("| RSS holding {count} cached tokens (and their data keys) | {:.1} MiB |", mib(after));
-        println!("| per connection | {:.0} bytes |", after.saturating_sub(before) as f64 / count as f64);
+        println!(
+            "| RSS holding {count} cached tokens (and their data keys) | {:.1} MiB |",
+            mib(after)
+        );
+        println!(
+            "| per connection | {:.0} bytes |",
+            after.saturating_sub(before) as f64 / count as f64
+        );
         println!("| first calls (cache misses) served | {served} of {count} in {warmed_in:.1} s |");
-        println!("| second pass at concurrency 16 | {:.0} req/s, p99 {} µs |", hits.rps, hits.p99_us);
+        println!(
+            "| second pass at concurrency 16 | {:.0} req/s, p99 {} µs |",
+            hits.rps, hits.p99_us
+        );
         println!("| seeding {count} connections through the library | {seeded_in:.1} s |");
     }
     println!();

@@ -5,28 +5,19 @@ use crate::support::provider::{browser, catalog_toml, connect_on, install, query
 use crate::support::{base_config, keys, random_kek, Backend, TestDb, TestServer};
 use secrecy::ExposeSecret;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 use tokenvault::proto::token_service_client::TokenServiceClient;
 use tokenvault::proto::*;
 use tokenvault::testing::fake_provider::{Endpoint, FakeProvider, FakeProviderConfig, Fault};
 use tonic::transport::Channel;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `tokenvault serve` in its own process.
+/// `tokenvault serve` in its own process, configured for the test tenant's
+/// keys and the fake provider, with its temporary directory.
 struct ServerProcess {
-    child: Child,
+    process: tokenvault::testing::server_process::ServerProcess,
     grpc: SocketAddr,
     http: SocketAddr,
-    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -35,13 +26,13 @@ impl ServerProcess {
         let dir = tempfile::tempdir().unwrap();
         let catalog = dir.path().join("catalog.toml");
         std::fs::write(&catalog, catalog_toml(fake, &CatalogOptions::default())).unwrap();
-        let (grpc, http) = (free_port(), free_port());
         let key = |k: &str| tokenvault::auth::hash_api_key(k);
-        let config = format!(
-            r#"database_url = "{db}"
+        let config = |grpc: SocketAddr, http: SocketAddr| {
+            format!(
+                r#"database_url = "{db}"
 [server]
-grpc_listen = "127.0.0.1:{grpc}"
-http_listen = "127.0.0.1:{http}"
+grpc_listen = "{grpc}"
+http_listen = "{http}"
 shutdown_grace_seconds = 2
 [log]
 format = "json"
@@ -74,98 +65,46 @@ client_secret = "{client_secret}"
 sweep_interval_seconds = 0
 outbox_poll_seconds = 1
 "#,
-            db = db.url.expose_secret(),
-            agent = key(keys::AGENT),
-            platform = key(keys::PLATFORM),
-            admin = key(keys::ADMIN),
-            tenant = keys::TENANT,
-            catalog = catalog.display(),
-            client_id = fake.config().client_id,
-            client_secret = fake.config().client_secret,
-        );
-        let config_path = dir.path().join("tokenvault.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = dir.path().join("server.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
-        // The server reads every `TOKENVAULT_*` variable as configuration; the
-        // test's own (such as `TOKENVAULT_TEST_PG`) must not reach it.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("TOKENVAULT_") {
-                command.env_remove(&name);
-            }
-        }
-        let child = command
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start tokenvault");
-        let mut process = Self {
-            child,
-            grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
-            http: SocketAddr::from(([127, 0, 0, 1], http)),
-            log,
-            _dir: dir,
+                db = db.url.expose_secret(),
+                agent = key(keys::AGENT),
+                platform = key(keys::PLATFORM),
+                admin = key(keys::ADMIN),
+                tenant = keys::TENANT,
+                catalog = catalog.display(),
+                client_id = fake.config().client_id,
+                client_secret = fake.config().client_secret,
+            )
         };
-        process.wait_healthy().await;
-        process
-    }
-
-    async fn wait_healthy(&mut self) {
-        let started = Instant::now();
-        loop {
-            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.grpc))
-                .unwrap()
-                .connect()
-                .await
-            {
-                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                if health
-                    .check(tonic_health::pb::HealthCheckRequest::default())
-                    .await
-                    .is_ok()
-                {
-                    return;
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "tokenvault exited early ({status}): {}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "tokenvault did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let process = tokenvault::testing::server_process::ServerProcess::spawn(
+            Path::new(env!("CARGO_BIN_EXE_tokenvault")),
+            dir.path(),
+            "server",
+            config,
+        )
+        .await;
+        Self {
+            grpc: process.grpc,
+            http: process.http,
+            process,
+            _dir: dir,
         }
     }
 
     async fn tokens(&self) -> TokenServiceClient<crate::support::Authed> {
-        let channel = Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
         let value = format!("Bearer {}", keys::AGENT).parse().unwrap();
         TokenServiceClient::new(tonic::service::interceptor::InterceptedService::new(
-            channel,
+            self.process.channel().await,
             crate::support::Bearer::with(value),
         ))
     }
 
     fn kill9(&mut self) {
-        // std's Child::kill sends SIGKILL on Unix.
-        self.child.kill().unwrap();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     fn stop(mut self) -> String {
         self.kill9();
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 }
 
