@@ -46,15 +46,13 @@ const TENANT: &str = "acme";
 const AGENT_KEY: &str = "bench-agent-key";
 const PROVIDER: &str = "fake";
 const SCOPE: &str = "mail.read";
-/// Connections the throughput workloads cycle through.
-const WORKING_SET: usize = 1_000;
 /// Concurrent calls in the refresh storm.
 const STORM_CALLS: usize = 1_000;
 
 #[derive(Parser, Debug)]
 #[command(about = "tokenvault load benchmark")]
 struct Args {
-    /// Measured seconds per workload and concurrency (after one second of warm-up).
+    /// Measured seconds per workload and concurrency, taken in one-second turns.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
     /// Concurrency levels, comma separated.
@@ -63,6 +61,9 @@ struct Args {
     /// Connections with cached tokens for the memory measurement (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     memory_connections: usize,
+    /// Connections the throughput workloads cycle through.
+    #[arg(long, default_value_t = 1_000)]
+    working_set: usize,
     /// HTTP/2 connections the client spreads its calls over.
     #[arg(long, default_value_t = 2)]
     channels: usize,
@@ -319,6 +320,32 @@ struct Measured {
     errors: u64,
 }
 
+/// Latencies (µs) and failures gathered over one or more measured slices.
+#[derive(Debug, Default)]
+struct Samples {
+    latencies: Vec<u32>,
+    errors: u64,
+    measured: Duration,
+}
+
+impl Samples {
+    fn add(&mut self, other: Samples) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.measured += other.measured;
+    }
+
+    fn summarize(mut self) -> Measured {
+        self.latencies.sort_unstable();
+        Measured {
+            rps: self.latencies.len() as f64 / self.measured.as_secs_f64().max(f64::EPSILON),
+            p50_us: percentile(&self.latencies, 0.50),
+            p99_us: percentile(&self.latencies, 0.99),
+            errors: self.errors,
+        }
+    }
+}
+
 fn percentile(sorted: &[u32], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -339,7 +366,7 @@ async fn run_cell(
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
-) -> Measured {
+) -> Samples {
     let start = Instant::now() + warmup;
     let end = start + duration;
     let mut tasks = Vec::with_capacity(concurrency);
@@ -385,20 +412,16 @@ async fn run_cell(
             (latencies, errors)
         }));
     }
-    let mut all = Vec::new();
-    let mut errors = 0;
+    let mut samples = Samples {
+        measured: duration,
+        ..Samples::default()
+    };
     for task in tasks {
-        let (latencies, failed) = task.await.expect("worker");
-        all.extend(latencies);
-        errors += failed;
+        let (latencies, errors) = task.await.expect("worker");
+        samples.latencies.extend(latencies);
+        samples.errors += errors;
     }
-    all.sort_unstable();
-    Measured {
-        rps: all.len() as f64 / duration.as_secs_f64(),
-        p50_us: percentile(&all, 0.50),
-        p99_us: percentile(&all, 0.99),
-        errors,
-    }
+    samples
 }
 
 /// 1,000 concurrent calls for one expired token spread over `servers`;
@@ -487,59 +510,52 @@ async fn run(args: &Args, db_url: String) {
     };
     let seeder = Seeder::new(&setup).await;
     let later = chrono::Utc::now() + chrono::Duration::hours(2);
-    let working_set = Arc::new(seeder.seed("load", WORKING_SET, later).await);
+    let working_set = Arc::new(seeder.seed("load", args.working_set, later).await);
 
     let cached = setup.spawn("cached", "").await;
-    let uncached = setup.spawn("uncached", "cache_capacity = 0").await;
-    let warmup = Duration::from_secs(1);
-    let duration = Duration::from_secs(args.seconds);
+    let uncached_broker = std::env::var("BENCH_UNCACHED").unwrap_or_else(|_| "cache_capacity = 0".to_owned());
+    let uncached = setup.spawn("uncached", &uncached_broker).await;
 
     println!(
-        "\n## Throughput ({}s per cell, {} client HTTP/2 connections, {WORKING_SET} connections cycled)\n",
-        args.seconds, args.channels
+        "\n## Throughput ({}s per cell in 1s turns, {} client HTTP/2 connections, {} connections cycled)\n",
+        args.seconds, args.channels, args.working_set
     );
     println!("| workload | concurrency | req/s | p50 µs | p99 µs | ratio to Health/Check | errors |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut summary = Vec::new();
     for &concurrency in &args.concurrency {
         let channels = connect_channels(&cached, args.channels).await;
-        let health = run_cell(
-            &channels,
-            Workload::Health,
-            working_set.clone(),
-            concurrency,
-            warmup,
-            duration,
-        )
-        .await;
-        let hit = run_cell(
-            &channels,
-            Workload::Token,
-            working_set.clone(),
-            concurrency,
-            warmup,
-            duration,
-        )
-        .await;
         let miss_channels = connect_channels(&uncached, args.channels).await;
-        let miss_health = run_cell(
-            &miss_channels,
-            Workload::Health,
-            working_set.clone(),
-            concurrency,
-            warmup,
-            duration,
-        )
-        .await;
-        let miss = run_cell(
-            &miss_channels,
-            Workload::Token,
-            working_set.clone(),
-            concurrency,
-            warmup,
-            duration,
-        )
-        .await;
+        // Every connection of the working set in memory first: the cached row measures hits.
+        warm(&cached, &working_set).await;
+        // The four workloads take turns, one second each, so that whatever
+        // else the machine does falls on all of them alike.
+        let cells = [
+            (&channels, Workload::Health),
+            (&channels, Workload::Token),
+            (&miss_channels, Workload::Health),
+            (&miss_channels, Workload::Token),
+        ];
+        let mut totals: [Samples; 4] = Default::default();
+        for round in 0..args.seconds {
+            let warmup = if round == 0 {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(100)
+            };
+            for (total, (channels, workload)) in totals.iter_mut().zip(cells) {
+                let slice = run_cell(
+                    channels,
+                    workload,
+                    working_set.clone(),
+                    concurrency,
+                    warmup,
+                    Duration::from_secs(1),
+                );
+                total.add(slice.await);
+            }
+        }
+        let [health, hit, miss_health, miss] = totals.map(Samples::summarize);
         print_row("Health/Check", concurrency, &health, &health);
         print_row("GetAccessToken, cached", concurrency, &hit, &health);
         print_row(
@@ -590,7 +606,7 @@ async fn run(args: &Args, db_url: String) {
         let warming = Instant::now();
         let served = warm(&server, &many).await;
         let warmed_in = warming.elapsed().as_secs_f64();
-        // A second pass served from memory shows the entries stayed cached.
+        // Calls across all of them afterwards show the entries stayed in memory.
         let channels = connect_channels(&server, args.channels).await;
         let hits = run_cell(
             &channels,
@@ -600,7 +616,8 @@ async fn run(args: &Args, db_url: String) {
             Duration::ZERO,
             Duration::from_secs(2),
         )
-        .await;
+        .await
+        .summarize();
         let after = server.rss_bytes().unwrap_or(0);
         println!("\n## Memory ({count} connections with cached tokens)\n");
         println!("| measure | value |");
@@ -616,7 +633,7 @@ async fn run(args: &Args, db_url: String) {
         );
         println!("| first calls (cache misses) served | {served} of {count} in {warmed_in:.1} s |");
         println!(
-            "| second pass at concurrency 16 | {:.0} req/s, p99 {} µs |",
+            "| then 2 s at concurrency 16 across all of them | {:.0} req/s, p99 {} µs |",
             hits.rps, hits.p99_us
         );
         println!("| seeding {count} connections through the library | {seeded_in:.1} s |");
@@ -634,8 +651,9 @@ fn main() {
     runtime.block_on(async {
         let db = BenchDb::create().await;
         println!(
-            "# tokenvault load benchmark\n\nmachine: {} cores; server: `tokenvault serve` (release), PostgreSQL {}",
+            "# tokenvault load benchmark\n\nmachine: {} cores; server: `tokenvault serve` ({} build), PostgreSQL {}",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
+            if cfg!(debug_assertions) { "debug" } else { "optimized" },
             pg_admin_url().rsplit_once('@').map_or("", |(_, host)| host)
         );
         // A panic inside the run must still drop the database.

@@ -140,7 +140,8 @@ impl App {
             keyring,
             key_store,
             clock.clone(),
-            config.broker.cache_capacity.max(1_000),
+            // Unwrapped data keys stay in memory even when the token cache is small or off.
+            config.broker.cache_capacity.max(10_000),
             Duration::from_secs(300),
         );
         vault.check_keyring_covers_store().await?;
@@ -251,8 +252,9 @@ impl App {
     pub async fn start_background(&self, stop: tokio_util::sync::CancellationToken) -> Result<(), StartupError> {
         let broker = self.broker.clone();
         let usage_stop = stop.clone();
+        let usage_every = Duration::from_secs(self.config.broker.usage_flush_seconds.max(1));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(usage_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

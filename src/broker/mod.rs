@@ -6,9 +6,11 @@
 //! narrowing, and the outage policy.
 
 mod cache;
+mod reader;
 mod usage;
 
 pub use cache::{CacheKey, CachedToken, TokenCache};
+pub use reader::{ConnectionReader, ReadResult, MAX_BATCH};
 pub use usage::{Issuance, UsageLog};
 
 use crate::audit::{AuditLog, EventBuilder};
@@ -104,6 +106,7 @@ pub struct Requester<'a> {
 /// The broker.
 pub struct Broker {
     store: Arc<dyn Store>,
+    reader: ConnectionReader,
     vault: Vault,
     providers: Arc<Providers>,
     audit: AuditLog,
@@ -150,6 +153,7 @@ impl Broker {
         refresh_slots: usize,
     ) -> Self {
         Self {
+            reader: ConnectionReader::start(store.clone(), config.store_readers),
             store,
             vault,
             providers,
@@ -372,8 +376,8 @@ impl Broker {
         // Read the epoch before the database: an invalidation after this point voids our insert.
         let epoch = self.cache.epoch();
         let (connection, stored) = self
-            .store
-            .connection_with_token(&TenantScope::All, request.connection_id, &key.1)
+            .reader
+            .read(request.connection_id, &key.1)
             .await?
             .ok_or(BrokerError::NotFound(request.connection_id))?;
         if !who.tenants.allows(&connection.tenant_id) {
@@ -384,8 +388,8 @@ impl Broker {
         let stored = if effective == key.1 {
             stored
         } else {
-            self.store
-                .connection_with_token(&TenantScope::All, request.connection_id, &effective)
+            self.reader
+                .read(request.connection_id, &effective)
                 .await?
                 .and_then(|(_, token)| token)
         };

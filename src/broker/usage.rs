@@ -1,7 +1,7 @@
 //! Issuance bookkeeping off the hot path: every issuance is counted in
 //! memory and written as audit events (one per caller, connection, scope
-//! set and outcome, with a count) and `last_used_at` updates, once a second
-//! and at shutdown.
+//! set and outcome, with a count) and `last_used_at` updates, every
+//! `broker.usage_flush_seconds` and at shutdown.
 
 use crate::audit::{AuditLog, EventBuilder};
 use crate::store::Store;

@@ -140,6 +140,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.database.max_connections < 2 {
         problems.push("database.max_connections must be at least 2".to_owned());
     }
+    if config.broker.store_readers == 0 || config.broker.store_readers > config.database.max_connections as usize {
+        problems.push(format!(
+            "broker.store_readers must be between 1 and database.max_connections ({})",
+            config.database.max_connections
+        ));
+    }
     if let Some(active) = &config.keys.active {
         if !crate::vault::is_valid_key_id(active) {
             problems.push("keys.active must be 1-64 characters of A-Z a-z 0-9 . _ -".to_owned());

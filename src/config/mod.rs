@@ -342,6 +342,12 @@ pub struct BrokerConfig {
     pub refresh_attempts: u32,
     /// Deadline for a refresh when the caller gave none.
     pub refresh_deadline_seconds: u64,
+    /// Seconds between writes of the issuance tally (`token.issued` audit
+    /// events with counts, and `last_used_at`); also written at shutdown.
+    pub usage_flush_seconds: u64,
+    /// Concurrent database reads serving cache misses; calls that arrive
+    /// while they are busy are answered together by the next read.
+    pub store_readers: usize,
 }
 
 impl Default for BrokerConfig {
@@ -353,6 +359,8 @@ impl Default for BrokerConfig {
             cache_max_age_seconds: 60,
             refresh_attempts: 3,
             refresh_deadline_seconds: 20,
+            usage_flush_seconds: 10,
+            store_readers: 4,
         }
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached (down, restarting, pool exhausted).
     #[error("database unavailable: {0}")]
@@ -166,6 +166,13 @@ pub trait Store: Send + Sync + 'static {
         id: Uuid,
         scope_key: &str,
     ) -> Result<Option<(Connection, Option<AccessTokenRecord>)>, StoreError>;
+    /// Several connections (any tenant) with their stored access tokens for
+    /// one `scope_key`, in one round trip; ids that do not exist are absent.
+    async fn connections_with_token(
+        &self,
+        ids: &[Uuid],
+        scope_key: &str,
+    ) -> Result<Vec<(Connection, Option<AccessTokenRecord>)>, StoreError>;
     /// The connection of (tenant, user, provider), if any.
     async fn connection_for(
         &self,

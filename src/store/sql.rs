@@ -80,7 +80,10 @@ impl SqlStore {
         };
         let mut pool_options = AnyPoolOptions::new()
             .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout);
+            .acquire_timeout(options.acquire_timeout)
+            // No ping round trip before every query: a connection broken by a
+            // database restart fails its one query (UNAVAILABLE) and is dropped.
+            .test_before_acquire(false);
         if backend == Backend::Sqlite {
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
             if in_memory {
@@ -746,6 +749,35 @@ impl Store for SqlStore {
             return Ok(None);
         }
         Ok(Some((connection, access_token_from_row(&row)?)))
+    }
+
+    async fn connections_with_token(
+        &self,
+        ids: &[Uuid],
+        scope_key: &str,
+    ) -> Result<Vec<(Connection, Option<AccessTokenRecord>)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Padded to a power of two (repeating the last id) so that a few
+        // prepared statements serve every batch size.
+        let padded = ids.len().next_power_of_two();
+        let placeholders = (0..padded)
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {CONNECTION_COLUMNS}, {ACCESS_TOKEN_COLUMNS} {CONNECTION_FROM} \
+             LEFT JOIN access_tokens t ON t.connection_id = c.id AND t.scope_key = $1 WHERE c.id IN ({placeholders})"
+        );
+        let mut query = sqlx::query(&sql).bind(scope_key.to_owned());
+        for i in 0..padded {
+            query = query.bind(ids[i.min(ids.len() - 1)].to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(map_err)?;
+        rows.iter()
+            .map(|row| Ok((connection_from_row(row)?, access_token_from_row(row)?)))
+            .collect()
     }
 
     async fn connection_for(

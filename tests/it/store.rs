@@ -224,6 +224,64 @@ async fn connections(backend: Backend) {
 }
 on_both!(connections_work, connections);
 
+async fn batched_reads(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let mut ids = Vec::new();
+    for user in ["b1", "b2", "b3"] {
+        ids.push(connected(&store, "acme", user).await.id);
+    }
+    let globex = connected(&store, "globex", "g1").await.id;
+    let unknown = Uuid::new_v4();
+
+    // One query for several ids, any tenant; unknown ids are absent, and a
+    // batch whose size is not a power of two (padded inside) reads the same.
+    let asked = [ids[0], ids[1], ids[2], globex, unknown];
+    let rows = store.connections_with_token(&asked, "").await.unwrap();
+    let mut found: Vec<Uuid> = rows.iter().map(|(c, _)| c.id).collect();
+    found.sort();
+    let mut expected = vec![ids[0], ids[1], ids[2], globex];
+    expected.sort();
+    assert_eq!(found, expected);
+    assert!(rows
+        .iter()
+        .all(|(_, t)| t.as_ref().unwrap().token == Sealed(b"sealed-access".to_vec())));
+    let narrow = store.connections_with_token(&ids, "narrow").await.unwrap();
+    assert_eq!(narrow.len(), 3);
+    assert!(
+        narrow.iter().all(|(_, t)| t.is_none()),
+        "no token stored under that scope key"
+    );
+    assert!(store.connections_with_token(&[], "").await.unwrap().is_empty());
+
+    // The coalescing reader gives every caller its own answer, whatever shares a query.
+    let shared: std::sync::Arc<dyn Store> = std::sync::Arc::new(store.clone());
+    let reader = tokenvault::broker::ConnectionReader::start(shared, 2);
+    let mut calls = Vec::new();
+    for i in 0..200 {
+        let reader = reader.clone();
+        let id = match i % 5 {
+            0 => unknown,
+            n => asked[n - 1],
+        };
+        let scope_key = if i % 7 == 0 { "narrow" } else { "" };
+        calls.push(tokio::spawn(async move {
+            (id, scope_key, reader.read(id, scope_key).await)
+        }));
+    }
+    for call in calls {
+        let (id, scope_key, answer) = call.await.unwrap();
+        match answer.unwrap() {
+            None => assert_eq!(id, unknown),
+            Some((connection, token)) => {
+                assert_eq!(connection.id, id);
+                assert_eq!(token.is_some(), scope_key.is_empty(), "{id} {scope_key}");
+            }
+        }
+    }
+}
+
+on_both!(batched_reads_work, batched_reads);
+
 async fn refresh_transactions(backend: Backend) {
     let (_db, store) = store(backend).await;
     let now = Utc::now();
