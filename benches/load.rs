@@ -358,6 +358,21 @@ fn bearer() -> MetadataValue<tonic::metadata::Ascii> {
     format!("Bearer {AGENT_KEY}").parse().expect("header")
 }
 
+/// `GetAccessToken` for the full grant of `connection`, authenticated with `auth`.
+fn token_request(
+    connection: Uuid,
+    min_ttl_seconds: u32,
+    auth: &MetadataValue<tonic::metadata::Ascii>,
+) -> tonic::Request<GetAccessTokenRequest> {
+    let mut request = tonic::Request::new(GetAccessTokenRequest {
+        connection_id: connection.to_string(),
+        scopes: Vec::new(),
+        min_ttl_seconds,
+    });
+    request.metadata_mut().insert("authorization", auth.clone());
+    request
+}
+
 /// Runs `workload` at `concurrency` for `warmup` then `duration`; measures the second part.
 async fn run_cell(
     channels: &[Channel],
@@ -392,12 +407,7 @@ async fn run_cell(
                         health.check(request).await.is_ok()
                     }
                     Workload::Token => {
-                        let mut request = tonic::Request::new(GetAccessTokenRequest {
-                            connection_id: connections[i % connections.len()].to_string(),
-                            scopes: Vec::new(),
-                            min_ttl_seconds: 0,
-                        });
-                        request.metadata_mut().insert("authorization", auth.clone());
+                        let request = token_request(connections[i % connections.len()], 0, &auth);
                         tokens.get_access_token(request).await.is_ok()
                     }
                 };
@@ -436,13 +446,10 @@ async fn refresh_storm(servers: &[&ServerProcess], fake: &FakeProvider, connecti
     let calls = (0..STORM_CALLS).map(|i| {
         let mut client = TokenServiceClient::new(channels[i % channels.len()].clone());
         async move {
-            let mut request = tonic::Request::new(GetAccessTokenRequest {
-                connection_id: connection.to_string(),
-                scopes: Vec::new(),
-                min_ttl_seconds: 60,
-            });
-            request.metadata_mut().insert("authorization", bearer());
-            client.get_access_token(request).await.is_ok()
+            client
+                .get_access_token(token_request(connection, 60, &bearer()))
+                .await
+                .is_ok()
         }
     });
     let answered = futures::future::join_all(calls).await;
@@ -460,15 +467,7 @@ async fn warm(server: &ServerProcess, connections: &[Uuid]) -> usize {
         .map(|(i, id)| {
             let id = *id;
             let mut client = TokenServiceClient::new(channels[i % channels.len()].clone());
-            async move {
-                let mut request = tonic::Request::new(GetAccessTokenRequest {
-                    connection_id: id.to_string(),
-                    scopes: Vec::new(),
-                    min_ttl_seconds: 0,
-                });
-                request.metadata_mut().insert("authorization", bearer());
-                client.get_access_token(request).await.is_ok()
-            }
+            async move { client.get_access_token(token_request(id, 0, &bearer())).await.is_ok() }
         })
         .collect();
     let answered: Vec<bool> = stream::iter(calls).buffer_unordered(64).collect().await;
@@ -513,8 +512,7 @@ async fn run(args: &Args, db_url: String) {
     let working_set = Arc::new(seeder.seed("load", args.working_set, later).await);
 
     let cached = setup.spawn("cached", "").await;
-    let uncached_broker = std::env::var("BENCH_UNCACHED").unwrap_or_else(|_| "cache_capacity = 0".to_owned());
-    let uncached = setup.spawn("uncached", &uncached_broker).await;
+    let uncached = setup.spawn("uncached", "cache_capacity = 0").await;
 
     println!(
         "\n## Throughput ({}s per cell in 1s turns, {} client HTTP/2 connections, {} connections cycled)\n",
