@@ -733,22 +733,8 @@ impl Store for SqlStore {
         id: Uuid,
         scope_key: &str,
     ) -> Result<Option<(Connection, Option<AccessTokenRecord>)>, StoreError> {
-        let sql = format!(
-            "SELECT {CONNECTION_COLUMNS}, {ACCESS_TOKEN_COLUMNS} {CONNECTION_FROM} \
-             LEFT JOIN access_tokens t ON t.connection_id = c.id AND t.scope_key = $2 WHERE c.id = $1"
-        );
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .bind(scope_key.to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_err)?;
-        let Some(row) = row else { return Ok(None) };
-        let connection = connection_from_row(&row)?;
-        if !scope.allows(&connection.tenant_id) {
-            return Ok(None);
-        }
-        Ok(Some((connection, access_token_from_row(&row)?)))
+        let row = self.connections_with_token(&[id], scope_key).await?.into_iter().next();
+        Ok(row.filter(|(connection, _)| scope.allows(&connection.tenant_id)))
     }
 
     async fn connections_with_token(
