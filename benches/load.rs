@@ -25,7 +25,6 @@ use futures::stream::{self, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::Connection as _;
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,8 +32,8 @@ use tokenvault::clock::{SharedClock, SystemClock};
 use tokenvault::proto::token_service_client::TokenServiceClient;
 use tokenvault::proto::GetAccessTokenRequest;
 use tokenvault::store::{access_token_record, AccessTokenRecord, ConsentGrant, Sealed, SqlStore, Store, StoreOptions};
-use tokenvault::testing::fake_provider::{FakeProvider, FakeProviderConfig};
-use tokenvault::testing::server_process::ServerProcess;
+use tokenvault::testing::fake_provider::{CatalogOptions, FakeProvider, FakeProviderConfig};
+use tokenvault::testing::server_process::{ProcessConfig, ServerProcess};
 use tokenvault::vault::{Binding, Field, LocalKeyring, Vault};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -44,6 +43,7 @@ use uuid::Uuid;
 
 const TENANT: &str = "acme";
 const AGENT_KEY: &str = "bench-agent-key";
+/// The fake provider's name in the catalog (`CatalogOptions::default()`).
 const PROVIDER: &str = "fake";
 const SCOPE: &str = "mail.read";
 /// Concurrent calls in the refresh storm.
@@ -127,50 +127,34 @@ impl ServerSetup {
     async fn spawn(&self, name: &str, broker: &str) -> ServerProcess {
         let catalog = self.dir.path().join("catalog.toml");
         if !catalog.exists() {
-            std::fs::write(&catalog, catalog_toml(&self.fake)).expect("write catalog");
+            std::fs::write(&catalog, self.fake.catalog_toml(&CatalogOptions::default())).expect("write catalog");
         }
-        let config = |grpc: SocketAddr, http: SocketAddr| {
-            format!(
-                r#"database_url = "{db}"
-[server]
-grpc_listen = "{grpc}"
-http_listen = "{http}"
-shutdown_grace_seconds = 1
-[log]
-format = "json"
-level = "info"
-[keys]
-inline = "{kek}"
-[[auth.api_keys]]
+        let extra = format!(
+            r#"[[auth.api_keys]]
 name = "bench-agent"
 sha256 = "{agent}"
 roles = ["agent"]
 tenants = ["{TENANT}"]
-[consent]
-allowed_return_origins = ["https://app.example.com"]
-[providers]
-catalog_file = "{catalog}"
-[providers.{PROVIDER}]
-client_id = "{client_id}"
-client_secret = "{client_secret}"
 [broker]
 {broker}
 [lifecycle]
 sweep_interval_seconds = 0
 "#,
-                db = self.db_url,
-                kek = self.kek.expose_secret(),
-                agent = tokenvault::auth::hash_api_key(AGENT_KEY),
-                catalog = catalog.display(),
-                client_id = self.fake.config().client_id,
-                client_secret = self.fake.config().client_secret,
-            )
+            agent = tokenvault::auth::hash_api_key(AGENT_KEY),
+        );
+        let config = ProcessConfig {
+            database_url: &self.db_url,
+            kek: self.kek.expose_secret(),
+            log_level: "info",
+            catalog: &catalog,
+            fake: &self.fake,
+            extra: &extra,
         };
         ServerProcess::spawn(
             Path::new(env!("CARGO_BIN_EXE_tokenvault")),
             self.dir.path(),
             name,
-            config,
+            |grpc, http| config.render(grpc, http),
         )
         .await
     }
@@ -183,18 +167,6 @@ async fn connect_channels(server: &ServerProcess, count: usize) -> Vec<Channel> 
         channels.push(server.channel().await);
     }
     channels
-}
-
-fn catalog_toml(fake: &FakeProvider) -> String {
-    let base = fake.base_url();
-    format!(
-        "[providers.{PROVIDER}]\ndisplay_name = \"Fake\"\nauthorization_url = \"{a}\"\ntoken_url = \"{t}\"\nrevocation_url = \"{r}\"\n\
-         client_auth = \"client_secret_basic\"\nscope_separator = \" \"\nrefresh_scope_narrowing = true\n\
-         issues_refresh_tokens = true\nallowed_scopes = [\"{SCOPE}\"]\n[providers.{PROVIDER}.capabilities]\n\"{SCOPE}\" = [\"{SCOPE}\"]\n",
-        a = base.join("authorize").expect("url"),
-        t = base.join("token").expect("url"),
-        r = base.join("revoke").expect("url"),
-    )
 }
 
 /// Stores connections directly through the library (what a completed consent

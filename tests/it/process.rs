@@ -1,7 +1,7 @@
 //! The real binary as a separate process: killed with SIGKILL mid-refresh and
 //! started again, and its logs searched for secrets.
 
-use crate::support::provider::{browser, catalog_toml, connect_on, install, query, start_fake, CatalogOptions};
+use crate::support::provider::{browser, connect_on, install, query, start_fake, CatalogOptions};
 use crate::support::{base_config, keys, random_kek, Backend, TestDb, TestServer};
 use secrecy::ExposeSecret;
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokenvault::proto::token_service_client::TokenServiceClient;
 use tokenvault::proto::*;
 use tokenvault::testing::fake_provider::{Endpoint, FakeProvider, FakeProviderConfig, Fault};
+use tokenvault::testing::server_process::ProcessConfig;
 use tonic::transport::Channel;
 
 /// `tokenvault serve` in its own process, configured for the test tenant's
@@ -25,21 +26,10 @@ impl ServerProcess {
     async fn spawn(db: &TestDb, kek: &str, fake: &FakeProvider, log_level: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let catalog = dir.path().join("catalog.toml");
-        std::fs::write(&catalog, catalog_toml(fake, &CatalogOptions::default())).unwrap();
+        std::fs::write(&catalog, fake.catalog_toml(&CatalogOptions::default())).unwrap();
         let key = |k: &str| tokenvault::auth::hash_api_key(k);
-        let config = |grpc: SocketAddr, http: SocketAddr| {
-            format!(
-                r#"database_url = "{db}"
-[server]
-grpc_listen = "{grpc}"
-http_listen = "{http}"
-shutdown_grace_seconds = 2
-[log]
-format = "json"
-level = "{log_level}"
-[keys]
-inline = "{kek}"
-[[auth.api_keys]]
+        let extra = format!(
+            r#"[[auth.api_keys]]
 name = "agent"
 sha256 = "{agent}"
 roles = ["agent"]
@@ -54,32 +44,28 @@ name = "admin"
 sha256 = "{admin}"
 roles = ["admin"]
 tenants = ["*"]
-[consent]
-allowed_return_origins = ["https://app.example.com"]
-[providers]
-catalog_file = "{catalog}"
-[providers.fake]
-client_id = "{client_id}"
-client_secret = "{client_secret}"
 [lifecycle]
 sweep_interval_seconds = 0
 outbox_poll_seconds = 1
 "#,
-                db = db.url.expose_secret(),
-                agent = key(keys::AGENT),
-                platform = key(keys::PLATFORM),
-                admin = key(keys::ADMIN),
-                tenant = keys::TENANT,
-                catalog = catalog.display(),
-                client_id = fake.config().client_id,
-                client_secret = fake.config().client_secret,
-            )
+            agent = key(keys::AGENT),
+            platform = key(keys::PLATFORM),
+            admin = key(keys::ADMIN),
+            tenant = keys::TENANT,
+        );
+        let config = ProcessConfig {
+            database_url: db.url.expose_secret(),
+            kek,
+            log_level,
+            catalog: &catalog,
+            fake,
+            extra: &extra,
         };
         let process = tokenvault::testing::server_process::ServerProcess::spawn(
             Path::new(env!("CARGO_BIN_EXE_tokenvault")),
             dir.path(),
             "server",
-            config,
+            |grpc, http| config.render(grpc, http),
         )
         .await;
         Self {

@@ -4,55 +4,7 @@ use super::{base_config, Backend, TestDb, TestServer};
 use tokenvault::config::{Config, ProviderClientConfig};
 use tokenvault::testing::fake_provider::{FakeProvider, FakeProviderConfig};
 
-/// How the fake is described in the catalog.
-#[derive(Debug, Clone)]
-pub struct CatalogOptions {
-    pub name: &'static str,
-    pub incremental: bool,
-    pub narrowing: bool,
-}
-
-impl Default for CatalogOptions {
-    fn default() -> Self {
-        Self {
-            name: "fake",
-            incremental: true,
-            narrowing: true,
-        }
-    }
-}
-
-/// Scopes the fake catalog allows, and its capabilities (one scope each).
-pub const SCOPES: [&str; 5] = [
-    "calendar.read",
-    "calendar.write",
-    "mail.read",
-    "mail.send",
-    "files.read",
-];
-
-pub fn catalog_toml(fake: &FakeProvider, options: &CatalogOptions) -> String {
-    let base = fake.base_url();
-    let mut text = format!(
-        "[providers.{name}]\ndisplay_name = \"Fake\"\nauthorization_url = \"{a}\"\ntoken_url = \"{t}\"\nrevocation_url = \"{r}\"\n\
-         client_auth = \"client_secret_basic\"\nscope_separator = \" \"\nauthorization_params = {{ access_type = \"offline\" }}\n\
-         refresh_scope_narrowing = {narrowing}\nissues_refresh_tokens = true\nallowed_scopes = [{allowed}]\n",
-        name = options.name,
-        a = base.join("authorize").unwrap(),
-        t = base.join("token").unwrap(),
-        r = base.join("revoke").unwrap(),
-        narrowing = options.narrowing,
-        allowed = SCOPES.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "),
-    );
-    if options.incremental {
-        text.push_str("incremental_authorization = { param = \"include_granted_scopes\", value = \"true\" }\n");
-    }
-    text.push_str(&format!("[providers.{}.capabilities]\n", options.name));
-    for scope in SCOPES {
-        text.push_str(&format!("\"{scope}\" = [\"{scope}\"]\n"));
-    }
-    text
-}
+pub use tokenvault::testing::fake_provider::CatalogOptions;
 
 /// A fake whose incremental parameter matches the catalog's.
 pub async fn start_fake(mut config: FakeProviderConfig, options: &CatalogOptions) -> FakeProvider {
@@ -65,7 +17,7 @@ pub async fn start_fake(mut config: FakeProviderConfig, options: &CatalogOptions
 /// Points `config` at `fake` through an operator catalog file.
 pub fn install(config: &mut Config, fake: &FakeProvider, options: &CatalogOptions) -> tempfile::TempPath {
     let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), catalog_toml(fake, options)).unwrap();
+    std::fs::write(file.path(), fake.catalog_toml(options)).unwrap();
     let path = file.into_temp_path();
     config.providers.catalog_file = Some(path.to_path_buf());
     config.providers.clients.insert(
