@@ -56,7 +56,9 @@ impl From<crate::consent::ConsentError> for Status {
                 | CatalogError::UnknownProvider { .. } => Status::invalid_argument(error.to_string()),
                 _ => internal(&error),
             },
-            E::ProviderUnusable(ProviderError::Unavailable(_)) => Status::unavailable(error.to_string()),
+            E::ProviderUnusable(ProviderError::Unavailable(_) | ProviderError::Throttled { .. }) => {
+                Status::unavailable(error.to_string())
+            }
             E::ProviderUnusable(_) => Status::failed_precondition(error.to_string()),
             E::WrongTenant { .. } => Status::permission_denied(error.to_string()),
             E::UserDeleted(_) | E::Expired | E::AlreadyUsed => Status::failed_precondition(error.to_string()),

@@ -216,6 +216,10 @@ pub struct ProviderSpec {
     pub refresh_scope_narrowing: bool,
     /// The provider issues refresh tokens.
     pub issues_refresh_tokens: bool,
+    /// The `token_type` values (lower case) this provider sends for a bearer
+    /// token; any other answer is refused. `["bearer"]` unless the provider
+    /// names its bearer tokens otherwise (Slack: `user`).
+    pub token_types: BTreeSet<String>,
     /// Scopes asked for in every consent (e.g. `offline_access`).
     pub required_scopes: BTreeSet<String>,
     /// The only scopes that may be requested explicitly.
@@ -440,6 +444,8 @@ struct RawProvider {
     refresh_scope_narrowing: bool,
     #[serde(default = "default_true")]
     issues_refresh_tokens: bool,
+    #[serde(default = "default_token_types")]
+    token_types: BTreeSet<String>,
     #[serde(default)]
     required_scopes: BTreeSet<String>,
     #[serde(default)]
@@ -458,6 +464,10 @@ fn default_scope_param() -> String {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_token_types() -> BTreeSet<String> {
+    BTreeSet::from(["bearer".to_owned()])
 }
 
 fn parse(text: &str, origin: &str) -> Result<Catalog, CatalogError> {
@@ -672,6 +682,11 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, CatalogError
         }
     }
 
+    if raw.token_types.is_empty() {
+        return Err(check.invalid(
+            "`token_types` is empty: name the token_type the provider sends (usually \"bearer\")".to_owned(),
+        ));
+    }
     if raw.refresh_scope_narrowing && !raw.issues_refresh_tokens {
         return Err(check.invalid("`refresh_scope_narrowing` is true but `issues_refresh_tokens` is false".to_owned()));
     }
@@ -740,6 +755,7 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, CatalogError
         incremental_authorization: raw.incremental_authorization,
         refresh_scope_narrowing: raw.refresh_scope_narrowing,
         issues_refresh_tokens: raw.issues_refresh_tokens,
+        token_types: raw.token_types.iter().map(|t| t.to_ascii_lowercase()).collect(),
         required_scopes: raw.required_scopes,
         allowed_scopes: raw.allowed_scopes,
         capabilities: raw.capabilities,

@@ -178,7 +178,7 @@ impl ProviderClient {
             .request_async(&self.transport)
             .await
             .map_err(|e| token_error(&self.spec.name, e))?;
-        Ok(self.token_set(response, now))
+        self.token_set(response, now)
     }
 
     /// Refreshes, asking for `narrow_to` when the provider accepts a narrower scope.
@@ -197,7 +197,7 @@ impl ProviderClient {
             .request_async(&self.transport)
             .await
             .map_err(|e| token_error(&self.spec.name, e))?;
-        Ok(self.token_set(response, now))
+        self.token_set(response, now)
     }
 
     /// Revokes a credential at the provider the way its catalog entry says.
@@ -330,42 +330,65 @@ impl ProviderClient {
         }
     }
 
-    fn token_set(&self, response: BasicTokenResponse, now: chrono::DateTime<chrono::Utc>) -> TokenSet {
+    /// Checks a token response and reads it: the token type must be one the
+    /// catalog names for this provider (bearer), and an absent or zero
+    /// `expires_in` means [`DEFAULT_TOKEN_LIFETIME`] for refreshable tokens and
+    /// [`NON_EXPIRING_LIFETIME`] for providers that issue no refresh token.
+    fn token_set(
+        &self,
+        response: BasicTokenResponse,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<TokenSet, ProviderError> {
+        let token_type = match response.token_type() {
+            oauth2::basic::BasicTokenType::Bearer => "bearer".to_owned(),
+            oauth2::basic::BasicTokenType::Mac => "mac".to_owned(),
+            oauth2::basic::BasicTokenType::Extension(other) => other.to_ascii_lowercase(),
+        };
+        if !self.spec.token_types.contains(&token_type) {
+            return Err(ProviderError::Malformed(format!(
+                "{} sent a token of type `{}`; only bearer tokens are supported",
+                self.spec.name,
+                token_type.chars().take(32).collect::<String>()
+            )));
+        }
         let scopes = response.scopes().map(|list| {
             let joined = list.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
             self.spec.split_scopes(&joined)
         });
-        let lifetime = response.expires_in().unwrap_or_else(|| {
-            if self.spec.issues_refresh_tokens {
-                // No expiry given but refreshable: assume an hour and refresh then.
-                Duration::from_secs(3600)
-            } else {
-                // Long-lived tokens (GitHub OAuth apps): valid until revoked.
-                Duration::from_secs(10 * 365 * 24 * 3600)
-            }
-        });
-        TokenSet {
+        let lifetime = match response.expires_in() {
+            Some(lifetime) if !lifetime.is_zero() => lifetime.min(NON_EXPIRING_LIFETIME),
+            _ if self.spec.issues_refresh_tokens => DEFAULT_TOKEN_LIFETIME,
+            _ => NON_EXPIRING_LIFETIME,
+        };
+        Ok(TokenSet {
             access_token: SecretString::from(response.access_token().secret().to_owned()),
             refresh_token: response
                 .refresh_token()
                 .map(|t| SecretString::from(t.secret().to_owned())),
-            token_type: match response.token_type() {
-                oauth2::basic::BasicTokenType::Bearer => "Bearer".to_owned(),
-                oauth2::basic::BasicTokenType::Mac => "MAC".to_owned(),
-                oauth2::basic::BasicTokenType::Extension(other) if other.eq_ignore_ascii_case("bearer") => {
-                    "Bearer".to_owned()
-                }
-                oauth2::basic::BasicTokenType::Extension(other) => other.clone(),
-            },
+            token_type: "Bearer".to_owned(),
             expires_at: now + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::hours(1)),
             scopes,
-        }
+        })
     }
 }
+
+/// The lifetime assumed for a refreshable access token whose response gave no
+/// (or a zero) `expires_in` (RFC 6749 §5.1 makes it optional): an hour, the
+/// common provider default; tokenvault refreshes it then.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The lifetime recorded for an access token that does not expire (no
+/// `expires_in` from a provider that issues no refresh token, e.g. GitHub
+/// OAuth apps), and the cap on any `expires_in`: ten years.
+pub const NON_EXPIRING_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 fn http_error(provider: &str, error: HttpError) -> ProviderError {
     match error {
         HttpError::TooLarge(limit) => ProviderError::Malformed(format!("{provider} sent more than {limit} bytes")),
+        HttpError::Busy { retry_after, .. } => ProviderError::Throttled {
+            message: format!("{provider}: {error}"),
+            retry_after,
+        },
         other => ProviderError::Unavailable(format!("{provider}: {other}")),
     }
 }
@@ -398,5 +421,65 @@ fn token_error(
         RequestTokenError::Other(_) => {
             ProviderError::Malformed(format!("{provider} sent an unexpected token response"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consent::catalog::Catalog;
+    use chrono::{TimeZone, Utc};
+
+    fn client(provider: &str) -> ProviderClient {
+        let catalog = Catalog::builtin().unwrap();
+        let spec = Arc::new(catalog.require(provider).unwrap().clone());
+        let url = Url::parse("https://provider.example/").unwrap();
+        let endpoints = Endpoints {
+            authorization: url.clone(),
+            token: url,
+            revocation: None,
+        };
+        let http = ProviderHttp::new(Duration::from_secs(1), 1024).unwrap();
+        ProviderClient::new(spec, endpoints, "client", None, http)
+    }
+
+    fn read(provider: &str, body: &str) -> Result<TokenSet, ProviderError> {
+        let response: BasicTokenResponse = serde_json::from_str(body).unwrap();
+        client(provider).token_set(response, Utc.timestamp_opt(1_700_000_000, 0).unwrap())
+    }
+
+    fn lifetime(set: &TokenSet) -> i64 {
+        (set.expires_at - Utc.timestamp_opt(1_700_000_000, 0).unwrap()).num_seconds()
+    }
+
+    #[test]
+    fn only_bearer_tokens_are_accepted() {
+        let set = read("google", r#"{"access_token":"a","token_type":"bearer","expires_in":60}"#).unwrap();
+        assert_eq!((set.token_type.as_str(), lifetime(&set)), ("Bearer", 60));
+        for other in ["mac", "DPoP", "user"] {
+            let body = format!(r#"{{"access_token":"a","token_type":"{other}","expires_in":60}}"#);
+            let error = read("google", &body).unwrap_err();
+            assert!(matches!(error, ProviderError::Malformed(ref m) if m.contains("only bearer")), "{error:?}");
+        }
+        // Slack names its user tokens `user`; they are bearer tokens all the same.
+        let set = read("slack", r#"{"access_token":"a","token_type":"user","expires_in":60}"#).unwrap();
+        assert_eq!(set.token_type, "Bearer");
+    }
+
+    #[test]
+    fn absent_or_zero_expires_in_has_a_documented_default() {
+        let absent = read("google", r#"{"access_token":"a","token_type":"Bearer"}"#).unwrap();
+        assert_eq!(lifetime(&absent), 3600);
+        let zero = read("google", r#"{"access_token":"a","token_type":"Bearer","expires_in":0}"#).unwrap();
+        assert_eq!(lifetime(&zero), 3600);
+        // GitHub OAuth apps issue no refresh token and no expiry: the token lives until revoked.
+        let github = read("github", r#"{"access_token":"a","token_type":"bearer"}"#).unwrap();
+        assert_eq!(lifetime(&github), NON_EXPIRING_LIFETIME.as_secs() as i64);
+        let huge = read(
+            "google",
+            r#"{"access_token":"a","token_type":"Bearer","expires_in":18446744073709551615}"#,
+        )
+        .unwrap();
+        assert_eq!(lifetime(&huge), NON_EXPIRING_LIFETIME.as_secs() as i64);
     }
 }

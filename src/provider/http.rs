@@ -17,6 +17,14 @@ pub enum HttpError {
     /// 5xx or 429: the provider is struggling; worth retrying.
     #[error("provider answered HTTP {0}")]
     Status(u16),
+    /// 429 or 503 with `Retry-After` (RFC 9110 §10.2.3): not before then.
+    #[error("provider answered HTTP {status} and asked to wait {} s", .retry_after.as_secs())]
+    Busy {
+        /// The status code.
+        status: u16,
+        /// How long the provider asked us to wait (capped at [`MAX_RETRY_AFTER`]).
+        retry_after: Duration,
+    },
     /// The body was larger than allowed.
     #[error("provider response exceeded {0} bytes")]
     TooLarge(usize),
@@ -30,9 +38,26 @@ impl HttpError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            HttpError::Timeout | HttpError::Connect | HttpError::Status(_) | HttpError::Other
+            HttpError::Timeout | HttpError::Connect | HttpError::Status(_) | HttpError::Busy { .. } | HttpError::Other
         )
     }
+}
+
+/// The longest `Retry-After` honoured; a longer one is treated as this long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Reads `Retry-After` as delay-seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
+fn retry_after(headers: &http::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            let at = std::time::SystemTime::from(at);
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
 }
 
 /// A reqwest client with the service's limits.
@@ -69,7 +94,14 @@ impl ProviderHttp {
             .map_err(classify)?;
         let status = response.status();
         if status.is_server_error() || status.as_u16() == 429 {
-            return Err(HttpError::Status(status.as_u16()));
+            let code = status.as_u16();
+            return Err(match retry_after(response.headers(), std::time::SystemTime::now()) {
+                Some(retry_after) if code == 429 || code == 503 => HttpError::Busy {
+                    status: code,
+                    retry_after,
+                },
+                _ => HttpError::Status(code),
+            });
         }
         let headers = response.headers().clone();
         let body = read_limited(response, self.max_body).await?;
@@ -174,6 +206,30 @@ pub fn normalize(response: oauth2::HttpResponse, response_object: Option<&str>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates_and_is_capped() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(retry_after(&headers, now), None);
+        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(7)));
+        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("999999"));
+        assert_eq!(retry_after(&headers, now), Some(MAX_RETRY_AFTER));
+        // 1_700_000_000 is Tue, 14 Nov 2023 22:13:20 GMT.
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("Tue, 14 Nov 2023 22:13:50 GMT"),
+        );
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(30)));
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("Tue, 14 Nov 2023 22:00:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers, now), Some(Duration::ZERO));
+        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers, now), None);
+    }
 
     fn response(status: u16, body: &str) -> oauth2::HttpResponse {
         http::Response::builder()

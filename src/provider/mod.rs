@@ -6,7 +6,7 @@ mod discovery;
 mod http;
 mod registry;
 
-pub use client::{new_pkce, Endpoints, ProviderClient};
+pub use client::{new_pkce, Endpoints, ProviderClient, DEFAULT_TOKEN_LIFETIME, NON_EXPIRING_LIFETIME};
 pub use discovery::discover;
 pub use http::{HttpError, ProviderHttp};
 pub use registry::{Providers, ProvidersError};
@@ -58,6 +58,14 @@ pub enum ProviderError {
     /// Down, slow, or 5xx: worth retrying.
     #[error("provider unavailable: {0}")]
     Unavailable(String),
+    /// 429 or 503 with `Retry-After`: worth retrying, not before `retry_after`.
+    #[error("provider unavailable: {message}")]
+    Throttled {
+        /// What the provider answered.
+        message: String,
+        /// How long it asked us to wait.
+        retry_after: std::time::Duration,
+    },
     /// An answer that is not a valid response.
     #[error("{0}")]
     Malformed(String),
@@ -80,7 +88,15 @@ fn suffix(description: &str) -> String {
 impl ProviderError {
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ProviderError::Unavailable(_))
+        matches!(self, ProviderError::Unavailable(_) | ProviderError::Throttled { .. })
+    }
+
+    /// How long the provider asked us to wait before the next attempt, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ProviderError::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     /// A short label for metrics.
@@ -90,7 +106,7 @@ impl ProviderError {
             ProviderError::InvalidScope(_) => "invalid_scope",
             ProviderError::ClientRejected(_) => "client_rejected",
             ProviderError::Rejected(_) => "rejected",
-            ProviderError::Unavailable(_) => "unavailable",
+            ProviderError::Unavailable(_) | ProviderError::Throttled { .. } => "unavailable",
             ProviderError::Malformed(_) => "malformed",
             ProviderError::Unsupported(_) => "unsupported",
             ProviderError::NotConfigured(_) => "not_configured",

@@ -109,7 +109,10 @@ impl LocalKeyring {
         let active = active
             .map(str::to_owned)
             .or(file.active)
-            .or_else(|| (file.keys.len() == 1).then(|| file.keys[0].id.clone()))
+            .or_else(|| match file.keys.as_slice() {
+                [only] => Some(only.id.clone()),
+                _ => None,
+            })
             .ok_or_else(|| {
                 VaultError::Keyring(format!(
                     "key file `{}` holds several keys but names no `active` one",

@@ -182,7 +182,7 @@ fn split(sealed: &[u8]) -> Result<Parts<'_>, VaultError> {
     if sealed.len() < HEADER_LEN + NONCE_LEN + TAG_LEN {
         return Err(VaultError::Malformed("sealed value is too short"));
     }
-    if sealed[0] != FORMAT_V1 {
+    if sealed.first() != Some(&FORMAT_V1) {
         return Err(VaultError::Malformed("unknown sealed-value version"));
     }
     let (header, rest) = sealed.split_at(HEADER_LEN);
@@ -190,10 +190,13 @@ fn split(sealed: &[u8]) -> Result<Parts<'_>, VaultError> {
     Ok((header, nonce, ciphertext))
 }
 
+/// The data-key id in a header (the 16 bytes after the version byte); nil
+/// for a header too short to hold one, which no stored key has.
 fn header_key_id(header: &[u8]) -> Uuid {
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&header[1..HEADER_LEN]);
-    Uuid::from_bytes(id)
+    header
+        .get(1..HEADER_LEN)
+        .and_then(|bytes| Uuid::from_slice(bytes).ok())
+        .unwrap_or(Uuid::nil())
 }
 
 /// The id of the data key a stored value was sealed with.
