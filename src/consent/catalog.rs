@@ -146,6 +146,24 @@ pub enum RevocationMethod {
     BearerAccessToken,
 }
 
+/// What a provider does with the refresh token it was sent (RFC 9700 §4.14.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshRotation {
+    /// The refresh token stays the same and stays usable (Google, Dropbox).
+    None,
+    /// A refresh may return a new refresh token, and the old one stays usable
+    /// for a while (a reuse grace: Microsoft, Slack, Atlassian's 10 minutes), so
+    /// presenting it again after a lost answer is safe.
+    Rotating,
+    /// Each refresh token works once: presenting it again may be refused and
+    /// may revoke the whole grant (reuse detection: GitHub Apps). A refresh
+    /// whose answer was lost is never retried blindly. The default for an
+    /// entry that does not say.
+    #[default]
+    Strict,
+}
+
 /// The authorization-request parameter that makes a provider keep the scopes
 /// granted before, so only new scopes need to be asked for (e.g. Google's
 /// `include_granted_scopes=true`).
@@ -216,6 +234,11 @@ pub struct ProviderSpec {
     pub refresh_scope_narrowing: bool,
     /// The provider issues refresh tokens.
     pub issues_refresh_tokens: bool,
+    /// What a refresh does to the refresh token.
+    pub refresh_rotation: RefreshRotation,
+    /// Refresh tokens unused this many days expire at the provider (Google:
+    /// 180, Microsoft and Atlassian: 90); `None` when they do not.
+    pub refresh_idle_expiry_days: Option<u32>,
     /// The `token_type` values (lower case) this provider sends for a bearer
     /// token; any other answer is refused. `["bearer"]` unless the provider
     /// names its bearer tokens otherwise (Slack: `user`).
@@ -444,6 +467,9 @@ struct RawProvider {
     refresh_scope_narrowing: bool,
     #[serde(default = "default_true")]
     issues_refresh_tokens: bool,
+    #[serde(default)]
+    refresh_rotation: Option<RefreshRotation>,
+    refresh_idle_expiry_days: Option<u32>,
     #[serde(default = "default_token_types")]
     token_types: BTreeSet<String>,
     #[serde(default)]
@@ -682,6 +708,15 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, CatalogError
         }
     }
 
+    if !raw.issues_refresh_tokens && raw.refresh_rotation.is_some_and(|r| r != RefreshRotation::None) {
+        return Err(check.invalid("`refresh_rotation` is set but `issues_refresh_tokens` is false".to_owned()));
+    }
+    if !raw.issues_refresh_tokens && raw.refresh_idle_expiry_days.is_some() {
+        return Err(check.invalid("`refresh_idle_expiry_days` is set but `issues_refresh_tokens` is false".to_owned()));
+    }
+    if raw.refresh_idle_expiry_days == Some(0) {
+        return Err(check.invalid("`refresh_idle_expiry_days` must be at least 1".to_owned()));
+    }
     if raw.token_types.is_empty() {
         return Err(check.invalid(
             "`token_types` is empty: name the token_type the provider sends (usually \"bearer\")".to_owned(),
@@ -755,6 +790,12 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, CatalogError
         incremental_authorization: raw.incremental_authorization,
         refresh_scope_narrowing: raw.refresh_scope_narrowing,
         issues_refresh_tokens: raw.issues_refresh_tokens,
+        refresh_rotation: if raw.issues_refresh_tokens {
+            raw.refresh_rotation.unwrap_or_default()
+        } else {
+            RefreshRotation::None
+        },
+        refresh_idle_expiry_days: raw.refresh_idle_expiry_days,
         token_types: raw.token_types.iter().map(|t| t.to_ascii_lowercase()).collect(),
         required_scopes: raw.required_scopes,
         allowed_scopes: raw.allowed_scopes,

@@ -496,6 +496,67 @@ fn minimal_provider_takes_the_defaults() {
     assert_eq!(acme.revocation_url, None);
     assert_eq!(acme.docs_url, None);
     assert!(!acme.uses_discovery());
+    assert_eq!(acme.refresh_rotation, RefreshRotation::Strict);
+    assert_eq!(acme.refresh_idle_expiry_days, None);
+    assert_eq!(acme.token_types, set(&["bearer"]));
+}
+
+#[test]
+fn builtin_refresh_properties() {
+    let catalog = builtin();
+    let facts: Vec<(&str, RefreshRotation, Option<u32>)> = catalog
+        .names()
+        .map(|name| {
+            let p = catalog.require(name).expect("built-in provider");
+            (name, p.refresh_rotation, p.refresh_idle_expiry_days)
+        })
+        .collect();
+    assert_eq!(
+        facts,
+        [
+            ("atlassian", RefreshRotation::Rotating, Some(90)),
+            ("dropbox", RefreshRotation::None, None),
+            ("github", RefreshRotation::None, None),
+            ("google", RefreshRotation::None, Some(180)),
+            ("microsoft", RefreshRotation::Rotating, Some(90)),
+            ("notion", RefreshRotation::Strict, None),
+            ("slack", RefreshRotation::Rotating, None),
+        ]
+    );
+    assert_eq!(
+        catalog.require("slack").expect("slack").token_types,
+        set(&["bearer", "user"])
+    );
+}
+
+#[test]
+fn refresh_properties_need_refresh_tokens() {
+    for (extra, expected) in [
+        (
+            "issues_refresh_tokens = false\nrefresh_rotation = \"strict\"",
+            "`refresh_rotation` is set but `issues_refresh_tokens` is false",
+        ),
+        (
+            "issues_refresh_tokens = false\nrefresh_idle_expiry_days = 30",
+            "`refresh_idle_expiry_days` is set but `issues_refresh_tokens` is false",
+        ),
+        (
+            "refresh_idle_expiry_days = 0",
+            "`refresh_idle_expiry_days` must be at least 1",
+        ),
+        ("token_types = []", "`token_types` is empty"),
+    ] {
+        let text = MINIMAL.replace("allowed_scopes", &format!("{extra}\nallowed_scopes"));
+        let (provider, reason) = invalid_reason(&text);
+        assert_eq!(provider, "acme");
+        assert!(reason.contains(expected), "{extra}: {reason}");
+    }
+    let text = MINIMAL.replace("allowed_scopes", "issues_refresh_tokens = false\nallowed_scopes");
+    let acme = Catalog::from_toml_str(&text).expect("valid");
+    assert_eq!(
+        acme.require("acme").expect("acme").refresh_rotation,
+        RefreshRotation::None
+    );
 }
 
 #[test]
