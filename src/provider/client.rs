@@ -454,12 +454,19 @@ mod tests {
 
     #[test]
     fn only_bearer_tokens_are_accepted() {
-        let set = read("google", r#"{"access_token":"a","token_type":"bearer","expires_in":60}"#).unwrap();
+        let set = read(
+            "google",
+            r#"{"access_token":"a","token_type":"bearer","expires_in":60}"#,
+        )
+        .unwrap();
         assert_eq!((set.token_type.as_str(), lifetime(&set)), ("Bearer", 60));
         for other in ["mac", "DPoP", "user"] {
             let body = format!(r#"{{"access_token":"a","token_type":"{other}","expires_in":60}}"#);
             let error = read("google", &body).unwrap_err();
-            assert!(matches!(error, ProviderError::Malformed(ref m) if m.contains("only bearer")), "{error:?}");
+            assert!(
+                matches!(error, ProviderError::Malformed(ref m) if m.contains("only bearer")),
+                "{error:?}"
+            );
         }
         // Slack names its user tokens `user`; they are bearer tokens all the same.
         let set = read("slack", r#"{"access_token":"a","token_type":"user","expires_in":60}"#).unwrap();
