@@ -140,7 +140,7 @@ impl ConsentStore for SqlStore {
             .map_err(map_err)?;
         let deks = rows
             .iter()
-            .map(|row| Columns(row).uuid("dek_id"))
+            .map(|row| Columns(row).read("dek_id"))
             .collect::<Result<Vec<_>, _>>()?;
         if dry_run {
             return Ok((rows.len() as u64, deks));

@@ -93,8 +93,8 @@ impl KeyStore for SqlStore {
         rows.iter()
             .map(|row| {
                 let c = Columns(row);
-                let n: i64 = c.get("n")?;
-                Ok((c.get("kek_id")?, u64::try_from(n).unwrap_or(0)))
+                let n: i64 = c.read("n")?;
+                Ok((c.read("kek_id")?, u64::try_from(n).unwrap_or(0)))
             })
             .collect()
     }
