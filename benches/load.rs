@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use tokenvault::clock::{SharedClock, SystemClock};
 use tokenvault::proto::token_service_client::TokenServiceClient;
 use tokenvault::proto::GetAccessTokenRequest;
-use tokenvault::store::{access_token_record, AccessTokenRecord, ConsentGrant, Sealed, SqlStore, Store, StoreOptions};
+use tokenvault::store::{
+    access_token_record, AccessTokenRecord, ConnectionStore, ConsentGrant, Sealed, SqlStore, Store, StoreOptions,
+};
 use tokenvault::testing::fake_provider::{CatalogOptions, FakeProvider, FakeProviderConfig};
 use tokenvault::testing::server_process::{ProcessConfig, ServerProcess};
 use tokenvault::vault::{Binding, Field, LocalKeyring, Vault};

@@ -1,0 +1,106 @@
+//! The audit trail: [`AuditStore`] appends events in batches, lists them
+//! newest first under filters, and purges old ones.
+
+use super::sql::error::map_err;
+use super::sql::query::{placeholders, purge_where, Fetch};
+use super::sql::rows::AUDIT_COLUMNS;
+use super::sql::SqlStore;
+use super::{AuditEvent, AuditFilter, StoreError};
+use crate::clock::to_millis;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// The `audit_events` table (append-only but for the retention purge).
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends audit events.
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Lists audit events, newest first.
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Deletes audit events older than `before`.
+    async fn purge_audit(&self, before: DateTime<Utc>, dry_run: bool) -> Result<u64, StoreError>;
+}
+
+#[async_trait]
+impl AuditStore for SqlStore {
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        const COLUMNS: usize = 10;
+        const CHUNK: usize = 50;
+        let mut tx = self.begin().await?;
+        for chunk in events.chunks(CHUNK) {
+            let values = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * COLUMNS + 1, COLUMNS)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES {values}");
+            let mut query = sqlx::query(&sql);
+            for event in chunk {
+                query = query
+                    .bind(event.id.to_string())
+                    .bind(to_millis(event.occurred_at))
+                    .bind(event.tenant_id.clone())
+                    .bind(event.user_id.clone())
+                    .bind(event.connection_id.map(|c| c.to_string()))
+                    .bind(event.actor.clone())
+                    .bind(event.action.clone())
+                    .bind(event.outcome.clone())
+                    .bind(event.detail.to_string())
+                    .bind(event.request_id.clone());
+            }
+            query.run(&mut *tx).await?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        enum Bind {
+            Text(String),
+            Int(i64),
+        }
+        let mut conditions = Vec::new();
+        let mut binds = Vec::new();
+        let mut add = |condition: &str, bind: Bind| {
+            binds.push(bind);
+            conditions.push(condition.replace('?', &format!("${}", binds.len())));
+        };
+        if let Some(v) = &filter.tenant_id {
+            add("tenant_id = ?", Bind::Text(v.clone()));
+        }
+        if let Some(v) = &filter.user_id {
+            add("user_id = ?", Bind::Text(v.clone()));
+        }
+        if let Some(v) = filter.connection_id {
+            add("connection_id = ?", Bind::Text(v.to_string()));
+        }
+        if let Some(v) = &filter.action {
+            add("action = ?", Bind::Text(v.clone()));
+        }
+        if let Some(v) = filter.since {
+            add("occurred_at >= ?", Bind::Int(to_millis(v)));
+        }
+        if let Some(v) = filter.until {
+            add("occurred_at < ?", Bind::Int(to_millis(v)));
+        }
+        if let Some(v) = filter.before_id {
+            add("id < ?", Bind::Text(v.to_string()));
+        }
+        let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_events");
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", filter.limit.max(1)));
+        let mut query = sqlx::query(&sql);
+        for bind in binds {
+            query = match bind {
+                Bind::Text(t) => query.bind(t),
+                Bind::Int(i) => query.bind(i),
+            };
+        }
+        query.records(&self.pool).await
+    }
+
+    async fn purge_audit(&self, before: DateTime<Utc>, dry_run: bool) -> Result<u64, StoreError> {
+        purge_where(&self.pool, "audit_events", "occurred_at < $1", before, dry_run).await
+    }
+}

@@ -1,0 +1,443 @@
+//! Connections and their stored access tokens: [`ConnectionStore`], reading
+//! (one, a batch with tokens, a list), creating, storing a consent's grant,
+//! revoking (with the provider revocation queued in the outbox), usage
+//! stamps, and the purge of revoked rows.
+
+use super::notify::commit_notifying;
+use super::outbox::insert_outbox_entry;
+use super::sql::error::map_err;
+use super::sql::query::{lock_suffix, placeholders, purge_where, AnyQuery, Fetch};
+use super::sql::rows::{ACCESS_TOKEN_COLUMNS, CONNECTION_COLUMNS, CONNECTION_FROM};
+use super::sql::{Backend, SqlStore};
+use super::{
+    access_token_record, scopes_to_text, AccessTokenRecord, Connection, ConnectionFilter, ConnectionStatus,
+    Invalidation, OutboxEntry, ScopeSet, Sealed, StoreError, TenantScope, UserStore,
+};
+use crate::clock::to_millis;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{Any, Transaction};
+use std::str::FromStr;
+use uuid::Uuid;
+
+/// What revoking a connection left to do outside the database transaction.
+#[derive(Debug, Clone)]
+pub struct RevokeResult {
+    /// The connection after revocation.
+    pub connection: Connection,
+    /// An outbox entry, when there was a token to revoke at the provider.
+    pub outbox: Option<OutboxEntry>,
+    /// A data key with nothing left under it, to destroy now.
+    pub dek_to_destroy: Option<Uuid>,
+    /// Whether this call changed anything (false when it was already revoked).
+    pub changed: bool,
+}
+
+/// The new tokens a consent stores on its connection.
+#[derive(Debug, Clone)]
+pub struct ConsentGrant {
+    /// Connection id (from [`ConnectionStore::get_or_create_connection`]).
+    pub connection_id: Uuid,
+    /// The token version read before sealing; the write fails if it moved.
+    pub expected_version: i64,
+    /// The data key the tokens are sealed with.
+    pub dek_id: Uuid,
+    /// The sealed refresh token (`None` for providers that issue none).
+    pub refresh_token: Option<Sealed>,
+    /// Scopes the provider reported.
+    pub granted_scopes: ScopeSet,
+    /// The sealed access token for the full grant.
+    pub access_token: AccessTokenRecord,
+}
+
+/// The `connections` and `access_tokens` tables.
+#[async_trait]
+pub trait ConnectionStore: Send + Sync {
+    /// Reads a connection inside `scope`.
+    async fn connection(&self, scope: &TenantScope, id: Uuid) -> Result<Option<Connection>, StoreError>;
+    /// Reads a connection and its stored access token for `scope_key` in one round trip.
+    async fn connection_with_token(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        scope_key: &str,
+    ) -> Result<Option<(Connection, Option<AccessTokenRecord>)>, StoreError>;
+    /// Several connections (any tenant) with their stored access tokens for
+    /// one `scope_key`, in one round trip; ids that do not exist are absent.
+    async fn connections_with_token(
+        &self,
+        ids: &[Uuid],
+        scope_key: &str,
+    ) -> Result<Vec<(Connection, Option<AccessTokenRecord>)>, StoreError>;
+    /// The connection of (tenant, user, provider), if any.
+    async fn connection_for(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<Option<Connection>, StoreError>;
+    /// Lists connections, ordered by id.
+    async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError>;
+    /// Returns the one connection of (tenant, user, provider), creating an empty one if needed.
+    async fn get_or_create_connection(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        provider: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Connection, StoreError>;
+    /// Stores a completed consent's tokens; `false` when the version moved (the caller retries).
+    async fn store_consent_grant(&self, grant: &ConsentGrant, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Revokes a connection: status `REVOKED`, tokens removed, an outbox entry for the provider.
+    async fn revoke_connection(
+        &self,
+        id: Uuid,
+        reason: &str,
+        now: DateTime<Utc>,
+        give_up_at: DateTime<Utc>,
+    ) -> Result<Option<RevokeResult>, StoreError>;
+    /// Writes `last_used_at` for a batch of connections (never moves it backwards).
+    async fn touch_connections(&self, used: &[(Uuid, DateTime<Utc>)]) -> Result<(), StoreError>;
+    /// Ids of data keys still referenced by connections, consents or the outbox, among `ids`.
+    async fn referenced_data_keys(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError>;
+    /// Deletes revoked connections last changed before `before`; returns how many (or would, on a dry run).
+    async fn purge_revoked_connections(&self, before: DateTime<Utc>, dry_run: bool) -> Result<u64, StoreError>;
+}
+
+#[async_trait]
+impl ConnectionStore for SqlStore {
+    async fn connection(&self, scope: &TenantScope, id: Uuid) -> Result<Option<Connection>, StoreError> {
+        let sql = format!("SELECT {CONNECTION_COLUMNS} {CONNECTION_FROM} WHERE c.id = $1");
+        let connection: Option<Connection> = sqlx::query(&sql).bind(id.to_string()).record(&self.pool).await?;
+        Ok(connection.filter(|c| scope.allows(&c.tenant_id)))
+    }
+
+    async fn connection_with_token(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        scope_key: &str,
+    ) -> Result<Option<(Connection, Option<AccessTokenRecord>)>, StoreError> {
+        let row = self.connections_with_token(&[id], scope_key).await?.into_iter().next();
+        Ok(row.filter(|(connection, _)| scope.allows(&connection.tenant_id)))
+    }
+
+    async fn connections_with_token(
+        &self,
+        ids: &[Uuid],
+        scope_key: &str,
+    ) -> Result<Vec<(Connection, Option<AccessTokenRecord>)>, StoreError> {
+        let Some(last) = ids.last() else {
+            return Ok(Vec::new());
+        };
+        // Padded to a power of two (repeating the last id) so that a few
+        // prepared statements serve every batch size.
+        let padded = ids.len().next_power_of_two();
+        let sql = format!(
+            "SELECT {CONNECTION_COLUMNS}, {ACCESS_TOKEN_COLUMNS} {CONNECTION_FROM} \
+             LEFT JOIN access_tokens t ON t.connection_id = c.id AND t.scope_key = $1 WHERE c.id IN ({})",
+            placeholders(2, padded)
+        );
+        let mut query = sqlx::query(&sql).bind(scope_key.to_owned());
+        for id in ids.iter().chain(std::iter::repeat(last)).take(padded) {
+            query = query.bind(id.to_string());
+        }
+        query.records(&self.pool).await
+    }
+
+    async fn connection_for(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<Option<Connection>, StoreError> {
+        let sql = format!("SELECT {CONNECTION_COLUMNS} {CONNECTION_FROM} WHERE c.tenant_id = $1 AND c.user_id = $2 AND c.provider = $3");
+        sqlx::query(&sql)
+            .bind(tenant_id.to_owned())
+            .bind(user_id.to_owned())
+            .bind(provider.to_owned())
+            .record(&self.pool)
+            .await
+    }
+
+    async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError> {
+        let mut sql = format!("SELECT {CONNECTION_COLUMNS} {CONNECTION_FROM} WHERE c.tenant_id = $1");
+        let mut binds = vec![filter.tenant_id.clone()];
+        if let Some(user) = &filter.user_id {
+            binds.push(user.clone());
+            sql.push_str(&format!(" AND c.user_id = ${}", binds.len()));
+        }
+        if let Some(provider) = &filter.provider {
+            binds.push(provider.clone());
+            sql.push_str(&format!(" AND c.provider = ${}", binds.len()));
+        }
+        if let Some(after) = filter.after_id {
+            binds.push(after.to_string());
+            sql.push_str(&format!(" AND c.id > ${}", binds.len()));
+        }
+        sql.push_str(&format!(" ORDER BY c.id LIMIT {}", filter.limit.max(1)));
+        let mut query = sqlx::query(&sql);
+        for bind in binds {
+            query = query.bind(bind);
+        }
+        query.records(&self.pool).await
+    }
+
+    async fn get_or_create_connection(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        provider: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Connection, StoreError> {
+        self.ensure_user(tenant_id, user_id, now).await?;
+        sqlx::query(
+            "INSERT INTO connections (id, tenant_id, user_id, provider, granted_scopes, status, token_version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, '', 'needs_reauth', 0, $5, $5) ON CONFLICT (tenant_id, user_id, provider) DO NOTHING",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(tenant_id.to_owned())
+        .bind(user_id.to_owned())
+        .bind(provider.to_owned())
+        .bind(to_millis(now))
+        .run(&self.pool)
+        .await?;
+        self.connection_for(tenant_id, user_id, provider)
+            .await?
+            .ok_or_else(|| StoreError::Database("connection vanished right after it was created".to_owned()))
+    }
+
+    async fn store_consent_grant(&self, grant: &ConsentGrant, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE connections SET granted_scopes = $1, status = 'active', status_reason = NULL, dek_id = $2, \
+             refresh_token = $3, token_version = token_version + 1, updated_at = $4 \
+             WHERE id = $5 AND token_version = $6",
+        )
+        .bind(scopes_to_text(&grant.granted_scopes))
+        .bind(grant.dek_id.to_string())
+        .bind(grant.refresh_token.as_ref().map(|t| t.0.clone()))
+        .bind(to_millis(now))
+        .bind(grant.connection_id.to_string())
+        .bind(grant.expected_version)
+        .run(&mut *tx)
+        .await?;
+        if updated != 1 {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(false);
+        }
+        delete_access_tokens(grant.connection_id).run(&mut *tx).await?;
+        let mut record = grant.access_token.clone();
+        record.token_version = grant.expected_version + 1;
+        upsert_access_token(&record, now).run(&mut *tx).await?;
+        let invalidation = Invalidation::Connection {
+            id: grant.connection_id,
+        };
+        commit_notifying(tx, self.backend, &invalidation).await?;
+        Ok(true)
+    }
+
+    async fn revoke_connection(
+        &self,
+        id: Uuid,
+        reason: &str,
+        now: DateTime<Utc>,
+        give_up_at: DateTime<Utc>,
+    ) -> Result<Option<RevokeResult>, StoreError> {
+        let mut tx = self.begin().await?;
+        let sql = select_connection_for_update(self.backend);
+        let connection: Option<Connection> = sqlx::query(&sql).bind(id.to_string()).record(&mut *tx).await?;
+        let Some(mut connection) = connection else {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(None);
+        };
+        if connection.stored_status == ConnectionStatus::Revoked {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(Some(RevokeResult {
+                connection,
+                outbox: None,
+                dek_to_destroy: None,
+                changed: false,
+            }));
+        }
+        let credential = revocation_credential(&mut tx, &connection).await?;
+        sqlx::query(
+            "UPDATE connections SET status = 'revoked', status_reason = $1, refresh_token = NULL, dek_id = NULL, \
+             token_version = token_version + 1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(reason.to_owned())
+        .bind(to_millis(now))
+        .bind(id.to_string())
+        .run(&mut *tx)
+        .await?;
+        delete_access_tokens(id).run(&mut *tx).await?;
+        let outbox = match credential {
+            Some(credential) => {
+                let entry = credential.outbox_entry(&connection, now, give_up_at);
+                insert_outbox_entry(&mut tx, &entry).await?;
+                Some(entry)
+            }
+            None => None,
+        };
+        commit_notifying(tx, self.backend, &Invalidation::Connection { id }).await?;
+        let dek_to_destroy = if outbox.is_none() { connection.dek_id } else { None };
+        connection.stored_status = ConnectionStatus::Revoked;
+        connection.status_reason = Some(reason.to_owned());
+        connection.refresh_token = None;
+        connection.dek_id = None;
+        connection.token_version += 1;
+        connection.updated_at = now;
+        Ok(Some(RevokeResult {
+            connection,
+            outbox,
+            dek_to_destroy,
+            changed: true,
+        }))
+    }
+
+    async fn touch_connections(&self, used: &[(Uuid, DateTime<Utc>)]) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for (id, at) in used {
+            sqlx::query(
+                "UPDATE connections SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+            )
+            .bind(to_millis(*at))
+            .bind(id.to_string())
+            .run(&mut *tx)
+            .await?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn referenced_data_keys(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = placeholders(1, ids.len());
+        let sql = format!(
+            "SELECT dek_id FROM connections WHERE dek_id IN ({list}) \
+             UNION SELECT dek_id FROM consent_requests WHERE dek_id IN ({list}) \
+             UNION SELECT dek_id FROM revocation_outbox WHERE token IS NOT NULL AND dek_id IN ({list})"
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for id in ids {
+            query = query.bind(id.to_string());
+        }
+        let found = query.fetch_all(&self.pool).await.map_err(map_err)?;
+        Ok(found.iter().filter_map(|t| Uuid::from_str(t).ok()).collect())
+    }
+
+    async fn purge_revoked_connections(&self, before: DateTime<Utc>, dry_run: bool) -> Result<u64, StoreError> {
+        purge_where(
+            &self.pool,
+            "connections",
+            "status = 'revoked' AND updated_at < $1",
+            before,
+            dry_run,
+        )
+        .await
+    }
+}
+
+/// The statement reading one connection (`$1`) and, on PostgreSQL, locking
+/// its row until the transaction ends.
+pub(super) fn select_connection_for_update(backend: Backend) -> String {
+    format!(
+        "SELECT {CONNECTION_COLUMNS} {CONNECTION_FROM} WHERE c.id = $1{}",
+        lock_suffix(backend)
+    )
+}
+
+/// Stores `record`, replacing the token of the same connection and scope key.
+pub(super) fn upsert_access_token(record: &AccessTokenRecord, now: DateTime<Utc>) -> AnyQuery<'static> {
+    sqlx::query(
+        "INSERT INTO access_tokens (connection_id, scope_key, token, token_type, scopes, expires_at, token_version, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (connection_id, scope_key) DO UPDATE SET token = excluded.token, token_type = excluded.token_type, \
+         scopes = excluded.scopes, expires_at = excluded.expires_at, token_version = excluded.token_version, \
+         created_at = excluded.created_at",
+    )
+    .bind(record.connection_id.to_string())
+    .bind(record.scope_key.clone())
+    .bind(record.token.0.clone())
+    .bind(record.token_type.clone())
+    .bind(scopes_to_text(&record.scopes))
+    .bind(to_millis(record.expires_at))
+    .bind(record.token_version)
+    .bind(to_millis(now))
+}
+
+/// Removes every stored access token of a connection.
+fn delete_access_tokens(connection_id: Uuid) -> AnyQuery<'static> {
+    sqlx::query("DELETE FROM access_tokens WHERE connection_id = $1").bind(connection_id.to_string())
+}
+
+/// The credential to revoke at the provider, copied into the outbox.
+struct Credential {
+    /// The sealed token, as stored.
+    token: Sealed,
+    /// `refresh_token` or `access_token`.
+    hint: &'static str,
+    /// The record part of the token's sealing binding.
+    binding_record: String,
+    /// The data key that sealed it.
+    dek_id: Uuid,
+}
+
+impl Credential {
+    /// A pending outbox entry for revoking this credential of `connection`.
+    fn outbox_entry(self, connection: &Connection, now: DateTime<Utc>, give_up_at: DateTime<Utc>) -> OutboxEntry {
+        OutboxEntry {
+            id: Uuid::now_v7(),
+            connection_id: connection.id,
+            tenant_id: connection.tenant_id.clone(),
+            user_id: connection.user_id.clone(),
+            provider: connection.provider.clone(),
+            dek_id: self.dek_id,
+            token: Some(self.token),
+            token_type_hint: self.hint.to_owned(),
+            binding_record: self.binding_record,
+            attempts: 0,
+            next_attempt_at: now,
+            give_up_at,
+            status: "pending".to_owned(),
+            last_error: None,
+            created_at: now,
+        }
+    }
+}
+
+/// The credential to revoke at the provider: the refresh token, or for
+/// providers without one, the access token of the full grant.
+async fn revocation_credential(
+    tx: &mut Transaction<'static, Any>,
+    connection: &Connection,
+) -> Result<Option<Credential>, StoreError> {
+    let id = connection.id;
+    Ok(match (&connection.refresh_token, connection.dek_id) {
+        (Some(token), Some(dek_id)) => Some(Credential {
+            token: token.clone(),
+            hint: "refresh_token",
+            binding_record: id.to_string(),
+            dek_id,
+        }),
+        (None, Some(dek_id)) => {
+            let token: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT token FROM access_tokens WHERE connection_id = $1 AND scope_key = ''")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(map_err)?;
+            token.map(|t| Credential {
+                token: Sealed(t),
+                hint: "access_token",
+                binding_record: access_token_record(id, ""),
+                dek_id,
+            })
+        }
+        _ => None,
+    })
+}

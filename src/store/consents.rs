@@ -1,0 +1,154 @@
+//! Consent requests: [`ConsentStore`], from `StartConsent` (with the sealed
+//! PKCE verifier) through the single-use claim of the callback to the
+//! outcome, and the purge of expired requests.
+
+use super::sql::error::map_err;
+use super::sql::query::{placeholders, Fetch};
+use super::sql::rows::{Columns, CONSENT_COLUMNS};
+use super::sql::SqlStore;
+use super::{scopes_to_text, ConsentRecord, ConsentState, StoreError, TenantScope, UserStore};
+use crate::clock::to_millis;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// The `consent_requests` table.
+#[async_trait]
+pub trait ConsentStore: Send + Sync {
+    /// Stores a new consent request.
+    async fn insert_consent(&self, consent: &ConsentRecord) -> Result<(), StoreError>;
+    /// Reads a consent request inside `scope`.
+    async fn consent(&self, scope: &TenantScope, id: Uuid) -> Result<Option<ConsentRecord>, StoreError>;
+    /// Finds a consent request by the hash of its state.
+    async fn consent_by_state(&self, state_hash: &str) -> Result<Option<ConsentRecord>, StoreError>;
+    /// Moves a pending, unexpired request to `exchanging`; `false` if it was not pending (single use).
+    async fn claim_consent(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Records the outcome and drops the sealed verifier.
+    async fn finish_consent(
+        &self,
+        id: Uuid,
+        state: ConsentState,
+        connection_id: Option<Uuid>,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// A user's consent requests (for export).
+    async fn consents_of_user(&self, tenant_id: &str, user_id: &str) -> Result<Vec<ConsentRecord>, StoreError>;
+    /// Deletes consent requests that expired before `before`; returns their data key ids (to destroy) and the count.
+    async fn purge_consents(&self, before: DateTime<Utc>, dry_run: bool) -> Result<(u64, Vec<Uuid>), StoreError>;
+}
+
+#[async_trait]
+impl ConsentStore for SqlStore {
+    async fn insert_consent(&self, consent: &ConsentRecord) -> Result<(), StoreError> {
+        self.ensure_user(&consent.tenant_id, &consent.user_id, consent.created_at)
+            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO consent_requests ({CONSENT_COLUMNS}) VALUES ({})",
+            placeholders(1, 20)
+        ))
+        .bind(consent.id.to_string())
+        .bind(consent.state_hash.clone())
+        .bind(consent.tenant_id.clone())
+        .bind(consent.user_id.clone())
+        .bind(consent.provider.clone())
+        .bind(consent.capabilities.join(" "))
+        .bind(scopes_to_text(&consent.requested_scopes))
+        .bind(scopes_to_text(&consent.asked_scopes))
+        .bind(i64::from(consent.incremental))
+        .bind(consent.return_url.clone())
+        .bind(consent.redirect_uri.clone())
+        .bind(consent.dek_id.to_string())
+        .bind(consent.pkce_verifier.as_ref().map(|v| v.0.clone()))
+        .bind(consent.state.as_str())
+        .bind(consent.connection_id.map(|c| c.to_string()))
+        .bind(consent.error.clone())
+        .bind(to_millis(consent.created_at))
+        .bind(to_millis(consent.expires_at))
+        .bind(consent.completed_at.map(to_millis))
+        .bind(consent.actor.clone())
+        .run(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn consent(&self, scope: &TenantScope, id: Uuid) -> Result<Option<ConsentRecord>, StoreError> {
+        let consent: Option<ConsentRecord> =
+            sqlx::query(&format!("SELECT {CONSENT_COLUMNS} FROM consent_requests WHERE id = $1"))
+                .bind(id.to_string())
+                .record(&self.pool)
+                .await?;
+        Ok(consent.filter(|c| scope.allows(&c.tenant_id)))
+    }
+
+    async fn consent_by_state(&self, state_hash: &str) -> Result<Option<ConsentRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consent_requests WHERE state_hash = $1"
+        ))
+        .bind(state_hash.to_owned())
+        .record(&self.pool)
+        .await
+    }
+
+    async fn claim_consent(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let claimed = sqlx::query(
+            "UPDATE consent_requests SET state = 'exchanging' WHERE id = $1 AND state = 'pending' AND expires_at > $2",
+        )
+        .bind(id.to_string())
+        .bind(to_millis(now))
+        .run(&self.pool)
+        .await?;
+        Ok(claimed == 1)
+    }
+
+    async fn finish_consent(
+        &self,
+        id: Uuid,
+        state: ConsentState,
+        connection_id: Option<Uuid>,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE consent_requests SET state = $1, connection_id = $2, error = $3, completed_at = $4, pkce_verifier = NULL WHERE id = $5",
+        )
+        .bind(state.as_str())
+        .bind(connection_id.map(|c| c.to_string()))
+        .bind(error.map(str::to_owned))
+        .bind(to_millis(now))
+        .bind(id.to_string())
+        .run(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn consents_of_user(&self, tenant_id: &str, user_id: &str) -> Result<Vec<ConsentRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consent_requests WHERE tenant_id = $1 AND user_id = $2 ORDER BY id"
+        ))
+        .bind(tenant_id.to_owned())
+        .bind(user_id.to_owned())
+        .records(&self.pool)
+        .await
+    }
+
+    async fn purge_consents(&self, before: DateTime<Utc>, dry_run: bool) -> Result<(u64, Vec<Uuid>), StoreError> {
+        let rows = sqlx::query("SELECT id, dek_id FROM consent_requests WHERE expires_at < $1")
+            .bind(to_millis(before))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        let deks = rows
+            .iter()
+            .map(|row| Columns(row).read("dek_id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if dry_run {
+            return Ok((rows.len() as u64, deks));
+        }
+        let purged = sqlx::query("DELETE FROM consent_requests WHERE expires_at < $1")
+            .bind(to_millis(before))
+            .run(&self.pool)
+            .await?;
+        Ok((purged, deks))
+    }
+}

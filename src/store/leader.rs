@@ -1,0 +1,60 @@
+//! Leadership of the retention sweeper: [`LeaderStore::try_lead`] takes a
+//! PostgreSQL advisory lock on a dedicated connection, so one replica sweeps
+//! at a time. On SQLite (one process) the caller always leads.
+
+use super::sql::error::map_err;
+use super::sql::SqlStore;
+use super::StoreError;
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use sqlx::{AnyConnection, Connection as _};
+
+/// Advisory lock key of the retention sweeper ("tokenvlt").
+const SWEEPER_LOCK: i64 = 0x746f_6b65_6e76_6c74;
+
+/// Held while this process is the one running the retention sweeper.
+pub trait LeaderGuard: Send {}
+
+/// Leader election among replicas.
+#[async_trait]
+pub trait LeaderStore: Send + Sync {
+    /// Becomes the sweeper leader if no other process is (PostgreSQL advisory lock).
+    async fn try_lead(&self) -> Result<Option<Box<dyn LeaderGuard>>, StoreError>;
+}
+
+#[async_trait]
+impl LeaderStore for SqlStore {
+    async fn try_lead(&self) -> Result<Option<Box<dyn LeaderGuard>>, StoreError> {
+        if !self.is_postgres() {
+            return Ok(Some(Box::new(SqliteLeader)));
+        }
+        let mut connection = AnyConnection::connect(self.url.expose_secret())
+            .await
+            .map_err(map_err)?;
+        let locked: i32 = sqlx::query_scalar("SELECT CASE WHEN pg_try_advisory_lock($1) THEN 1 ELSE 0 END")
+            .bind(SWEEPER_LOCK)
+            .fetch_one(&mut connection)
+            .await
+            .map_err(map_err)?;
+        if locked == 1 {
+            Ok(Some(Box::new(PgLeader {
+                _connection: connection,
+            })))
+        } else {
+            let _ = connection.close().await;
+            Ok(None)
+        }
+    }
+}
+
+/// Holds a dedicated connection that owns the sweeper's advisory lock; closing it releases the lock.
+struct PgLeader {
+    _connection: AnyConnection,
+}
+
+impl LeaderGuard for PgLeader {}
+
+/// SQLite's leadership: nothing to hold.
+struct SqliteLeader;
+
+impl LeaderGuard for SqliteLeader {}

@@ -1,0 +1,243 @@
+//! Reading records out of result rows: the column list each record is
+//! selected with, next to the one [`FromAnyRow`] that maps it, so every
+//! statement that returns a record reads it the same way. Columns decode by
+//! the type they are read into ([`Column`]: text ids, integer milliseconds,
+//! bytes, space-separated scopes).
+
+use super::error::map_err;
+use crate::clock::from_millis;
+use crate::store::{
+    scopes_from_text, AccessTokenRecord, AuditEvent, Connection, ConnectionStatus, ConsentRecord, ConsentState,
+    OutboxEntry, ScopeSet, Sealed, StoreError, User, WrappedDataKey,
+};
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use std::str::FromStr;
+use uuid::Uuid;
+
+/// A record that can be read from one result row.
+pub(in crate::store) trait FromAnyRow: Sized {
+    /// Reads the record; a missing or undecodable column is [`StoreError::Corrupt`].
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError>;
+}
+
+/// A value read from one column in its stored form.
+pub(in crate::store) trait Column: Sized {
+    /// Reads `column` of `row`; a missing or undecodable column is [`StoreError::Corrupt`].
+    fn read(row: &AnyRow, column: &str) -> Result<Self, StoreError>;
+}
+
+/// Types the driver decodes as they are.
+macro_rules! decoded_columns {
+    ($($type:ty),*) => {
+        $(impl Column for $type {
+            fn read(row: &AnyRow, column: &str) -> Result<Self, StoreError> {
+                row.try_get(column).map_err(map_err)
+            }
+        })*
+    };
+}
+
+decoded_columns!(String, Option<String>, i64, Option<i64>, Vec<u8>, Option<Vec<u8>>);
+
+/// A UUID stored as text.
+impl Column for Uuid {
+    fn read(row: &AnyRow, column: &str) -> Result<Self, StoreError> {
+        parse_uuid(column, &String::read(row, column)?)
+    }
+}
+
+/// A nullable UUID stored as text.
+impl Column for Option<Uuid> {
+    fn read(row: &AnyRow, column: &str) -> Result<Self, StoreError> {
+        let text = Option::<String>::read(row, column)?;
+        text.map(|t| parse_uuid(column, &t)).transpose()
+    }
+}
+
+/// A time stored as milliseconds since the epoch.
+impl Column for DateTime<Utc> {
+    fn read(row: &AnyRow, column: &str) -> Result<Self, StoreError> {
+        Ok(from_millis(i64::read(row, column)?))
+    }
+}
+
+/// A nullable time stored as milliseconds since the epoch.
+impl Column for Option<DateTime<Utc>> {
+    fn read(row: &AnyRow, column: &str) -> Result<Self, StoreError> {
+        Ok(Option::<i64>::read(row, column)?.map(from_millis))
+    }
+}
+
+/// A nullable ciphertext.
+impl Column for Option<Sealed> {
+    fn read(row: &AnyRow, column: &str) -> Result<Self, StoreError> {
+        Ok(Option::<Vec<u8>>::read(row, column)?.map(Sealed))
+    }
+}
+
+/// A scope set stored space-separated.
+impl Column for ScopeSet {
+    fn read(row: &AnyRow, column: &str) -> Result<Self, StoreError> {
+        Ok(scopes_from_text(&String::read(row, column)?))
+    }
+}
+
+fn parse_uuid(column: &str, text: &str) -> Result<Uuid, StoreError> {
+    Uuid::from_str(text).map_err(|_| StoreError::Corrupt(format!("{column} is not a UUID")))
+}
+
+/// One row's columns, read by the type they are read into.
+pub(in crate::store) struct Columns<'r>(pub(in crate::store) &'r AnyRow);
+
+impl Columns<'_> {
+    /// Reads `column` as a `T`.
+    pub(in crate::store) fn read<T: Column>(&self, column: &str) -> Result<T, StoreError> {
+        T::read(self.0, column)
+    }
+}
+
+/// Builds a record from `columns`, like a struct literal with field-init
+/// shorthand: a bare `field` reads the column of the same name, `field: value`
+/// gives the value. Fields are read in the order written.
+macro_rules! from_columns {
+    (@value $columns:ident, $field:ident, $value:expr) => {
+        $value
+    };
+    (@value $columns:ident, $field:ident) => {
+        $columns.read(stringify!($field))?
+    };
+    ($columns:ident => $record:ident { $($field:ident $(: $value:expr)?),* $(,)? }) => {
+        $record { $($field: from_columns!(@value $columns, $field $(, $value)?)),* }
+    };
+}
+
+/// The columns [`User`] is read from.
+pub(in crate::store) const USER_COLUMNS: &str = "tenant_id, user_id, created_at, deleted_at, purge_at";
+
+impl FromAnyRow for User {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let c = Columns(row);
+        Ok(from_columns!(c => User { tenant_id, user_id, created_at, deleted_at, purge_at }))
+    }
+}
+
+/// The columns [`Connection`] is read from (with [`CONNECTION_FROM`]).
+pub(in crate::store) const CONNECTION_COLUMNS: &str = "c.id, c.tenant_id, c.user_id, c.provider, c.granted_scopes, \
+     c.status, c.status_reason, c.dek_id, c.refresh_token, c.token_version, c.created_at, c.updated_at, \
+     c.last_used_at, u.deleted_at AS user_deleted_at, u.purge_at AS user_purge_at";
+/// The tables [`CONNECTION_COLUMNS`] come from: the connection and its user.
+pub(in crate::store) const CONNECTION_FROM: &str =
+    "FROM connections c JOIN users u ON u.tenant_id = c.tenant_id AND u.user_id = c.user_id";
+
+impl FromAnyRow for Connection {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let c = Columns(row);
+        let status: String = c.read("status")?;
+        Ok(from_columns!(c => Connection {
+            id, tenant_id, user_id, provider, granted_scopes,
+            stored_status: ConnectionStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown connection status `{status}`")))?,
+            status_reason, dek_id, refresh_token, token_version, created_at, updated_at, last_used_at,
+            user_deleted_at,
+            purge_at: c.read("user_purge_at")?,
+        }))
+    }
+}
+
+/// The columns [`AccessTokenRecord`] is read from, prefixed `t_` so they can
+/// sit next to [`CONNECTION_COLUMNS`] (table alias `t`).
+pub(in crate::store) const ACCESS_TOKEN_COLUMNS: &str = "t.connection_id AS t_connection_id, \
+     t.scope_key AS t_scope_key, t.token AS t_token, t.token_type AS t_token_type, t.scopes AS t_scopes, \
+     t.expires_at AS t_expires_at, t.token_version AS t_token_version";
+
+/// An access token read from [`ACCESS_TOKEN_COLUMNS`]: `None` where the row
+/// has no token (a `LEFT JOIN` that matched nothing).
+impl FromAnyRow for Option<AccessTokenRecord> {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let c = Columns(row);
+        let Some(token) = c.read("t_token")? else {
+            return Ok(None);
+        };
+        Ok(Some(AccessTokenRecord {
+            connection_id: c.read("t_connection_id")?,
+            scope_key: c.read("t_scope_key")?,
+            token,
+            token_type: c.read("t_token_type")?,
+            scopes: c.read("t_scopes")?,
+            expires_at: c.read("t_expires_at")?,
+            token_version: c.read("t_token_version")?,
+        }))
+    }
+}
+
+/// Two records read from one joined row.
+impl<A: FromAnyRow, B: FromAnyRow> FromAnyRow for (A, B) {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        Ok((A::from_row(row)?, B::from_row(row)?))
+    }
+}
+
+/// The columns [`ConsentRecord`] is read from (and inserted in this order).
+pub(in crate::store) const CONSENT_COLUMNS: &str = "id, state_hash, tenant_id, user_id, provider, capabilities, \
+     requested_scopes, asked_scopes, incremental, return_url, redirect_uri, dek_id, pkce_verifier, state, \
+     connection_id, error, created_at, expires_at, completed_at, actor";
+
+impl FromAnyRow for ConsentRecord {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let c = Columns(row);
+        let state: String = c.read("state")?;
+        let incremental: i64 = c.read("incremental")?;
+        Ok(from_columns!(c => ConsentRecord {
+            id, state_hash, tenant_id, user_id, provider,
+            capabilities: c.read::<String>("capabilities")?.split_whitespace().map(str::to_owned).collect(),
+            requested_scopes, asked_scopes,
+            incremental: incremental != 0,
+            return_url, redirect_uri, dek_id, pkce_verifier,
+            state: ConsentState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown consent state `{state}`")))?,
+            connection_id, error, created_at, expires_at, completed_at, actor,
+        }))
+    }
+}
+
+/// The columns [`AuditEvent`] is read from (and inserted in this order).
+pub(in crate::store) const AUDIT_COLUMNS: &str =
+    "id, occurred_at, tenant_id, user_id, connection_id, actor, action, outcome, detail, request_id";
+
+impl FromAnyRow for AuditEvent {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let c = Columns(row);
+        let detail: String = c.read("detail")?;
+        Ok(from_columns!(c => AuditEvent {
+            id, occurred_at, tenant_id, user_id, connection_id, actor, action, outcome,
+            detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt(format!("audit detail: {e}")))?,
+            request_id,
+        }))
+    }
+}
+
+/// The columns [`OutboxEntry`] is read from (and inserted in this order).
+pub(in crate::store) const OUTBOX_COLUMNS: &str = "id, connection_id, tenant_id, user_id, provider, dek_id, token, \
+     token_type_hint, binding_record, attempts, next_attempt_at, give_up_at, status, last_error, created_at";
+
+impl FromAnyRow for OutboxEntry {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let c = Columns(row);
+        Ok(from_columns!(c => OutboxEntry {
+            id, connection_id, tenant_id, user_id, provider, dek_id, token, token_type_hint, binding_record,
+            attempts, next_attempt_at, give_up_at, status, last_error, created_at,
+        }))
+    }
+}
+
+/// The columns [`WrappedDataKey`] is read from.
+pub(in crate::store) const DATA_KEY_COLUMNS: &str = "id, kek_id, wrapped, created_at";
+
+impl FromAnyRow for WrappedDataKey {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let c = Columns(row);
+        Ok(from_columns!(c => WrappedDataKey { id, kek_id, wrapped, created_at }))
+    }
+}
