@@ -187,6 +187,7 @@ impl Seeder {
             &StoreOptions {
                 max_connections: 32,
                 acquire_timeout: Duration::from_secs(30),
+                ..StoreOptions::default()
             },
         )
         .await

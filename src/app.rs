@@ -110,6 +110,9 @@ async fn connect(url: &SecretString, config: &Config) -> Result<SqlStore, Startu
     let options = StoreOptions {
         max_connections: config.database.max_connections,
         acquire_timeout: Duration::from_secs(config.database.acquire_timeout_seconds),
+        lock_timeout: Duration::from_secs(config.database.lock_timeout_seconds),
+        statement_timeout: Duration::from_secs(config.database.statement_timeout_seconds),
+        idle_in_transaction_timeout: Duration::from_secs(config.database.idle_in_transaction_timeout_seconds),
     };
     Ok(SqlStore::connect(url, &options).await?)
 }

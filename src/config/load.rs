@@ -137,6 +137,21 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     if !(0.0..=1.0).contains(&config.tracing.sample_ratio) {
         problems.push("tracing.sample_ratio must be between 0 and 1".to_owned());
     }
+    for (name, value) in [
+        ("database.lock_timeout_seconds", config.database.lock_timeout_seconds),
+        (
+            "database.statement_timeout_seconds",
+            config.database.statement_timeout_seconds,
+        ),
+        (
+            "database.idle_in_transaction_timeout_seconds",
+            config.database.idle_in_transaction_timeout_seconds,
+        ),
+    ] {
+        if value == 0 {
+            problems.push(format!("{name} must be at least 1"));
+        }
+    }
     if config.database.max_connections < 2 {
         problems.push("database.max_connections must be at least 2".to_owned());
     }

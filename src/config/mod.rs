@@ -188,6 +188,12 @@ pub struct DatabaseConfig {
     pub acquire_timeout_seconds: u64,
     /// Apply pending migrations when `serve` starts.
     pub run_migrations: bool,
+    /// PostgreSQL: the longest a statement waits for a row lock.
+    pub lock_timeout_seconds: u64,
+    /// PostgreSQL: the longest one statement may run.
+    pub statement_timeout_seconds: u64,
+    /// PostgreSQL: a transaction idle this long is ended by the server.
+    pub idle_in_transaction_timeout_seconds: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -196,6 +202,9 @@ impl Default for DatabaseConfig {
             max_connections: 20,
             acquire_timeout_seconds: 5,
             run_migrations: true,
+            lock_timeout_seconds: 5,
+            statement_timeout_seconds: 30,
+            idle_in_transaction_timeout_seconds: 30,
         }
     }
 }

@@ -693,3 +693,51 @@ async fn notifications_reach_other_replicas() {
         .unwrap();
     assert_eq!(got, Some(Invalidation::Connection { id }));
 }
+
+#[tokio::test]
+async fn postgres_sessions_are_bounded() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let options = StoreOptions {
+        lock_timeout: std::time::Duration::from_millis(300),
+        statement_timeout: std::time::Duration::from_secs(7),
+        idle_in_transaction_timeout: std::time::Duration::from_secs(9),
+        ..StoreOptions::default()
+    };
+    let store = SqlStore::connect(&db.url, &options).await.unwrap();
+    store.migrate().await.unwrap();
+    for (setting, expected) in [
+        ("lock_timeout", "300ms"),
+        ("statement_timeout", "7s"),
+        ("idle_in_transaction_session_timeout", "9s"),
+    ] {
+        let row = sqlx::query(&format!("SHOW {setting}"))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        let value: String = sqlx::Row::get(&row, 0);
+        assert_eq!(value, expected, "{setting}");
+    }
+    // A statement that waits on a row lock held elsewhere fails instead of waiting without end.
+    let connection = connected(&store, "acme", "u1").await;
+    let mut holder = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT id FROM connections WHERE id = $1 FOR UPDATE")
+        .bind(connection.id.to_string())
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        store.revoke_connection(connection.id, "test", now, now + Duration::days(1)),
+    )
+    .await
+    .expect("the lock wait is bounded by lock_timeout");
+    assert!(waited.is_err(), "the revocation gave up on the lock: {waited:?}");
+    holder.rollback().await.unwrap();
+    let unchanged = store
+        .connection(&TenantScope::All, connection.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(unchanged.status(), ConnectionStatus::Active);
+}

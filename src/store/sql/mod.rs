@@ -25,6 +25,13 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long to wait for a pooled connection.
     pub acquire_timeout: Duration,
+    /// PostgreSQL `lock_timeout`: the longest a statement waits for a row lock.
+    pub lock_timeout: Duration,
+    /// PostgreSQL `statement_timeout`: the longest one statement may run.
+    pub statement_timeout: Duration,
+    /// PostgreSQL `idle_in_transaction_session_timeout`: a transaction left
+    /// open and idle this long is ended by the server, releasing its locks.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -32,7 +39,25 @@ impl Default for StoreOptions {
         Self {
             max_connections: 20,
             acquire_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl StoreOptions {
+    /// The settings (name, milliseconds) that bound every pooled PostgreSQL session.
+    fn postgres_session_settings(&self) -> [(&'static str, String); 3] {
+        let ms = |d: Duration| d.as_millis().max(1).to_string();
+        [
+            ("lock_timeout", ms(self.lock_timeout)),
+            ("statement_timeout", ms(self.statement_timeout)),
+            (
+                "idle_in_transaction_session_timeout",
+                ms(self.idle_in_transaction_timeout),
+            ),
+        ]
     }
 }
 
@@ -84,6 +109,24 @@ impl SqlStore {
             // No ping round trip before every query: a connection broken by a
             // database restart fails its one query (UNAVAILABLE) and is dropped.
             .test_before_acquire(false);
+        if backend == Backend::Postgres {
+            // Bounds on every pooled session: no statement waits on a lock, runs,
+            // or holds a transaction open without limit.
+            let settings = options.postgres_session_settings();
+            pool_options = pool_options.after_connect(move |conn, _meta| {
+                let settings = settings.clone();
+                Box::pin(async move {
+                    for (name, value) in settings {
+                        sqlx::query("SELECT set_config($1, $2, false)")
+                            .bind(name)
+                            .bind(value)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            });
+        }
         if backend == Backend::Sqlite {
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
             if in_memory {
