@@ -33,4 +33,37 @@ impl Flights {
         self.active.remove_if(&id, |_, f| Arc::strong_count(f) == 1);
         result
     }
+
+    /// Connections with a flight in progress or waiting.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.active.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn one_flight_per_connection_at_a_time_and_forgotten_after() {
+        let flights = Flights::default();
+        let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let id = Uuid::new_v4();
+        let fly = || async {
+            flights
+                .run(id, async {
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                })
+                .await
+        };
+        tokio::join!(fly(), fly(), fly(), flights.run(Uuid::new_v4(), async {}));
+        assert_eq!(most.load(Ordering::SeqCst), 1);
+        assert_eq!(flights.len(), 0);
+    }
 }
