@@ -1,0 +1,56 @@
+//! The broker's error: why no token was handed out, and the metric label of
+//! each reason.
+
+use crate::store::StoreError;
+use crate::vault::VaultError;
+use uuid::Uuid;
+
+/// Why no token was handed out. Messages never contain a token.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No such connection for this caller.
+    #[error("no connection {0}")]
+    NotFound(Uuid),
+    /// The connection belongs to a tenant the caller may not act for.
+    #[error("caller may not act for this connection's tenant")]
+    WrongTenant,
+    /// A requested scope is not granted.
+    #[error("scope `{0}` is not granted to this connection")]
+    ScopeNotGranted(String),
+    /// Revoked.
+    #[error("connection is revoked")]
+    Revoked,
+    /// The user must consent again.
+    #[error("connection needs re-consent: {0}")]
+    NeedsReauth(String),
+    /// The user is deleted.
+    #[error("the connection's user is deleted (pending purge)")]
+    UserDeleted,
+    /// The provider is down or slow and nothing valid is cached.
+    #[error("provider unavailable and no valid token cached: {0}")]
+    ProviderUnavailable(String),
+    /// The provider refused tokenvault itself (configuration).
+    #[error("{0}")]
+    ProviderMisconfigured(String),
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The vault.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+impl BrokerError {
+    /// The issuance metric's outcome label for this error.
+    pub(super) fn kind(&self) -> &'static str {
+        match self {
+            BrokerError::NotFound(_) => "not_found",
+            BrokerError::WrongTenant | BrokerError::ScopeNotGranted(_) => "denied",
+            BrokerError::Revoked => "revoked",
+            BrokerError::NeedsReauth(_) => "needs_reauth",
+            BrokerError::UserDeleted => "user_deleted",
+            BrokerError::ProviderUnavailable(_) | BrokerError::ProviderMisconfigured(_) => "provider_error",
+            BrokerError::Store(_) | BrokerError::Vault(_) => "internal",
+        }
+    }
+}

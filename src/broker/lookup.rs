@@ -1,0 +1,144 @@
+//! The cached path: a hit served from memory (no database, no await), and how
+//! every token is issued: capped by the maximum lease, tallied for usage, and
+//! cached under the keys it answers.
+
+use super::{Broker, BrokerError, CacheKey, CachedToken, Issuance, IssuedToken, Requester, TokenRequest};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The cache keys one token answers: the scope key it is stored under
+/// (`effective`; empty for the full grant) and the key the caller asked with,
+/// when that is another.
+#[derive(Debug, Clone)]
+pub(super) struct TokenKeys {
+    connection_id: Uuid,
+    effective: String,
+    requested: String,
+}
+
+impl TokenKeys {
+    /// The keys of a token stored under `effective`, asked for as `requested`.
+    pub(super) fn new(requested: &CacheKey, effective: String) -> Self {
+        Self {
+            connection_id: requested.0,
+            effective,
+            requested: requested.1.clone(),
+        }
+    }
+
+    /// The scope key the token is stored under.
+    pub(super) fn effective(&self) -> &str {
+        &self.effective
+    }
+
+    /// Every cache key the token answers, its effective key first.
+    fn all(&self) -> Vec<CacheKey> {
+        let mut keys = vec![(self.connection_id, self.effective.clone())];
+        if self.requested != self.effective {
+            keys.push((self.connection_id, self.requested.clone()));
+        }
+        keys
+    }
+}
+
+impl Broker {
+    /// The cached path: no database, no await. `None` when nothing fresh enough is cached.
+    pub(super) fn cached(
+        &self,
+        who: &Requester<'_>,
+        request: &TokenRequest,
+        key: &CacheKey,
+        now: DateTime<Utc>,
+    ) -> Option<Result<IssuedToken, BrokerError>> {
+        let token = self.cache.get(key)?;
+        if !who.tenants.allows(&token.tenant_id) {
+            return Some(Err(BrokerError::WrongTenant));
+        }
+        if let Some(missing) = request.scopes.iter().find(|s| !token.granted.contains(*s)) {
+            return Some(Err(BrokerError::ScopeNotGranted(missing.clone())));
+        }
+        if !self.fresh_enough(token.expires_at, request.min_ttl, now) {
+            return None;
+        }
+        self.record(who, request.connection_id, &key.1, &token, "cache_hit", now);
+        Some(Ok(self.issue(&token, now)))
+    }
+
+    /// Whether a token expiring at `expires_at` stays valid `min_ttl` (plus the skew) from `now`.
+    pub(super) fn fresh_enough(
+        &self,
+        expires_at: DateTime<Utc>,
+        min_ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> bool {
+        expires_at - now >= min_ttl + self.skew
+    }
+
+    /// Caches `token` under `keys` (unless an invalidation came after `epoch`) and issues it.
+    pub(super) fn cache_and_issue(
+        &self,
+        who: &Requester<'_>,
+        request: &TokenRequest,
+        keys: &TokenKeys,
+        epoch: u64,
+        token: CachedToken,
+        outcome: &'static str,
+    ) -> IssuedToken {
+        let now = self.clock.now();
+        let token = Arc::new(token);
+        self.cache.insert_if_current(epoch, &keys.all(), token.clone());
+        self.record(who, request.connection_id, keys.effective(), &token, outcome, now);
+        self.issue(&token, now)
+    }
+
+    /// Issues `token` without caching it.
+    pub(super) fn issue_uncached(
+        &self,
+        who: &Requester<'_>,
+        request: &TokenRequest,
+        keys: &TokenKeys,
+        token: &CachedToken,
+        outcome: &'static str,
+    ) -> IssuedToken {
+        let now = self.clock.now();
+        self.record(who, request.connection_id, keys.effective(), token, outcome, now);
+        self.issue(token, now)
+    }
+
+    /// The token as handed out: its expiry capped by the maximum lease.
+    fn issue(&self, token: &CachedToken, now: DateTime<Utc>) -> IssuedToken {
+        IssuedToken {
+            access_token: token.access_token.clone(),
+            token_type: token.token_type.clone(),
+            expires_at: token.expires_at.min(now + self.max_lease),
+            scopes: token.scopes.clone(),
+        }
+    }
+
+    /// Counts one issuance (metrics now, usage tallies for the next flush).
+    fn record(
+        &self,
+        who: &Requester<'_>,
+        id: Uuid,
+        key: &str,
+        token: &CachedToken,
+        outcome: &'static str,
+        now: DateTime<Utc>,
+    ) {
+        self.metrics.issuance(outcome);
+        self.usage.record(
+            Issuance {
+                actor: who.actor,
+                connection_id: id,
+                tenant_id: &token.tenant_id,
+                user_id: &token.user_id,
+                scope_key: key,
+                scopes: &token.scopes,
+                outcome,
+                request_id: who.request_id,
+            },
+            now,
+        );
+    }
+}
