@@ -20,6 +20,7 @@ pub mod consent;
 pub mod lifecycle;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod vault;
 
 pub mod provider;

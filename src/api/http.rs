@@ -1,4 +1,5 @@
-//! The HTTP listener: the OAuth callback, liveness and readiness, and metrics.
+//! The HTTP routes: the OAuth callback, liveness and readiness, and metrics.
+//! [`crate::transport`] serves them on the HTTP listener.
 
 use crate::app::App;
 use crate::consent::{CallbackParams, ConsentError, Outcome};

@@ -1,6 +1,8 @@
-//! The transport layer: tonic services and the HTTP listener. Each handler
-//! decodes and validates, authorizes, calls the domain, and maps errors in
-//! one place ([`status`]).
+//! The service layer: the tonic services and the HTTP routes (OAuth
+//! callback, health, metrics). Each handler decodes and validates
+//! ([`validate`]), authorizes, calls the domain, and maps errors in one place
+//! ([`status`]). [`server`] assembles the services and hands them to
+//! [`crate::transport`], which owns the listeners, TLS and peer identity.
 
 mod admin;
 mod connection;
@@ -10,7 +12,6 @@ mod convert;
 pub mod http;
 pub mod server;
 pub mod status;
-pub mod tls;
 mod token;
 pub mod validate;
 

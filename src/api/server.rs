@@ -1,6 +1,7 @@
-//! Starts the gRPC and HTTP listeners and stops them gracefully.
+//! Assembles the services — the tonic router with its layers, health and
+//! reflection, and the HTTP routes — hands them to [`transport`] to serve,
+//! and shuts them down gracefully.
 
-use super::tls::{self, TlsAcceptor};
 use super::{AdminApi, ConnectionApi, ConsentApi, TokenApi};
 use crate::app::{App, StartupError};
 use crate::auth::AuthLayer;
@@ -9,13 +10,11 @@ use crate::proto::connection_service_server::ConnectionServiceServer;
 use crate::proto::consent_service_server::ConsentServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::telemetry::TelemetryLayer;
+use crate::transport::{self, BindError, Servers, TlsAcceptor};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
 /// gRPC service names reported by the health service.
@@ -36,8 +35,7 @@ pub struct ServerHandle {
     pub app: Arc<App>,
     stop: CancellationToken,
     health: HealthReporter,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
-    http: JoinHandle<std::io::Result<()>>,
+    servers: Servers,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -49,10 +47,10 @@ impl std::fmt::Debug for ServerHandle {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr)
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartupError> {
+    transport::bind(addr)
         .await
-        .map_err(|source| StartupError::Bind { addr, source })
+        .map_err(|BindError { addr, source }| StartupError::Bind { addr, source })
 }
 
 /// Binds both listeners and serves until shut down.
@@ -88,16 +86,13 @@ pub async fn start(app: Arc<App>) -> Result<ServerHandle, StartupError> {
 
     let limit = config.server.max_request_bytes;
     let stop = CancellationToken::new();
-    let tls = match &config.tls {
-        Some(settings) => {
-            let acceptor = TlsAcceptor::load(settings).map_err(|e| StartupError::Config(e.to_string()))?;
-            acceptor.spawn_reloader(Duration::from_secs(settings.reload_interval_seconds), stop.clone());
-            Some(acceptor)
-        }
-        None => None,
-    };
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|settings| TlsAcceptor::load_and_watch(settings, stop.clone()))
+        .transpose()
+        .map_err(|e| StartupError::Config(e.to_string()))?;
     app.start_background(stop.child_token()).await?;
-    let grpc_stop = stop.clone();
     let router = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(config.server.request_timeout_seconds))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -110,53 +105,31 @@ pub async fn start(app: Arc<App>) -> Result<ServerHandle, StartupError> {
         .add_service(TokenServiceServer::new(TokenApi::new(app.clone())).max_decoding_message_size(limit))
         .add_service(ConnectionServiceServer::new(ConnectionApi::new(app.clone())).max_decoding_message_size(limit))
         .add_service(AdminServiceServer::new(AdminApi::new(app.clone())).max_decoding_message_size(limit));
-    let grpc = match tls.clone() {
-        Some(acceptor) => tokio::spawn(async move {
-            router
-                .serve_with_incoming_shutdown(tls::incoming(grpc_listener, acceptor), grpc_stop.cancelled_owned())
-                .await
-        }),
-        None => {
-            let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-            tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
-                    .await
-            })
-        }
-    };
-
-    let http_stop = stop.clone();
-    let http_router = super::http::router(app.clone());
-    let http = match &tls {
+    let servers = Servers {
+        grpc: transport::spawn_grpc(router, grpc_listener, tls.clone(), stop.clone()),
         // Browsers reach the callback: never ask them for a client certificate.
-        Some(acceptor) => tokio::spawn(tls::serve_http(
+        http: transport::spawn_http(
+            super::http::router(app.clone()),
             http_listener,
-            acceptor.without_client_auth(),
-            http_router,
-            http_stop,
-        )),
-        None => tokio::spawn(async move {
-            axum::serve(http_listener, http_router)
-                .with_graceful_shutdown(http_stop.cancelled_owned())
-                .await
-        }),
+            tls.as_ref().map(TlsAcceptor::without_client_auth),
+            stop.clone(),
+        ),
     };
 
-    let transport = match &tls {
-        Some(acceptor) if acceptor.mutual() => "TLS with optional client certificates",
-        Some(_) => "TLS",
-        None => "plain text (development, or behind a mesh that provides TLS)",
-    };
-    tracing::info!(%grpc_addr, %http_addr, backend = app.sql.backend_name(), transport, "tokenvault is listening");
+    tracing::info!(
+        %grpc_addr,
+        %http_addr,
+        backend = app.sql.backend_name(),
+        transport = transport::security(tls.as_ref()),
+        "tokenvault is listening"
+    );
     Ok(ServerHandle {
         grpc_addr,
         http_addr,
         app,
         stop,
         health,
-        grpc,
-        http,
+        servers,
     })
 }
 
@@ -174,23 +147,7 @@ impl ServerHandle {
             .set_not_serving::<tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>>()
             .await;
         self.stop.cancel();
-        let drained = tokio::time::timeout(grace, async {
-            let grpc = self.grpc.await;
-            let http = self.http.await;
-            (grpc, http)
-        })
-        .await;
-        match drained {
-            Ok((grpc, http)) => {
-                if let Ok(Err(error)) = grpc {
-                    tracing::warn!(%error, "gRPC server ended with an error");
-                }
-                if let Ok(Err(error)) = http {
-                    tracing::warn!(%error, "HTTP server ended with an error");
-                }
-            }
-            Err(_) => tracing::warn!(?grace, "in-flight requests did not finish within the grace period"),
-        }
+        self.servers.drain(grace).await;
         self.app.broker.flush_usage().await;
         self.app.audit.shutdown().await;
         self.app.sql.close().await;

@@ -5,14 +5,12 @@
 
 use super::rate_limit::FailureLimiter;
 use super::{digest_api_key, Caller, CallerRegistry};
-use crate::api::tls::TlsConnectInfo;
 use crate::config::Role;
 use crate::telemetry::Metrics;
+use crate::transport::{certificate_identity, peer_ip};
 use futures::future::{Either, Ready};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tonic::transport::server::TcpConnectInfo;
 use tonic::Status;
 
 /// The role a gRPC path needs: `Ok(None)` for open services, `Err` for unknown ones.
@@ -28,17 +26,6 @@ pub fn required_role(path: &str) -> Option<Option<Role>> {
         _ => return None,
     })
 }
-
-/// A verified client certificate's identity, inserted by the TLS acceptor.
-#[derive(Debug, Clone)]
-pub struct PeerCertificateIdentity {
-    /// Subject names of the leaf certificate (common name, DNS and URI SANs).
-    pub subjects: Vec<String>,
-}
-
-/// The peer's address, inserted by whichever acceptor accepted the connection.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub Option<std::net::SocketAddr>);
 
 /// Everything the layer needs, shared by all connections.
 #[derive(Debug)]
@@ -116,10 +103,7 @@ impl Authenticator {
                 self.registry.by_key_digest(&digest_api_key(key)).ok_or("unknown")
             }
             None => {
-                let identity = extensions
-                    .get::<PeerCertificateIdentity>()
-                    .or_else(|| extensions.get::<TlsConnectInfo>()?.identity.as_ref())
-                    .ok_or("missing")?;
+                let identity = certificate_identity(extensions).ok_or("missing")?;
                 identity
                     .subjects
                     .iter()
@@ -128,23 +112,6 @@ impl Authenticator {
             }
         }
     }
-}
-
-fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
-    if let Some(PeerAddr(Some(addr))) = extensions.get::<PeerAddr>() {
-        return Some(addr.ip());
-    }
-    if let Some(TlsConnectInfo {
-        remote_addr: Some(addr),
-        ..
-    }) = extensions.get::<TlsConnectInfo>()
-    {
-        return Some(addr.ip());
-    }
-    extensions
-        .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr)
-        .map(|a| a.ip())
 }
 
 /// Tower layer applying the [`Authenticator`].
@@ -212,6 +179,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::{PeerCertificateIdentity, TlsConnectInfo};
 
     #[test]
     fn roles_follow_the_contract() {

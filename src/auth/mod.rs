@@ -8,5 +8,5 @@ mod rate_limit;
 
 pub use api_key::{digest_api_key, generate_api_key, hash_api_key};
 pub use caller::{Caller, CallerRegistry};
-pub use layer::{required_role, AuthLayer, Authenticator, PeerAddr, PeerCertificateIdentity};
+pub use layer::{required_role, AuthLayer, Authenticator};
 pub use rate_limit::FailureLimiter;
