@@ -268,6 +268,7 @@ impl Seeder {
                         scopes,
                         expires_at,
                         token_version: connection.token_version + 1,
+                        issued_at: now,
                     },
                 },
                 now,

@@ -179,17 +179,6 @@ impl App {
                 .map_err(|e| StartupError::Config(format!("server.public_url: {e}")))?;
             let _ = callback_url.set(url);
         }
-        let consent = ConsentFlow::new(
-            store.clone(),
-            vault.clone(),
-            providers.clone(),
-            audit.clone(),
-            clock.clone(),
-            metrics.clone(),
-            policy,
-            config.consent.ttl_seconds,
-            callback_url.clone(),
-        );
         let broker = Arc::new(Broker::new(
             &config.broker,
             store.clone(),
@@ -200,6 +189,18 @@ impl App {
             metrics.clone(),
             (config.database.max_connections as usize / 2).max(1),
         ));
+        let consent = ConsentFlow::new(
+            store.clone(),
+            vault.clone(),
+            providers.clone(),
+            audit.clone(),
+            clock.clone(),
+            metrics.clone(),
+            policy,
+            config.consent.ttl_seconds,
+            callback_url.clone(),
+            broker.shared_cache(),
+        );
         let outbox = Arc::new(OutboxWorker::new(
             store.clone(),
             vault.clone(),

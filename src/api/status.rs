@@ -56,9 +56,9 @@ impl From<crate::consent::ConsentError> for Status {
                 | CatalogError::UnknownProvider { .. } => Status::invalid_argument(error.to_string()),
                 _ => internal(&error),
             },
-            E::ProviderUnusable(ProviderError::Unavailable(_) | ProviderError::Throttled { .. }) => {
-                Status::unavailable(error.to_string())
-            }
+            E::ProviderUnusable(
+                ProviderError::Unavailable(_) | ProviderError::Unreachable(_) | ProviderError::Throttled { .. },
+            ) => Status::unavailable(error.to_string()),
             E::ProviderUnusable(_) => Status::failed_precondition(error.to_string()),
             E::WrongTenant { .. } => Status::permission_denied(error.to_string()),
             E::UserDeleted(_) | E::Expired | E::AlreadyUsed => Status::failed_precondition(error.to_string()),
@@ -79,6 +79,7 @@ impl From<crate::broker::BrokerError> for Status {
                 Status::failed_precondition(error.to_string())
             }
             E::ProviderUnavailable(_) => Status::unavailable(error.to_string()),
+            E::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
             E::Store(inner) => inner.into(),
             E::Vault(inner) => inner.into(),
         }

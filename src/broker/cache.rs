@@ -25,6 +25,8 @@ pub struct CachedToken {
     pub granted: ScopeSet,
     /// When the provider said it expires.
     pub expires_at: DateTime<Utc>,
+    /// When tokenvault received it (its lifetime is `expires_at - issued_at`).
+    pub issued_at: DateTime<Utc>,
 }
 
 impl std::fmt::Debug for CachedToken {

@@ -6,7 +6,7 @@ use crate::vault::VaultError;
 use uuid::Uuid;
 
 /// Why no token was handed out. Messages never contain a token.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// No such connection for this caller.
     #[error("no connection {0}")]
@@ -29,6 +29,10 @@ pub enum BrokerError {
     /// The provider is down or slow and nothing valid is cached.
     #[error("provider unavailable and no valid token cached: {0}")]
     ProviderUnavailable(String),
+    /// The caller's deadline passed while the refresh was still running; the
+    /// refresh goes on without it and its result serves the next call.
+    #[error("no token before the caller's deadline; the refresh continues and the next call gets its result")]
+    DeadlineExceeded,
     /// The provider refused tokenvault itself (configuration).
     #[error("{0}")]
     ProviderMisconfigured(String),
@@ -50,6 +54,7 @@ impl BrokerError {
             BrokerError::NeedsReauth(_) => "needs_reauth",
             BrokerError::UserDeleted => "user_deleted",
             BrokerError::ProviderUnavailable(_) | BrokerError::ProviderMisconfigured(_) => "provider_error",
+            BrokerError::DeadlineExceeded => "deadline_exceeded",
             BrokerError::Store(_) | BrokerError::Vault(_) => "internal",
         }
     }

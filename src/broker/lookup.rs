@@ -58,21 +58,37 @@ impl Broker {
         if let Some(missing) = request.scopes.iter().find(|s| !token.granted.contains(*s)) {
             return Some(Err(BrokerError::ScopeNotGranted(missing.clone())));
         }
-        if !self.fresh_enough(token.expires_at, request.min_ttl, now) {
+        if !self.fresh_enough(token.expires_at, token.issued_at, request.min_ttl, now) {
             return None;
         }
         self.record(who, request.connection_id, &key.1, &token, "cache_hit", now);
         Some(Ok(self.issue(&token, now)))
     }
 
-    /// Whether a token expiring at `expires_at` stays valid `min_ttl` (plus the skew) from `now`.
+    /// Whether a token issued at `issued_at` and expiring at `expires_at`
+    /// stays valid `min_ttl` (plus the refresh skew) from `now`.
+    ///
+    /// A `min_ttl` that no token of this provider can meet (the token's whole
+    /// lifetime is shorter than `min_ttl` plus the skew) is not asked of it: a
+    /// refresh would bring back no better token, so the token is served, with
+    /// its true expiry, until it is due like any other — one upstream refresh
+    /// per expiry, whatever callers ask. The skew is at most a quarter of the
+    /// lifetime, so that very short-lived tokens are not refreshed on every call.
     pub(super) fn fresh_enough(
         &self,
         expires_at: DateTime<Utc>,
+        issued_at: DateTime<Utc>,
         min_ttl: chrono::Duration,
         now: DateTime<Utc>,
     ) -> bool {
-        expires_at - now >= min_ttl + self.skew
+        let lifetime = (expires_at - issued_at).max(chrono::Duration::zero());
+        let skew = self.skew.min(lifetime / 4);
+        let min_ttl = if min_ttl + skew > lifetime {
+            chrono::Duration::zero()
+        } else {
+            min_ttl
+        };
+        expires_at - now >= min_ttl + skew
     }
 
     /// Caches `token` under `keys` (unless an invalidation came after `epoch`) and issues it.
@@ -85,8 +101,20 @@ impl Broker {
         token: CachedToken,
         outcome: &'static str,
     ) -> IssuedToken {
+        self.cache_shared_and_issue(who, request, keys, epoch, Arc::new(token), outcome)
+    }
+
+    /// [`Broker::cache_and_issue`] for a token already shared (a flight's).
+    pub(super) fn cache_shared_and_issue(
+        &self,
+        who: &Requester<'_>,
+        request: &TokenRequest,
+        keys: &TokenKeys,
+        epoch: u64,
+        token: Arc<CachedToken>,
+        outcome: &'static str,
+    ) -> IssuedToken {
         let now = self.clock.now();
-        let token = Arc::new(token);
         self.cache.insert_if_current(epoch, &keys.all(), token.clone());
         self.record(who, request.connection_id, keys.effective(), &token, outcome, now);
         self.issue(&token, now)

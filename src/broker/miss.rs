@@ -10,7 +10,7 @@ use crate::store::{Connection, ConnectionStatus};
 impl Broker {
     /// Serves `request` from the store, refreshing if what is stored is not fresh enough.
     pub(super) async fn miss(
-        &self,
+        self: &std::sync::Arc<Self>,
         who: &Requester<'_>,
         request: &TokenRequest,
         key: &CacheKey,
@@ -34,7 +34,7 @@ impl Broker {
         };
         let keys = TokenKeys::new(key, effective);
         let now = self.clock.now();
-        if let Some(record) = stored.filter(|r| self.fresh_enough(r.expires_at, request.min_ttl, now)) {
+        if let Some(record) = stored.filter(|r| self.fresh_enough(r.expires_at, r.issued_at, request.min_ttl, now)) {
             let token = self.unseal_access(&connection, &record).await?;
             return Ok(self.cache_and_issue(who, request, &keys, epoch, token, "store_hit"));
         }
@@ -52,19 +52,7 @@ impl Broker {
         if !who.tenants.allows(&connection.tenant_id) {
             return Err(BrokerError::WrongTenant);
         }
-        match connection.status() {
-            ConnectionStatus::Active => {}
-            ConnectionStatus::Revoked => return Err(BrokerError::Revoked),
-            ConnectionStatus::PendingDeletion => return Err(BrokerError::UserDeleted),
-            ConnectionStatus::NeedsReauth => {
-                return Err(BrokerError::NeedsReauth(
-                    connection
-                        .status_reason
-                        .clone()
-                        .unwrap_or_else(|| "the provider rejected the refresh token".to_owned()),
-                ))
-            }
-        }
+        check_active(connection)?;
         if let Some(missing) = request.scopes.iter().find(|s| !connection.granted_scopes.contains(*s)) {
             return Err(BrokerError::ScopeNotGranted(missing.clone()));
         }
@@ -83,5 +71,21 @@ impl Broker {
         } else {
             scope_key(&request.scopes)
         }
+    }
+}
+
+/// Whether `connection` can be served at all: active, not revoked, not
+/// waiting for re-consent, its user not deleted.
+pub(super) fn check_active(connection: &Connection) -> Result<(), BrokerError> {
+    match connection.status() {
+        ConnectionStatus::Active => Ok(()),
+        ConnectionStatus::Revoked => Err(BrokerError::Revoked),
+        ConnectionStatus::PendingDeletion => Err(BrokerError::UserDeleted),
+        ConnectionStatus::NeedsReauth => Err(BrokerError::NeedsReauth(
+            connection
+                .status_reason
+                .clone()
+                .unwrap_or_else(|| "the provider rejected the refresh token".to_owned()),
+        )),
     }
 }

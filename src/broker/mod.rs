@@ -1,8 +1,9 @@
 //! The access-token broker behind `GetAccessToken`: a bounded in-memory
 //! cache (no database round trip on a hit), the sealed token in the store
-//! for other replicas, single-flight refresh (one per connection in this
-//! process, and across replicas through the row lock), refresh-token
-//! rotation stored before any caller sees the new access token, scope
+//! for other replicas, single-flight refresh (one task per connection in this
+//! process, whatever its callers do, and one refresher across replicas
+//! through the store's refresh lease, fenced by the token version), refresh-
+//! token rotation stored before any caller sees the new access token, scope
 //! narrowing, and the outage policy.
 //!
 //! A call goes [`Broker::get_access_token`] → the cache (`lookup`) → its
@@ -14,14 +15,14 @@
 //! - `cache`: the bounded in-memory cache and its invalidation epoch;
 //! - `lookup`: the cached path (a hit served with no database and no await)
 //!   and how every token is issued, tallied and cached;
-//! - `flight`: single flight in this process, one caller per connection past
-//!   the cache at a time;
+//! - `flight`: single flight in this process: a refresh is a task of its own
+//!   that callers join and may leave, never lost when they do;
 //! - `miss`: a cache miss, the connection and its stored token read, checked
 //!   and served when fresh enough;
 //! - `reader`: the coalescing reader those store reads go through;
-//! - `refresh`: the upstream refresh, from the store's refresh lock through
-//!   the provider call and its retries to the commit, `NEEDS_REAUTH` and the
-//!   outage fallback;
+//! - `refresh`: the upstream refresh, from the store's refresh lease through
+//!   the provider call and its retries to the fenced commit, `NEEDS_REAUTH`
+//!   (and an interrupted earlier attempt) and the outage fallback;
 //! - `rotation`: rotated refresh tokens waiting for the database to come back;
 //! - `secrets`: opening and sealing the connection's tokens with its data key;
 //! - `usage`: issuance tallies, written off the hot path;
@@ -105,11 +106,13 @@ pub struct Broker {
     audit: AuditLog,
     clock: SharedClock,
     metrics: Metrics,
-    cache: TokenCache,
+    cache: Arc<TokenCache>,
     usage: UsageLog,
     flights: Flights,
     pending_rotations: PendingRotations,
-    refresh_slots: Semaphore,
+    refresh_slots: Arc<Semaphore>,
+    replica: Arc<str>,
+    refresh_budget: Duration,
     skew: chrono::Duration,
     max_lease: chrono::Duration,
     attempts: u32,
@@ -155,14 +158,16 @@ impl Broker {
             audit,
             clock,
             metrics,
-            cache: TokenCache::new(
+            cache: Arc::new(TokenCache::new(
                 config.cache_capacity,
                 Duration::from_secs(config.cache_max_age_seconds.max(1)),
-            ),
+            )),
             usage: UsageLog::default(),
             flights: Flights::default(),
             pending_rotations: PendingRotations::default(),
-            refresh_slots: Semaphore::new(refresh_slots.max(1)),
+            refresh_slots: Arc::new(Semaphore::new(refresh_slots.max(1))),
+            replica: replica_name(),
+            refresh_budget: Duration::from_secs(config.refresh_deadline_seconds.max(1)),
             skew: seconds(config.refresh_skew_seconds),
             max_lease: seconds(config.max_lease_seconds),
             attempts: config.refresh_attempts.max(1),
@@ -180,6 +185,12 @@ impl Broker {
         &self.cache
     }
 
+    /// The cache, shared with the other paths that change a connection's
+    /// tokens (consent), which invalidate it directly.
+    pub fn shared_cache(&self) -> Arc<TokenCache> {
+        self.cache.clone()
+    }
+
     /// Writes the tallied issuances (audit, `last_used_at`).
     pub async fn flush_usage(&self) {
         self.usage.flush(&self.audit, &*self.store).await;
@@ -187,7 +198,7 @@ impl Broker {
 
     /// `GetAccessToken`.
     pub async fn get_access_token(
-        &self,
+        self: &Arc<Self>,
         who: &Requester<'_>,
         request: &TokenRequest,
     ) -> Result<IssuedToken, BrokerError> {
@@ -195,19 +206,22 @@ impl Broker {
         if let Some(result) = self.cached(who, request, &key, self.clock.now()) {
             return result;
         }
-        // Single flight: one caller per connection goes further; the others wait and then hit the cache.
-        let result = self
-            .flights
-            .run(request.connection_id, async {
-                match self.cached(who, request, &key, self.clock.now()) {
-                    Some(result) => result,
-                    None => self.miss(who, request, &key).await,
-                }
-            })
-            .await;
+        let result = self.miss(who, request, &key).await;
         if let Err(error) = &result {
             self.metrics.issuance(error.kind());
         }
         result
     }
+}
+
+/// This process's name in the refresh journal: the host (the pod, in
+/// Kubernetes), the process id and a random suffix, unique per start.
+fn replica_name() -> Arc<str> {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "tokenvault".to_owned());
+    let suffix = Uuid::new_v4().simple().to_string();
+    Arc::from(format!(
+        "{host}/{}/{}",
+        std::process::id(),
+        suffix.get(..8).unwrap_or("0")
+    ))
 }

@@ -1,92 +1,119 @@
 //! The upstream refresh of a connection whose stored token is not fresh
-//! enough: a refresh slot, the connection locked in the store (single flight
-//! across replicas), the provider called with retries until the caller's
-//! deadline, and its answer committed: the rotated refresh token and the new
-//! access token stored before any caller sees them, `NEEDS_REAUTH` on
-//! `invalid_grant`, a still-valid stored token served while the provider is
-//! down, and the credentials of a refresh that lost to a revocation revoked.
+//! enough. A refresh belongs to its flight, not to a caller: it runs as a
+//! task of its own (see `flight`) that finishes, provider answer and commit,
+//! even when every caller has gone, bounded by `broker.refresh_deadline_seconds`.
+//!
+//! One round: read the connection; serve a stored token that became fresh
+//! meanwhile; take the store's refresh lease (one refresher across replicas,
+//! journaled: owner and start); present the stored refresh token; store the
+//! answer fenced by the token version, so a revocation, deletion or
+//! re-consent that landed meanwhile wins and the late credentials are revoked
+//! at the provider. No row lock is held across the provider call.
+//! `invalid_grant` makes the connection `NEEDS_REAUTH` (with "refresh
+//! interrupted" when the journal shows that an earlier attempt died after the
+//! provider may have rotated the token); a provider outage serves a stored
+//! token that is still valid.
 
+use super::flight::Landed;
 use super::lookup::TokenKeys;
+use super::miss::check_active;
 use super::secrets::{seal_access, seal_refresh};
 use super::{scope_key, Broker, BrokerError, CachedToken, IssuedToken, Requester, TokenRequest};
 use crate::audit::EventBuilder;
+use crate::consent::catalog::RefreshRotation;
 use crate::provider::{ProviderClient, ProviderError, TokenSet};
 use crate::store::{
-    AccessTokenRecord, Connection, ConnectionStatus, RefreshCommit, RefreshTxn, RefreshWrite, ScopeSet, StoreError,
+    AccessTokenRecord, Connection, InterruptedRefresh, RefreshClaim, RefreshCommit, RefreshWrite, ScopeSet, StoreError,
     TenantScope,
 };
 use crate::vault::DataKey;
 use secrecy::SecretString;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 /// How many times a refresh starts over when the connection changed under it.
 const ROUNDS: usize = 3;
+/// How often a refresh waiting for another replica's lease looks at the store.
+const LEASE_POLL: Duration = Duration::from_millis(200);
+/// How long a refresh lease lasts unless renewed: a replica that dies
+/// mid-refresh holds up the others at most this long.
+const LEASE: chrono::Duration = chrono::Duration::seconds(6);
+/// How often the flight renews its lease while the provider call runs.
+const LEASE_RENEW_EVERY: Duration = Duration::from_secs(2);
 
-/// How one locked refresh ended.
-enum Refreshed {
-    /// Freshly refreshed and stored.
-    Token(CachedToken),
-    /// The provider failed; a stored token that is still valid, though shorter-lived than asked.
-    Fallback(CachedToken),
-    /// The connection changed under us: start over.
-    Retry,
+/// What a refresh flight works on: the connection and scope key, and who started it.
+#[derive(Debug, Clone)]
+struct Job {
+    connection_id: Uuid,
+    /// The scope key the token is stored under (empty: the full grant).
+    effective: String,
+    /// The scopes to narrow to, when `effective` is not the full grant.
+    narrow: Option<ScopeSet>,
+    /// The starting caller's `min_ttl` (a stored token that meets it is served).
+    min_ttl: chrono::Duration,
+    /// The starting caller, for the audit trail.
+    actor: Arc<str>,
+    request_id: Option<String>,
 }
 
-/// What one locked refresh works on.
-#[derive(Clone, Copy)]
-struct Attempt<'a> {
-    /// Who asks.
-    who: &'a Requester<'a>,
-    /// What was asked.
-    request: &'a TokenRequest,
-    /// The connection as read under the lock.
-    connection: &'a Connection,
-    /// The scope key the token is stored under.
-    effective: &'a str,
+/// How one round of a flight ended.
+enum Round {
+    /// A token to hand out.
+    Landed(Landed),
+    /// The connection changed under us: start over.
+    Again,
 }
 
 impl Broker {
-    /// Refreshes the token for `request` and issues it (cached under `keys`
-    /// unless an invalidation came after `epoch`).
+    /// Refreshes the token for `request` in its flight and issues it (cached
+    /// under `keys` unless an invalidation came after `epoch`). The caller
+    /// waits until its deadline; the flight goes on without it.
     pub(super) async fn refresh(
-        &self,
+        self: &Arc<Self>,
         who: &Requester<'_>,
         request: &TokenRequest,
         keys: TokenKeys,
         epoch: u64,
     ) -> Result<IssuedToken, BrokerError> {
+        let job = Job {
+            connection_id: request.connection_id,
+            effective: keys.effective().to_owned(),
+            narrow: (!keys.effective().is_empty()).then(|| request.scopes.clone()),
+            min_ttl: request.min_ttl,
+            actor: who.actor.clone(),
+            request_id: who.request_id.map(str::to_owned),
+        };
+        let flight_key = (job.connection_id, job.effective.clone());
+        let broker = self.clone();
+        let landing = self.flights.join(flight_key.clone(), move |id| async move {
+            let landed = broker.fly(&job).await;
+            broker.flights.land(&flight_key, id);
+            landed
+        });
+        let deadline = tokio::time::Instant::from_std(request.deadline);
+        let landed = tokio::time::timeout_at(deadline, landing)
+            .await
+            .map_err(|_| BrokerError::DeadlineExceeded)??;
+        Ok(match landed.outcome {
+            "stale_fallback" => self.issue_uncached(who, request, &keys, &landed.token, landed.outcome),
+            outcome => self.cache_shared_and_issue(who, request, &keys, epoch, landed.token, outcome),
+        })
+    }
+
+    /// The flight: up to [`ROUNDS`] rounds, each starting from a fresh read.
+    async fn fly(self: &Arc<Self>, job: &Job) -> Result<Landed, BrokerError> {
         let _slot = self
             .refresh_slots
             .acquire()
             .await
             .map_err(|_| BrokerError::ProviderUnavailable("shutting down".to_owned()))?;
         self.pending_rotations
-            .settle(&*self.store, request.connection_id, self.clock.now())
+            .settle(&*self.store, job.connection_id, self.clock.now())
             .await?;
         for _ in 0..ROUNDS {
-            let mut txn = self.lock_connection(request).await?;
-            let connection = txn.connection().clone();
-            self.check_usable(who, &connection, request)?;
-            if let Some(record) = self.stored_meanwhile(&mut txn, request, keys.effective()).await? {
-                // Someone (another replica) refreshed while we waited for the lock.
-                drop(txn);
-                let token = self.unseal_access(&connection, &record).await?;
-                return Ok(self.cache_and_issue(who, request, &keys, epoch, token, "store_hit"));
-            }
-            let attempt = Attempt {
-                who,
-                request,
-                connection: &connection,
-                effective: keys.effective(),
-            };
-            match self.refresh_locked(&attempt, txn).await? {
-                Refreshed::Token(token) => {
-                    return Ok(self.cache_and_issue(who, request, &keys, epoch, token, "refreshed"))
-                }
-                Refreshed::Fallback(token) => {
-                    return Ok(self.issue_uncached(who, request, &keys, &token, "stale_fallback"))
-                }
-                Refreshed::Retry => continue,
+            if let Round::Landed(landed) = self.round(job).await? {
+                return Ok(landed);
             }
         }
         Err(BrokerError::ProviderUnavailable(
@@ -94,55 +121,138 @@ impl Broker {
         ))
     }
 
-    /// Locks the connection for a refresh, waiting no longer than the caller's deadline.
-    async fn lock_connection(&self, request: &TokenRequest) -> Result<Box<dyn RefreshTxn>, BrokerError> {
-        // Locks the row on PostgreSQL: another replica refreshing this connection makes us wait here.
-        let remaining = request.deadline.saturating_duration_since(Instant::now());
-        tokio::time::timeout(remaining, self.store.begin_refresh(request.connection_id))
-            .await
-            .map_err(|_| BrokerError::ProviderUnavailable("timed out waiting for another refresh".to_owned()))??
-            .ok_or(BrokerError::NotFound(request.connection_id))
-    }
-
-    /// The stored token under `effective`, read under the lock, if it is now fresh enough.
-    async fn stored_meanwhile(
-        &self,
-        txn: &mut Box<dyn RefreshTxn>,
-        request: &TokenRequest,
-        effective: &str,
-    ) -> Result<Option<AccessTokenRecord>, BrokerError> {
+    /// One round: read, serve what became fresh, or claim the lease and refresh.
+    async fn round(&self, job: &Job) -> Result<Round, BrokerError> {
+        let epoch = self.cache.epoch();
+        let (connection, stored) = self
+            .store
+            .connection_with_token(&TenantScope::All, job.connection_id, &job.effective)
+            .await?
+            .ok_or(BrokerError::NotFound(job.connection_id))?;
+        check_active(&connection)?;
         let now = self.clock.now();
-        let record = txn.access_token(effective).await?;
-        Ok(record.filter(|record| self.fresh_enough(record.expires_at, request.min_ttl, now)))
+        if let Some(record) = stored.filter(|r| self.fresh_enough(r.expires_at, r.issued_at, job.min_ttl, now)) {
+            // Another replica refreshed meanwhile.
+            let token = self.unseal_access(&connection, &record).await?;
+            return Ok(Round::Landed(self.cache_landed(epoch, job, token, "store_hit")));
+        }
+        let lease_until = now + LEASE;
+        let claim = self
+            .store
+            .claim_refresh(connection.id, connection.token_version, &self.replica, now, lease_until)
+            .await?;
+        match claim {
+            RefreshClaim::Moved => Ok(Round::Again),
+            RefreshClaim::Busy { until } => {
+                self.wait_out_lease(job, &connection, until).await?;
+                Ok(Round::Again)
+            }
+            RefreshClaim::Claimed { interrupted } => {
+                let mut settled = true;
+                let outcome = self
+                    .refresh_claimed(job, &connection, interrupted.as_ref(), epoch, &mut settled)
+                    .await;
+                if !matches!(outcome, Ok(Round::Landed(ref landed)) if landed.outcome == "refreshed") {
+                    // Nothing was committed: give the lease back for the next attempt, keeping
+                    // the journal entry when the provider may have acted on this one.
+                    let now = self.clock.now();
+                    if let Err(error) = self
+                        .store
+                        .release_refresh(connection.id, &self.replica, settled, now)
+                        .await
+                    {
+                        tracing::warn!(connection_id = %connection.id, %error, "could not release the refresh lease; it expires by itself");
+                    }
+                }
+                outcome
+            }
+        }
     }
 
-    /// One refresh under the connection's lock: the stored refresh token
-    /// presented to the provider, and its answer committed.
-    async fn refresh_locked(&self, attempt: &Attempt<'_>, txn: Box<dyn RefreshTxn>) -> Result<Refreshed, BrokerError> {
-        let Attempt {
-            request,
-            connection,
-            effective,
-            ..
-        } = *attempt;
+    /// Another replica holds the refresh lease: wait until its token version
+    /// moves (it committed) or its lease runs out.
+    async fn wait_out_lease(
+        &self,
+        job: &Job,
+        connection: &Connection,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), BrokerError> {
+        tracing::debug!(connection_id = %connection.id, %until, "another replica is refreshing; waiting for it");
+        // Bounded in real time too, whatever the clock says.
+        let give_up = Instant::now() + LEASE.to_std().unwrap_or(LEASE_RENEW_EVERY) + LEASE_POLL;
+        while self.clock.now() < until && Instant::now() < give_up {
+            tokio::time::sleep(LEASE_POLL).await;
+            let current = self.store.connection(&TenantScope::All, job.connection_id).await?;
+            if current.is_none_or(|c| {
+                c.token_version != connection.token_version || c.stored_status != connection.stored_status
+            }) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// The lease is ours: present the refresh token and store the answer.
+    async fn refresh_claimed(
+        &self,
+        job: &Job,
+        connection: &Connection,
+        interrupted: Option<&InterruptedRefresh>,
+        epoch: u64,
+        settled: &mut bool,
+    ) -> Result<Round, BrokerError> {
+        if let Some(earlier) = interrupted {
+            tracing::warn!(connection_id = %connection.id, owner = %earlier.owner, started_at = %earlier.started_at,
+                "an earlier refresh of this connection was interrupted; presenting the stored refresh token");
+        }
         let client = self.provider_client(&connection.provider)?;
         let key = self.data_key(connection).await?;
         let refresh_token = self.open_refresh_token(&key, connection).await?;
-        let narrow = (!effective.is_empty()).then_some(&request.scopes);
-        let outcome = self
-            .call_provider(&client, &connection.provider, &refresh_token, narrow, request.deadline)
-            .await;
+        let rotation = client.spec().refresh_rotation;
+        let call = self.call_provider(&client, &refresh_token, job.narrow.as_ref(), rotation);
+        let outcome = self.renewing_lease(connection.id, call).await;
         let tokens = match outcome {
             Ok(tokens) => tokens,
-            Err(error) => return self.refresh_failed(attempt, txn, error).await,
+            Err(error) => {
+                // A timeout, a 5xx or an unreadable answer: the provider may have rotated the token.
+                *settled = !(error.is_transient() && !error.surely_unprocessed())
+                    && !matches!(error, ProviderError::Malformed(_));
+                return self.refresh_failed(job, connection, interrupted, error).await;
+            }
         };
-        let scopes = refreshed_scopes(&tokens, connection, request, effective);
-        let write = sealed_write(&key, connection, effective, &tokens, &scopes)?;
-        self.commit(txn, connection, write, tokens, scopes).await
+        if let Some(earlier) = interrupted {
+            self.audit_interrupted(job, connection, earlier, "recovered", None)
+                .await;
+        }
+        let scopes = refreshed_scopes(&tokens, connection);
+        let write = sealed_write(&key, connection, &job.effective, &tokens, &scopes)?;
+        self.commit(job, connection, write, tokens, scopes, epoch).await
+    }
+
+    /// Runs `work` while renewing this flight's lease on `id` every
+    /// [`LEASE_RENEW_EVERY`], so that the lease outlives a slow provider but
+    /// not a dead replica.
+    async fn renewing_lease<T>(&self, id: Uuid, work: impl std::future::Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        let mut renew = tokio::time::interval(LEASE_RENEW_EVERY);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = renew.tick() => {
+                    let until = self.clock.now() + LEASE;
+                    match self.store.renew_refresh(id, &self.replica, until).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(connection_id = %id, "the refresh lease was taken over while the provider was answering"),
+                        Err(error) => tracing::warn!(connection_id = %id, %error, "could not renew the refresh lease"),
+                    }
+                }
+            }
+        }
     }
 
     /// The provider's client; a provider tokenvault cannot use is a configuration error.
-    fn provider_client(&self, provider: &str) -> Result<std::sync::Arc<ProviderClient>, BrokerError> {
+    fn provider_client(&self, provider: &str) -> Result<Arc<ProviderClient>, BrokerError> {
         self.providers.client(provider).map_err(|e| match e {
             ProviderError::Unavailable(reason) => BrokerError::ProviderUnavailable(reason),
             other => BrokerError::ProviderMisconfigured(other.to_string()),
@@ -150,92 +260,65 @@ impl Broker {
     }
 
     /// Presents `refresh_token` to the provider (narrowed to `narrow` if
-    /// given), with retries, and times it.
+    /// given), retrying transient failures within the refresh budget, and times it.
     async fn call_provider(
         &self,
         client: &ProviderClient,
-        provider: &str,
         refresh_token: &SecretString,
         narrow: Option<&ScopeSet>,
-        deadline: Instant,
+        rotation: RefreshRotation,
     ) -> Result<TokenSet, ProviderError> {
         let started = Instant::now();
-        let outcome = self
-            .call_with_retries(
-                provider,
-                || client.refresh(refresh_token, narrow, self.clock.now()),
-                deadline,
-            )
-            .await;
-        self.metrics.refresh_latency(started.elapsed().as_secs_f64());
-        outcome
-    }
-
-    /// Calls `call` until it succeeds, fails for good, runs out of attempts
-    /// or reaches `deadline`, backing off between transient failures.
-    async fn call_with_retries<F, Fut>(
-        &self,
-        provider: &str,
-        call: F,
-        deadline: Instant,
-    ) -> Result<TokenSet, ProviderError>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<TokenSet, ProviderError>>,
-    {
+        let deadline = started + self.refresh_budget;
+        let provider = client.spec().name.as_str();
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1;
-        loop {
+        let outcome = loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(ProviderError::Unavailable("the caller's deadline passed".to_owned()));
-            }
-            let result = match tokio::time::timeout(remaining, call()).await {
-                Ok(result) => result,
-                Err(_) => Err(ProviderError::Unavailable(
-                    "no answer before the caller's deadline".to_owned(),
-                )),
+            let result =
+                match tokio::time::timeout(remaining, client.refresh(refresh_token, narrow, self.clock.now())).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ProviderError::Unavailable(format!(
+                        "{provider} did not answer within the refresh budget"
+                    ))),
+                };
+            let error = match result {
+                Ok(tokens) => break Ok(tokens),
+                Err(error) => error,
             };
-            match result {
-                Err(error) if error.is_transient() && attempt < self.attempts => {
-                    self.metrics.upstream_error(provider, error.kind());
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    if remaining <= delay {
-                        return Err(error);
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                Err(error) => {
-                    self.metrics.upstream_error(provider, error.kind());
-                    return Err(error);
-                }
-                ok => return ok,
+            self.metrics.upstream_error(provider, error.kind());
+            // A single-use refresh token is presented again only when the provider surely never saw it.
+            let repeatable = rotation != RefreshRotation::Strict || error.surely_unprocessed();
+            let wait = error.retry_after().unwrap_or(delay).max(delay);
+            if !error.is_transient() || !repeatable || attempt >= self.attempts || wait >= remaining {
+                break Err(error);
             }
-        }
+            tokio::time::sleep(wait).await;
+            delay *= 2;
+            attempt += 1;
+        };
+        self.metrics.refresh_latency(started.elapsed().as_secs_f64());
+        outcome
     }
 
     /// What a failed provider call means: re-consent (`invalid_grant`), a
     /// scope the provider would not narrow to, an outage, or a configuration error.
     async fn refresh_failed(
         &self,
-        attempt: &Attempt<'_>,
-        txn: Box<dyn RefreshTxn>,
+        job: &Job,
+        connection: &Connection,
+        interrupted: Option<&InterruptedRefresh>,
         error: ProviderError,
-    ) -> Result<Refreshed, BrokerError> {
-        let narrowed = !attempt.effective.is_empty();
+    ) -> Result<Round, BrokerError> {
         match error {
             ProviderError::InvalidGrant(description) => {
-                self.needs_reauth(attempt.who, txn, attempt.connection, &description)
-                    .await
+                self.needs_reauth(job, connection, interrupted, &description).await
             }
-            ProviderError::InvalidScope(_) if narrowed => {
-                Err(BrokerError::ScopeNotGranted(scope_key(&attempt.request.scopes)))
-            }
+            ProviderError::InvalidScope(_) if job.narrow.is_some() => Err(BrokerError::ScopeNotGranted(
+                job.narrow.as_ref().map(scope_key).unwrap_or_default(),
+            )),
             error if error.is_transient() || matches!(error, ProviderError::Malformed(_)) => {
-                drop(txn);
-                self.outage_fallback(attempt.connection, attempt.effective, error).await
+                self.outage_fallback(connection, &job.effective, error).await
             }
             error => Err(BrokerError::ProviderMisconfigured(error.to_string())),
         }
@@ -245,27 +328,70 @@ impl Broker {
     /// `NEEDS_REAUTH` (audited), unless it changed meanwhile.
     async fn needs_reauth(
         &self,
-        who: &Requester<'_>,
-        txn: Box<dyn RefreshTxn>,
+        job: &Job,
         connection: &Connection,
+        interrupted: Option<&InterruptedRefresh>,
         description: &str,
-    ) -> Result<Refreshed, BrokerError> {
-        let reason = invalid_grant_reason(description);
-        match txn.commit_needs_reauth(&reason, self.clock.now()).await? {
+    ) -> Result<Round, BrokerError> {
+        let reason = match interrupted {
+            Some(_) => format!(
+                "refresh interrupted: an earlier refresh died after the provider may have rotated the refresh token, \
+                 and the stored one was refused ({})",
+                invalid_grant_text(description)
+            ),
+            None => format!(
+                "the provider rejected the refresh token ({})",
+                invalid_grant_text(description)
+            ),
+        };
+        let now = self.clock.now();
+        match self
+            .store
+            .fail_refresh(connection.id, connection.token_version, &reason, now)
+            .await?
+        {
             RefreshCommit::Stored => {
                 self.cache.invalidate_connection(connection.id);
-                let event = EventBuilder::new("connection.needs_reauth", "failure", who.actor, self.clock.now())
+                if let Some(earlier) = interrupted {
+                    self.audit_interrupted(job, connection, earlier, "failure", Some(&reason))
+                        .await;
+                }
+                let event = EventBuilder::new("connection.needs_reauth", "failure", &job.actor, now)
                     .user(&connection.tenant_id, &connection.user_id)
                     .connection(connection.id)
-                    .request_id(who.request_id)
+                    .request_id(job.request_id.as_deref())
                     .detail("provider", connection.provider.clone())
                     .detail("reason", reason.clone())
                     .build();
                 self.audit.write(&[event]).await?;
                 Err(BrokerError::NeedsReauth(reason))
             }
-            // The refresh token changed meanwhile (another worker rotated it): try again with the new one.
-            RefreshCommit::Superseded => Ok(Refreshed::Retry),
+            // The refresh token changed meanwhile (a re-consent): try again with the new one.
+            RefreshCommit::Superseded => Ok(Round::Again),
+        }
+    }
+
+    /// Audits what became of an interrupted refresh (`recovered` or `failure`).
+    async fn audit_interrupted(
+        &self,
+        job: &Job,
+        connection: &Connection,
+        earlier: &InterruptedRefresh,
+        outcome: &str,
+        reason: Option<&str>,
+    ) {
+        let mut event = EventBuilder::new("connection.refresh_interrupted", outcome, &job.actor, self.clock.now())
+            .user(&connection.tenant_id, &connection.user_id)
+            .connection(connection.id)
+            .request_id(job.request_id.as_deref())
+            .detail("provider", connection.provider.clone())
+            .detail("interrupted_owner", earlier.owner.clone())
+            .detail("interrupted_started_at", earlier.started_at.to_rfc3339());
+        if let Some(reason) = reason {
+            event = event.detail("reason", reason.to_owned());
+        }
+        if let Err(error) = self.audit.write(&[event.build()]).await {
+            tracing::warn!(connection_id = %connection.id, %error, "could not audit an interrupted refresh");
         }
     }
 
@@ -275,37 +401,47 @@ impl Broker {
         connection: &Connection,
         effective: &str,
         error: ProviderError,
-    ) -> Result<Refreshed, BrokerError> {
+    ) -> Result<Round, BrokerError> {
         let now = self.clock.now();
         if let Some((current, Some(record))) = self
             .store
             .connection_with_token(&TenantScope::All, connection.id, effective)
             .await?
         {
-            if record.expires_at > now && current.status() == ConnectionStatus::Active {
+            if record.expires_at > now && check_active(&current).is_ok() {
                 tracing::warn!(connection_id = %connection.id, %error, "refresh failed; serving the still-valid token");
-                return Ok(Refreshed::Fallback(self.unseal_access(&current, &record).await?));
+                let token = Arc::new(self.unseal_access(&current, &record).await?);
+                return Ok(Round::Landed(Landed {
+                    token,
+                    outcome: "stale_fallback",
+                }));
             }
         }
         Err(BrokerError::ProviderUnavailable(error.to_string()))
     }
 
-    /// Stores the refresh's result. The rotated refresh token is durable
-    /// before anyone sees the new access token; if the database is down it
-    /// waits in memory for it.
+    /// Stores the refresh's result, fenced by the token version the round
+    /// started from. The rotated refresh token is durable before anyone sees
+    /// the new access token; if the database is down it waits in memory for it.
     async fn commit(
         &self,
-        txn: Box<dyn RefreshTxn>,
+        job: &Job,
         connection: &Connection,
         write: RefreshWrite,
         tokens: TokenSet,
         scopes: ScopeSet,
-    ) -> Result<Refreshed, BrokerError> {
-        let committed = match txn.commit_refresh(write.clone(), self.clock.now()).await {
+        epoch: u64,
+    ) -> Result<Round, BrokerError> {
+        let now = self.clock.now();
+        let committed = match self
+            .store
+            .commit_refresh(connection.id, connection.token_version, &write, now)
+            .await
+        {
             Ok(committed) => committed,
             Err(StoreError::Unavailable(reason)) if write.new_refresh_token.is_some() => {
                 // The provider already rotated: the new refresh token exists only here. Keep
-                // trying to store it (sealed) until the database is back, and tell the caller.
+                // trying to store it (sealed) until the database is back.
                 self.pending_rotations.keep(
                     self.store.clone(),
                     self.clock.clone(),
@@ -318,24 +454,38 @@ impl Broker {
             Err(error) => return Err(error.into()),
         };
         match committed {
-            RefreshCommit::Stored => Ok(Refreshed::Token(CachedToken {
-                tenant_id: connection.tenant_id.clone(),
-                user_id: connection.user_id.clone(),
-                access_token: tokens.access_token,
-                token_type: tokens.token_type,
-                scopes: scopes.into_iter().collect(),
-                granted: connection.granted_scopes.clone(),
-                expires_at: tokens.expires_at,
-            })),
+            RefreshCommit::Stored => {
+                let token = CachedToken {
+                    tenant_id: connection.tenant_id.clone(),
+                    user_id: connection.user_id.clone(),
+                    access_token: tokens.access_token,
+                    token_type: tokens.token_type,
+                    scopes: scopes.into_iter().collect(),
+                    granted: connection.granted_scopes.clone(),
+                    expires_at: tokens.expires_at,
+                    issued_at: tokens.issued_at,
+                };
+                Ok(Round::Landed(self.cache_landed(epoch, job, token, "refreshed")))
+            }
             RefreshCommit::Superseded => {
                 self.discard_orphan(connection, tokens).await;
-                Ok(Refreshed::Retry)
+                Ok(Round::Again)
             }
         }
     }
 
+    /// Caches a flight's token under its stored scope key (unless an
+    /// invalidation came after `epoch`).
+    fn cache_landed(&self, epoch: u64, job: &Job, token: CachedToken, outcome: &'static str) -> Landed {
+        let token = Arc::new(token);
+        self.cache
+            .insert_if_current(epoch, &[(job.connection_id, job.effective.clone())], token.clone());
+        Landed { token, outcome }
+    }
+
     /// A refresh whose result could not be stored (the connection was revoked
-    /// meanwhile): the fresh credentials are revoked at the provider, best effort.
+    /// or re-consented meanwhile): its credentials are never served, and are
+    /// revoked at the provider, best effort.
     async fn discard_orphan(&self, connection: &Connection, tokens: TokenSet) {
         let Ok(client) = self.providers.client(&connection.provider) else {
             return;
@@ -349,25 +499,24 @@ impl Broker {
     }
 }
 
-/// The `NEEDS_REAUTH` reason for an `invalid_grant` with `description`.
-fn invalid_grant_reason(description: &str) -> String {
+/// `invalid_grant`, with the provider's description when it gave one.
+fn invalid_grant_text(description: &str) -> String {
     if description.is_empty() {
-        "the provider rejected the refresh token (invalid_grant)".to_owned()
+        "invalid_grant".to_owned()
     } else {
-        format!("the provider rejected the refresh token (invalid_grant: {description})")
+        format!("invalid_grant: {description}")
     }
 }
 
-/// The scopes the refreshed token carries: as the provider reported, else as
-/// asked (the full grant, or the narrowed request).
-fn refreshed_scopes(tokens: &TokenSet, connection: &Connection, request: &TokenRequest, effective: &str) -> ScopeSet {
-    tokens.scopes.clone().unwrap_or_else(|| {
-        if effective.is_empty() {
-            connection.granted_scopes.clone()
-        } else {
-            request.scopes.clone()
-        }
-    })
+/// The scopes the refreshed token carries: as the provider reported, else
+/// the full grant. An answer without `scope` to a narrowed request means the
+/// provider did not narrow (RFC 6749 §5.1: "as requested" is not promised for a
+/// refresh of a narrower scope), so the token is taken to carry the full grant.
+fn refreshed_scopes(tokens: &TokenSet, connection: &Connection) -> ScopeSet {
+    tokens
+        .scopes
+        .clone()
+        .unwrap_or_else(|| connection.granted_scopes.clone())
 }
 
 /// The refresh's result sealed for the store: the rotated refresh token (if
@@ -391,6 +540,7 @@ fn sealed_write(
         scopes: scopes.clone(),
         expires_at: tokens.expires_at,
         token_version: connection.token_version,
+        issued_at: tokens.issued_at,
     };
     Ok(RefreshWrite {
         new_refresh_token,

@@ -69,7 +69,7 @@ impl PendingRotations {
         let Some((version, write)) = self.waiting.get(&id).map(|entry| entry.value().clone()) else {
             return Ok(true);
         };
-        match store.store_refresh_result(id, version, &write, now).await {
+        match store.commit_refresh(id, version, &write, now).await {
             Ok(outcome) => {
                 self.waiting.remove_if(&id, |_, (v, _)| *v == version);
                 if outcome == RefreshCommit::Stored {

@@ -67,6 +67,7 @@ impl Broker {
             scopes: record.scopes.iter().cloned().collect(),
             granted: connection.granted_scopes.clone(),
             expires_at: record.expires_at,
+            issued_at: record.issued_at,
         })
     }
 

@@ -4,6 +4,7 @@
 
 use super::return_url::ReturnUrlPolicy;
 use crate::audit::{AuditLog, EventBuilder};
+use crate::broker::TokenCache;
 use crate::clock::SharedClock;
 use crate::consent::catalog::CatalogError;
 use crate::provider::{new_pkce, ProviderError, Providers, TokenSet};
@@ -171,6 +172,7 @@ pub struct ConsentFlow {
     policy: ReturnUrlPolicy,
     ttl: chrono::Duration,
     callback_url: Arc<OnceLock<Url>>,
+    cache: Arc<TokenCache>,
 }
 
 impl std::fmt::Debug for ConsentFlow {
@@ -214,6 +216,7 @@ impl ConsentFlow {
         policy: ReturnUrlPolicy,
         ttl_seconds: u64,
         callback_url: Arc<OnceLock<Url>>,
+        cache: Arc<TokenCache>,
     ) -> Self {
         Self {
             store,
@@ -225,6 +228,7 @@ impl ConsentFlow {
             policy,
             ttl: chrono::Duration::seconds(i64::try_from(ttl_seconds).unwrap_or(600)),
             callback_url,
+            cache,
         }
     }
 
@@ -557,6 +561,7 @@ impl ConsentFlow {
                     &tokens.access_token,
                 )?),
                 token_type: tokens.token_type.clone(),
+                issued_at: tokens.issued_at,
                 scopes: granted.clone(),
                 expires_at: tokens.expires_at,
                 token_version: connection.token_version + 1,
@@ -570,6 +575,8 @@ impl ConsentFlow {
                 access_token: access,
             };
             if self.store.store_consent_grant(&grant, now).await? {
+                // This replica's cache at once (the store tells the others).
+                self.cache.invalidate_connection(connection.id);
                 return Ok(connection.id);
             }
         }

@@ -367,6 +367,7 @@ impl ProviderClient {
                 .map(|t| SecretString::from(t.secret().to_owned())),
             token_type: "Bearer".to_owned(),
             expires_at: now + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::hours(1)),
+            issued_at: now,
             scopes,
         })
     }
@@ -388,6 +389,12 @@ fn http_error(provider: &str, error: HttpError) -> ProviderError {
         HttpError::Busy { retry_after, .. } => ProviderError::Throttled {
             message: format!("{provider}: {error}"),
             retry_after,
+        },
+        HttpError::Connect => ProviderError::Unreachable(format!("{provider}: {error}")),
+        // 429 and 503 say the request was not served (RFC 6585 §4, RFC 9110 §15.6.4).
+        HttpError::Status(429 | 503) => ProviderError::Throttled {
+            message: format!("{provider}: {error}"),
+            retry_after: std::time::Duration::ZERO,
         },
         other => ProviderError::Unavailable(format!("{provider}: {other}")),
     }

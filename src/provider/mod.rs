@@ -24,6 +24,8 @@ pub struct TokenSet {
     pub token_type: String,
     /// When the access token expires.
     pub expires_at: DateTime<Utc>,
+    /// When the answer arrived (the token's lifetime is `expires_at - issued_at`).
+    pub issued_at: DateTime<Utc>,
     /// Scopes the provider reported; `None` means "as requested" (RFC 6749 §5.1).
     pub scopes: Option<crate::store::ScopeSet>,
 }
@@ -55,10 +57,16 @@ pub enum ProviderError {
     /// Another OAuth error.
     #[error("{0}")]
     Rejected(String),
-    /// Down, slow, or 5xx: worth retrying.
+    /// Down, slow, or 5xx: worth retrying. The provider may have processed
+    /// the request (a timeout, or a 5xx after it was received).
     #[error("provider unavailable: {0}")]
     Unavailable(String),
-    /// 429 or 503 with `Retry-After`: worth retrying, not before `retry_after`.
+    /// The connection to the provider could not be made: the request was
+    /// never received, so sending it again is always safe.
+    #[error("provider unavailable: {0}")]
+    Unreachable(String),
+    /// 429 or 503: the provider did not serve the request; worth retrying, not
+    /// before `retry_after` (zero when it sent no `Retry-After`).
     #[error("provider unavailable: {message}")]
     Throttled {
         /// What the provider answered.
@@ -88,7 +96,17 @@ fn suffix(description: &str) -> String {
 impl ProviderError {
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ProviderError::Unavailable(_) | ProviderError::Throttled { .. })
+        matches!(
+            self,
+            ProviderError::Unavailable(_) | ProviderError::Unreachable(_) | ProviderError::Throttled { .. }
+        )
+    }
+
+    /// Whether the provider surely did not act on the request (no connection,
+    /// or it asked us to come back later), so that repeating it cannot present
+    /// a single-use refresh token twice.
+    pub fn surely_unprocessed(&self) -> bool {
+        matches!(self, ProviderError::Unreachable(_) | ProviderError::Throttled { .. })
     }
 
     /// How long the provider asked us to wait before the next attempt, if it said.
@@ -106,7 +124,9 @@ impl ProviderError {
             ProviderError::InvalidScope(_) => "invalid_scope",
             ProviderError::ClientRejected(_) => "client_rejected",
             ProviderError::Rejected(_) => "rejected",
-            ProviderError::Unavailable(_) | ProviderError::Throttled { .. } => "unavailable",
+            ProviderError::Unavailable(_) | ProviderError::Unreachable(_) | ProviderError::Throttled { .. } => {
+                "unavailable"
+            }
             ProviderError::Malformed(_) => "malformed",
             ProviderError::Unsupported(_) => "unsupported",
             ProviderError::NotConfigured(_) => "not_configured",

@@ -211,7 +211,8 @@ impl ConnectionStore for SqlStore {
         let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE connections SET granted_scopes = $1, status = 'active', status_reason = NULL, dek_id = $2, \
-             refresh_token = $3, token_version = token_version + 1, updated_at = $4 \
+             refresh_token = $3, token_version = token_version + 1, updated_at = $4, refreshed_at = $4, \
+             refresh_owner = NULL, refresh_started_at = NULL, refresh_lease_until = NULL \
              WHERE id = $5 AND token_version = $6",
         )
         .bind(scopes_to_text(&grant.granted_scopes))
@@ -233,7 +234,7 @@ impl ConnectionStore for SqlStore {
         let invalidation = Invalidation::Connection {
             id: grant.connection_id,
         };
-        commit_notifying(tx, self.backend, &invalidation).await?;
+        commit_notifying(tx, self, &invalidation).await?;
         Ok(true)
     }
 
@@ -279,7 +280,7 @@ impl ConnectionStore for SqlStore {
             }
             None => None,
         };
-        commit_notifying(tx, self.backend, &Invalidation::Connection { id }).await?;
+        commit_notifying(tx, self, &Invalidation::Connection { id }).await?;
         let dek_to_destroy = if outbox.is_none() { connection.dek_id } else { None };
         connection.stored_status = ConnectionStatus::Revoked;
         connection.status_reason = Some(reason.to_owned());
@@ -367,7 +368,7 @@ pub(super) fn upsert_access_token(record: &AccessTokenRecord, now: DateTime<Utc>
     .bind(scopes_to_text(&record.scopes))
     .bind(to_millis(record.expires_at))
     .bind(record.token_version)
-    .bind(to_millis(now))
+    .bind(to_millis(record.issued_at.min(now)))
 }
 
 /// Removes every stored access token of a connection.

@@ -14,7 +14,7 @@
 //! |---|---|---|
 //! | `users.rs` | [`UserStore`] | users, deletion and restore, purge of a user's rows |
 //! | `connections.rs` | [`ConnectionStore`] | connections and access tokens: reads, consent grant, revoke, usage, purge |
-//! | `refresh.rs` | [`RefreshStore`] | the locked refresh ([`RefreshTxn`]) and its unlocked fallback write |
+//! | `refresh.rs` | [`RefreshStore`] | the refresh lease (single flight across replicas), its journal, and the fenced commit |
 //! | `consents.rs` | [`ConsentStore`] | consent requests |
 //! | `audit.rs` | [`AuditStore`] | audit events |
 //! | `outbox.rs` | [`OutboxStore`] | the provider revocation outbox |
@@ -47,7 +47,7 @@ pub use leader::{LeaderGuard, LeaderStore};
 pub use model::*;
 pub use notify::NotifyStore;
 pub use outbox::OutboxStore;
-pub use refresh::{RefreshCommit, RefreshStore, RefreshTxn, RefreshWrite};
+pub use refresh::{InterruptedRefresh, RefreshClaim, RefreshCommit, RefreshStore, RefreshWrite};
 pub use sql::{SqlStore, StoreOptions};
 pub use users::{RestoreOutcome, UserStore};
 

@@ -173,6 +173,9 @@ pub struct AccessTokenRecord {
     pub expires_at: DateTime<Utc>,
     /// The connection's token version it was minted under.
     pub token_version: i64,
+    /// When tokenvault received it from the provider (its lifetime is
+    /// `expires_at - issued_at`).
+    pub issued_at: DateTime<Utc>,
 }
 
 /// The state of a consent request.

@@ -1,19 +1,21 @@
-//! Refreshing a connection's tokens: [`RefreshStore`] locks a connection for
-//! a refresh ([`RefreshTxn`]) and stores the result if the connection's token
-//! version has not moved; [`RefreshStore::store_refresh_result`] stores it
-//! without the lock (after the locked commit was lost).
+//! Refreshing a connection's tokens without a row lock across the provider
+//! call: [`RefreshStore::claim_refresh`] takes a short lease on the connection
+//! (one refresher across replicas) and journals the attempt (owner, start);
+//! the result is stored only if the connection's token version has not moved
+//! ([`RefreshStore::commit_refresh`], fenced), so a revocation, a deletion or a
+//! re-consent that lands meanwhile wins; a lease left behind by a process that
+//! died is reported to the next claimer as an interrupted attempt.
 
-use super::connections::{select_connection_for_update, upsert_access_token};
+use super::connections::upsert_access_token;
 use super::notify::commit_notifying;
 use super::sql::error::map_err;
 use super::sql::query::Fetch;
-use super::sql::rows::ACCESS_TOKEN_COLUMNS;
-use super::sql::{Backend, SqlStore};
-use super::{scopes_to_text, AccessTokenRecord, Connection, Invalidation, ScopeSet, Sealed, StoreError};
-use crate::clock::to_millis;
+use super::sql::SqlStore;
+use super::{scopes_to_text, AccessTokenRecord, Invalidation, ScopeSet, Sealed, StoreError};
+use crate::clock::{from_millis, to_millis};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::Row;
 use uuid::Uuid;
 
 /// What a refresh stores.
@@ -27,7 +29,7 @@ pub struct RefreshWrite {
     pub granted_scopes: Option<ScopeSet>,
 }
 
-/// How a locked refresh ended.
+/// How a fenced refresh write ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshCommit {
     /// Stored.
@@ -36,195 +38,239 @@ pub enum RefreshCommit {
     Superseded,
 }
 
-/// A connection locked for refreshing: other replicas wait on the lock
-/// (PostgreSQL `SELECT … FOR UPDATE`); dropping it without committing rolls back.
-#[async_trait]
-pub trait RefreshTxn: Send {
-    /// The connection as read under the lock.
-    fn connection(&self) -> &Connection;
-    /// The stored access token for `scope_key`, read under the lock.
-    async fn access_token(&mut self, scope_key: &str) -> Result<Option<AccessTokenRecord>, StoreError>;
-    /// Stores the refresh's result and releases the lock.
-    async fn commit_refresh(
-        self: Box<Self>,
-        write: RefreshWrite,
-        now: DateTime<Utc>,
-    ) -> Result<RefreshCommit, StoreError>;
-    /// Marks the connection `NEEDS_REAUTH` (the stored refresh token failed) and releases the lock.
-    async fn commit_needs_reauth(
-        self: Box<Self>,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<RefreshCommit, StoreError>;
+/// A refresh attempt that started and never finished: its process died (or
+/// lost the database) between taking the lease and storing the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterruptedRefresh {
+    /// The replica that held the lease.
+    pub owner: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
 }
 
-/// Writes of a refresh's result.
+/// The answer to [`RefreshStore::claim_refresh`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshClaim {
+    /// The lease is ours until the time given to the claim.
+    Claimed {
+        /// The attempt before ours, if it was interrupted.
+        interrupted: Option<InterruptedRefresh>,
+    },
+    /// Another refresher holds the lease until `until`.
+    Busy {
+        /// When its lease ends.
+        until: DateTime<Utc>,
+    },
+    /// The connection is gone, not active, or its token version moved.
+    Moved,
+}
+
+/// The refresh lease, the fenced commit and the journal, on `connections`.
 #[async_trait]
 pub trait RefreshStore: Send + Sync {
-    /// Stores a refresh's result without the row lock, if the token version is
-    /// still `expected_version` (persisting a rotated refresh token after the
-    /// locked commit failed because the database went away).
-    async fn store_refresh_result(
+    /// Takes the refresh lease of connection `id` at `version` for `owner`
+    /// until `lease_until`, if it is active at that version and nobody else
+    /// holds an unexpired lease.
+    async fn claim_refresh(
         &self,
         id: Uuid,
-        expected_version: i64,
+        version: i64,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<RefreshClaim, StoreError>;
+    /// Extends `owner`'s lease to `until`; `false` when it is no longer `owner`'s.
+    async fn renew_refresh(&self, id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Stores a refresh's result if the connection is still active at
+    /// `version` (whoever holds the lease), and ends the lease and its journal.
+    async fn commit_refresh(
+        &self,
+        id: Uuid,
+        version: i64,
         write: &RefreshWrite,
         now: DateTime<Utc>,
     ) -> Result<RefreshCommit, StoreError>;
-    /// Locks a connection for a refresh (see [`RefreshTxn`]).
-    async fn begin_refresh(&self, id: Uuid) -> Result<Option<Box<dyn RefreshTxn>>, StoreError>;
+    /// Marks the connection `NEEDS_REAUTH` with `reason` if it is still active
+    /// at `version`, and ends the lease and its journal.
+    async fn fail_refresh(
+        &self,
+        id: Uuid,
+        version: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<RefreshCommit, StoreError>;
+    /// Gives the lease back. `settled`: the provider surely did not act on the
+    /// attempt (it refused it, or never received it), so the journal entry is
+    /// cleared; otherwise (a timeout, a 5xx) the provider may have rotated the
+    /// refresh token without our hearing of it, so the entry stays, the lease
+    /// ends at once, and the next claimer is told the attempt was interrupted.
+    async fn release_refresh(&self, id: Uuid, owner: &str, settled: bool, now: DateTime<Utc>)
+        -> Result<(), StoreError>;
 }
 
 #[async_trait]
 impl RefreshStore for SqlStore {
-    async fn store_refresh_result(
+    async fn claim_refresh(
         &self,
         id: Uuid,
-        expected_version: i64,
-        write: &RefreshWrite,
+        version: i64,
+        owner: &str,
         now: DateTime<Utc>,
-    ) -> Result<RefreshCommit, StoreError> {
-        let tx = self.begin().await?;
-        write_refresh(tx, id, expected_version, write, now).await
-    }
-
-    async fn begin_refresh(&self, id: Uuid) -> Result<Option<Box<dyn RefreshTxn>>, StoreError> {
-        let sql = select_connection_for_update(self.backend);
-        let query = sqlx::query(&sql).bind(id.to_string());
-        let (lock, connection) = if self.is_postgres() {
-            let mut tx = self.begin().await?;
-            let connection = query.record::<Connection, _>(&mut *tx).await?;
-            (Some(tx), connection)
-        } else {
-            (None, query.record::<Connection, _>(&self.pool).await?)
+        lease_until: DateTime<Utc>,
+    ) -> Result<RefreshClaim, StoreError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "SELECT token_version, status, refresh_owner, refresh_started_at, refresh_lease_until \
+             FROM connections WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(RefreshClaim::Moved);
         };
-        let Some(connection) = connection else {
-            return Ok(None);
-        };
-        Ok(Some(Box::new(SqlRefresh {
-            lock,
-            pool: self.pool.clone(),
-            backend: self.backend,
-            connection,
-        })))
-    }
-}
-
-/// A refresh in progress. On PostgreSQL a transaction holds the row lock
-/// (`SELECT … FOR UPDATE`) until commit, so other replicas wait and then
-/// re-read. On SQLite (one process, whose broker already single-flights) the
-/// read is plain and the commit re-checks the version in a short transaction.
-struct SqlRefresh {
-    lock: Option<Transaction<'static, Any>>,
-    pool: AnyPool,
-    backend: Backend,
-    connection: Connection,
-}
-
-impl SqlRefresh {
-    /// The transaction to write in: the locking one, or a new one.
-    async fn writer(&mut self) -> Result<Transaction<'static, Any>, StoreError> {
-        match self.lock.take() {
-            Some(tx) => Ok(tx),
-            None => self.pool.begin().await.map_err(map_err),
+        let column = |name: &str| StoreError::Corrupt(format!("connections.{name} does not decode"));
+        let current: i64 = row.try_get("token_version").map_err(|_| column("token_version"))?;
+        let status: String = row.try_get("status").map_err(|_| column("status"))?;
+        let previous_owner: Option<String> = row.try_get("refresh_owner").map_err(|_| column("refresh_owner"))?;
+        let started: Option<i64> = row
+            .try_get("refresh_started_at")
+            .map_err(|_| column("refresh_started_at"))?;
+        let until: Option<i64> = row
+            .try_get("refresh_lease_until")
+            .map_err(|_| column("refresh_lease_until"))?;
+        if current != version || status != "active" {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(RefreshClaim::Moved);
         }
+        if let Some(until) = until.filter(|until| *until > to_millis(now)) {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(RefreshClaim::Busy {
+                until: from_millis(until),
+            });
+        }
+        let claimed = sqlx::query(
+            "UPDATE connections SET refresh_owner = $1, refresh_started_at = $2, refresh_lease_until = $3 \
+             WHERE id = $4 AND token_version = $5 AND status = 'active' \
+             AND (refresh_lease_until IS NULL OR refresh_lease_until <= $2)",
+        )
+        .bind(owner.to_owned())
+        .bind(to_millis(now))
+        .bind(to_millis(lease_until))
+        .bind(id.to_string())
+        .bind(version)
+        .run(&mut *tx)
+        .await?;
+        if claimed != 1 {
+            // Someone else claimed it between the read and the update.
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(RefreshClaim::Busy { until: lease_until });
+        }
+        tx.commit().await.map_err(map_err)?;
+        let interrupted = previous_owner.map(|owner| InterruptedRefresh {
+            owner,
+            started_at: started.map_or(now, from_millis),
+        });
+        Ok(RefreshClaim::Claimed { interrupted })
     }
-}
 
-#[async_trait]
-impl RefreshTxn for SqlRefresh {
-    fn connection(&self) -> &Connection {
-        &self.connection
-    }
-
-    async fn access_token(&mut self, scope_key: &str) -> Result<Option<AccessTokenRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {ACCESS_TOKEN_COLUMNS} FROM access_tokens t WHERE t.connection_id = $1 AND t.scope_key = $2"
-        );
-        let query = sqlx::query(&sql)
-            .bind(self.connection.id.to_string())
-            .bind(scope_key.to_owned());
-        let row: Option<Option<AccessTokenRecord>> = match self.lock.as_mut() {
-            Some(tx) => query.record(&mut **tx).await,
-            None => query.record(&self.pool).await,
-        }?;
-        Ok(row.flatten())
+    async fn renew_refresh(&self, id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool, StoreError> {
+        let renewed =
+            sqlx::query("UPDATE connections SET refresh_lease_until = $1 WHERE id = $2 AND refresh_owner = $3")
+                .bind(to_millis(until))
+                .bind(id.to_string())
+                .bind(owner.to_owned())
+                .run(&self.pool)
+                .await?;
+        Ok(renewed == 1)
     }
 
     async fn commit_refresh(
-        mut self: Box<Self>,
-        write: RefreshWrite,
+        &self,
+        id: Uuid,
+        version: i64,
+        write: &RefreshWrite,
         now: DateTime<Utc>,
     ) -> Result<RefreshCommit, StoreError> {
-        let tx = self.writer().await?;
-        write_refresh(tx, self.connection.id, self.connection.token_version, &write, now).await
-    }
-
-    async fn commit_needs_reauth(
-        mut self: Box<Self>,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<RefreshCommit, StoreError> {
-        let mut tx = self.writer().await?;
+        let mut tx = self.begin().await?;
+        let scopes = write.granted_scopes.as_ref().map(scopes_to_text);
+        let rotated = write.new_refresh_token.is_some();
         let updated = sqlx::query(
-            "UPDATE connections SET status = 'needs_reauth', status_reason = $1, updated_at = $2 \
-             WHERE id = $3 AND token_version = $4 AND status = 'active'",
+            "UPDATE connections SET refresh_token = COALESCE($1, refresh_token), \
+             token_version = token_version + $2, granted_scopes = COALESCE($3, granted_scopes), updated_at = $4, \
+             refreshed_at = $4, refresh_owner = NULL, refresh_started_at = NULL, refresh_lease_until = NULL \
+             WHERE id = $5 AND token_version = $6 AND status = 'active'",
         )
-        .bind(reason.to_owned())
+        .bind(write.new_refresh_token.as_ref().map(|t| t.0.clone()))
+        .bind(i64::from(rotated))
+        .bind(scopes)
         .bind(to_millis(now))
-        .bind(self.connection.id.to_string())
-        .bind(self.connection.token_version)
+        .bind(id.to_string())
+        .bind(version)
         .run(&mut *tx)
         .await?;
         if updated != 1 {
             tx.rollback().await.map_err(map_err)?;
             return Ok(RefreshCommit::Superseded);
         }
-        let invalidation = Invalidation::Connection { id: self.connection.id };
-        commit_notifying(tx, self.backend, &invalidation).await?;
+        let mut record = write.access_token.clone();
+        record.token_version = version + i64::from(rotated);
+        upsert_access_token(&record, now).run(&mut *tx).await?;
+        // Other replicas drop their cached token of the old version.
+        commit_notifying(tx, self, &Invalidation::Connection { id }).await?;
         Ok(RefreshCommit::Stored)
     }
-}
 
-/// Writes a refresh's result in `tx` if the connection is still active at
-/// `version`, and commits; rolls back and reports `Superseded` otherwise.
-async fn write_refresh(
-    mut tx: Transaction<'static, Any>,
-    id: Uuid,
-    version: i64,
-    write: &RefreshWrite,
-    now: DateTime<Utc>,
-) -> Result<RefreshCommit, StoreError> {
-    let scopes = write.granted_scopes.as_ref().map(scopes_to_text);
-    let updated = match &write.new_refresh_token {
-        Some(token) => sqlx::query(
-            "UPDATE connections SET refresh_token = $1, token_version = token_version + 1, \
-             granted_scopes = COALESCE($2, granted_scopes), updated_at = $3 \
-             WHERE id = $4 AND token_version = $5 AND status = 'active'",
-        )
-        .bind(token.0.clone())
-        .bind(scopes)
-        .bind(to_millis(now))
-        .bind(id.to_string())
-        .bind(version),
-        None => sqlx::query(
-            "UPDATE connections SET granted_scopes = COALESCE($1, granted_scopes), updated_at = $2 \
+    async fn fail_refresh(
+        &self,
+        id: Uuid,
+        version: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<RefreshCommit, StoreError> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE connections SET status = 'needs_reauth', status_reason = $1, updated_at = $2, \
+             refresh_owner = NULL, refresh_started_at = NULL, refresh_lease_until = NULL \
              WHERE id = $3 AND token_version = $4 AND status = 'active'",
         )
-        .bind(scopes)
+        .bind(reason.to_owned())
         .bind(to_millis(now))
         .bind(id.to_string())
-        .bind(version),
+        .bind(version)
+        .run(&mut *tx)
+        .await?;
+        if updated != 1 {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(RefreshCommit::Superseded);
+        }
+        commit_notifying(tx, self, &Invalidation::Connection { id }).await?;
+        Ok(RefreshCommit::Stored)
     }
-    .run(&mut *tx)
-    .await?;
-    if updated != 1 {
-        tx.rollback().await.map_err(map_err)?;
-        return Ok(RefreshCommit::Superseded);
+
+    async fn release_refresh(
+        &self,
+        id: Uuid,
+        owner: &str,
+        settled: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let query = if settled {
+            sqlx::query(
+                "UPDATE connections SET refresh_owner = NULL, refresh_started_at = NULL, refresh_lease_until = NULL \
+                 WHERE id = $1 AND refresh_owner = $2",
+            )
+            .bind(id.to_string())
+            .bind(owner.to_owned())
+        } else {
+            sqlx::query("UPDATE connections SET refresh_lease_until = $1 WHERE id = $2 AND refresh_owner = $3")
+                .bind(to_millis(now))
+                .bind(id.to_string())
+                .bind(owner.to_owned())
+        };
+        query.run(&self.pool).await?;
+        Ok(())
     }
-    let mut record = write.access_token.clone();
-    record.token_version = version + i64::from(write.new_refresh_token.is_some());
-    upsert_access_token(&record, now).run(&mut *tx).await?;
-    tx.commit().await.map_err(map_err)?;
-    Ok(RefreshCommit::Stored)
 }

@@ -98,7 +98,7 @@ impl UserStore for SqlStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(map_err)?;
-        commit_notifying(tx, self.backend, &user_changed(tenant_id, user_id)).await?;
+        commit_notifying(tx, self, &user_changed(tenant_id, user_id)).await?;
         row.map(|r| User::from_row(&r)).transpose()
     }
 
@@ -126,7 +126,7 @@ impl UserStore for SqlStore {
         .bind(to_millis(now))
         .run(&mut *tx)
         .await?;
-        commit_notifying(tx, self.backend, &user_changed(tenant_id, user_id)).await?;
+        commit_notifying(tx, self, &user_changed(tenant_id, user_id)).await?;
         Ok(if updated == 1 {
             RestoreOutcome::Restored
         } else {
@@ -159,7 +159,7 @@ impl UserStore for SqlStore {
                 .run(&mut *tx)
                 .await?;
         }
-        commit_notifying(tx, self.backend, &user_changed(tenant_id, user_id)).await
+        commit_notifying(tx, self, &user_changed(tenant_id, user_id)).await
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// Why a vault operation failed. Messages never contain key material or plaintext.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum VaultError {
     /// The keyring could not be built (file, format, ids).
     #[error("keyring: {0}")]

@@ -29,6 +29,7 @@ fn access_token(connection_id: Uuid, scope_key: &str, bytes: &[u8], expires_in: 
         scopes: scopes(&["a", "b"]),
         expires_at: Utc::now() + Duration::seconds(expires_in),
         token_version: 0,
+        issued_at: Utc::now(),
     }
 }
 
@@ -282,21 +283,25 @@ async fn batched_reads(backend: Backend) {
 
 on_both!(batched_reads_work, batched_reads);
 
-async fn refresh_transactions(backend: Backend) {
+async fn refresh_leases(backend: Backend) {
     let (_db, store) = store(backend).await;
     let now = Utc::now();
+    let lease = now + Duration::seconds(30);
     let connection = connected(&store, "acme", "u1").await;
+    assert_eq!(connection.token_version, 1);
 
-    let mut txn = store.begin_refresh(connection.id).await.unwrap().unwrap();
-    assert_eq!(txn.connection().token_version, 1);
-    assert!(txn.access_token("").await.unwrap().is_some());
+    // One refresher at a time, across replicas; no row lock is held meanwhile.
+    let claim = store.claim_refresh(connection.id, 1, "a", now, lease).await.unwrap();
+    assert_eq!(claim, RefreshClaim::Claimed { interrupted: None });
+    let busy = store.claim_refresh(connection.id, 1, "b", now, lease).await.unwrap();
+    assert!(matches!(busy, RefreshClaim::Busy { until } if until.timestamp_millis() == lease.timestamp_millis()));
     let write = RefreshWrite {
         new_refresh_token: Some(Sealed(b"rotated".to_vec())),
         access_token: access_token(connection.id, "", b"fresh", 3600),
         granted_scopes: None,
     };
     assert_eq!(
-        txn.commit_refresh(write.clone(), now).await.unwrap(),
+        store.commit_refresh(connection.id, 1, &write, now).await.unwrap(),
         RefreshCommit::Stored
     );
     let after = store
@@ -312,15 +317,31 @@ async fn refresh_transactions(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(token.unwrap().token, Sealed(b"fresh".to_vec()));
+    // The commit fenced by the old version is refused; a claim at it too.
+    assert_eq!(
+        store.commit_refresh(connection.id, 1, &write, now).await.unwrap(),
+        RefreshCommit::Superseded
+    );
+    assert_eq!(
+        store.claim_refresh(connection.id, 1, "b", now, lease).await.unwrap(),
+        RefreshClaim::Moved
+    );
 
     // Without rotation the version stays; a narrowed token is stored under its own key.
-    let txn = store.begin_refresh(connection.id).await.unwrap().unwrap();
+    // The commit ended the lease, so a new claim succeeds at once.
+    assert_eq!(
+        store.claim_refresh(connection.id, 2, "b", now, lease).await.unwrap(),
+        RefreshClaim::Claimed { interrupted: None }
+    );
     let narrow = RefreshWrite {
         new_refresh_token: None,
         access_token: access_token(connection.id, "a", b"narrow", 3600),
         granted_scopes: None,
     };
-    assert_eq!(txn.commit_refresh(narrow, now).await.unwrap(), RefreshCommit::Stored);
+    assert_eq!(
+        store.commit_refresh(connection.id, 2, &narrow, now).await.unwrap(),
+        RefreshCommit::Stored
+    );
     let (c, token) = store
         .connection_with_token(&TenantScope::All, connection.id, "a")
         .await
@@ -329,32 +350,75 @@ async fn refresh_transactions(backend: Backend) {
     assert_eq!(c.token_version, 2);
     assert_eq!(token.unwrap().token, Sealed(b"narrow".to_vec()));
 
-    // A refresh that raced with a revocation stores nothing.
-    let txn = store.begin_refresh(connection.id).await.unwrap().unwrap();
-    if backend == Backend::Sqlite {
-        store
-            .revoke_connection(connection.id, "test", now, now + Duration::hours(1))
-            .await
-            .unwrap();
-        assert_eq!(txn.commit_refresh(write, now).await.unwrap(), RefreshCommit::Superseded);
-    } else {
-        // On PostgreSQL the row lock makes the revocation wait for the refresh instead.
-        assert_eq!(
-            txn.commit_needs_reauth("invalid_grant", now).await.unwrap(),
-            RefreshCommit::Stored
-        );
-        let c = store
-            .connection(&TenantScope::All, connection.id)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(c.status(), ConnectionStatus::NeedsReauth);
-        assert_eq!(c.status_reason.as_deref(), Some("invalid_grant"));
-        assert!(c.refresh_token.is_some(), "needs-reauth deletes nothing");
+    // A released lease leaves no trace; an abandoned one is reported to the next claimer.
+    store.claim_refresh(connection.id, 2, "c", now, lease).await.unwrap();
+    store.release_refresh(connection.id, "c", true, now).await.unwrap();
+    assert_eq!(
+        store.claim_refresh(connection.id, 2, "d", now, lease).await.unwrap(),
+        RefreshClaim::Claimed { interrupted: None }
+    );
+    // A release that may have left the provider rotated keeps the journal entry, lease ended.
+    store.release_refresh(connection.id, "d", false, now).await.unwrap();
+    let later = now + Duration::seconds(1);
+    match store
+        .claim_refresh(connection.id, 2, "e", later, later + Duration::seconds(30))
+        .await
+        .unwrap()
+    {
+        RefreshClaim::Claimed {
+            interrupted: Some(earlier),
+        } => {
+            assert_eq!(earlier.owner, "d");
+            assert_eq!(earlier.started_at.timestamp_millis(), now.timestamp_millis());
+        }
+        other => panic!("expected an interrupted attempt, got {other:?}"),
     }
-    assert!(store.begin_refresh(Uuid::new_v4()).await.unwrap().is_none());
+
+    // The provider refused the token: NEEDS_REAUTH, nothing deleted, the lease ended.
+    assert_eq!(
+        store
+            .fail_refresh(connection.id, 2, "invalid_grant", now)
+            .await
+            .unwrap(),
+        RefreshCommit::Stored
+    );
+    let c = store
+        .connection(&TenantScope::All, connection.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.status(), ConnectionStatus::NeedsReauth);
+    assert_eq!(c.status_reason.as_deref(), Some("invalid_grant"));
+    assert!(c.refresh_token.is_some(), "needs-reauth deletes nothing");
+    assert_eq!(
+        store.claim_refresh(connection.id, 2, "f", now, lease).await.unwrap(),
+        RefreshClaim::Moved
+    );
+
+    // A revocation never waits for a refresh holding the lease, and the late result is refused.
+    let other = connected(&store, "acme", "u2").await;
+    store
+        .claim_refresh(other.id, other.token_version, "a", now, lease)
+        .await
+        .unwrap();
+    store
+        .revoke_connection(other.id, "test", now, now + Duration::hours(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store
+            .commit_refresh(other.id, other.token_version, &write, now)
+            .await
+            .unwrap(),
+        RefreshCommit::Superseded
+    );
+    assert_eq!(
+        store.claim_refresh(Uuid::new_v4(), 1, "a", now, lease).await.unwrap(),
+        RefreshClaim::Moved
+    );
 }
-on_both!(refresh_transactions_work, refresh_transactions);
+on_both!(refresh_leases_work, refresh_leases);
 
 async fn revocation_outbox(backend: Backend) {
     let (_db, store) = store(backend).await;

@@ -79,6 +79,9 @@ pub struct SqlStore {
     pub(super) backend: Backend,
     /// The URL, for the dedicated connections of LISTEN and the advisory lock.
     pub(super) url: SecretString,
+    /// This store's name on the notification channel: its own notices are
+    /// not delivered back to it (the writer has invalidated its cache already).
+    pub(super) origin: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -154,6 +157,7 @@ impl SqlStore {
             pool,
             backend,
             url: SecretString::from(url),
+            origin: std::sync::Arc::from(uuid::Uuid::new_v4().simple().to_string()),
         })
     }
 

@@ -150,7 +150,7 @@ impl FromAnyRow for Connection {
 /// sit next to [`CONNECTION_COLUMNS`] (table alias `t`).
 pub(in crate::store) const ACCESS_TOKEN_COLUMNS: &str = "t.connection_id AS t_connection_id, \
      t.scope_key AS t_scope_key, t.token AS t_token, t.token_type AS t_token_type, t.scopes AS t_scopes, \
-     t.expires_at AS t_expires_at, t.token_version AS t_token_version";
+     t.expires_at AS t_expires_at, t.token_version AS t_token_version, t.created_at AS t_issued_at";
 
 /// An access token read from [`ACCESS_TOKEN_COLUMNS`]: `None` where the row
 /// has no token (a `LEFT JOIN` that matched nothing).
@@ -168,6 +168,7 @@ impl FromAnyRow for Option<AccessTokenRecord> {
             scopes: c.read("t_scopes")?,
             expires_at: c.read("t_expires_at")?,
             token_version: c.read("t_token_version")?,
+            issued_at: c.read("t_issued_at")?,
         }))
     }
 }
