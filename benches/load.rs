@@ -32,9 +32,9 @@ use tokenvault::clock::{SharedClock, SystemClock};
 use tokenvault::proto::token_service_client::TokenServiceClient;
 use tokenvault::proto::GetAccessTokenRequest;
 use tokenvault::store::{access_token_record, AccessTokenRecord, ConsentGrant, Sealed, SqlStore, Store, StoreOptions};
-use tokenvault::testing::fake_provider::{CatalogOptions, FakeProvider, FakeProviderConfig};
-use tokenvault::testing::server_process::{ProcessConfig, ServerProcess};
 use tokenvault::vault::{Binding, Field, LocalKeyring, Vault};
+use tokenvault_testkit::fake_provider::{CatalogOptions, FakeProvider, FakeProviderConfig};
+use tokenvault_testkit::server_process::{ProcessConfig, ServerProcess};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -157,6 +157,7 @@ sweep_interval_seconds = 0
             |grpc, http| config.render(grpc, http),
         )
         .await
+        .unwrap_or_else(|error| panic!("{error}"))
     }
 }
 
@@ -164,7 +165,7 @@ sweep_interval_seconds = 0
 async fn connect_channels(server: &ServerProcess, count: usize) -> Vec<Channel> {
     let mut channels = Vec::with_capacity(count.max(1));
     for _ in 0..count.max(1) {
-        channels.push(server.channel().await);
+        channels.push(server.channel().await.expect("connect to tokenvault"));
     }
     channels
 }

@@ -7,8 +7,8 @@ use secrecy::ExposeSecret;
 use tokenvault::clock::Clock;
 use tokenvault::proto::{GetAccessTokenRequest, GetAccessTokenResponse};
 use tokenvault::store::{ConnectionStatus, TenantScope};
-use tokenvault::testing::fake_provider::{Endpoint, FakeProviderConfig, Fault};
 use tokenvault::vault::{Binding, Field};
+use tokenvault_testkit::fake_provider::{Endpoint, FakeProviderConfig, Fault};
 use tonic::Code;
 
 fn request(connection_id: &str, scopes: &[&str], min_ttl: u32) -> GetAccessTokenRequest {

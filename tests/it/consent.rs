@@ -5,7 +5,7 @@ use crate::support::provider::{browser, connect, query, CatalogOptions, WithProv
 use crate::support::{contains, dump_database, keys, Backend};
 use tokenvault::proto::*;
 use tokenvault::store::TenantScope;
-use tokenvault::testing::fake_provider::FakeProviderConfig;
+use tokenvault_testkit::fake_provider::FakeProviderConfig;
 use tonic::Code;
 
 fn start_request(user: &str, capabilities: &[&str]) -> StartConsentRequest {
@@ -508,7 +508,7 @@ on_both!(malformed_consent_requests_change_nothing, malformed_requests);
 async fn providers_can_be_found_by_discovery_from_an_issuer() {
     use crate::support::{base_config, TestDb, TestServer};
     use tokenvault::config::ProviderClientConfig;
-    let fake = tokenvault::testing::fake_provider::FakeProvider::start(FakeProviderConfig::default())
+    let fake = tokenvault_testkit::fake_provider::FakeProvider::start(FakeProviderConfig::default())
         .await
         .unwrap();
     let issuer = fake.base_url().as_str().trim_end_matches('/').to_owned();

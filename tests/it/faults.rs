@@ -7,7 +7,7 @@ use crate::support::{base_config, keys, Backend, TestDb, TestServer};
 use std::time::{Duration, Instant};
 use tokenvault::proto::*;
 use tokenvault::store::TenantScope;
-use tokenvault::testing::fake_provider::{Endpoint, FakeProviderConfig, Fault};
+use tokenvault_testkit::fake_provider::{Endpoint, FakeProviderConfig, Fault};
 use tonic::Code;
 
 async fn token(server: &TestServer, connection_id: &str) -> Result<GetAccessTokenResponse, tonic::Status> {

@@ -7,8 +7,8 @@ use secrecy::SecretString;
 use std::time::Duration;
 use tokenvault::proto::*;
 use tokenvault::store::{AuditEvent, AuditFilter, TenantScope};
-use tokenvault::testing::fake_provider::{Endpoint, FakeProvider, FakeProviderConfig, Fault};
 use tokenvault::vault::VaultError;
+use tokenvault_testkit::fake_provider::{Endpoint, FakeProvider, FakeProviderConfig, Fault};
 use tonic::Code;
 
 async fn token(server: &TestServer, connection_id: &str) -> Result<GetAccessTokenResponse, tonic::Status> {
@@ -49,7 +49,7 @@ async fn audit_eventually(server: &TestServer, action: &str, n: usize) -> Vec<Au
 }
 
 /// Waits (bounded) until the fake has seen `n` revocation requests.
-async fn revocations(fake: &FakeProvider, n: usize) -> Vec<tokenvault::testing::fake_provider::RevocationRecord> {
+async fn revocations(fake: &FakeProvider, n: usize) -> Vec<tokenvault_testkit::fake_provider::RevocationRecord> {
     for _ in 0..100 {
         let seen = fake.stats().revocations;
         if seen.len() >= n {

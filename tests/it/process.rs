@@ -9,14 +9,14 @@ use std::path::Path;
 use std::time::Duration;
 use tokenvault::proto::token_service_client::TokenServiceClient;
 use tokenvault::proto::*;
-use tokenvault::testing::fake_provider::{Endpoint, FakeProvider, FakeProviderConfig, Fault};
-use tokenvault::testing::server_process::ProcessConfig;
+use tokenvault_testkit::fake_provider::{Endpoint, FakeProvider, FakeProviderConfig, Fault};
+use tokenvault_testkit::server_process::ProcessConfig;
 use tonic::transport::Channel;
 
 /// `tokenvault serve` in its own process, configured for the test tenant's
 /// keys and the fake provider, with its temporary directory.
 struct ServerProcess {
-    process: tokenvault::testing::server_process::ServerProcess,
+    process: tokenvault_testkit::server_process::ServerProcess,
     grpc: SocketAddr,
     http: SocketAddr,
     _dir: tempfile::TempDir,
@@ -61,13 +61,14 @@ outbox_poll_seconds = 1
             fake,
             extra: &extra,
         };
-        let process = tokenvault::testing::server_process::ServerProcess::spawn(
+        let process = tokenvault_testkit::server_process::ServerProcess::spawn(
             Path::new(env!("CARGO_BIN_EXE_tokenvault")),
             dir.path(),
             "server",
             |grpc, http| config.render(grpc, http),
         )
-        .await;
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
         Self {
             grpc: process.grpc,
             http: process.http,
@@ -79,7 +80,7 @@ outbox_poll_seconds = 1
     async fn tokens(&self) -> TokenServiceClient<crate::support::Authed> {
         let value = format!("Bearer {}", keys::AGENT).parse().unwrap();
         TokenServiceClient::new(tonic::service::interceptor::InterceptedService::new(
-            self.process.channel().await,
+            self.process.channel().await.expect("connect to tokenvault"),
             crate::support::Bearer::with(value),
         ))
     }

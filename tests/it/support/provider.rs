@@ -2,9 +2,9 @@
 
 use super::{base_config, Backend, TestDb, TestServer};
 use tokenvault::config::{Config, ProviderClientConfig};
-use tokenvault::testing::fake_provider::{FakeProvider, FakeProviderConfig};
+use tokenvault_testkit::fake_provider::{FakeProvider, FakeProviderConfig};
 
-pub use tokenvault::testing::fake_provider::CatalogOptions;
+pub use tokenvault_testkit::fake_provider::CatalogOptions;
 
 /// A fake whose incremental parameter matches the catalog's.
 pub async fn start_fake(mut config: FakeProviderConfig, options: &CatalogOptions) -> FakeProvider {
