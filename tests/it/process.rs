@@ -1,8 +1,9 @@
 //! The real binary as a separate process: killed with SIGKILL mid-refresh and
 //! started again, and its logs searched for secrets.
 
-use crate::support::provider::{browser, connect_on, install, query, start_fake, CatalogOptions};
-use crate::support::{base_config, keys, random_kek, Backend, TestDb, TestServer};
+use crate::support::fixture::WithProvider;
+use crate::support::provider::{browser, connect, query, start_fake, CatalogOptions};
+use crate::support::{keys, random_kek, Backend, TestDb};
 use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -97,18 +98,18 @@ outbox_poll_seconds = 1
 
 /// A database seeded with connections through an in-process server, then handed to the binary.
 async fn seeded(fake: &FakeProvider, users: &[&str]) -> (TestDb, String, Vec<String>) {
-    let db = TestDb::new(Backend::Postgres).await;
     let kek = random_kek("proc");
-    let mut config = base_config(&db);
-    config.keys.inline = Some(kek.clone().into());
-    let _catalog = install(&mut config, fake, &CatalogOptions::default());
-    let server = TestServer::start_on(TestDb::attach(&db), config).await;
+    let inline = kek.clone();
+    let with = WithProvider::build(Backend::Postgres)
+        .shared_fake(fake)
+        .config(move |c| c.keys.inline = Some(inline.into()))
+        .start()
+        .await;
     let mut ids = Vec::new();
     for user in users {
-        ids.push(connect_on(&server, fake, user, &["mail.read"]).await);
+        ids.push(connect(&with, user, &["mail.read"]).await);
     }
-    server.stop().await;
-    (db, kek, ids)
+    (with.into_db().await, kek, ids)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
