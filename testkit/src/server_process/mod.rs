@@ -208,3 +208,20 @@ impl Drop for ServerProcess {
         self.kill();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_binary_is_looked_up_in_the_profile_directory() {
+        // This test runs from target/<profile>/deps/.
+        let exe = std::env::current_exe().unwrap();
+        let profile = exe.parent().and_then(Path::parent).unwrap();
+        let expected = profile.join(format!("tokenvault{}", std::env::consts::EXE_SUFFIX));
+        match binary_in_target_dir() {
+            Ok(binary) => assert_eq!(binary, expected),
+            Err(error) => assert!(error.to_string().contains(&expected.display().to_string()), "{error}"),
+        }
+    }
+}
