@@ -6,7 +6,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use secrecy::SecretString;
-use tokenvault::vault::{Binding, DataKey, Field, Keyring, LocalKeyring};
+use tokenvault::vault::{Binding, DataKey, Field, Keyring, LocalKeyring, VaultError};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -23,51 +23,62 @@ fn binding(record: &str) -> Binding<'_> {
     }
 }
 
+/// Stops the run when a benchmark's setup fails (each operation is tried
+/// once before it is measured, so the measured loops cannot fail unseen).
+fn or_exit(benchmark: &str, result: Result<(), VaultError>) {
+    if let Err(error) = result {
+        eprintln!("crypto bench {benchmark}: {error}");
+        std::process::exit(1);
+    }
+}
+
 fn seal_and_open(c: &mut Criterion) {
+    or_exit("token", try_seal_and_open(c));
+}
+
+fn try_seal_and_open(c: &mut Criterion) -> Result<(), VaultError> {
     let (key, _bytes) = DataKey::generate();
     let record = Uuid::new_v4().to_string();
     let mut group = c.benchmark_group("token");
     for (name, size) in TOKENS {
         let token: String = "x".repeat(size);
         let secret = SecretString::from(token.clone());
-        let sealed = key.seal_str(&binding(&record), &secret).expect("seal");
+        let sealed = key.seal_str(&binding(&record), &secret)?;
+        key.open_string(&binding(&record), &sealed)?;
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(format!("seal/{name}"), |b| {
-            b.iter(|| {
-                key.seal_str(black_box(&binding(&record)), black_box(&secret))
-                    .expect("seal")
-            })
+            b.iter(|| key.seal_str(black_box(&binding(&record)), black_box(&secret)))
         });
         group.bench_function(format!("open/{name}"), |b| {
-            b.iter(|| {
-                key.open_string(black_box(&binding(&record)), black_box(&sealed))
-                    .expect("open")
-            })
+            b.iter(|| key.open_string(black_box(&binding(&record)), black_box(&sealed)))
         });
     }
     group.finish();
+    Ok(())
 }
 
 fn unwrap_data_key(c: &mut Criterion) {
+    or_exit("data_key", try_unwrap_data_key(c));
+}
+
+fn try_unwrap_data_key(c: &mut Criterion) -> Result<(), VaultError> {
     let kek: Zeroizing<[u8; 32]> = Zeroizing::new(rand::random());
-    let keyring = LocalKeyring::new(vec![("kek-1".to_owned(), kek)], "kek-1").expect("keyring");
+    let keyring = LocalKeyring::new(vec![("kek-1".to_owned(), kek)], "kek-1")?;
     let (key, bytes) = DataKey::generate();
-    let (kek_id, wrapped) = keyring.wrap(key.id(), &bytes).expect("wrap");
+    let (kek_id, wrapped) = keyring.wrap(key.id(), &bytes)?;
+    keyring.unwrap(&kek_id, key.id(), &wrapped)?;
     let mut group = c.benchmark_group("data_key");
     group.bench_function("unwrap", |b| {
-        b.iter(|| {
-            keyring
-                .unwrap(black_box(&kek_id), black_box(key.id()), black_box(&wrapped))
-                .expect("unwrap")
-        })
+        b.iter(|| keyring.unwrap(black_box(&kek_id), black_box(key.id()), black_box(&wrapped)))
     });
     group.bench_function("generate_and_wrap", |b| {
         b.iter(|| {
             let (key, bytes) = DataKey::generate();
-            keyring.wrap(key.id(), &bytes).expect("wrap")
+            keyring.wrap(key.id(), &bytes)
         })
     });
     group.finish();
+    Ok(())
 }
 
 criterion_group!(benches, seal_and_open, unwrap_data_key);

@@ -20,8 +20,9 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`. The benchmark creates its own
 //! database and drops it at the end.
 
+use anyhow::{ensure, Context as _, Result};
 use clap::Parser;
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, StreamExt, TryStreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::Connection as _;
 use std::collections::BTreeSet;
@@ -34,9 +35,9 @@ use tokenvault::proto::GetAccessTokenRequest;
 use tokenvault::store::{
     access_token_record, AccessTokenRecord, ConnectionStore, ConsentGrant, Sealed, SqlStore, Store, StoreOptions,
 };
-use tokenvault::testing::fake_provider::{CatalogOptions, FakeProvider, FakeProviderConfig};
-use tokenvault::testing::server_process::{ProcessConfig, ServerProcess};
 use tokenvault::vault::{Binding, Field, LocalKeyring, Vault};
+use tokenvault_testkit::fake_provider::{CatalogOptions, FakeProvider, FakeProviderConfig};
+use tokenvault_testkit::server_process::{ProcessConfig, ServerProcess};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -45,6 +46,8 @@ use uuid::Uuid;
 
 const TENANT: &str = "acme";
 const AGENT_KEY: &str = "bench-agent-key";
+/// The `authorization` value of the bench's calls: `Bearer {AGENT_KEY}`.
+const AGENT_AUTHORIZATION: &str = "Bearer bench-agent-key";
 /// The fake provider's name in the catalog (`CatalogOptions::default()`).
 const PROVIDER: &str = "fake";
 const SCOPE: &str = "mail.read";
@@ -86,24 +89,24 @@ struct BenchDb {
 }
 
 impl BenchDb {
-    async fn create() -> Self {
+    async fn create() -> Result<Self> {
         let admin = pg_admin_url();
         let name = format!("tv_bench_{}", Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
-            .expect("PostgreSQL must be reachable (set TOKENVAULT_TEST_PG)");
+            .context("PostgreSQL must be reachable (set TOKENVAULT_TEST_PG)")?;
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await
-            .expect("create the benchmark database");
+            .context("create the benchmark database")?;
         let _ = conn.close().await;
         let (prefix, _) = admin
             .rsplit_once('/')
-            .expect("TOKENVAULT_TEST_PG must end in /<database>");
-        Self {
+            .context("TOKENVAULT_TEST_PG must end in /<database>")?;
+        Ok(Self {
             url: format!("{prefix}/{name}"),
             name,
-        }
+        })
     }
 
     async fn drop_now(self) {
@@ -126,10 +129,10 @@ struct ServerSetup {
 
 impl ServerSetup {
     /// Starts a server named `name` whose `[broker]` section is `broker`.
-    async fn spawn(&self, name: &str, broker: &str) -> ServerProcess {
+    async fn spawn(&self, name: &str, broker: &str) -> Result<ServerProcess> {
         let catalog = self.dir.path().join("catalog.toml");
         if !catalog.exists() {
-            std::fs::write(&catalog, self.fake.catalog_toml(&CatalogOptions::default())).expect("write catalog");
+            std::fs::write(&catalog, self.fake.catalog_toml(&CatalogOptions::default())).context("write catalog")?;
         }
         let extra = format!(
             r#"[[auth.api_keys]]
@@ -152,23 +155,29 @@ sweep_interval_seconds = 0
             fake: &self.fake,
             extra: &extra,
         };
-        ServerProcess::spawn(
+        let server = ServerProcess::spawn(
             Path::new(env!("CARGO_BIN_EXE_tokenvault")),
             self.dir.path(),
             name,
             |grpc, http| config.render(grpc, http),
         )
-        .await
+        .await?;
+        Ok(server)
     }
 }
 
 /// `count` HTTP/2 connections to `server`.
-async fn connect_channels(server: &ServerProcess, count: usize) -> Vec<Channel> {
+async fn connect_channels(server: &ServerProcess, count: usize) -> Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(count.max(1));
     for _ in 0..count.max(1) {
-        channels.push(server.channel().await);
+        channels.push(server.channel().await.context("connect to tokenvault")?);
     }
-    channels
+    Ok(channels)
+}
+
+/// The item for turn `i` of a round robin over `items` (`None` when empty).
+fn turn<T>(items: &[T], i: usize) -> Option<&T> {
+    items.get(i.checked_rem(items.len())?)
 }
 
 /// Stores connections directly through the library (what a completed consent
@@ -181,7 +190,7 @@ struct Seeder {
 }
 
 impl Seeder {
-    async fn new(setup: &ServerSetup) -> Self {
+    async fn new(setup: &ServerSetup) -> Result<Self> {
         let store = SqlStore::connect(
             &SecretString::from(setup.db_url.clone()),
             &StoreOptions {
@@ -191,9 +200,9 @@ impl Seeder {
             },
         )
         .await
-        .expect("connect to the benchmark database");
-        store.migrate().await.expect("migrate");
-        let keyring = LocalKeyring::from_inline(&setup.kek, None).expect("keyring");
+        .context("connect to the benchmark database")?;
+        store.migrate().await.context("migrate")?;
+        let keyring = LocalKeyring::from_inline(&setup.kek, None).context("keyring")?;
         let clock: SharedClock = Arc::new(SystemClock);
         let vault = Vault::new(
             Arc::new(keyring),
@@ -202,30 +211,30 @@ impl Seeder {
             1_000,
             Duration::from_secs(60),
         );
-        Self {
+        Ok(Self {
             store,
             vault,
             fake: setup.fake.clone(),
-        }
+        })
     }
 
-    async fn seed(&self, prefix: &str, count: usize, expires_at: chrono::DateTime<chrono::Utc>) -> Vec<Uuid> {
+    async fn seed(&self, prefix: &str, count: usize, expires_at: chrono::DateTime<chrono::Utc>) -> Result<Vec<Uuid>> {
         stream::iter(0..count)
             .map(|i| self.seed_one(format!("{prefix}-{i}"), expires_at))
             .buffer_unordered(32)
-            .collect()
+            .try_collect()
             .await
     }
 
-    async fn seed_one(&self, user: String, expires_at: chrono::DateTime<chrono::Utc>) -> Uuid {
+    async fn seed_one(&self, user: String, expires_at: chrono::DateTime<chrono::Utc>) -> Result<Uuid> {
         let now = chrono::Utc::now();
         let grant = self.fake.mint_grant(&user, &[SCOPE]);
         let connection = self
             .store
             .get_or_create_connection(TENANT, &user, PROVIDER, now)
             .await
-            .expect("create connection");
-        let key = self.vault.create_data_key().await.expect("data key");
+            .context("create connection")?;
+        let key = self.vault.create_data_key().await.context("data key")?;
         let record = connection.id.to_string();
         let access_record = access_token_record(connection.id, "");
         let refresh = key
@@ -238,7 +247,7 @@ impl Seeder {
                 },
                 &SecretString::from(grant.refresh_token),
             )
-            .expect("seal");
+            .context("seal")?;
         let access = key
             .seal_str(
                 &Binding {
@@ -249,7 +258,7 @@ impl Seeder {
                 },
                 &SecretString::from(grant.access_token),
             )
-            .expect("seal");
+            .context("seal")?;
         let scopes: BTreeSet<String> = [SCOPE.to_owned()].into();
         let stored = self
             .store
@@ -274,9 +283,9 @@ impl Seeder {
                 now,
             )
             .await
-            .expect("store grant");
-        assert!(stored, "a fresh connection's version cannot have moved");
-        connection.id
+            .context("store grant")?;
+        ensure!(stored, "a fresh connection's version cannot have moved");
+        Ok(connection.id)
     }
 }
 
@@ -323,15 +332,12 @@ impl Samples {
 }
 
 fn percentile(sorted: &[u32], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    u64::from(sorted[index.min(sorted.len() - 1)])
+    sorted.get(index).or(sorted.last()).copied().map_or(0, u64::from)
 }
 
 fn bearer() -> MetadataValue<tonic::metadata::Ascii> {
-    format!("Bearer {AGENT_KEY}").parse().expect("header")
+    MetadataValue::from_static(AGENT_AUTHORIZATION)
 }
 
 /// `GetAccessToken` for the full grant of `connection`, authenticated with `auth`.
@@ -357,12 +363,16 @@ async fn run_cell(
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
-) -> Samples {
+) -> Result<Samples> {
+    ensure!(
+        matches!(workload, Workload::Health) || !connections.is_empty(),
+        "no connections to call GetAccessToken for"
+    );
     let start = Instant::now() + warmup;
     let end = start + duration;
     let mut tasks = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
-        let channel = channels[worker % channels.len()].clone();
+        let channel = turn(channels, worker).context("no channel to the server")?.clone();
         let connections = connections.clone();
         tasks.push(tokio::spawn(async move {
             let auth = bearer();
@@ -382,10 +392,13 @@ async fn run_cell(
                         request.metadata_mut().insert("authorization", auth.clone());
                         health.check(request).await.is_ok()
                     }
-                    Workload::Token => {
-                        let request = token_request(connections[i % connections.len()], 0, &auth);
-                        tokens.get_access_token(request).await.is_ok()
-                    }
+                    Workload::Token => match turn(&connections, i) {
+                        Some(&connection) => {
+                            let request = token_request(connection, 0, &auth);
+                            tokens.get_access_token(request).await.is_ok()
+                        }
+                        None => false,
+                    },
                 };
                 i += concurrency;
                 if sent >= start {
@@ -403,51 +416,48 @@ async fn run_cell(
         ..Samples::default()
     };
     for task in tasks {
-        let (latencies, errors) = task.await.expect("worker");
+        let (latencies, errors) = task.await.context("a load worker failed")?;
         samples.latencies.extend(latencies);
         samples.errors += errors;
     }
-    samples
+    Ok(samples)
 }
 
 /// 1,000 concurrent calls for one expired token spread over `servers`;
 /// returns (upstream refreshes, seconds until all answered, successes).
-async fn refresh_storm(servers: &[&ServerProcess], fake: &FakeProvider, connection: Uuid) -> (u64, f64, usize) {
+async fn refresh_storm(servers: &[&ServerProcess], fake: &FakeProvider, connection: Uuid) -> Result<(u64, f64, usize)> {
     let mut channels = Vec::new();
     for server in servers {
-        channels.extend(connect_channels(server, 4).await);
+        channels.extend(connect_channels(server, 4).await?);
     }
-    let before = fake.stats().refreshes;
-    let started = Instant::now();
-    let calls = (0..STORM_CALLS).map(|i| {
-        let mut client = TokenServiceClient::new(channels[i % channels.len()].clone());
-        async move {
+    let mut calls = Vec::with_capacity(STORM_CALLS);
+    for i in 0..STORM_CALLS {
+        let mut client = TokenServiceClient::new(turn(&channels, i).context("no channel to the servers")?.clone());
+        calls.push(async move {
             client
                 .get_access_token(token_request(connection, 60, &bearer()))
                 .await
                 .is_ok()
-        }
-    });
+        });
+    }
+    let before = fake.stats().refreshes;
+    let started = Instant::now();
     let answered = futures::future::join_all(calls).await;
     let elapsed = started.elapsed().as_secs_f64();
     let successes = answered.into_iter().filter(|ok| *ok).count();
-    (fake.stats().refreshes - before, elapsed, successes)
+    Ok((fake.stats().refreshes - before, elapsed, successes))
 }
 
 /// Calls `GetAccessToken` once for each connection, at concurrency 64.
-async fn warm(server: &ServerProcess, connections: &[Uuid]) -> usize {
-    let channels = connect_channels(server, 2).await;
-    let calls: Vec<_> = connections
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let id = *id;
-            let mut client = TokenServiceClient::new(channels[i % channels.len()].clone());
-            async move { client.get_access_token(token_request(id, 0, &bearer())).await.is_ok() }
-        })
-        .collect();
+async fn warm(server: &ServerProcess, connections: &[Uuid]) -> Result<usize> {
+    let channels = connect_channels(server, 2).await?;
+    let mut calls = Vec::with_capacity(connections.len());
+    for (i, &id) in connections.iter().enumerate() {
+        let mut client = TokenServiceClient::new(turn(&channels, i).context("no channel to the server")?.clone());
+        calls.push(async move { client.get_access_token(token_request(id, 0, &bearer())).await.is_ok() });
+    }
     let answered: Vec<bool> = stream::iter(calls).buffer_unordered(64).collect().await;
-    answered.into_iter().filter(|ok| *ok).count()
+    Ok(answered.into_iter().filter(|ok| *ok).count())
 }
 
 fn print_row(name: &str, concurrency: usize, m: &Measured, ceiling: &Measured) {
@@ -465,30 +475,30 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-async fn run(args: &Args, db_url: String) {
+async fn run(args: &Args, db_url: String) -> Result<()> {
     let fake = FakeProvider::start(FakeProviderConfig {
         access_token_ttl: Duration::from_secs(3600),
         ..FakeProviderConfig::default()
     })
     .await
-    .expect("fake provider");
+    .context("fake provider")?;
     let kek_bytes: [u8; 32] = rand::random();
     let kek = SecretString::from(format!(
         "bench:{}",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, kek_bytes)
     ));
     let setup = ServerSetup {
-        dir: tempfile::tempdir().expect("temp dir"),
+        dir: tempfile::tempdir().context("temp dir")?,
         db_url,
         kek,
         fake: fake.clone(),
     };
-    let seeder = Seeder::new(&setup).await;
+    let seeder = Seeder::new(&setup).await?;
     let later = chrono::Utc::now() + chrono::Duration::hours(2);
-    let working_set = Arc::new(seeder.seed("load", args.working_set, later).await);
+    let working_set = Arc::new(seeder.seed("load", args.working_set, later).await?);
 
-    let cached = setup.spawn("cached", "").await;
-    let uncached = setup.spawn("uncached", "cache_capacity = 0").await;
+    let cached = setup.spawn("cached", "").await?;
+    let uncached = setup.spawn("uncached", "cache_capacity = 0").await?;
 
     println!(
         "\n## Throughput ({}s per cell in 1s turns, {} client HTTP/2 connections, {} connections cycled)\n",
@@ -498,10 +508,10 @@ async fn run(args: &Args, db_url: String) {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut summary = Vec::new();
     for &concurrency in &args.concurrency {
-        let channels = connect_channels(&cached, args.channels).await;
-        let miss_channels = connect_channels(&uncached, args.channels).await;
+        let channels = connect_channels(&cached, args.channels).await?;
+        let miss_channels = connect_channels(&uncached, args.channels).await?;
         // Every connection of the working set in memory first: the cached row measures hits.
-        warm(&cached, &working_set).await;
+        warm(&cached, &working_set).await?;
         // The four workloads take turns, one second each, so that whatever
         // else the machine does falls on all of them alike.
         let cells = [
@@ -526,7 +536,7 @@ async fn run(args: &Args, db_url: String) {
                     warmup,
                     Duration::from_secs(1),
                 );
-                total.add(slice.await);
+                total.add(slice.await?);
             }
         }
         let [health, hit, miss_health, miss] = totals.map(Samples::summarize);
@@ -560,11 +570,14 @@ async fn run(args: &Args, db_url: String) {
     println!("| servers | upstream refreshes (target 1) | seconds until all answered | calls answered OK |");
     println!("|---:|---:|---:|---:|");
     let expired = chrono::Utc::now() - chrono::Duration::minutes(5);
-    let storm = seeder.seed("storm", 2, expired).await;
-    let (refreshes, seconds, ok) = refresh_storm(&[&cached], &fake, storm[0]).await;
+    let storm = seeder.seed("storm", 2, expired).await?;
+    let [one_server, two_servers] = storm[..] else {
+        anyhow::bail!("seeded {} storm connections, not 2", storm.len());
+    };
+    let (refreshes, seconds, ok) = refresh_storm(&[&cached], &fake, one_server).await?;
     println!("| 1 | {refreshes} | {seconds:.3} | {ok} |");
-    let replica = setup.spawn("replica", "").await;
-    let (refreshes, seconds, ok) = refresh_storm(&[&cached, &replica], &fake, storm[1]).await;
+    let replica = setup.spawn("replica", "").await?;
+    let (refreshes, seconds, ok) = refresh_storm(&[&cached, &replica], &fake, two_servers).await?;
     println!("| 2 | {refreshes} | {seconds:.3} | {ok} |");
     drop(replica);
     drop(cached);
@@ -572,16 +585,16 @@ async fn run(args: &Args, db_url: String) {
     if args.memory_connections > 0 {
         let count = args.memory_connections;
         let seeding = Instant::now();
-        let many = seeder.seed("mem", count, later).await;
+        let many = seeder.seed("mem", count, later).await?;
         let seeded_in = seeding.elapsed().as_secs_f64();
-        let server = setup.spawn("memory", "cache_max_age_seconds = 3600").await;
-        warm(&server, &working_set[..10]).await;
+        let server = setup.spawn("memory", "cache_max_age_seconds = 3600").await?;
+        warm(&server, working_set.get(..10).unwrap_or(&working_set)).await?;
         let before = server.rss_bytes().unwrap_or(0);
         let warming = Instant::now();
-        let served = warm(&server, &many).await;
+        let served = warm(&server, &many).await?;
         let warmed_in = warming.elapsed().as_secs_f64();
         // Calls across all of them afterwards show the entries stayed in memory.
-        let channels = connect_channels(&server, args.channels).await;
+        let channels = connect_channels(&server, args.channels).await?;
         let hits = run_cell(
             &channels,
             Workload::Token,
@@ -590,7 +603,7 @@ async fn run(args: &Args, db_url: String) {
             Duration::ZERO,
             Duration::from_secs(2),
         )
-        .await
+        .await?
         .summarize();
         let after = server.rss_bytes().unwrap_or(0);
         println!("\n## Memory ({count} connections with cached tokens)\n");
@@ -614,16 +627,17 @@ async fn run(args: &Args, db_url: String) {
     }
     println!();
     drop(setup);
+    Ok(())
 }
 
-fn main() {
+fn main() -> Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
+        .context("tokio runtime")?;
     runtime.block_on(async {
-        let db = BenchDb::create().await;
+        let db = BenchDb::create().await?;
         println!(
             "# tokenvault load benchmark\n\nmachine: {} cores; server: `tokenvault serve` ({} build), PostgreSQL {}",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -634,8 +648,9 @@ fn main() {
         let url = db.url.clone();
         let outcome = tokio::spawn(async move { run(&args, url).await }).await;
         db.drop_now().await;
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic.into_panic());
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic.into_panic()),
         }
-    });
+    })
 }

@@ -1,9 +1,9 @@
 //! A development OAuth provider for trying tokenvault end to end without a
 //! real Google or Slack account.
 //!
-//! Starts the crate's fake OAuth 2.0 provider
-//! (`tokenvault::testing::fake_provider`) on 127.0.0.1 and writes two files
-//! into a directory:
+//! Starts the test kit's fake OAuth 2.0 provider
+//! (`tokenvault_testkit::fake_provider`, from the workspace's `testkit/`
+//! crate) on 127.0.0.1 and writes two files into a directory:
 //!
 //! - `catalog.toml`: an operator catalog with one provider, `demo`, pointing
 //!   at the fake (authorization code + PKCE, refresh, RFC 7009 revocation);
@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokenvault::testing::fake_provider::{FakeProvider, FakeProviderConfig};
+use tokenvault_testkit::fake_provider::{FakeProvider, FakeProviderConfig};
 
 /// The provider name in the catalog and configuration.
 const PROVIDER: &str = "demo";

@@ -33,6 +33,3 @@ pub mod proto {
     /// Encoded file descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tokenvault_descriptor");
 }
-
-/// Test support: a fake OAuth 2.0 provider for integration tests and benchmarks.
-pub mod testing;

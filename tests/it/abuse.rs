@@ -1,6 +1,7 @@
 //! Abuse: oversized and malformed requests get a clear status and change nothing.
 
-use crate::support::provider::{browser, connect, WithProvider};
+use crate::support::fixture::WithProvider;
+use crate::support::provider::{browser, connect};
 use crate::support::{dump_database, keys, Backend};
 use tokenvault::proto::*;
 use tonic::Code;

@@ -1,14 +1,17 @@
 //! GetAccessToken through the real server and the fake provider.
 
 use crate::on_both;
-use crate::support::provider::{connect, CatalogOptions, WithProvider};
-use crate::support::{base_config, keys, Backend, TestDb, TestServer};
+use crate::support::fixture::WithProvider;
+use crate::support::inspect::{audit, stored_connection};
+use crate::support::provider::{connect, CatalogOptions};
+use crate::support::{keys, Backend, TestServer};
 use secrecy::ExposeSecret;
+use std::collections::HashSet;
 use tokenvault::clock::Clock;
 use tokenvault::proto::{GetAccessTokenRequest, GetAccessTokenResponse};
-use tokenvault::store::{ConnectionStatus, TenantScope};
-use tokenvault::testing::fake_provider::{Endpoint, FakeProviderConfig, Fault};
+use tokenvault::store::ConnectionStatus;
 use tokenvault::vault::{Binding, Field};
+use tokenvault_testkit::fake_provider::{Endpoint, FakeProviderConfig, Fault};
 use tonic::Code;
 
 fn request(connection_id: &str, scopes: &[&str], min_ttl: u32) -> GetAccessTokenRequest {
@@ -32,15 +35,32 @@ async fn get(
         .map(|r| r.into_inner())
 }
 
+/// `calls` concurrent `GetAccessToken` calls for `connection_id`, spread
+/// over `servers` in turn; the distinct tokens they got.
+async fn concurrent_tokens(servers: &[&TestServer], connection_id: &str, calls: usize) -> HashSet<String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..calls {
+        let server = servers[i % servers.len()];
+        let mut client = server.tokens(keys::AGENT);
+        let id = connection_id.to_owned();
+        tasks.spawn(async move {
+            client
+                .get_access_token(request(&id, &[], 0))
+                .await
+                .map(|r| r.into_inner().access_token)
+        });
+    }
+    let mut tokens = HashSet::new();
+    while let Some(result) = tasks.join_next().await {
+        tokens.insert(result.unwrap().expect("every caller gets a token"));
+    }
+    tokens
+}
+
 /// The refresh token the store holds for a connection, decrypted.
 async fn stored_refresh_token(server: &TestServer, connection_id: &str) -> String {
     let app = server.app();
-    let connection = app
-        .store
-        .connection(&TenantScope::All, connection_id.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let connection = stored_connection(server, connection_id).await;
     let key = app.vault.data_key(connection.dek_id.unwrap()).await.unwrap();
     let record = connection.id.to_string();
     let token = key
@@ -104,30 +124,12 @@ async fn cached_then_refreshed(backend: Backend) {
     }
     // Issuances are audited in batches (and last_used_at kept), without the token.
     with.server.app().broker.flush_usage().await;
-    with.server.app().audit.flush().await;
-    let events = with
-        .server
-        .app()
-        .store
-        .list_audit(&tokenvault::store::AuditFilter {
-            action: Some("token.issued".into()),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = audit(&with.server, "token.issued").await;
     let issued: u64 = events.iter().map(|e| e.detail["count"].as_u64().unwrap()).sum();
     assert_eq!(issued, 4);
     assert!(events.iter().all(|e| e.actor == "agent-acme"));
     assert!(!events.iter().any(|e| e.detail.to_string().contains("fake_at_")));
-    let stored = with
-        .server
-        .app()
-        .store
-        .connection(&TenantScope::All, connection.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored_connection(&with.server, &connection).await;
     assert!(stored.last_used_at.is_some());
     with.stop().await;
 }
@@ -138,10 +140,11 @@ async fn min_ttl_and_lease(backend: Backend) {
         access_token_ttl: std::time::Duration::from_secs(600),
         ..Default::default()
     };
-    let with = WithProvider::start_with(backend, fake, CatalogOptions::default(), |c| {
-        c.broker.max_lease_seconds = 120
-    })
-    .await;
+    let with = WithProvider::build(backend)
+        .fake(fake)
+        .config(|c| c.broker.max_lease_seconds = 120)
+        .start()
+        .await;
     let connection = connect(&with, "bob", &["mail.read"]).await;
     let now = with.server.clock.now();
     let first = get(&with.server, &connection, &[], 300).await.unwrap();
@@ -176,21 +179,7 @@ async fn a_thousand_callers_cause_one_refresh() {
     with.fake
         .faults()
         .push(Endpoint::Token, Fault::Delay(std::time::Duration::from_millis(300)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..1000 {
-        let mut client = with.server.tokens(keys::AGENT);
-        let id = connection.clone();
-        tasks.spawn(async move {
-            client
-                .get_access_token(request(&id, &[], 0))
-                .await
-                .map(|r| r.into_inner().access_token)
-        });
-    }
-    let mut tokens = std::collections::HashSet::new();
-    while let Some(result) = tasks.join_next().await {
-        tokens.insert(result.unwrap().expect("every caller gets a token"));
-    }
+    let tokens = concurrent_tokens(&[&with.server], &connection, 1000).await;
     assert_eq!(tokens.len(), 1, "everyone got the one refreshed token");
     assert_eq!(with.fake.stats().refreshes, 1, "exactly one upstream refresh");
     with.stop().await;
@@ -201,43 +190,14 @@ async fn two_replicas_on_one_database_cause_one_refresh() {
     let with = WithProvider::start(Backend::Postgres).await;
     let connection = connect(&with, "dan", &["calendar.read"]).await;
     // A second replica: same database, same keys and catalog, its own cache.
-    let mut config = base_config(&with.server.db);
-    config.keys.inline = with.server.app().config.keys.inline.clone();
-    config.providers.catalog_file = with.server.app().config.providers.catalog_file.clone();
-    for (name, client) in &with.server.app().config.providers.clients {
-        config.providers.clients.insert(
-            name.clone(),
-            tokenvault::config::ProviderClientConfig {
-                client_id: client.client_id.clone(),
-                client_secret: client.client_secret.clone(),
-                client_secret_file: None,
-            },
-        );
-    }
-    let shared_db = TestDb::attach(&with.server.db);
-    let replica = TestServer::start_on(shared_db, config).await;
+    let replica = with.replica().await;
     with.server.clock.advance(chrono::Duration::seconds(3600));
     replica.clock.advance(chrono::Duration::seconds(3600));
     // A slow provider: the second replica's callers arrive while the first replica's refresh is in flight.
     with.fake
         .faults()
         .push(Endpoint::Token, Fault::Delay(std::time::Duration::from_millis(300)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..1000 {
-        let server = if i % 2 == 0 { &with.server } else { &replica };
-        let mut client = server.tokens(keys::AGENT);
-        let id = connection.clone();
-        tasks.spawn(async move {
-            client
-                .get_access_token(request(&id, &[], 0))
-                .await
-                .map(|r| r.into_inner().access_token)
-        });
-    }
-    let mut tokens = std::collections::HashSet::new();
-    while let Some(result) = tasks.join_next().await {
-        tokens.insert(result.unwrap().expect("every caller gets a token"));
-    }
+    let tokens = concurrent_tokens(&[&with.server, &replica], &connection, 1000).await;
     assert_eq!(tokens.len(), 1);
     assert_eq!(with.fake.stats().refreshes, 1, "one refresh across both replicas");
     replica.stop().await;
@@ -256,24 +216,10 @@ async fn invalid_grant(backend: Backend) {
         "{}",
         error.message()
     );
-    let app = with.server.app();
-    let stored = app
-        .store
-        .connection(&TenantScope::All, connection.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored_connection(&with.server, &connection).await;
     assert_eq!(stored.status(), ConnectionStatus::NeedsReauth);
     assert!(stored.refresh_token.is_some(), "nothing is deleted");
-    let events = app
-        .store
-        .list_audit(&tokenvault::store::AuditFilter {
-            action: Some("connection.needs_reauth".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = audit(&with.server, "connection.needs_reauth").await;
     assert_eq!(events.len(), 1);
     // Later calls fail at once without calling the provider again.
     let refreshes = with.fake.stats().refreshes;
@@ -386,7 +332,7 @@ async fn scope_narrowing(backend: Backend) {
         narrowing: false,
         ..Default::default()
     };
-    let with = WithProvider::start_with(backend, FakeProviderConfig::default(), options, |_| {}).await;
+    let with = WithProvider::build(backend).catalog(options).start().await;
     let connection = connect(&with, "gina", &["calendar.read", "mail.send"]).await;
     let subset = get(&with.server, &connection, &["calendar.read"], 0).await.unwrap();
     assert_eq!(subset.scopes, vec!["calendar.read", "mail.send"]);

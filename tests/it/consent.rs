@@ -1,23 +1,13 @@
 //! Consent through the real server and the fake provider.
 
 use crate::on_both;
-use crate::support::provider::{browser, connect, query, CatalogOptions, WithProvider};
+use crate::support::fixture::WithProvider;
+use crate::support::inspect::{revocations, stored_connection};
+use crate::support::provider::{browser, connect, query, start_request, CatalogOptions};
 use crate::support::{contains, dump_database, keys, Backend};
 use tokenvault::proto::*;
-use tokenvault::store::TenantScope;
-use tokenvault::testing::fake_provider::FakeProviderConfig;
+use tokenvault_testkit::fake_provider::FakeProviderConfig;
 use tonic::Code;
-
-fn start_request(user: &str, capabilities: &[&str]) -> StartConsentRequest {
-    StartConsentRequest {
-        tenant_id: keys::TENANT.into(),
-        user_id: user.into(),
-        provider: "fake".into(),
-        capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
-        scopes: vec![],
-        return_url: "https://app.example.com/connected".into(),
-    }
-}
 
 async fn successful_consent(backend: Backend) {
     let with = WithProvider::start(backend).await;
@@ -69,14 +59,7 @@ async fn successful_consent(backend: Backend) {
         .into_inner();
     assert_eq!(done.status, ConsentStatus::ConsentCompleted as i32);
     assert_eq!(done.connection_id, connection_id);
-    let stored = with
-        .server
-        .app()
-        .store
-        .connection(&TenantScope::All, connection_id.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored_connection(&with.server, &connection_id).await;
     assert_eq!(
         stored.granted_scopes.iter().cloned().collect::<Vec<_>>(),
         vec!["calendar.read", "mail.send"]
@@ -123,7 +106,7 @@ async fn denied_consent(backend: Backend) {
         auto_approve: false,
         ..Default::default()
     };
-    let with = WithProvider::start_with(backend, config, CatalogOptions::default(), |_| {}).await;
+    let with = WithProvider::build(backend).fake(config).start().await;
     let mut consent = with.server.consent(keys::PLATFORM);
     let started = consent
         .start_consent(start_request("bob", &["mail.read"]))
@@ -251,14 +234,7 @@ async fn fewer_scopes_granted(backend: Backend) {
     let with = WithProvider::start(backend).await;
     with.fake.grant_only(Some(vec!["calendar.read".into()]));
     let connection_id = connect(&with, "erin", &["calendar.read", "mail.send"]).await;
-    let stored = with
-        .server
-        .app()
-        .store
-        .connection(&TenantScope::All, connection_id.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored_connection(&with.server, &connection_id).await;
     assert_eq!(
         stored.granted_scopes.iter().cloned().collect::<Vec<_>>(),
         vec!["calendar.read"]
@@ -304,7 +280,7 @@ async fn incremental_consent(backend: Backend) {
         incremental: false,
         ..Default::default()
     };
-    let with = WithProvider::start_with(backend, FakeProviderConfig::default(), options, |_| {}).await;
+    let with = WithProvider::build(backend).catalog(options).start().await;
     connect(&with, "fay", &["calendar.read"]).await;
     let started = with
         .server
@@ -506,34 +482,26 @@ on_both!(malformed_consent_requests_change_nothing, malformed_requests);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn providers_can_be_found_by_discovery_from_an_issuer() {
-    use crate::support::{base_config, TestDb, TestServer};
-    use tokenvault::config::ProviderClientConfig;
-    let fake = tokenvault::testing::fake_provider::FakeProvider::start(FakeProviderConfig::default())
-        .await
-        .unwrap();
-    let issuer = fake.base_url().as_str().trim_end_matches('/').to_owned();
-    let catalog = format!(
-        "[providers.fake]\ndisplay_name = \"Discovered\"\nissuer = \"{issuer}\"\nallowed_scopes = [\"mail.read\"]\n\
-         [providers.fake.capabilities]\n\"mail.read\" = [\"mail.read\"]\n"
-    );
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), catalog).unwrap();
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut config = base_config(&db);
-    config.providers.catalog_file = Some(file.path().to_owned());
-    config.providers.clients.insert(
-        "fake".into(),
-        ProviderClientConfig {
-            client_id: fake.config().client_id.clone(),
-            client_secret: Some(fake.config().client_secret.clone().into()),
-            client_secret_file: None,
-        },
-    );
-    let server = TestServer::start_on(db, config).await;
+    // A catalog entry with an issuer and no endpoints, for a fake without incremental authorization.
+    let with = WithProvider::build(Backend::Sqlite)
+        .catalog(CatalogOptions {
+            incremental: false,
+            ..Default::default()
+        })
+        .catalog_toml(|fake| {
+            let issuer = fake.base_url().as_str().trim_end_matches('/').to_owned();
+            format!(
+                "[providers.fake]\ndisplay_name = \"Discovered\"\nissuer = \"{issuer}\"\nallowed_scopes = [\"mail.read\"]\n\
+                 [providers.fake.capabilities]\n\"mail.read\" = [\"mail.read\"]\n"
+            )
+        })
+        .start()
+        .await;
+    let (server, fake) = (&with.server, &with.fake);
     let client = server.app().providers.client("fake").unwrap();
     assert_eq!(client.endpoints().token, fake.token_url());
     assert_eq!(client.endpoints().revocation.as_ref(), Some(&fake.revocation_url()));
-    let connection = crate::support::provider::connect_on(&server, &fake, "dana", &["mail.read"]).await;
+    let connection = connect(&with, "dana", &["mail.read"]).await;
     server
         .connections(keys::PLATFORM)
         .disconnect(DisconnectRequest {
@@ -541,14 +509,7 @@ async fn providers_can_be_found_by_discovery_from_an_issuer() {
         })
         .await
         .unwrap();
-    let mut revoked = false;
-    for _ in 0..100 {
-        if !fake.stats().revocations.is_empty() {
-            revoked = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let revoked = !revocations(fake, 1).await.is_empty();
     assert!(revoked, "the discovered revocation endpoint was used");
-    server.stop().await;
+    with.stop().await;
 }

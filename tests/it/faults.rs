@@ -1,13 +1,14 @@
 //! Faults: the database going away under load, the server killed mid-refresh,
 //! a provider answering garbage, a tampered ciphertext.
 
-use crate::support::provider::{connect_on, install, start_fake, CatalogOptions, WithProvider};
+use crate::support::fixture::WithProvider;
+use crate::support::inspect::{audit, stored_connection};
+use crate::support::provider::{connect_on, install, start_fake, CatalogOptions};
 use crate::support::proxy::TcpProxy;
 use crate::support::{base_config, keys, Backend, TestDb, TestServer};
 use std::time::{Duration, Instant};
 use tokenvault::proto::*;
-use tokenvault::store::TenantScope;
-use tokenvault::testing::fake_provider::{Endpoint, FakeProviderConfig, Fault};
+use tokenvault_testkit::fake_provider::{Endpoint, FakeProviderConfig, Fault};
 use tonic::Code;
 
 async fn token(server: &TestServer, connection_id: &str) -> Result<GetAccessTokenResponse, tonic::Status> {
@@ -130,16 +131,13 @@ async fn database_outage_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_huge_provider_answers_are_bounded() {
-    let with = WithProvider::start_with(
-        Backend::Sqlite,
-        FakeProviderConfig::default(),
-        CatalogOptions::default(),
-        |c| {
+    let with = WithProvider::build(Backend::Sqlite)
+        .config(|c| {
             c.provider_http.max_response_bytes = 64 * 1024;
             c.broker.refresh_attempts = 1;
-        },
-    )
-    .await;
+        })
+        .start()
+        .await;
     let connection = connect_on(&with.server, &with.fake, "dee", &["mail.read"]).await;
     with.server.clock.advance(chrono::Duration::seconds(3600));
     for fault in [
@@ -185,17 +183,7 @@ async fn a_tampered_ciphertext_is_reported_and_contained() {
     let error = token(&with.server, &victim).await.unwrap_err();
     assert_eq!(error.code(), Code::DataLoss);
     assert!(error.message().contains("integrity"), "{}", error.message());
-    let events = with
-        .server
-        .app()
-        .store
-        .list_audit(&tokenvault::store::AuditFilter {
-            action: Some("vault.integrity_failure".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = audit(&with.server, "vault.integrity_failure").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].connection_id.map(|c| c.to_string()), Some(victim.clone()));
     assert!(
@@ -216,14 +204,7 @@ async fn a_tampered_ciphertext_is_reported_and_contained() {
         .await
         .unwrap();
     assert_eq!(token(&with.server, &victim).await.unwrap_err().code(), Code::DataLoss);
-    let stored = with
-        .server
-        .app()
-        .store
-        .connection(&TenantScope::All, victim.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored_connection(&with.server, &victim).await;
     assert!(stored.refresh_token.is_some(), "nothing is deleted");
     with.stop().await;
 }

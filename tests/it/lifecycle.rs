@@ -1,14 +1,17 @@
 //! Revocation, deletion, retention and key rotation through the real server.
 
 use crate::on_both;
-use crate::support::provider::{connect, install, CatalogOptions, WithProvider};
-use crate::support::{base_config, contains, dump_database, keys, random_kek, Backend, TestDb, TestServer};
+use crate::support::fixture::WithProvider;
+use crate::support::inspect::{audit, revocations, stored_connection};
+use crate::support::provider::connect;
+use crate::support::{contains, dump_database, keys, random_kek, Backend, TestServer};
 use secrecy::SecretString;
 use std::time::Duration;
+use tokenvault::config::Config;
 use tokenvault::proto::*;
-use tokenvault::store::{AuditEvent, AuditFilter, TenantScope};
-use tokenvault::testing::fake_provider::{Endpoint, FakeProvider, FakeProviderConfig, Fault};
+use tokenvault::store::AuditEvent;
 use tokenvault::vault::VaultError;
+use tokenvault_testkit::fake_provider::{Endpoint, Fault};
 use tonic::Code;
 
 async fn token(server: &TestServer, connection_id: &str) -> Result<GetAccessTokenResponse, tonic::Status> {
@@ -20,20 +23,6 @@ async fn token(server: &TestServer, connection_id: &str) -> Result<GetAccessToke
         })
         .await
         .map(|r| r.into_inner())
-}
-
-async fn audit(server: &TestServer, action: &str) -> Vec<AuditEvent> {
-    server.app().audit.flush().await;
-    server
-        .app()
-        .store
-        .list_audit(&AuditFilter {
-            action: Some(action.to_owned()),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
 }
 
 /// Waits (bounded) until `n` audit events of `action` exist.
@@ -48,28 +37,8 @@ async fn audit_eventually(server: &TestServer, action: &str, n: usize) -> Vec<Au
     audit(server, action).await
 }
 
-/// Waits (bounded) until the fake has seen `n` revocation requests.
-async fn revocations(fake: &FakeProvider, n: usize) -> Vec<tokenvault::testing::fake_provider::RevocationRecord> {
-    for _ in 0..100 {
-        let seen = fake.stats().revocations;
-        if seen.len() >= n {
-            return seen;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    fake.stats().revocations
-}
-
 async fn dek_of(server: &TestServer, connection_id: &str) -> uuid::Uuid {
-    server
-        .app()
-        .store
-        .connection(&TenantScope::All, connection_id.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .dek_id
-        .unwrap()
+    stored_connection(server, connection_id).await.dek_id.unwrap()
 }
 
 async fn disconnect(backend: Backend) {
@@ -156,11 +125,13 @@ async fn disconnect(backend: Backend) {
 on_both!(disconnect_revokes_everywhere, disconnect);
 
 async fn provider_fails_then_recovers(backend: Backend) {
-    let with = WithProvider::start_with(backend, FakeProviderConfig::default(), CatalogOptions::default(), |c| {
-        c.lifecycle.revocation_retry_base_seconds = 30;
-        c.lifecycle.revocation_give_up_after_hours = 1;
-    })
-    .await;
+    let with = WithProvider::build(backend)
+        .config(|c| {
+            c.lifecycle.revocation_retry_base_seconds = 30;
+            c.lifecycle.revocation_give_up_after_hours = 1;
+        })
+        .start()
+        .await;
     let first = connect(&with, "bob", &["mail.read"]).await;
     let second = connect(&with, "carl", &["mail.read"]).await;
     let outbox = with.server.app().lifecycle.outbox().clone();
@@ -500,10 +471,7 @@ async fn one_sweeper_at_a_time() {
 async fn revocation_reaches_every_replica_within_a_second() {
     let with = WithProvider::start(Backend::Postgres).await;
     let connection = connect(&with, "ivy", &["mail.read"]).await;
-    let mut config = base_config(&with.server.db);
-    config.keys.inline = with.server.app().config.keys.inline.clone();
-    let _catalog = install(&mut config, &with.fake, &CatalogOptions::default());
-    let replica = TestServer::start_on(TestDb::attach(&with.server.db), config).await;
+    let replica = with.replica().await;
     token(&replica, &connection).await.unwrap();
     token(&replica, &connection).await.unwrap();
     with.server
@@ -525,35 +493,26 @@ async fn revocation_reaches_every_replica_within_a_second() {
     with.stop().await;
 }
 
+/// Sets the inline key-encryption keys and the active one.
+fn with_keys(inline: String, active: &'static str) -> impl FnOnce(&mut Config) {
+    move |config| {
+        config.keys.inline = Some(SecretString::from(inline));
+        config.keys.active = Some(active.to_owned());
+    }
+}
+
 async fn rotation_then_removal(backend: Backend) {
     let old = random_kek("old");
     let new = random_kek("new");
-    let fake = FakeProvider::start(FakeProviderConfig {
-        incremental_param: Some(("include_granted_scopes".into(), "true".into())),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let db = TestDb::new(backend).await;
-    let configure = |spec: &str, active: &str| {
-        let mut config = base_config(&db);
-        config.keys.inline = Some(SecretString::from(spec.to_owned()));
-        config.keys.active = Some(active.to_owned());
-        let catalog = install(&mut config, &fake, &CatalogOptions::default());
-        (config, catalog)
-    };
-    let (config, _c1) = configure(&old, "old");
-    let server = TestServer::start_on(TestDb::attach(&db), config).await;
-    let with = crate::support::provider::WithProviderRef {
-        server: &server,
-        fake: &fake,
-    };
-    let connection = with.connect("jo", &["mail.read"]).await;
-    server.stop().await;
+    let with = WithProvider::build(backend)
+        .config(with_keys(old.clone(), "old"))
+        .start()
+        .await;
+    let connection = connect(&with, "jo", &["mail.read"]).await;
 
-    let (config, _c2) = configure(&format!("{old},{new}"), "new");
-    let server = TestServer::start_on(TestDb::attach(&db), config).await;
-    let report = server
+    let with = with.restart(with_keys(format!("{old},{new}"), "new")).await;
+    let report = with
+        .server
         .admin(keys::ADMIN)
         .rotate_keys(RotateKeysRequest {})
         .await
@@ -561,22 +520,21 @@ async fn rotation_then_removal(backend: Backend) {
         .into_inner();
     assert_eq!(report.active_kek_id, "new");
     assert!(report.rewrapped >= 1);
-    let error = server
+    let error = with
+        .server
         .admin(keys::OTHER_PLATFORM)
         .rotate_keys(RotateKeysRequest {})
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::PermissionDenied);
-    server.stop().await;
 
     // The old key removed: everything still opens.
-    let (config, _c3) = configure(&new, "new");
-    let server = TestServer::start_on(TestDb::attach(&db), config).await;
-    let issued = token(&server, &connection).await.unwrap();
-    assert!(fake.introspect(&issued.access_token).is_some());
-    server.stop().await;
-    drop(db);
+    let with = with.restart(with_keys(new, "new")).await;
+    let issued = token(&with.server, &connection).await.unwrap();
+    assert!(with.fake.introspect(&issued.access_token).is_some());
+    with.stop().await;
 }
+
 on_both!(key_rotation_then_old_key_removed, rotation_then_removal);
 
 async fn listings_and_export(backend: Backend) {

@@ -1,22 +1,23 @@
 //! The real binary as a separate process: killed with SIGKILL mid-refresh and
 //! started again, and its logs searched for secrets.
 
-use crate::support::provider::{browser, connect_on, install, query, start_fake, CatalogOptions};
-use crate::support::{base_config, keys, random_kek, Backend, TestDb, TestServer};
+use crate::support::fixture::WithProvider;
+use crate::support::provider::{browser, connect, query, start_fake, CatalogOptions};
+use crate::support::{keys, random_kek, Backend, TestDb};
 use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use tokenvault::proto::token_service_client::TokenServiceClient;
 use tokenvault::proto::*;
-use tokenvault::testing::fake_provider::{Endpoint, FakeProvider, FakeProviderConfig, Fault};
-use tokenvault::testing::server_process::ProcessConfig;
+use tokenvault_testkit::fake_provider::{Endpoint, FakeProvider, FakeProviderConfig, Fault};
+use tokenvault_testkit::server_process::ProcessConfig;
 use tonic::transport::Channel;
 
 /// `tokenvault serve` in its own process, configured for the test tenant's
 /// keys and the fake provider, with its temporary directory.
 struct ServerProcess {
-    process: tokenvault::testing::server_process::ServerProcess,
+    process: tokenvault_testkit::server_process::ServerProcess,
     grpc: SocketAddr,
     http: SocketAddr,
     _dir: tempfile::TempDir,
@@ -61,13 +62,14 @@ outbox_poll_seconds = 1
             fake,
             extra: &extra,
         };
-        let process = tokenvault::testing::server_process::ServerProcess::spawn(
+        let process = tokenvault_testkit::server_process::ServerProcess::spawn(
             Path::new(env!("CARGO_BIN_EXE_tokenvault")),
             dir.path(),
             "server",
             |grpc, http| config.render(grpc, http),
         )
-        .await;
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
         Self {
             grpc: process.grpc,
             http: process.http,
@@ -79,7 +81,7 @@ outbox_poll_seconds = 1
     async fn tokens(&self) -> TokenServiceClient<crate::support::Authed> {
         let value = format!("Bearer {}", keys::AGENT).parse().unwrap();
         TokenServiceClient::new(tonic::service::interceptor::InterceptedService::new(
-            self.process.channel().await,
+            self.process.channel().await.expect("connect to tokenvault"),
             crate::support::Bearer::with(value),
         ))
     }
@@ -96,18 +98,18 @@ outbox_poll_seconds = 1
 
 /// A database seeded with connections through an in-process server, then handed to the binary.
 async fn seeded(fake: &FakeProvider, users: &[&str]) -> (TestDb, String, Vec<String>) {
-    let db = TestDb::new(Backend::Postgres).await;
     let kek = random_kek("proc");
-    let mut config = base_config(&db);
-    config.keys.inline = Some(kek.clone().into());
-    let _catalog = install(&mut config, fake, &CatalogOptions::default());
-    let server = TestServer::start_on(TestDb::attach(&db), config).await;
+    let inline = kek.clone();
+    let with = WithProvider::build(Backend::Postgres)
+        .shared_fake(fake)
+        .config(move |c| c.keys.inline = Some(inline.into()))
+        .start()
+        .await;
     let mut ids = Vec::new();
     for user in users {
-        ids.push(connect_on(&server, fake, user, &["mail.read"]).await);
+        ids.push(connect(&with, user, &["mail.read"]).await);
     }
-    server.stop().await;
-    (db, kek, ids)
+    (with.into_db().await, kek, ids)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

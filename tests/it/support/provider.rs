@@ -1,10 +1,13 @@
-//! The fake OAuth provider wired into a test server's catalog.
+//! The fake OAuth provider wired into a test server's catalog, and the user's
+//! side of a consent: the browser at the fake and at tokenvault's callback.
 
-use super::{base_config, Backend, TestDb, TestServer};
+use super::fixture::WithProvider;
+use super::{keys, TestServer};
 use tokenvault::config::{Config, ProviderClientConfig};
-use tokenvault::testing::fake_provider::{FakeProvider, FakeProviderConfig};
+use tokenvault::proto::StartConsentRequest;
+use tokenvault_testkit::fake_provider::{FakeProvider, FakeProviderConfig};
 
-pub use tokenvault::testing::fake_provider::CatalogOptions;
+pub use tokenvault_testkit::fake_provider::CatalogOptions;
 
 /// A fake whose incremental parameter matches the catalog's.
 pub async fn start_fake(mut config: FakeProviderConfig, options: &CatalogOptions) -> FakeProvider {
@@ -16,12 +19,18 @@ pub async fn start_fake(mut config: FakeProviderConfig, options: &CatalogOptions
 
 /// Points `config` at `fake` through an operator catalog file.
 pub fn install(config: &mut Config, fake: &FakeProvider, options: &CatalogOptions) -> tempfile::TempPath {
+    install_catalog(config, fake, options.name, &fake.catalog_toml(options))
+}
+
+/// Points `config` at `fake` through an operator catalog file holding
+/// `catalog` (TOML), under the provider name `name`.
+pub fn install_catalog(config: &mut Config, fake: &FakeProvider, name: &str, catalog: &str) -> tempfile::TempPath {
     let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), fake.catalog_toml(options)).unwrap();
+    std::fs::write(file.path(), catalog).unwrap();
     let path = file.into_temp_path();
     config.providers.catalog_file = Some(path.to_path_buf());
     config.providers.clients.insert(
-        options.name.to_owned(),
+        name.to_owned(),
         ProviderClientConfig {
             client_id: fake.config().client_id.clone(),
             client_secret: Some(fake.config().client_secret.clone().into()),
@@ -29,49 +38,6 @@ pub fn install(config: &mut Config, fake: &FakeProvider, options: &CatalogOption
         },
     );
     path
-}
-
-/// A test server with the fake provider configured.
-pub struct WithProvider {
-    pub server: TestServer,
-    pub fake: FakeProvider,
-    _catalog: tempfile::TempPath,
-}
-
-impl WithProvider {
-    pub async fn start(backend: Backend) -> Self {
-        Self::start_with(
-            backend,
-            FakeProviderConfig::default(),
-            CatalogOptions::default(),
-            |_| {},
-        )
-        .await
-    }
-
-    pub async fn start_with(
-        backend: Backend,
-        fake_config: FakeProviderConfig,
-        options: CatalogOptions,
-        tweak: impl FnOnce(&mut Config),
-    ) -> Self {
-        let fake = start_fake(fake_config, &options).await;
-        let db = TestDb::new(backend).await;
-        let mut config = base_config(&db);
-        let catalog = install(&mut config, &fake, &options);
-        tweak(&mut config);
-        let server = TestServer::start_on(db, config).await;
-        Self {
-            server,
-            fake,
-            _catalog: catalog,
-        }
-    }
-
-    pub async fn stop(self) {
-        self.server.stop().await;
-        self.fake.shutdown().await;
-    }
 }
 
 /// A browser that does not follow redirects.
@@ -89,6 +55,19 @@ pub fn query(url: &url::Url) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
+/// A consent request of the test tenant for `user` at the fake, returning to
+/// the allowed origin.
+pub fn start_request(user: &str, capabilities: &[&str]) -> StartConsentRequest {
+    StartConsentRequest {
+        tenant_id: keys::TENANT.into(),
+        user_id: user.into(),
+        provider: "fake".into(),
+        capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+        scopes: vec![],
+        return_url: "https://app.example.com/connected".into(),
+    }
+}
+
 /// Starts consent for `user` with `capabilities`, approves it at the fake and
 /// follows the callback; returns the connection id.
 pub async fn connect(with: &WithProvider, user: &str, capabilities: &[&str]) -> String {
@@ -97,17 +76,9 @@ pub async fn connect(with: &WithProvider, user: &str, capabilities: &[&str]) -> 
 
 /// As [`connect`], with the server and fake given separately.
 pub async fn connect_on(server: &TestServer, fake: &FakeProvider, user: &str, capabilities: &[&str]) -> String {
-    use tokenvault::proto::StartConsentRequest;
     let started = server
-        .consent(super::keys::PLATFORM)
-        .start_consent(StartConsentRequest {
-            tenant_id: super::keys::TENANT.into(),
-            user_id: user.into(),
-            provider: "fake".into(),
-            capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
-            scopes: vec![],
-            return_url: "https://app.example.com/connected".into(),
-        })
+        .consent(keys::PLATFORM)
+        .start_consent(start_request(user, capabilities))
         .await
         .expect("StartConsent")
         .into_inner();
@@ -122,17 +93,4 @@ pub async fn connect_on(server: &TestServer, fake: &FakeProvider, user: &str, ca
         "{location}"
     );
     params["connection_id"].clone()
-}
-
-/// A server and a fake owned elsewhere (for tests that restart the server).
-pub struct WithProviderRef<'a> {
-    pub server: &'a TestServer,
-    pub fake: &'a FakeProvider,
-}
-
-impl WithProviderRef<'_> {
-    /// As [`connect`].
-    pub async fn connect(&self, user: &str, capabilities: &[&str]) -> String {
-        connect_on(self.server, self.fake, user, capabilities).await
-    }
 }

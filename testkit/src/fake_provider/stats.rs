@@ -1,0 +1,37 @@
+//! What reached the fake: request counters and the revocation records a test
+//! reads through [`FakeProvider::stats`](super::FakeProvider::stats).
+
+/// One request that reached `POST /revoke` past fault injection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationRecord {
+    /// The `token` parameter as sent.
+    pub token: String,
+    /// The `token_type_hint` parameter as sent, if any.
+    pub token_type_hint: Option<String>,
+    /// Whether client authentication succeeded (when not, nothing was revoked
+    /// and the request was answered 401).
+    pub client_authenticated: bool,
+    /// Whether the token was a live access or refresh token when the request arrived.
+    pub was_active: bool,
+}
+
+/// A snapshot of what reached the fake.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests to `GET /authorize`, including those answered by a fault.
+    pub authorize_requests: u64,
+    /// Token requests with `grant_type=authorization_code`, successful or not
+    /// (including those answered by a fault).
+    pub code_exchanges: u64,
+    /// Token requests with `grant_type=refresh_token`, successful or not
+    /// (including those answered by a fault).
+    pub refreshes: u64,
+    /// Refresh requests answered with new tokens.
+    pub successful_refreshes: u64,
+    /// Revocation requests processed (past fault injection), in arrival order.
+    pub revocations: Vec<RevocationRecord>,
+    /// Every request to `POST /token`, including those answered by a fault.
+    pub token_endpoint_requests: u64,
+    /// Every request to `POST /revoke`, including those answered by a fault.
+    pub revoke_endpoint_requests: u64,
+}

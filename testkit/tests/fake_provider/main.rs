@@ -1,0 +1,12 @@
+//! The fake OAuth provider's own protocol tests: real HTTP requests against a
+//! running [`FakeProvider`](tokenvault_testkit::fake_provider::FakeProvider),
+//! one module per endpoint or concern.
+
+mod support;
+
+mod authorize;
+mod client_auth;
+mod controls;
+mod faults;
+mod revocation;
+mod token;

@@ -1,0 +1,87 @@
+//! Reading what a test server stored and what the fake saw: database dumps,
+//! connections, audit events, revocations at the provider.
+
+use super::server::TestServer;
+use secrecy::{ExposeSecret, SecretString};
+use std::time::Duration;
+use tokenvault::store::{AuditEvent, AuditFilter, Connection, TenantScope};
+use tokenvault_testkit::fake_provider::{FakeProvider, RevocationRecord};
+
+/// Every text and byte column of every table, for "no secret in clear" checks.
+pub async fn dump_database(pool: &sqlx::AnyPool) -> Vec<u8> {
+    use sqlx::Row;
+    let mut out = Vec::new();
+    for table in [
+        "users",
+        "data_keys",
+        "connections",
+        "access_tokens",
+        "consent_requests",
+        "audit_events",
+        "revocation_outbox",
+    ] {
+        let rows = sqlx::query(&format!("SELECT * FROM {table}"))
+            .fetch_all(pool)
+            .await
+            .expect("dump");
+        for row in rows {
+            for i in 0..row.len() {
+                if let Ok(Some(text)) = row.try_get::<Option<String>, _>(i) {
+                    out.extend_from_slice(text.as_bytes());
+                } else if let Ok(Some(bytes)) = row.try_get::<Option<Vec<u8>>, _>(i) {
+                    out.extend_from_slice(&bytes);
+                }
+                out.push(b'\n');
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Exposes a secret for assertions.
+pub fn expose(secret: &SecretString) -> &str {
+    secret.expose_secret()
+}
+
+/// The connection `connection_id` as the store holds it (any tenant).
+pub async fn stored_connection(server: &TestServer, connection_id: &str) -> Connection {
+    server
+        .app()
+        .store
+        .connection(&TenantScope::All, connection_id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// The audit events of `action` (at most 100), after flushing the batched ones.
+pub async fn audit(server: &TestServer, action: &str) -> Vec<AuditEvent> {
+    server.app().audit.flush().await;
+    server
+        .app()
+        .store
+        .list_audit(&AuditFilter {
+            action: Some(action.to_owned()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) until the fake has seen `n` revocation requests.
+pub async fn revocations(fake: &FakeProvider, n: usize) -> Vec<RevocationRecord> {
+    for _ in 0..100 {
+        let seen = fake.stats().revocations;
+        if seen.len() >= n {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fake.stats().revocations
+}
