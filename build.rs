@@ -4,7 +4,10 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
-    unsafe { std::env::set_var("PROTOC", protoc) };
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("PROTOC", protoc)
+    };
     let include = protoc_bin_vendored::include_path()?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let include = include.to_str().ok_or("protoc include path is not UTF-8")?.to_owned();

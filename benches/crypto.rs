@@ -4,6 +4,9 @@
 //!
 //! `cargo bench --bench crypto`
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use secrecy::SecretString;
 use tokenvault::vault::{Binding, DataKey, Field, Keyring, LocalKeyring, VaultError};

@@ -215,8 +215,7 @@ impl Broker {
             Ok(tokens) => tokens,
             Err(error) => {
                 // A timeout, a 5xx or an unreadable answer: the provider may have rotated the token.
-                *settled = !(error.is_transient() && !error.surely_unprocessed())
-                    && !matches!(error, ProviderError::Malformed(_));
+                *settled = !error.may_have_acted();
                 return self.refresh_failed(job, connection, interrupted, error).await;
             }
         };

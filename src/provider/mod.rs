@@ -117,6 +117,13 @@ impl ProviderError {
         }
     }
 
+    /// Whether the provider may have acted on the request although no usable
+    /// answer came back (a timeout, a 5xx after it was received, an unreadable
+    /// answer): a refresh token sent may have been rotated.
+    pub fn may_have_acted(&self) -> bool {
+        (self.is_transient() && !self.surely_unprocessed()) || matches!(self, ProviderError::Malformed(_))
+    }
+
     /// A short label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {

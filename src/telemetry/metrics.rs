@@ -83,83 +83,59 @@ impl Metrics {
     /// Registers every metric in a fresh registry.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tokenvault");
-        let rpc_requests = Family::<RpcLabels, Counter>::default();
-        registry.register(
-            "grpc_requests",
-            "gRPC requests by method and status code",
-            rpc_requests.clone(),
-        );
-        let rpc_duration = Family::<MethodLabels, Histogram, LatencyBuckets>::new_with_constructor(LatencyBuckets);
-        registry.register(
-            "grpc_request_duration_seconds",
-            "gRPC request latency",
-            rpc_duration.clone(),
-        );
-        let auth_failures = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "auth_failures",
-            "Failed authentications by reason",
-            auth_failures.clone(),
-        );
-        let issuances = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "token_issuances",
-            "GetAccessToken outcomes (cache_hit, store_hit, refreshed, or an error kind)",
-            issuances.clone(),
-        );
-        let refresh_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
-            "refresh_duration_seconds",
-            "Upstream refresh latency",
-            refresh_duration.clone(),
-        );
-        let upstream_errors = Family::<ProviderLabels, Counter>::default();
-        registry.register(
-            "upstream_errors",
-            "Provider call failures by provider and kind",
-            upstream_errors.clone(),
-        );
-        let audit_dropped = Counter::default();
-        registry.register(
-            "audit_events_dropped",
-            "Audit events that could not be queued",
-            audit_dropped.clone(),
-        );
-        let audit_queue = Gauge::default();
-        registry.register(
-            "audit_queue_depth",
-            "Audit events waiting to be written",
-            audit_queue.clone(),
-        );
-        let revocations = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "provider_revocations",
-            "Provider revocation attempts by outcome",
-            revocations.clone(),
-        );
-        let purged = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "retention_purged",
-            "Rows removed by the retention sweeper",
-            purged.clone(),
-        );
-        let consents = Family::<OutcomeLabels, Counter>::default();
-        registry.register("consents", "Consent outcomes", consents.clone());
+        let mut r = Registrar(&mut registry);
+        let inner = Inner {
+            rpc_requests: r.add(
+                "grpc_requests",
+                "gRPC requests by method and status code",
+                Family::default(),
+            ),
+            rpc_duration: r.add(
+                "grpc_request_duration_seconds",
+                "gRPC request latency",
+                Family::new_with_constructor(LatencyBuckets),
+            ),
+            auth_failures: r.add("auth_failures", "Failed authentications by reason", Family::default()),
+            issuances: r.add(
+                "token_issuances",
+                "GetAccessToken outcomes (cache_hit, store_hit, refreshed, or an error kind)",
+                Family::default(),
+            ),
+            refresh_duration: r.add(
+                "refresh_duration_seconds",
+                "Upstream refresh latency",
+                Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            upstream_errors: r.add(
+                "upstream_errors",
+                "Provider call failures by provider and kind",
+                Family::default(),
+            ),
+            audit_dropped: r.add(
+                "audit_events_dropped",
+                "Audit events that could not be queued",
+                Counter::default(),
+            ),
+            audit_queue: r.add(
+                "audit_queue_depth",
+                "Audit events waiting to be written",
+                Gauge::default(),
+            ),
+            revocations: r.add(
+                "provider_revocations",
+                "Provider revocation attempts by outcome",
+                Family::default(),
+            ),
+            purged: r.add(
+                "retention_purged",
+                "Rows removed by the retention sweeper",
+                Family::default(),
+            ),
+            consents: r.add("consents", "Consent outcomes", Family::default()),
+            registry: Registry::default(),
+        };
         Self {
-            inner: Arc::new(Inner {
-                registry,
-                rpc_requests,
-                rpc_duration,
-                auth_failures,
-                issuances,
-                refresh_duration,
-                upstream_errors,
-                audit_dropped,
-                audit_queue,
-                revocations,
-                purged,
-                consents,
-            }),
+            inner: Arc::new(Inner { registry, ..inner }),
         }
     }
 
@@ -233,6 +209,18 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Registers metrics and hands each back, so that a metric's name, help and
+/// type stand on one line.
+struct Registrar<'a>(&'a mut Registry);
+
+impl Registrar<'_> {
+    /// Registers `metric` under `name` with `help` and hands it back.
+    fn add<M: prometheus_client::registry::Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
     }
 }
 

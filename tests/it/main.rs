@@ -1,6 +1,15 @@
 //! Integration tests: one binary, the real server over sockets, real
 //! PostgreSQL and SQLite databases (a fresh one per test).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
 mod support;
 
 mod abuse;

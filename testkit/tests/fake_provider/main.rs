@@ -2,6 +2,15 @@
 //! running [`FakeProvider`](tokenvault_testkit::fake_provider::FakeProvider),
 //! one module per endpoint or concern.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
 mod support;
 
 mod authorize;
