@@ -18,6 +18,7 @@ mod consent;
 mod faults;
 mod lifecycle;
 mod process;
+mod refresh;
 mod server;
 mod store;
 mod tls;

@@ -32,6 +32,10 @@ pub enum Fault {
     Status(u16),
     /// Sleep this long, then answer normally.
     Delay(Duration),
+    /// Process the request normally (a refresh's rotation is committed), then
+    /// sleep this long before answering: the window in which the provider has
+    /// acted and its answer is still in flight. Token endpoint only.
+    DelayAnswer(Duration),
     /// Answer 400 `{"error":"invalid_grant"}`.
     InvalidGrant,
     /// Answer 200 with the body `{not json`.
@@ -120,7 +124,7 @@ pub(super) fn fault_response(fault: &Fault) -> Response {
         Fault::GarbageJson => (StatusCode::OK, [(CONTENT_TYPE, "application/json")], "{not json").into_response(),
         Fault::HugeBody(size) => huge_body(*size),
         // Not terminating; callers handle them, but answer sanely anyway.
-        Fault::Delay(_) | Fault::ReduceScopes(_) => StatusCode::OK.into_response(),
+        Fault::Delay(_) | Fault::DelayAnswer(_) | Fault::ReduceScopes(_) => StatusCode::OK.into_response(),
     }
 }
 

@@ -28,6 +28,9 @@ pub struct Stats {
     pub refreshes: u64,
     /// Refresh requests answered with new tokens.
     pub successful_refreshes: u64,
+    /// Refresh requests that presented a refresh token the fake had already
+    /// rotated away or revoked (what a lost rotation looks like to a provider).
+    pub retired_refresh_tokens_presented: u64,
     /// Revocation requests processed (past fault injection), in arrival order.
     pub revocations: Vec<RevocationRecord>,
     /// Every request to `POST /token`, including those answered by a fault.

@@ -33,9 +33,11 @@ pub(super) async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap,
         }
     });
     let mut reduce_scopes = None;
+    let mut answer_after = None;
     for fault in shared.faults.take(Endpoint::Token) {
         match fault {
             Fault::Delay(delay) => tokio::time::sleep(delay).await,
+            Fault::DelayAnswer(delay) => answer_after = Some(delay),
             Fault::ReduceScopes(scopes) => reduce_scopes = Some(dedup(scopes)),
             other => return fault_response(&other),
         }
@@ -51,7 +53,7 @@ pub(super) async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap,
         Ok(client_id) => client_id,
         Err(error) => return error.into_response(),
     };
-    match params.get("grant_type") {
+    let answer = match params.get("grant_type") {
         None => oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is missing"),
         Some("authorization_code") => exchange_code(&shared, &client_id, &params, reduce_scopes),
         Some("refresh_token") => refresh(&shared, &client_id, &params, reduce_scopes),
@@ -60,7 +62,12 @@ pub(super) async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap,
             "unsupported_grant_type",
             "only authorization_code and refresh_token are supported",
         ),
+    };
+    if let Some(delay) = answer_after {
+        // The work is done (a rotation committed); only the answer waits.
+        tokio::time::sleep(delay).await;
     }
+    answer
 }
 
 fn exchange_code(shared: &Shared, client_id: &str, params: &Params, reduce_scopes: Option<Vec<String>>) -> Response {
@@ -133,6 +140,9 @@ fn refresh(shared: &Shared, client_id: &str, params: &Params, reduce_scopes: Opt
 
     let mut state = shared.lock_state();
     let Some(grant_id) = state.refresh_grant(refresh_token) else {
+        if state.refresh_tokens.contains_key(refresh_token) {
+            shared.count(|s| s.retired_refresh_tokens_presented += 1);
+        }
         if config.revoke_grant_on_refresh_token_reuse {
             if let Some(grant_id) = state.refresh_tokens.get(refresh_token).map(|r| r.grant_id) {
                 state.deactivate_grant(grant_id);
