@@ -170,6 +170,112 @@ async fn killed_mid_refresh_then_restarted_every_connection_still_yields_a_token
     server.stop();
 }
 
+/// The window no broker can close: the provider has rotated the refresh token
+/// and its answer is still in flight when the process dies. The next refresh
+/// knows (the journal) that an attempt was interrupted, presents the stored
+/// token, and, when this strictly rotating provider refuses it, marks the
+/// connection `NEEDS_REAUTH` with "refresh interrupted", audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_provider_rotated_the_loss_is_reported() {
+    let fake = start_fake(
+        FakeProviderConfig {
+            access_token_ttl: Duration::from_secs(1),
+            ..Default::default()
+        },
+        &CatalogOptions::default(),
+    )
+    .await;
+    let (db, kek, ids) = seeded(&fake, &["u1"]).await;
+    let id = ids[0].clone();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let mut server = ServerProcess::spawn(&db, &kek, &fake, "warn").await;
+    fake.faults()
+        .push(Endpoint::Token, Fault::DelayAnswer(Duration::from_secs(5)));
+    let before = fake.stats().successful_refreshes;
+    let mut client = server.tokens().await;
+    let call = tokio::spawn(async move {
+        client
+            .get_access_token(GetAccessTokenRequest {
+                connection_id: id,
+                ..Default::default()
+            })
+            .await
+    });
+    // The provider has committed the rotation; its answer waits.
+    for _ in 0..200 {
+        if fake.stats().successful_refreshes > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(fake.stats().successful_refreshes, before + 1);
+    server.kill9();
+    assert!(call.await.unwrap().is_err(), "no answer from a killed server");
+
+    let server = ServerProcess::spawn(&db, &kek, &fake, "warn").await;
+    let mut client = server.tokens().await;
+    let error = client
+        .get_access_token(GetAccessTokenRequest {
+            connection_id: ids[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the rotated refresh token died with the process");
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
+    assert!(error.message().contains("refresh interrupted"), "{}", error.message());
+    assert_eq!(
+        fake.stats().retired_refresh_tokens_presented,
+        1,
+        "the stored token was presented once, not retried blindly"
+    );
+    server.stop();
+
+    // What the database says: the status and its reason, and the audit trail.
+    let store = tokenvault::store::SqlStore::connect(&db.url, &tokenvault::store::StoreOptions::default())
+        .await
+        .unwrap();
+    use tokenvault::store::{AuditStore, ConnectionStore};
+    let connection = store
+        .connection(&tokenvault::store::TenantScope::All, ids[0].parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connection.status(), tokenvault::store::ConnectionStatus::NeedsReauth);
+    assert!(connection
+        .status_reason
+        .as_deref()
+        .is_some_and(|r| r.contains("refresh interrupted")));
+    assert!(connection.refresh_token.is_some(), "nothing is deleted");
+    let mut actions = Vec::new();
+    for _ in 0..50 {
+        actions = store
+            .list_audit(&tokenvault::store::AuditFilter {
+                connection_id: Some(ids[0].parse().unwrap()),
+                limit: 50,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.action, e.outcome))
+            .collect::<Vec<_>>();
+        if actions.iter().any(|(a, _)| a == "connection.needs_reauth") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        actions.contains(&("connection.refresh_interrupted".to_owned(), "failure".to_owned())),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("connection.needs_reauth".to_owned(), "failure".to_owned())),
+        "{actions:?}"
+    );
+    store.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs() {
     let fake = start_fake(FakeProviderConfig::default(), &CatalogOptions::default()).await;
