@@ -20,6 +20,10 @@ use sqlx::{Any, Transaction};
 use std::str::FromStr;
 use uuid::Uuid;
 
+/// Rows per `last_used_at` statement (two parameters each, well within
+/// both backends' limits).
+const TOUCH_CHUNK: usize = 1000;
+
 /// What revoking a connection left to do outside the database transaction.
 #[derive(Debug, Clone)]
 pub struct RevokeResult {
@@ -297,20 +301,26 @@ impl ConnectionStore for SqlStore {
     }
 
     async fn touch_connections(&self, used: &[(Uuid, DateTime<Utc>)]) -> Result<(), StoreError> {
-        if used.is_empty() {
-            return Ok(());
+        // One set-based statement per chunk, in id order: no row-by-row locking
+        // in hash order that could deadlock with another replica's flush.
+        let mut used = used.to_vec();
+        used.sort_by_key(|(id, _)| *id);
+        for chunk in used.chunks(TOUCH_CHUNK) {
+            let values = (0..chunk.len())
+                .map(|i| format!("(${}, CAST(${} AS BIGINT))", 2 * i + 1, 2 * i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "WITH v (id, at) AS (VALUES {values}) UPDATE connections SET last_used_at = v.at FROM v \
+                 WHERE connections.id = v.id AND (connections.last_used_at IS NULL OR connections.last_used_at < v.at)"
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, at) in chunk {
+                query = query.bind(id.to_string()).bind(to_millis(*at));
+            }
+            query.run(&self.pool).await?;
         }
-        let mut tx = self.begin().await?;
-        for (id, at) in used {
-            sqlx::query(
-                "UPDATE connections SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
-            )
-            .bind(to_millis(*at))
-            .bind(id.to_string())
-            .run(&mut *tx)
-            .await?;
-        }
-        tx.commit().await.map_err(map_err)
+        Ok(())
     }
 
     async fn referenced_data_keys(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {

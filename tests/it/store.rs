@@ -203,6 +203,20 @@ async fn connections(backend: Backend) {
         touched.last_used_at.map(|t| t.timestamp_millis()),
         Some(later.timestamp_millis())
     );
+    // A batch larger than one statement's chunk, ids that do not exist among it.
+    let latest = now + Duration::minutes(9);
+    let mut batch: Vec<_> = (0..2_500).map(|_| (Uuid::new_v4(), now)).collect();
+    batch.push((connection.id, latest));
+    store.touch_connections(&batch).await.unwrap();
+    let touched = store
+        .connection(&TenantScope::All, connection.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        touched.last_used_at.map(|t| t.timestamp_millis()),
+        Some(latest.timestamp_millis())
+    );
 
     // A deleted user's connection reads as pending deletion; purge removes it.
     store
