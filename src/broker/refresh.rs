@@ -55,6 +55,8 @@ struct Job {
     /// The starting caller, for the audit trail.
     actor: Arc<str>,
     request_id: Option<String>,
+    /// Refresh even if the stored token is fresh (keep-alive), in the first round.
+    force: bool,
 }
 
 /// How one round of a flight ended.
@@ -83,14 +85,9 @@ impl Broker {
             min_ttl: request.min_ttl,
             actor: who.actor.clone(),
             request_id: who.request_id.map(str::to_owned),
+            force: false,
         };
-        let flight_key = (job.connection_id, job.effective.clone());
-        let broker = self.clone();
-        let landing = self.flights.join(flight_key.clone(), move |id| async move {
-            let landed = broker.fly(&job).await;
-            broker.flights.land(&flight_key, id);
-            landed
-        });
+        let landing = self.launch(job);
         let deadline = tokio::time::Instant::from_std(request.deadline);
         let landed = tokio::time::timeout_at(deadline, landing)
             .await
@@ -98,6 +95,17 @@ impl Broker {
         Ok(match landed.outcome {
             "stale_fallback" => self.issue_uncached(who, request, &keys, &landed.token, landed.outcome),
             outcome => self.cache_shared_and_issue(who, request, &keys, epoch, landed.token, outcome),
+        })
+    }
+
+    /// Joins the flight of `job`'s connection and scope key, starting it if none is in the air.
+    fn launch(self: &Arc<Self>, job: Job) -> super::flight::Landing {
+        let flight_key = (job.connection_id, job.effective.clone());
+        let broker = self.clone();
+        self.flights.join(flight_key.clone(), move |id| async move {
+            let landed = broker.fly(&job).await;
+            broker.flights.land(&flight_key, id);
+            landed
         })
     }
 
@@ -111,8 +119,8 @@ impl Broker {
         self.pending_rotations
             .settle(&*self.store, job.connection_id, self.clock.now())
             .await?;
-        for _ in 0..ROUNDS {
-            if let Round::Landed(landed) = self.round(job).await? {
+        for round in 0..ROUNDS {
+            if let Round::Landed(landed) = self.round(job, job.force && round == 0).await? {
                 return Ok(landed);
             }
         }
@@ -122,7 +130,7 @@ impl Broker {
     }
 
     /// One round: read, serve what became fresh, or claim the lease and refresh.
-    async fn round(&self, job: &Job) -> Result<Round, BrokerError> {
+    async fn round(&self, job: &Job, force: bool) -> Result<Round, BrokerError> {
         let epoch = self.cache.epoch();
         let (connection, stored) = self
             .store
@@ -131,7 +139,8 @@ impl Broker {
             .ok_or(BrokerError::NotFound(job.connection_id))?;
         check_active(&connection)?;
         let now = self.clock.now();
-        if let Some(record) = stored.filter(|r| self.fresh_enough(r.expires_at, r.issued_at, job.min_ttl, now)) {
+        let fresh = stored.filter(|r| !force && self.fresh_enough(r.expires_at, r.issued_at, job.min_ttl, now));
+        if let Some(record) = fresh {
             // Another replica refreshed meanwhile.
             let token = self.unseal_access(&connection, &record).await?;
             return Ok(Round::Landed(self.cache_landed(epoch, job, token, "store_hit")));
@@ -497,6 +506,75 @@ impl Broker {
         tracing::info!(connection_id = %connection.id, ok = outcome.is_ok(), "revoked credentials of a refresh that lost to a revocation");
     }
 }
+
+impl Broker {
+    /// Keep-alive: refreshes, in the background and once per replica set (the
+    /// caller holds the sweeper lock), every active connection of a provider
+    /// whose refresh tokens expire when unused (`refresh_idle_expiry_days`)
+    /// and that has not been refreshed for half that time, so that a quiet
+    /// month does not make its user reconnect. Returns how many were
+    /// refreshed (or, on a dry run, would be). A connection that fails is
+    /// logged and left to the next pass (`invalid_grant` marks it
+    /// `NEEDS_REAUTH` as on any refresh).
+    pub async fn keep_alive(
+        self: &Arc<Self>,
+        now: chrono::DateTime<chrono::Utc>,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        let mut refreshed = 0;
+        let providers: Vec<(String, u32)> = self
+            .providers
+            .configured()
+            .filter_map(|name| {
+                let days = self.providers.spec(name)?.refresh_idle_expiry_days?;
+                Some((name.to_owned(), days))
+            })
+            .collect();
+        for (provider, idle_days) in providers {
+            let before = now - chrono::Duration::days(i64::from(idle_days)) / 2;
+            let mut after = None;
+            loop {
+                let due = self
+                    .store
+                    .idle_connections(&provider, before, after, KEEP_ALIVE_PAGE)
+                    .await?;
+                let Some(last) = due.last() else { break };
+                after = Some(*last);
+                for id in due {
+                    if dry_run {
+                        refreshed += 1;
+                        continue;
+                    }
+                    match self.refresh_in_background(id).await {
+                        Ok(_) => refreshed += 1,
+                        Err(error) => {
+                            tracing::warn!(connection_id = %id, %provider, %error, "keep-alive refresh failed; the next pass tries again");
+                        }
+                    }
+                }
+            }
+            tracing::debug!(%provider, idle_days, "keep-alive pass done");
+        }
+        Ok(refreshed)
+    }
+
+    /// One forced refresh of the full grant of connection `id`, in its flight.
+    async fn refresh_in_background(self: &Arc<Self>, id: Uuid) -> Result<Landed, BrokerError> {
+        let job = Job {
+            connection_id: id,
+            effective: String::new(),
+            narrow: None,
+            min_ttl: chrono::Duration::zero(),
+            actor: Arc::from("keep-alive"),
+            request_id: None,
+            force: true,
+        };
+        self.launch(job).await
+    }
+}
+
+/// Connections read per keep-alive page.
+const KEEP_ALIVE_PAGE: u32 = 100;
 
 /// `invalid_grant`, with the provider's description when it gave one.
 fn invalid_grant_text(description: &str) -> String {

@@ -99,6 +99,11 @@ impl std::fmt::Debug for Lifecycle {
 }
 
 impl Lifecycle {
+    /// The broker (the sweeper's keep-alive refreshes go through it).
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
     /// Assembles the lifecycle operations.
     #[allow(clippy::too_many_arguments)]
     pub fn new(

@@ -37,6 +37,8 @@ pub struct RetentionReport {
     pub orphan_keys_destroyed: u64,
     /// Provider revocations attempted during the pass.
     pub provider_revocations_attempted: u64,
+    /// Idle connections refreshed so that their refresh tokens do not expire.
+    pub idle_connections_refreshed: u64,
 }
 
 impl std::fmt::Display for RetentionReport {
@@ -66,10 +68,16 @@ impl std::fmt::Display for RetentionReport {
             self.revoked_connections_purged
         )?;
         writeln!(f, "  unreferenced data keys:     {verb} {}", self.orphan_keys_destroyed)?;
-        write!(
+        writeln!(
             f,
             "  provider revocations tried: {}",
             self.provider_revocations_attempted
+        )?;
+        let refreshed = if self.dry_run { "would refresh" } else { "refreshed" };
+        write!(
+            f,
+            "  idle connections kept alive: {refreshed} {}",
+            self.idle_connections_refreshed
         )
     }
 }
@@ -183,6 +191,7 @@ impl Sweeper {
             .purge_revoked_connections(now - self.audit_retention, dry_run)
             .await?;
         report.orphan_keys_destroyed = self.orphan_keys(now, dry_run).await?;
+        report.idle_connections_refreshed = self.lifecycle.broker().keep_alive(now, dry_run).await?;
         if !dry_run {
             for (kind, count) in [
                 ("users", report.users_purged),

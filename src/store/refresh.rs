@@ -99,6 +99,16 @@ pub trait RefreshStore: Send + Sync {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<RefreshCommit, StoreError>;
+    /// Active connections of `provider` (their users not deleted) whose
+    /// refresh token was last refreshed or granted before `before`, after
+    /// `after` in id order: candidates for a keep-alive refresh.
+    async fn idle_connections(
+        &self,
+        provider: &str,
+        before: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError>;
     /// Gives the lease back. `settled`: the provider surely did not act on the
     /// attempt (it refused it, or never received it), so the journal entry is
     /// cleared; otherwise (a timeout, a 5xx) the provider may have rotated the
@@ -248,6 +258,32 @@ impl RefreshStore for SqlStore {
         }
         commit_notifying(tx, self, &Invalidation::Connection { id }).await?;
         Ok(RefreshCommit::Stored)
+    }
+
+    async fn idle_connections(
+        &self,
+        provider: &str,
+        before: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT c.id FROM connections c JOIN users u ON u.tenant_id = c.tenant_id AND u.user_id = c.user_id \
+             WHERE c.provider = $1 AND c.status = 'active' AND c.refresh_token IS NOT NULL AND u.deleted_at IS NULL \
+             AND COALESCE(c.refreshed_at, c.updated_at) < $2 AND c.id > $3 ORDER BY c.id LIMIT $4",
+        )
+        .bind(provider.to_owned())
+        .bind(to_millis(before))
+        .bind(after.map(|id| id.to_string()).unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        ids.iter()
+            .map(|id| {
+                Uuid::parse_str(id).map_err(|_| StoreError::Corrupt(format!("connection id `{id}` is not a UUID")))
+            })
+            .collect()
     }
 
     async fn release_refresh(

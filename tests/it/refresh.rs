@@ -218,3 +218,51 @@ async fn reconsent_is_read_back_at_once(backend: Backend) {
     with.stop().await;
 }
 on_both!(a_reconsent_is_served_at_once, reconsent_is_read_back_at_once);
+
+async fn keep_alive_refreshes_idle_connections(backend: Backend) {
+    let with = WithProvider::build(backend)
+        .catalog_toml(|fake| {
+            fake.catalog_toml(&tokenvault_testkit::fake_provider::CatalogOptions::default())
+                .replace(
+                    "issues_refresh_tokens = true\n",
+                    "issues_refresh_tokens = true\nrefresh_idle_expiry_days = 30\n",
+                )
+        })
+        .start()
+        .await;
+    let idle = connect(&with, "eve", &["mail.read"]).await;
+    let sweep = || async { with.server.app().sweeper.run_once(None, false).await.unwrap().unwrap() };
+    let refreshes = || with.fake.stats().successful_refreshes;
+    let before = refreshes();
+
+    // Quiet for ten days: not yet (keep-alive starts at half the idle expiry).
+    with.server.clock.advance(chrono::Duration::days(10));
+    assert_eq!(sweep().await.idle_connections_refreshed, 0);
+    assert_eq!(refreshes(), before);
+
+    // Quiet for sixteen: refreshed once, in the background, and then not again.
+    with.server.clock.advance(chrono::Duration::days(6));
+    let dry = with.server.app().sweeper.run_once(None, true).await.unwrap().unwrap();
+    assert_eq!(dry.idle_connections_refreshed, 1);
+    assert_eq!(refreshes(), before, "a dry run refreshes nothing");
+    assert_eq!(sweep().await.idle_connections_refreshed, 1);
+    assert_eq!(refreshes(), before + 1);
+    assert_eq!(sweep().await.idle_connections_refreshed, 0);
+    assert_eq!(refreshes(), before + 1);
+    let token = get(&with.server, &idle, 0, None).await.unwrap();
+    assert!(with.fake.introspect(&token.access_token).is_some());
+
+    // A revoked connection is left alone.
+    with.server
+        .connections(keys::PLATFORM)
+        .disconnect(DisconnectRequest {
+            connection_id: idle.clone(),
+        })
+        .await
+        .unwrap();
+    with.server.clock.advance(chrono::Duration::days(20));
+    assert_eq!(sweep().await.idle_connections_refreshed, 0);
+    assert_eq!(refreshes(), before + 1);
+    with.stop().await;
+}
+on_both!(idle_connections_are_kept_alive, keep_alive_refreshes_idle_connections);
