@@ -208,3 +208,86 @@ async fn a_tampered_ciphertext_is_reported_and_contained() {
     assert!(stored.refresh_token.is_some(), "nothing is deleted");
     with.stop().await;
 }
+
+/// PostgreSQL itself stopped for 15 s (the test's own cluster: the shared
+/// server is never stopped) while agents keep calling: every call for a cached
+/// token succeeds throughout the outage, and the server recovers on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_stopped_for_15_s_cached_calls_all_succeed() {
+    let cluster = crate::support::cluster::Cluster::start();
+    let db = TestDb::external(cluster.admin_url());
+    let options = CatalogOptions::default();
+    let fake = start_fake(FakeProviderConfig::default(), &options).await;
+    let mut config = base_config(&db);
+    config.database.acquire_timeout_seconds = 1;
+    let _catalog = install(&mut config, &fake, &options);
+    let server = TestServer::start_on(TestDb::attach(&db), config).await;
+    let mut ids = Vec::new();
+    for user in ["ola", "pia", "quin"] {
+        let id = connect_on(&server, &fake, user, &["mail.read"]).await;
+        token(&server, &id).await.unwrap();
+        ids.push(id);
+    }
+
+    // Agents call all the time; each call's outcome is kept with its time.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut load = tokio::task::JoinSet::new();
+    for worker in 0..4 {
+        let (mut client, ids, stop) = (server.tokens(keys::AGENT), ids.clone(), stop.clone());
+        load.spawn(async move {
+            let mut outcomes = Vec::new();
+            let mut i = worker;
+            while !stop.is_cancelled() {
+                let mut request = tonic::Request::new(GetAccessTokenRequest {
+                    connection_id: ids[i % ids.len()].clone(),
+                    ..Default::default()
+                });
+                request.set_timeout(Duration::from_secs(5));
+                let result = client.get_access_token(request).await;
+                outcomes.push((Instant::now(), result.map(|_| ()).map_err(|e| e.code())));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            outcomes
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let down_at = Instant::now();
+    cluster.stop();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let up_at = Instant::now();
+    cluster.start_again();
+    // Back: calls that miss the cache are served again, by themselves.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            server.app().broker.cache().invalidate_all();
+            token(&server, &ids[0]).await.is_ok()
+        })
+        .await,
+        "the server recovers once the database is back"
+    );
+    stop.cancel();
+    let mut during = Vec::new();
+    while let Some(outcomes) = load.join_next().await {
+        during.extend(
+            outcomes
+                .unwrap()
+                .into_iter()
+                .filter(|(at, _)| *at > down_at && *at < up_at),
+        );
+    }
+    let failed: Vec<_> = during.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        during.len() > 100,
+        "the load ran through the outage ({} calls)",
+        during.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} cached calls failed while the database was down: {:?}",
+        failed.len(),
+        during.len(),
+        failed.first()
+    );
+    server.stop().await;
+}

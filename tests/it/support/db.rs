@@ -76,6 +76,17 @@ impl TestDb {
         }
     }
 
+    /// A database the test made itself elsewhere (e.g. on its own
+    /// [`Cluster`](super::cluster::Cluster)), not dropped by this value.
+    pub fn external(url: String) -> Self {
+        Self {
+            backend: Backend::Postgres,
+            url: SecretString::from(url),
+            pg_name: None,
+            _dir: None,
+        }
+    }
+
     /// The same database, without owning it (a second replica's view).
     pub fn attach(other: &TestDb) -> Self {
         Self {

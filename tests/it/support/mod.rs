@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod db;
 pub mod fixture;
 pub mod inspect;
