@@ -33,7 +33,8 @@ use tokenvault::clock::{SharedClock, SystemClock};
 use tokenvault::proto::token_service_client::TokenServiceClient;
 use tokenvault::proto::GetAccessTokenRequest;
 use tokenvault::store::{
-    access_token_record, AccessTokenRecord, ConnectionStore, ConsentGrant, Sealed, SqlStore, Store, StoreOptions,
+    access_token_record, AccessTokenRecord, ConnectionStore, ConsentGrant, RefreshClaim, RefreshStore, Sealed,
+    SqlStore, Store, StoreOptions, TenantScope,
 };
 use tokenvault::vault::{Binding, Field, LocalKeyring, Vault};
 use tokenvault_testkit::fake_provider::{CatalogOptions, FakeProvider, FakeProviderConfig};
@@ -320,6 +321,17 @@ impl Samples {
         self.measured += other.measured;
     }
 
+    /// One sequential call that took `elapsed` (counted as an error unless `ok`).
+    fn record(&mut self, elapsed: Duration, ok: bool) {
+        if ok {
+            self.latencies
+                .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+        } else {
+            self.errors += 1;
+        }
+        self.measured += elapsed;
+    }
+
     fn summarize(mut self) -> Measured {
         self.latencies.sort_unstable();
         Measured {
@@ -446,6 +458,133 @@ async fn refresh_storm(servers: &[&ServerProcess], fake: &FakeProvider, connecti
     let elapsed = started.elapsed().as_secs_f64();
     let successes = answered.into_iter().filter(|ok| *ok).count();
     Ok((fake.stats().refreshes - before, elapsed, successes))
+}
+
+/// Refreshes one after the other, three ways: through the server (each
+/// connection's token expired: read, journal and lease, provider call, fenced
+/// commit), directly at the fake (the provider's own time, same HTTP stack),
+/// and the journal alone (claiming and releasing the refresh lease in the
+/// store: what the journal adds to a refresh).
+async fn refresh_latency(server: &ServerProcess, seeder: &Seeder, fake: &FakeProvider) -> Result<[Measured; 3]> {
+    const REFRESHES: usize = 200;
+    let expired = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let ids = seeder.seed("latency", REFRESHES, expired).await?;
+    let mut client = TokenServiceClient::new(connect_channels(server, 1).await?.remove(0));
+    let mut through = Samples::default();
+    for &id in &ids {
+        let started = Instant::now();
+        let ok = client.get_access_token(token_request(id, 60, &bearer())).await.is_ok();
+        through.record(started.elapsed(), ok);
+    }
+    let http = reqwest::Client::new();
+    let config = fake.config();
+    let mut direct = Samples::default();
+    for i in 0..REFRESHES {
+        let grant = fake.mint_grant(&format!("direct-{i}"), &[SCOPE]);
+        let started = Instant::now();
+        let answer = http
+            .post(fake.token_url())
+            .basic_auth(&config.client_id, Some(&config.client_secret))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", grant.refresh_token.as_str()),
+            ])
+            .send()
+            .await;
+        direct.record(started.elapsed(), answer.is_ok_and(|a| a.status().is_success()));
+    }
+    let mut journal = Samples::default();
+    for &id in &ids {
+        let connection = seeder
+            .store
+            .connection(&TenantScope::All, id)
+            .await?
+            .context("seeded connection")?;
+        let now = chrono::Utc::now();
+        let started = Instant::now();
+        let claim = seeder
+            .store
+            .claim_refresh(
+                id,
+                connection.token_version,
+                "bench",
+                now,
+                now + chrono::Duration::seconds(6),
+            )
+            .await?;
+        seeder.store.release_refresh(id, "bench", true, now).await?;
+        journal.record(started.elapsed(), matches!(claim, RefreshClaim::Claimed { .. }));
+    }
+    Ok([through.summarize(), direct.summarize(), journal.summarize()])
+}
+
+/// The CPU time (user + system) process `pid` has used, from `/proc`.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("read /proc/<pid>/stat")?;
+    // Fields after the command name in parentheses; utime and stime are the 14th and 15th of the line.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed /proc/<pid>/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |index: usize| -> Result<u64> {
+        fields
+            .get(index)
+            .context("short /proc/<pid>/stat")?
+            .parse()
+            .context("a CPU time field")
+    };
+    // USER_HZ is 100 on Linux.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
+/// Pins every thread of process `pid` to `core` (`taskset`).
+fn pin(pid: u32, core: &str) -> Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-cp", core, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("run taskset (util-linux)")?;
+    ensure!(status.success(), "taskset failed for {pid}");
+    Ok(())
+}
+
+/// Server CPU per call, cached `GetAccessToken` against `Health/Check`, with
+/// the server on core 0 and this process on core 1, in alternating one-second
+/// turns at concurrency 16: (calls, server CPU) for Health, then for tokens.
+async fn cpu_per_call(
+    server: &ServerProcess,
+    working_set: &Arc<Vec<Uuid>>,
+    seconds: u64,
+) -> Result<((usize, Duration), (usize, Duration))> {
+    pin(server.pid(), "0")?;
+    pin(std::process::id(), "1")?;
+    let channels = connect_channels(server, 4).await?;
+    warm(server, working_set).await?;
+    let mut totals = [(0usize, Duration::ZERO); 2];
+    for round in 0..seconds.max(2) {
+        for (total, workload) in totals.iter_mut().zip([Workload::Health, Workload::Token]) {
+            let warmup = Duration::from_millis(if round == 0 { 500 } else { 100 });
+            let cell = run_cell(&channels, workload, working_set.clone(), 16, warmup, Duration::ZERO);
+            // Warm up first (not measured), then measure one second of server CPU.
+            cell.await?;
+            let before = cpu_time(server.pid())?;
+            let measured = run_cell(
+                &channels,
+                workload,
+                working_set.clone(),
+                16,
+                Duration::ZERO,
+                Duration::from_secs(1),
+            )
+            .await?;
+            let used = cpu_time(server.pid())?.saturating_sub(before);
+            total.0 += measured.latencies.len();
+            total.1 += used;
+        }
+    }
+    Ok((totals[0], totals[1]))
 }
 
 /// Calls `GetAccessToken` once for each connection, at concurrency 64.
@@ -580,6 +719,18 @@ async fn run(args: &Args, db_url: String) -> Result<()> {
     let (refreshes, seconds, ok) = refresh_storm(&[&cached, &replica], &fake, two_servers).await?;
     println!("| 2 | {refreshes} | {seconds:.3} | {ok} |");
     drop(replica);
+
+    println!("\n## Refresh latency (sequential, one connection each; the journal alone in the last row)\n");
+    println!("| path | p50 µs | p99 µs | errors |");
+    println!("|---|---:|---:|---:|");
+    let [through, direct, journal] = refresh_latency(&cached, &seeder, &fake).await?;
+    for (name, m) in [
+        ("GetAccessToken, token expired (refresh through the server)", &through),
+        ("the same refresh grant sent directly to the provider", &direct),
+        ("the journal: claim and release the refresh lease", &journal),
+    ] {
+        println!("| {name} | {} | {} | {} |", m.p50_us, m.p99_us, m.errors);
+    }
     drop(cached);
 
     if args.memory_connections > 0 {
@@ -625,6 +776,27 @@ async fn run(args: &Args, db_url: String) -> Result<()> {
         );
         println!("| seeding {count} connections through the library | {seeded_in:.1} s |");
     }
+
+    // Last, because it pins this process to one core for the rest of the run.
+    let server = setup.spawn("cpu", "").await?;
+    let ratio = cpu_per_call(&server, &working_set, args.seconds).await?;
+    println!("\n## Server CPU per call (server pinned to core 0, client to core 1, concurrency 16)\n");
+    println!("| workload | calls | server CPU s | µs of server CPU per call |");
+    println!("|---|---:|---:|---:|");
+    for (name, (calls, cpu)) in [("Health/Check", ratio.0), ("GetAccessToken, cached", ratio.1)] {
+        println!(
+            "| {name} | {calls} | {:.2} | {:.1} |",
+            cpu.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / calls.max(1) as f64
+        );
+    }
+    let per = |(calls, cpu): (usize, Duration)| cpu.as_secs_f64() / calls.max(1) as f64;
+    let times = per(ratio.1) / per(ratio.0).max(f64::EPSILON);
+    println!(
+        "\ncached / Health/Check server CPU per call: {times:.2}× (target ≤ 1.3×: {})",
+        if times <= 1.3 { "met" } else { "MISSED" }
+    );
+    drop(server);
     println!();
     drop(setup);
     Ok(())
