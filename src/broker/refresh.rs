@@ -59,6 +59,19 @@ struct Job {
     force: bool,
 }
 
+/// Forgets its flight when dropped (see [`Broker::launch`]).
+struct LandsOnDrop {
+    broker: Arc<Broker>,
+    key: (Uuid, String),
+    id: u64,
+}
+
+impl Drop for LandsOnDrop {
+    fn drop(&mut self) {
+        self.broker.flights.land(&self.key, self.id);
+    }
+}
+
 /// How one round of a flight ended.
 enum Round {
     /// A token to hand out.
@@ -103,9 +116,14 @@ impl Broker {
         let flight_key = (job.connection_id, job.effective.clone());
         let broker = self.clone();
         self.flights.join(flight_key.clone(), move |id| async move {
-            let landed = broker.fly(&job).await;
-            broker.flights.land(&flight_key, id);
-            landed
+            // Landed however the task ends, even by a panic: a flight left in the
+            // map would answer every later caller with its old result.
+            let _landing = LandsOnDrop {
+                broker: broker.clone(),
+                key: flight_key,
+                id,
+            };
+            broker.fly(&job).await
         })
     }
 
@@ -298,6 +316,7 @@ impl Broker {
             // A single-use refresh token is presented again only when the provider surely never saw it.
             let repeatable = rotation != RefreshRotation::Strict || error.surely_unprocessed();
             let wait = error.retry_after().unwrap_or(delay).max(delay);
+            let remaining = deadline.saturating_duration_since(Instant::now());
             if !error.is_transient() || !repeatable || attempt >= self.attempts || wait >= remaining {
                 break Err(error);
             }
