@@ -289,5 +289,30 @@ async fn database_stopped_for_15_s_cached_calls_all_succeed() {
         during.len(),
         failed.first()
     );
+    // The notification listener is back too: another replica's invalidation
+    // reaches this server's cache again.
+    let id: uuid::Uuid = ids[1].parse().unwrap();
+    let key = (id, String::new());
+    let other = tokenvault::store::SqlStore::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    use tokenvault::store::NotifyStore;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            token(&server, &ids[1]).await.is_ok()
+                && server.app().broker.cache().get(&key).is_some()
+                && other
+                    .notify(&tokenvault::store::Invalidation::Connection { id })
+                    .await
+                    .is_ok()
+                && eventually(Duration::from_secs(2), || async {
+                    server.app().broker.cache().get(&key).is_none()
+                })
+                .await
+        })
+        .await,
+        "a notice sent after the outage reaches the server"
+    );
+    other.close().await;
     server.stop().await;
 }
