@@ -78,6 +78,8 @@ enum Round {
     Landed(Landed),
     /// The connection changed under us: start over.
     Again,
+    /// Another refresher holds the lease: look again shortly.
+    Busy,
 }
 
 impl Broker {
@@ -137,14 +139,30 @@ impl Broker {
         self.pending_rotations
             .settle(&*self.store, job.connection_id, self.clock.now())
             .await?;
-        for round in 0..ROUNDS {
-            if let Round::Landed(landed) = self.round(job, job.force && round == 0).await? {
-                return Ok(landed);
+        // Waiting for another refresher is bounded by how long its refresh may run.
+        let give_up = Instant::now() + self.refresh_budget + LEASE.to_std().unwrap_or(LEASE_RENEW_EVERY);
+        let mut rounds = 0;
+        loop {
+            match self.round(job, job.force && rounds == 0).await? {
+                Round::Landed(landed) => return Ok(landed),
+                Round::Again => rounds += 1,
+                Round::Busy if Instant::now() < give_up => {
+                    // Another replica (or flight) holds the lease: look again shortly; its
+                    // commit shows as a fresh stored token, its end as a free lease.
+                    tokio::time::sleep(LEASE_POLL).await;
+                }
+                Round::Busy => {
+                    return Err(BrokerError::ProviderUnavailable(
+                        "another replica's refresh of this connection did not finish".to_owned(),
+                    ))
+                }
+            }
+            if rounds >= ROUNDS {
+                return Err(BrokerError::ProviderUnavailable(
+                    "the connection kept changing while refreshing".to_owned(),
+                ));
             }
         }
-        Err(BrokerError::ProviderUnavailable(
-            "the connection kept changing while refreshing".to_owned(),
-        ))
     }
 
     /// One round: read, serve what became fresh, or claim the lease and refresh.
@@ -171,8 +189,8 @@ impl Broker {
         match claim {
             RefreshClaim::Moved => Ok(Round::Again),
             RefreshClaim::Busy { until } => {
-                self.wait_out_lease(job, &connection, until).await?;
-                Ok(Round::Again)
+                tracing::debug!(connection_id = %connection.id, %until, "another refresh holds the lease; waiting for it");
+                Ok(Round::Busy)
             }
             RefreshClaim::Claimed { interrupted } => {
                 let mut settled = true;
@@ -194,29 +212,6 @@ impl Broker {
                 outcome
             }
         }
-    }
-
-    /// Another replica holds the refresh lease: wait until its token version
-    /// moves (it committed) or its lease runs out.
-    async fn wait_out_lease(
-        &self,
-        job: &Job,
-        connection: &Connection,
-        until: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), BrokerError> {
-        tracing::debug!(connection_id = %connection.id, %until, "another replica is refreshing; waiting for it");
-        // Bounded in real time too, whatever the clock says.
-        let give_up = Instant::now() + LEASE.to_std().unwrap_or(LEASE_RENEW_EVERY) + LEASE_POLL;
-        while self.clock.now() < until && Instant::now() < give_up {
-            tokio::time::sleep(LEASE_POLL).await;
-            let current = self.store.connection(&TenantScope::All, job.connection_id).await?;
-            if current.is_none_or(|c| {
-                c.token_version != connection.token_version || c.stored_status != connection.stored_status
-            }) {
-                return Ok(());
-            }
-        }
-        Ok(())
     }
 
     /// The lease is ours: present the refresh token and store the answer.

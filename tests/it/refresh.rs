@@ -266,3 +266,49 @@ async fn keep_alive_refreshes_idle_connections(backend: Backend) {
     with.stop().await;
 }
 on_both!(idle_connections_are_kept_alive, keep_alive_refreshes_idle_connections);
+
+/// A provider that does not rotate (Google): the replica that waits for the
+/// other's refresh sees it land by the stored token, not by a moved token
+/// version (there is none), and is served as soon as it is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_replica_is_served_when_a_non_rotating_refresh_lands() {
+    let with = WithProvider::build(Backend::Postgres)
+        .fake(FakeProviderConfig {
+            rotate_refresh_tokens: false,
+            ..Default::default()
+        })
+        .start()
+        .await;
+    let connection = connect(&with, "fay", &["mail.read"]).await;
+    let replica = with.replica().await;
+    with.server.clock.advance(chrono::Duration::seconds(3600));
+    replica.clock.advance(chrono::Duration::seconds(3600));
+    with.fake
+        .faults()
+        .push(Endpoint::Token, Fault::Delay(Duration::from_secs(1)));
+    let first = {
+        let mut client = with.server.tokens(keys::AGENT);
+        let id = connection.clone();
+        tokio::spawn(async move {
+            client
+                .get_access_token(GetAccessTokenRequest {
+                    connection_id: id,
+                    scopes: vec![],
+                    min_ttl_seconds: 0,
+                })
+                .await
+        })
+    };
+    until(|| with.fake.stats().refreshes == 1).await;
+    // The replica's caller allows 3 s: well inside the first refresh (1 s) plus a
+    // poll, well short of the 6 s lease it would wait out if it looked only at
+    // the token version.
+    let second = get(&replica, &connection, 0, Some(Duration::from_secs(3)))
+        .await
+        .expect("served once the first replica's refresh is committed");
+    let first = first.await.unwrap().unwrap().into_inner();
+    assert_eq!(second.access_token, first.access_token);
+    assert_eq!(with.fake.stats().refreshes, 1, "one refresh across both replicas");
+    replica.stop().await;
+    with.stop().await;
+}
