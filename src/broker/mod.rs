@@ -23,6 +23,8 @@
 //! - `refresh`: the upstream refresh, from the store's refresh lease through
 //!   the provider call and its retries to the fenced commit, `NEEDS_REAUTH`
 //!   (and an interrupted earlier attempt) and the outage fallback;
+//! - `keepalive`: background refreshes of idle connections whose provider
+//!   expires unused refresh tokens;
 //! - `rotation`: rotated refresh tokens waiting for the database to come back;
 //! - `secrets`: opening and sealing the connection's tokens with its data key;
 //! - `usage`: issuance tallies, written off the hot path;
@@ -31,6 +33,7 @@
 mod cache;
 mod error;
 mod flight;
+mod keepalive;
 mod lookup;
 mod miss;
 mod reader;

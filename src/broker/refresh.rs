@@ -44,19 +44,19 @@ const LEASE_RENEW_EVERY: Duration = Duration::from_secs(2);
 
 /// What a refresh flight works on: the connection and scope key, and who started it.
 #[derive(Debug, Clone)]
-struct Job {
-    connection_id: Uuid,
+pub(super) struct Job {
+    pub(super) connection_id: Uuid,
     /// The scope key the token is stored under (empty: the full grant).
-    effective: String,
+    pub(super) effective: String,
     /// The scopes to narrow to, when `effective` is not the full grant.
-    narrow: Option<ScopeSet>,
+    pub(super) narrow: Option<ScopeSet>,
     /// The starting caller's `min_ttl` (a stored token that meets it is served).
-    min_ttl: chrono::Duration,
+    pub(super) min_ttl: chrono::Duration,
     /// The starting caller, for the audit trail.
-    actor: Arc<str>,
-    request_id: Option<String>,
+    pub(super) actor: Arc<str>,
+    pub(super) request_id: Option<String>,
     /// Refresh even if the stored token is fresh (keep-alive), in the first round.
-    force: bool,
+    pub(super) force: bool,
 }
 
 /// Forgets its flight when dropped (see [`Broker::launch`]).
@@ -114,7 +114,7 @@ impl Broker {
     }
 
     /// Joins the flight of `job`'s connection and scope key, starting it if none is in the air.
-    fn launch(self: &Arc<Self>, job: Job) -> super::flight::Landing {
+    pub(super) fn launch(self: &Arc<Self>, job: Job) -> super::flight::Landing {
         let flight_key = (job.connection_id, job.effective.clone());
         let broker = self.clone();
         self.flights.join(flight_key.clone(), move |id| async move {
@@ -520,75 +520,6 @@ impl Broker {
         tracing::info!(connection_id = %connection.id, ok = outcome.is_ok(), "revoked credentials of a refresh that lost to a revocation");
     }
 }
-
-impl Broker {
-    /// Keep-alive: refreshes, in the background and once per replica set (the
-    /// caller holds the sweeper lock), every active connection of a provider
-    /// whose refresh tokens expire when unused (`refresh_idle_expiry_days`)
-    /// and that has not been refreshed for half that time, so that a quiet
-    /// month does not make its user reconnect. Returns how many were
-    /// refreshed (or, on a dry run, would be). A connection that fails is
-    /// logged and left to the next pass (`invalid_grant` marks it
-    /// `NEEDS_REAUTH` as on any refresh).
-    pub async fn keep_alive(
-        self: &Arc<Self>,
-        now: chrono::DateTime<chrono::Utc>,
-        dry_run: bool,
-    ) -> Result<u64, StoreError> {
-        let mut refreshed = 0;
-        let providers: Vec<(String, u32)> = self
-            .providers
-            .configured()
-            .filter_map(|name| {
-                let days = self.providers.spec(name)?.refresh_idle_expiry_days?;
-                Some((name.to_owned(), days))
-            })
-            .collect();
-        for (provider, idle_days) in providers {
-            let before = now - chrono::Duration::days(i64::from(idle_days)) / 2;
-            let mut after = None;
-            loop {
-                let due = self
-                    .store
-                    .idle_connections(&provider, before, after, KEEP_ALIVE_PAGE)
-                    .await?;
-                let Some(last) = due.last() else { break };
-                after = Some(*last);
-                for id in due {
-                    if dry_run {
-                        refreshed += 1;
-                        continue;
-                    }
-                    match self.refresh_in_background(id).await {
-                        Ok(_) => refreshed += 1,
-                        Err(error) => {
-                            tracing::warn!(connection_id = %id, %provider, %error, "keep-alive refresh failed; the next pass tries again");
-                        }
-                    }
-                }
-            }
-            tracing::debug!(%provider, idle_days, "keep-alive pass done");
-        }
-        Ok(refreshed)
-    }
-
-    /// One forced refresh of the full grant of connection `id`, in its flight.
-    async fn refresh_in_background(self: &Arc<Self>, id: Uuid) -> Result<Landed, BrokerError> {
-        let job = Job {
-            connection_id: id,
-            effective: String::new(),
-            narrow: None,
-            min_ttl: chrono::Duration::zero(),
-            actor: Arc::from("keep-alive"),
-            request_id: None,
-            force: true,
-        };
-        self.launch(job).await
-    }
-}
-
-/// Connections read per keep-alive page.
-const KEEP_ALIVE_PAGE: u32 = 100;
 
 /// `invalid_grant`, with the provider's description when it gave one.
 fn invalid_grant_text(description: &str) -> String {
