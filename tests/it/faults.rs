@@ -5,7 +5,7 @@ use crate::support::fixture::WithProvider;
 use crate::support::inspect::{audit, stored_connection};
 use crate::support::provider::{connect_on, install, start_fake, CatalogOptions};
 use crate::support::proxy::TcpProxy;
-use crate::support::{base_config, keys, Backend, TestDb, TestServer};
+use crate::support::{base_config, eventually, keys, Backend, TestDb, TestServer};
 use std::time::{Duration, Instant};
 use tokenvault::proto::*;
 use tokenvault_testkit::fake_provider::{Endpoint, FakeProviderConfig, Fault};
@@ -22,22 +22,6 @@ async fn token(server: &TestServer, connection_id: &str) -> Result<GetAccessToke
         .get_access_token(request)
         .await
         .map(|r| r.into_inner())
-}
-
-/// Retries until `check` passes or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use crate::on_both;
 use crate::support::fixture::WithProvider;
 use crate::support::inspect::stored_connection;
 use crate::support::provider::connect;
-use crate::support::{keys, Backend, TestServer};
+use crate::support::{eventually, keys, Backend, TestServer};
 use std::time::{Duration, Instant};
 use tokenvault::proto::{DisconnectRequest, GetAccessTokenRequest, GetAccessTokenResponse};
 use tokenvault::store::ConnectionStatus;
@@ -37,13 +37,12 @@ async fn get(
         .map(|r| r.into_inner())
 }
 
-/// Waits (real time, bounded) until `done` holds.
+/// Waits (real time, at most 20 s) until `done` holds, and fails the test otherwise.
 async fn until(mut done: impl FnMut() -> bool) {
-    let give_up = Instant::now() + Duration::from_secs(20);
-    while !done() && Instant::now() < give_up {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(done(), "condition not reached within 20 s");
+    assert!(
+        eventually(Duration::from_secs(20), || std::future::ready(done())).await,
+        "condition not reached within 20 s"
+    );
 }
 
 async fn caller_gives_up_while_the_provider_rotates(backend: Backend) {

@@ -16,6 +16,24 @@ pub use db::{pg_host_port, Backend, TestDb};
 pub use inspect::{contains, dump_database};
 pub use server::{base_config, keys, random_kek, Authed, Bearer, TestServer};
 
+use std::time::{Duration, Instant};
+
+/// Retries until `check` passes or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// Runs an async test body on both backends: `on_both!(name, body)` makes
 /// the tests `name::postgres` and `name::sqlite`.
 #[macro_export]
