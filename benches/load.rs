@@ -362,6 +362,7 @@ fn token_request(
         connection_id: connection.to_string(),
         scopes: Vec::new(),
         min_ttl_seconds,
+        ..Default::default()
     });
     request.metadata_mut().insert("authorization", auth.clone());
     request

@@ -240,6 +240,7 @@ async fn fetch(client: &mut Client, settings: &Settings) -> Result<GetAccessToke
             connection_id: settings.connection_id.clone(),
             scopes: settings.scopes.clone(),
             min_ttl_seconds: settings.min_ttl,
+            ..Default::default()
         });
         request.set_timeout(settings.timeout);
         match client.get_access_token(request).await {

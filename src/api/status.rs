@@ -80,6 +80,7 @@ impl From<crate::broker::BrokerError> for Status {
             }
             E::ProviderUnavailable(_) => Status::unavailable(error.to_string()),
             E::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
+            E::MinTtlUnattainable { .. } => Status::out_of_range(error.to_string()),
             E::Store(inner) => inner.into(),
             E::Vault(inner) => inner.into(),
         }

@@ -69,6 +69,7 @@ impl TokenService for TokenApi {
             connection_id,
             scopes,
             min_ttl: chrono::Duration::seconds(i64::from(body.min_ttl_seconds)),
+            require_min_ttl: body.require_min_ttl,
             // Leave a little room to answer before the caller gives up.
             deadline: Instant::now() + budget.saturating_sub(Duration::from_millis(50)),
         };

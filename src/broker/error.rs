@@ -33,6 +33,17 @@ pub enum BrokerError {
     /// refresh goes on without it and its result serves the next call.
     #[error("no token before the caller's deadline; the refresh continues and the next call gets its result")]
     DeadlineExceeded,
+    /// The caller insisted on a `min_ttl` longer than the freshest token the
+    /// provider issues lives.
+    #[error("the freshest token expires in {remaining_seconds} s, sooner than the {min_ttl_seconds} s required (the provider issues tokens of about {lifetime_seconds} s)")]
+    MinTtlUnattainable {
+        /// Seconds the freshest token still lives.
+        remaining_seconds: i64,
+        /// What the caller required.
+        min_ttl_seconds: i64,
+        /// The lifetime the provider gave the token.
+        lifetime_seconds: i64,
+    },
     /// The provider refused tokenvault itself (configuration).
     #[error("{0}")]
     ProviderMisconfigured(String),
@@ -55,6 +66,7 @@ impl BrokerError {
             BrokerError::UserDeleted => "user_deleted",
             BrokerError::ProviderUnavailable(_) | BrokerError::ProviderMisconfigured(_) => "provider_error",
             BrokerError::DeadlineExceeded => "deadline_exceeded",
+            BrokerError::MinTtlUnattainable { .. } => "min_ttl_unattainable",
             BrokerError::Store(_) | BrokerError::Vault(_) => "internal",
         }
     }

@@ -42,6 +42,20 @@ impl TokenKeys {
     }
 }
 
+/// Refuses `token` when the caller insisted on a `min_ttl` it does not meet
+/// (checked before the issuance is counted: a refusal is not an issuance).
+fn insisted_min_ttl(request: &TokenRequest, token: &CachedToken, now: DateTime<Utc>) -> Result<(), BrokerError> {
+    let remaining = token.expires_at - now;
+    if !request.require_min_ttl || remaining >= request.min_ttl {
+        return Ok(());
+    }
+    Err(BrokerError::MinTtlUnattainable {
+        remaining_seconds: remaining.num_seconds().max(0),
+        min_ttl_seconds: request.min_ttl.num_seconds(),
+        lifetime_seconds: (token.expires_at - token.issued_at).num_seconds().max(0),
+    })
+}
+
 impl Broker {
     /// The cached path: no database, no await. `None` when nothing fresh enough is cached.
     pub(super) fn cached(
@@ -60,6 +74,9 @@ impl Broker {
         }
         if !self.fresh_enough(token.expires_at, token.issued_at, request.min_ttl, now) {
             return None;
+        }
+        if let Err(refused) = insisted_min_ttl(request, &token, now) {
+            return Some(Err(refused));
         }
         self.record(who, request.connection_id, &key.1, &token, "cache_hit", now);
         Some(Ok(self.issue(&token, now)))
@@ -100,7 +117,7 @@ impl Broker {
         epoch: u64,
         token: CachedToken,
         outcome: &'static str,
-    ) -> IssuedToken {
+    ) -> Result<IssuedToken, BrokerError> {
         self.cache_shared_and_issue(who, request, keys, epoch, Arc::new(token), outcome)
     }
 
@@ -113,11 +130,12 @@ impl Broker {
         epoch: u64,
         token: Arc<CachedToken>,
         outcome: &'static str,
-    ) -> IssuedToken {
+    ) -> Result<IssuedToken, BrokerError> {
         let now = self.clock.now();
         self.cache.insert_if_current(epoch, &keys.all(), token.clone());
+        insisted_min_ttl(request, &token, now)?;
         self.record(who, request.connection_id, keys.effective(), &token, outcome, now);
-        self.issue(&token, now)
+        Ok(self.issue(&token, now))
     }
 
     /// Issues `token` without caching it.
@@ -128,10 +146,11 @@ impl Broker {
         keys: &TokenKeys,
         token: &CachedToken,
         outcome: &'static str,
-    ) -> IssuedToken {
+    ) -> Result<IssuedToken, BrokerError> {
         let now = self.clock.now();
+        insisted_min_ttl(request, token, now)?;
         self.record(who, request.connection_id, keys.effective(), token, outcome, now);
-        self.issue(token, now)
+        Ok(self.issue(token, now))
     }
 
     /// The token as handed out: its expiry capped by the maximum lease.

@@ -36,7 +36,7 @@ impl Broker {
         let now = self.clock.now();
         if let Some(record) = stored.filter(|r| self.fresh_enough(r.expires_at, r.issued_at, request.min_ttl, now)) {
             let token = self.unseal_access(&connection, &record).await?;
-            return Ok(self.cache_and_issue(who, request, &keys, epoch, token, "store_hit"));
+            return self.cache_and_issue(who, request, &keys, epoch, token, "store_hit");
         }
         self.refresh(who, request, keys, epoch).await
     }

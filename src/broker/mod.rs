@@ -85,6 +85,8 @@ pub struct TokenRequest {
     pub scopes: ScopeSet,
     /// The token must stay valid this long.
     pub min_ttl: chrono::Duration,
+    /// Refuse a token that expires sooner than `min_ttl` instead of serving the freshest there is.
+    pub require_min_ttl: bool,
     /// When the caller stops waiting.
     pub deadline: Instant,
 }

@@ -107,10 +107,10 @@ impl Broker {
         let landed = tokio::time::timeout_at(deadline, landing)
             .await
             .map_err(|_| BrokerError::DeadlineExceeded)??;
-        Ok(match landed.outcome {
+        match landed.outcome {
             "stale_fallback" => self.issue_uncached(who, request, &keys, &landed.token, landed.outcome),
             outcome => self.cache_shared_and_issue(who, request, &keys, epoch, landed.token, outcome),
-        })
+        }
     }
 
     /// Joins the flight of `job`'s connection and scope key, starting it if none is in the air.

@@ -82,10 +82,14 @@ impl Binding<'_> {
     }
 }
 
-/// A 256-bit data key, unwrapped, in memory. The key schedule is zeroized on drop.
+/// A 256-bit data key, unwrapped, in memory: only its 32 raw bytes are kept
+/// (zeroized on drop). The AES-256-GCM key schedule (about a kilobyte with
+/// the portable fallback) is built for each operation and zeroized when it is
+/// dropped (`aes`, `ghash` and `polyval` with their `zeroize` features), so a
+/// cached key costs 32 bytes and no schedule outlives its use.
 pub struct DataKey {
     id: Uuid,
-    cipher: Aes256Gcm,
+    bytes: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -110,8 +114,13 @@ impl DataKey {
     pub fn from_bytes(id: Uuid, bytes: &[u8; 32]) -> Self {
         Self {
             id,
-            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes)),
+            bytes: Zeroizing::new(*bytes),
         }
+    }
+
+    /// The cipher for one operation.
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(self.bytes.as_ref()))
     }
 
     /// The key's id, stored beside it and in every ciphertext it seals.
@@ -127,7 +136,7 @@ impl DataKey {
         let aad = binding.aad(&out);
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let ciphertext = self
-            .cipher
+            .cipher()
             .encrypt(
                 &nonce,
                 Payload {
@@ -154,7 +163,7 @@ impl DataKey {
         }
         let aad = binding.aad(header);
         let plain = self
-            .cipher
+            .cipher()
             .decrypt(
                 Nonce::from_slice(nonce),
                 Payload {

@@ -18,6 +18,7 @@ async fn oversized_and_malformed_requests_change_nothing() {
         connection_id: connection.clone(),
         scopes: vec!["x".repeat(1024); 200],
         min_ttl_seconds: 0,
+        ..Default::default()
     };
     let error = with
         .server

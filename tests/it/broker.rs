@@ -19,6 +19,7 @@ fn request(connection_id: &str, scopes: &[&str], min_ttl: u32) -> GetAccessToken
         connection_id: connection_id.to_owned(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         min_ttl_seconds: min_ttl,
+        ..Default::default()
     }
 }
 

@@ -661,6 +661,7 @@ async fn nothing_in_clear(backend: Backend) {
             connection_id: connection.clone(),
             scopes: vec!["mail.read".into()],
             min_ttl_seconds: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

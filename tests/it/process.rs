@@ -332,6 +332,7 @@ async fn no_secret_reaches_the_logs() {
             connection_id: connection_id.clone(),
             scopes: vec!["mail.read".into()],
             min_ttl_seconds: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

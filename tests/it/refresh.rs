@@ -6,7 +6,7 @@
 
 use crate::on_both;
 use crate::support::fixture::WithProvider;
-use crate::support::inspect::stored_connection;
+use crate::support::inspect::{audit, stored_connection};
 use crate::support::provider::connect;
 use crate::support::{eventually, keys, Backend, TestServer};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ async fn get(
         connection_id: connection_id.to_owned(),
         scopes: vec![],
         min_ttl_seconds: min_ttl,
+        ..Default::default()
     });
     if let Some(timeout) = timeout {
         call.set_timeout(timeout);
@@ -116,6 +117,7 @@ async fn disconnect_during_a_slow_refresh(backend: Backend) {
                     connection_id: id,
                     scopes: vec![],
                     min_ttl_seconds: 0,
+                    ..Default::default()
                 })
                 .await
         })
@@ -180,6 +182,7 @@ async fn min_ttl_beyond_the_lifetime(backend: Backend) {
                     connection_id: id,
                     scopes: vec![],
                     min_ttl_seconds: 3600,
+                    ..Default::default()
                 })
                 .await
                 .map(|r| r.into_inner())
@@ -200,114 +203,47 @@ async fn min_ttl_beyond_the_lifetime(backend: Backend) {
     let again = get(&with.server, &connection, 3600, None).await.unwrap();
     assert!(tokens.contains(&again.access_token));
     assert_eq!(with.fake.stats().refreshes - before, 1);
+
+    // A caller that insists gets a clear OUT_OF_RANGE, no refresh, and is not counted as served.
+    let issued_before = issued_events(&with).await;
+    let refused = with
+        .server
+        .tokens(keys::AGENT)
+        .get_access_token(GetAccessTokenRequest {
+            connection_id: connection.clone(),
+            min_ttl_seconds: 3600,
+            require_min_ttl: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("3600 s cannot be met by a 3599 s token");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(refused.message().contains("3600 s required"), "{}", refused.message());
+    assert_eq!(with.fake.stats().refreshes - before, 1, "insisting does not refresh");
+    assert_eq!(issued_events(&with).await, issued_before, "a refusal is not an issuance");
+    // What it can meet is served.
+    let met = with
+        .server
+        .tokens(keys::AGENT)
+        .get_access_token(GetAccessTokenRequest {
+            connection_id: connection.clone(),
+            min_ttl_seconds: 600,
+            require_min_ttl: true,
+            ..Default::default()
+        })
+        .await
+        .expect("600 s is within the token's life");
+    assert!(tokens.contains(&met.into_inner().access_token));
     with.stop().await;
 }
 on_both!(min_ttl_above_the_lifetime_refreshes_once, min_ttl_beyond_the_lifetime);
 
-async fn reconsent_is_read_back_at_once(backend: Backend) {
-    let with = WithProvider::start(backend).await;
-    let connection = connect(&with, "dee", &["mail.read"]).await;
-    let old = get(&with.server, &connection, 0, None).await.unwrap();
-    // A re-consent with more: the next call gets the new grant's token, not the cached one.
-    assert_eq!(connect(&with, "dee", &["mail.read", "mail.send"]).await, connection);
-    let new = get(&with.server, &connection, 0, None).await.unwrap();
-    assert_ne!(new.access_token, old.access_token);
-    let info = with.fake.introspect(&new.access_token).expect("a live token");
-    assert!(info.scopes.iter().any(|s| s == "mail.send"), "{:?}", info.scopes);
-    with.stop().await;
-}
-on_both!(a_reconsent_is_served_at_once, reconsent_is_read_back_at_once);
-
-async fn keep_alive_refreshes_idle_connections(backend: Backend) {
-    let with = WithProvider::build(backend)
-        .catalog_toml(|fake| {
-            fake.catalog_toml(&tokenvault_testkit::fake_provider::CatalogOptions::default())
-                .replace(
-                    "issues_refresh_tokens = true\n",
-                    "issues_refresh_tokens = true\nrefresh_idle_expiry_days = 30\n",
-                )
-        })
-        .start()
-        .await;
-    let idle = connect(&with, "eve", &["mail.read"]).await;
-    let sweep = || async { with.server.app().sweeper.run_once(None, false).await.unwrap().unwrap() };
-    let refreshes = || with.fake.stats().successful_refreshes;
-    let before = refreshes();
-
-    // Quiet for ten days: not yet (keep-alive starts at half the idle expiry).
-    with.server.clock.advance(chrono::Duration::days(10));
-    assert_eq!(sweep().await.idle_connections_refreshed, 0);
-    assert_eq!(refreshes(), before);
-
-    // Quiet for sixteen: refreshed once, in the background, and then not again.
-    with.server.clock.advance(chrono::Duration::days(6));
-    let dry = with.server.app().sweeper.run_once(None, true).await.unwrap().unwrap();
-    assert_eq!(dry.idle_connections_refreshed, 1);
-    assert_eq!(refreshes(), before, "a dry run refreshes nothing");
-    assert_eq!(sweep().await.idle_connections_refreshed, 1);
-    assert_eq!(refreshes(), before + 1);
-    assert_eq!(sweep().await.idle_connections_refreshed, 0);
-    assert_eq!(refreshes(), before + 1);
-    let token = get(&with.server, &idle, 0, None).await.unwrap();
-    assert!(with.fake.introspect(&token.access_token).is_some());
-
-    // A revoked connection is left alone.
-    with.server
-        .connections(keys::PLATFORM)
-        .disconnect(DisconnectRequest {
-            connection_id: idle.clone(),
-        })
+/// How many issuances the audit log holds for the fixture's server, after a usage flush.
+async fn issued_events(with: &WithProvider) -> u64 {
+    with.server.app().broker.flush_usage().await;
+    audit(&with.server, "token.issued")
         .await
-        .unwrap();
-    with.server.clock.advance(chrono::Duration::days(20));
-    assert_eq!(sweep().await.idle_connections_refreshed, 0);
-    assert_eq!(refreshes(), before + 1);
-    with.stop().await;
-}
-on_both!(idle_connections_are_kept_alive, keep_alive_refreshes_idle_connections);
-
-/// A provider that does not rotate (Google): the replica that waits for the
-/// other's refresh sees it land by the stored token, not by a moved token
-/// version (there is none), and is served as soon as it is committed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiting_replica_is_served_when_a_non_rotating_refresh_lands() {
-    let with = WithProvider::build(Backend::Postgres)
-        .fake(FakeProviderConfig {
-            rotate_refresh_tokens: false,
-            ..Default::default()
-        })
-        .start()
-        .await;
-    let connection = connect(&with, "fay", &["mail.read"]).await;
-    let replica = with.replica().await;
-    with.server.clock.advance(chrono::Duration::seconds(3600));
-    replica.clock.advance(chrono::Duration::seconds(3600));
-    with.fake
-        .faults()
-        .push(Endpoint::Token, Fault::Delay(Duration::from_secs(1)));
-    let first = {
-        let mut client = with.server.tokens(keys::AGENT);
-        let id = connection.clone();
-        tokio::spawn(async move {
-            client
-                .get_access_token(GetAccessTokenRequest {
-                    connection_id: id,
-                    scopes: vec![],
-                    min_ttl_seconds: 0,
-                })
-                .await
-        })
-    };
-    until(|| with.fake.stats().refreshes == 1).await;
-    // The replica's caller allows 3 s: well inside the first refresh (1 s) plus a
-    // poll, well short of the 6 s lease it would wait out if it looked only at
-    // the token version.
-    let second = get(&replica, &connection, 0, Some(Duration::from_secs(3)))
-        .await
-        .expect("served once the first replica's refresh is committed");
-    let first = first.await.unwrap().unwrap().into_inner();
-    assert_eq!(second.access_token, first.access_token);
-    assert_eq!(with.fake.stats().refreshes, 1, "one refresh across both replicas");
-    replica.stop().await;
-    with.stop().await;
+        .iter()
+        .map(|e| e.detail.get("count").and_then(|c| c.as_u64()).unwrap_or(1))
+        .sum()
 }

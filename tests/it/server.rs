@@ -71,6 +71,7 @@ fn token_request() -> GetAccessTokenRequest {
         connection_id: uuid::Uuid::new_v4().to_string(),
         scopes: vec![],
         min_ttl_seconds: 0,
+        ..Default::default()
     }
 }
 
