@@ -89,16 +89,15 @@ mod tests {
 
     fn token() -> Landed {
         Landed {
-            token: Arc::new(CachedToken {
-                tenant_id: "t".to_owned(),
-                user_id: "u".to_owned(),
-                access_token: SecretString::from("a"),
-                token_type: "Bearer".to_owned(),
-                scopes: Vec::new(),
-                granted: Default::default(),
-                expires_at: Utc::now(),
-                issued_at: Utc::now(),
-            }),
+            token: Arc::new(CachedToken::new(
+                "t",
+                "u",
+                SecretString::from("a"),
+                &Default::default(),
+                &Default::default(),
+                Utc::now(),
+                Utc::now(),
+            )),
             outcome: "refreshed",
         }
     }

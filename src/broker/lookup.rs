@@ -66,7 +66,7 @@ impl Broker {
         now: DateTime<Utc>,
     ) -> Option<Result<IssuedToken, BrokerError>> {
         let token = self.cache.get(key)?;
-        if !who.tenants.allows(&token.tenant_id) {
+        if !who.tenants.allows(token.tenant_id()) {
             return Some(Err(BrokerError::WrongTenant));
         }
         if let Some(missing) = request.scopes.iter().find(|s| !token.granted.contains(*s)) {
@@ -157,9 +157,9 @@ impl Broker {
     fn issue(&self, token: &CachedToken, now: DateTime<Utc>) -> IssuedToken {
         IssuedToken {
             access_token: token.access_token.clone(),
-            token_type: token.token_type.clone(),
+            token_type: "Bearer".to_owned(),
             expires_at: token.expires_at.min(now + self.max_lease),
-            scopes: token.scopes.clone(),
+            scopes: token.scopes.to_vec(),
         }
     }
 
@@ -178,8 +178,8 @@ impl Broker {
             Issuance {
                 actor: who.actor,
                 connection_id: id,
-                tenant_id: &token.tenant_id,
-                user_id: &token.user_id,
+                tenant_id: token.tenant_id(),
+                user_id: token.user_id(),
                 scope_key: key,
                 scopes: &token.scopes,
                 outcome,

@@ -42,7 +42,7 @@ mod rotation;
 mod secrets;
 mod usage;
 
-pub use cache::{CacheKey, CachedToken, TokenCache};
+pub use cache::{CacheKey, CachedToken, ScopeText, TokenCache};
 pub use error::BrokerError;
 pub use reader::{ConnectionReader, ReadResult, MAX_BATCH};
 pub use usage::{Issuance, UsageLog};

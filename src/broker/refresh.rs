@@ -477,16 +477,15 @@ impl Broker {
         };
         match committed {
             RefreshCommit::Stored => {
-                let token = CachedToken {
-                    tenant_id: connection.tenant_id.clone(),
-                    user_id: connection.user_id.clone(),
-                    access_token: tokens.access_token,
-                    token_type: tokens.token_type,
-                    scopes: scopes.into_iter().collect(),
-                    granted: connection.granted_scopes.clone(),
-                    expires_at: tokens.expires_at,
-                    issued_at: tokens.issued_at,
-                };
+                let token = CachedToken::new(
+                    &connection.tenant_id,
+                    &connection.user_id,
+                    tokens.access_token,
+                    &scopes,
+                    &connection.granted_scopes,
+                    tokens.expires_at,
+                    tokens.issued_at,
+                );
                 Ok(Round::Landed(self.cache_landed(epoch, job, token, "refreshed")))
             }
             RefreshCommit::Superseded => {

@@ -59,16 +59,15 @@ impl Broker {
         let token = self
             .open_or_report(&key, &binding, connection, "access_token", record.token.as_bytes())
             .await?;
-        Ok(CachedToken {
-            tenant_id: connection.tenant_id.clone(),
-            user_id: connection.user_id.clone(),
-            access_token: token,
-            token_type: record.token_type.clone(),
-            scopes: record.scopes.iter().cloned().collect(),
-            granted: connection.granted_scopes.clone(),
-            expires_at: record.expires_at,
-            issued_at: record.issued_at,
-        })
+        Ok(CachedToken::new(
+            &connection.tenant_id,
+            &connection.user_id,
+            token,
+            &record.scopes,
+            &connection.granted_scopes,
+            record.expires_at,
+            record.issued_at,
+        ))
     }
 
     /// Opens the connection's stored refresh token; without one the user must consent again.

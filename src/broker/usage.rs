@@ -3,6 +3,7 @@
 //! set and outcome, with a count) and `last_used_at` updates, every
 //! `broker.usage_flush_seconds` and at shutdown.
 
+use super::ScopeText;
 use crate::audit::{AuditLog, EventBuilder};
 use crate::store::Store;
 use chrono::{DateTime, Utc};
@@ -20,9 +21,9 @@ struct IssueKey {
 
 #[derive(Debug, Clone)]
 struct IssueTally {
-    tenant_id: String,
-    user_id: String,
-    scopes: Vec<String>,
+    tenant_id: Box<str>,
+    user_id: Box<str>,
+    scopes: ScopeText,
     count: u64,
     first_at: DateTime<Utc>,
     last_at: DateTime<Utc>,
@@ -42,7 +43,7 @@ pub struct Issuance<'a> {
     /// Canonical scope key.
     pub scope_key: &'a str,
     /// Scopes handed out.
-    pub scopes: &'a [String],
+    pub scopes: &'a ScopeText,
     /// `cache_hit`, `store_hit`, `refreshed`.
     pub outcome: &'static str,
     /// The request id.
@@ -71,9 +72,9 @@ impl UsageLog {
                 tally.last_at = at;
             })
             .or_insert_with(|| IssueTally {
-                tenant_id: issuance.tenant_id.to_owned(),
-                user_id: issuance.user_id.to_owned(),
-                scopes: issuance.scopes.to_vec(),
+                tenant_id: issuance.tenant_id.into(),
+                user_id: issuance.user_id.into(),
+                scopes: issuance.scopes.clone(),
                 count: 1,
                 first_at: at,
                 last_at: at,
@@ -101,12 +102,14 @@ impl UsageLog {
                 .connection(key.connection_id)
                 .request_id(tally.request_id.as_deref())
                 .detail("source", key.outcome)
-                .detail("scopes", tally.scopes.clone())
+                .detail("scopes", tally.scopes.to_vec())
                 .detail("count", tally.count)
                 .detail("last_at", tally.last_at.to_rfc3339())
                 .build();
             audit.enqueue(event).await;
         }
+        // The map does not give back the room its busiest interval needed unless asked.
+        self.tallies.shrink_to_fit();
         let used: Vec<(Uuid, DateTime<Utc>)> = last_used.into_iter().collect();
         if let Err(error) = store.touch_connections(&used).await {
             tracing::warn!(%error, connections = used.len(), "could not record last_used_at for this batch");

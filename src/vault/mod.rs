@@ -4,8 +4,10 @@
 //! database; DEKs seal every secret with AES-256-GCM (see [`sealed`]).
 //! Destroying a DEK crypto-shreds everything sealed under it.
 
+mod key_cache;
 mod keyring;
 pub mod sealed;
+use key_cache::KeyCache;
 
 pub use keyring::{Keyring, LocalKeyring, WRAPPED_LEN};
 pub use sealed::{sealed_key_id, Binding, DataKey, Field};
@@ -73,7 +75,7 @@ pub struct RotationReport {
 pub struct Vault {
     keyring: Arc<dyn Keyring>,
     keys: Arc<dyn KeyStore>,
-    cache: moka::sync::Cache<Uuid, Arc<DataKey>>,
+    cache: Arc<KeyCache>,
     /// Recently destroyed keys: a reader that raced with the destruction must not cache them again.
     destroyed: moka::sync::Cache<Uuid, ()>,
     clock: SharedClock,
@@ -100,10 +102,7 @@ impl Vault {
         Self {
             keyring,
             keys,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(cache_capacity)
-                .time_to_live(cache_ttl)
-                .build(),
+            cache: Arc::new(KeyCache::new(cache_capacity, cache_ttl)),
             destroyed: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(cache_ttl.max(Duration::from_secs(60)))
@@ -131,7 +130,7 @@ impl Vault {
             })
             .await?;
         let key = Arc::new(key);
-        self.cache.insert(key.id(), key.clone());
+        self.cache.insert(key.clone());
         Ok(key)
     }
 
@@ -145,10 +144,10 @@ impl Vault {
         }
         let wrapped = self.keys.data_key(id).await?.ok_or(VaultError::MissingDataKey(id))?;
         let key = Arc::new(self.keyring.unwrap(&wrapped.kek_id, id, &wrapped.wrapped)?);
-        self.cache.insert(id, key.clone());
+        self.cache.insert(key.clone());
         if self.destroyed.contains_key(&id) {
             // Destroyed while we were reading it: do not keep it.
-            self.cache.invalidate(&id);
+            self.cache.remove(&id);
             return Err(VaultError::MissingDataKey(id));
         }
         Ok(key)
@@ -158,7 +157,7 @@ impl Vault {
     pub async fn destroy_data_keys(&self, ids: &[Uuid]) -> Result<u64, VaultError> {
         for id in ids {
             self.destroyed.insert(*id, ());
-            self.cache.invalidate(id);
+            self.cache.remove(id);
         }
         Ok(self.keys.delete_data_keys(ids).await?)
     }
@@ -177,12 +176,12 @@ impl Vault {
     /// Drops a key from this process's cache (another replica destroyed it).
     pub fn forget(&self, id: Uuid) {
         self.destroyed.insert(id, ());
-        self.cache.invalidate(&id);
+        self.cache.remove(&id);
     }
 
     /// Drops every cached key.
     pub fn forget_all(&self) {
-        self.cache.invalidate_all();
+        self.cache.clear();
     }
 
     /// Fails when a stored data key is wrapped under a KEK the keyring lacks

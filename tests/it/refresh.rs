@@ -220,7 +220,11 @@ async fn min_ttl_beyond_the_lifetime(backend: Backend) {
     assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
     assert!(refused.message().contains("3600 s required"), "{}", refused.message());
     assert_eq!(with.fake.stats().refreshes - before, 1, "insisting does not refresh");
-    assert_eq!(issued_events(&with).await, issued_before, "a refusal is not an issuance");
+    assert_eq!(
+        issued_events(&with).await,
+        issued_before,
+        "a refusal is not an issuance"
+    );
     // What it can meet is served.
     let met = with
         .server
