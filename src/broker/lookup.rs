@@ -69,7 +69,7 @@ impl Broker {
         if !who.tenants.allows(token.tenant_id()) {
             return Some(Err(BrokerError::WrongTenant));
         }
-        if let Some(missing) = request.scopes.iter().find(|s| !token.granted.contains(*s)) {
+        if let Some(missing) = request.scopes.iter().find(|s| !token.granted.contains(s)) {
             return Some(Err(BrokerError::ScopeNotGranted(missing.clone())));
         }
         if !self.fresh_enough(token.expires_at, token.issued_at, request.min_ttl, now) {
