@@ -82,10 +82,10 @@ async fn main() -> Result<()> {
     let cache = TokenCache::new(count as u64 * 2, Duration::from_secs(3600));
     let before = live();
     let scopes: ScopeSet = ["https://www.googleapis.com/auth/gmail.readonly".to_owned()].into();
-    for (i, id) in ids.iter().enumerate() {
+    for (i, (id, user)) in ids.iter().zip(&users).enumerate() {
         let cached = CachedToken::new(
             "acme",
-            &users[i],
+            user,
             token(i, args.token_bytes),
             &scopes,
             &scopes,
@@ -128,13 +128,13 @@ async fn main() -> Result<()> {
     let actor: Arc<str> = Arc::from("agent-acme");
     let granted = ScopeText::of(&scopes);
     let before = live();
-    for (i, id) in ids.iter().enumerate() {
+    for (id, user) in ids.iter().zip(&users) {
         usage.record(
             Issuance {
                 actor: &actor,
                 connection_id: *id,
                 tenant_id: "acme",
-                user_id: &users[i],
+                user_id: user,
                 scope_key: "",
                 scopes: &granted,
                 outcome: "cache_hit",
