@@ -34,7 +34,7 @@ use tokenvault::proto::token_service_client::TokenServiceClient;
 use tokenvault::proto::GetAccessTokenRequest;
 use tokenvault::store::{
     access_token_record, AccessTokenRecord, ConnectionStore, ConsentGrant, RefreshClaim, RefreshStore, Sealed,
-    SqlStore, Store, StoreOptions, TenantScope,
+    SqlStore, Store, StoreOptions, TenantScope, Trail,
 };
 use tokenvault::vault::{Binding, Field, LocalKeyring, Vault};
 use tokenvault_testkit::fake_provider::{CatalogOptions, FakeProvider, FakeProviderConfig};
@@ -280,7 +280,9 @@ impl Seeder {
                         token_version: connection.token_version + 1,
                         issued_at: now,
                     },
+                    consent_id: None,
                 },
+                &Trail::none(),
                 now,
             )
             .await

@@ -193,7 +193,6 @@ impl App {
             store.clone(),
             vault.clone(),
             providers.clone(),
-            audit.clone(),
             clock.clone(),
             metrics.clone(),
             policy,

@@ -1,7 +1,38 @@
 //! Append-only audit events. Events carry ids, scopes, outcomes and reasons,
-//! never a token, code or verifier. Operator actions are written before the
-//! RPC answers; token issuance is queued and written in batches, so the hot
-//! path makes no database write, and the queue is flushed at shutdown.
+//! never a token, code or verifier. They reach the database three ways:
+//!
+//! - **With the change they record**, in its transaction: every state change
+//!   builds its events with [`EventBuilder`] and hands them to the store
+//!   method as a [`Trail`](crate::store::Trail), which appends them before it
+//!   commits, so the change and its events commit together or not at all. A
+//!   change whose events cannot be written fails (the RPC gets the error and
+//!   the caller may retry; a retry records exactly once). These are
+//!   `connection.revoked`, `consent.started`, `consent.completed`,
+//!   `consent.denied`, `consent.failed`, `user.deleted`, `user.restored`,
+//!   `user.purged`, `connection.needs_reauth` and
+//!   `connection.refresh_interrupted` (with the refresh commit or the
+//!   needs-reauth it ended in). An event whose content depends on what the
+//!   transaction finds (whether there was a credential to queue for the
+//!   provider) is built by a closure the store calls; a call that changes
+//!   nothing (already revoked, already deleted) records nothing.
+//! - **On their own, at once** ([`AuditLog::write`]), for what changes no row of
+//!   ours or cannot share a transaction with it: `vault.integrity_failure`
+//!   (a stored secret failed to open: nothing changed), `keys.rotated` (the
+//!   data keys are re-wrapped one by one in the key database, which may be
+//!   another database; the event follows, and a failed write fails
+//!   `RotateKeys`, whose retry re-wraps whatever is left), and
+//!   `provider.revocation` (an outbox attempt at the provider).
+//! - **Queued and batched** ([`AuditLog::enqueue`]): the `token.issued`
+//!   tallies, so the token hot path makes no database write. They are
+//!   counted in memory and handed to the queue every
+//!   `broker.usage_flush_seconds`; the writer writes what it holds at most
+//!   [`TICK`] after the first event of a batch arrives (or at 500 events).
+//!   At shutdown (SIGTERM) both are flushed before the process exits. A crash
+//!   (SIGKILL, power loss) loses at most the tallies of the last
+//!   `broker.usage_flush_seconds` plus [`TICK`]; while the database is
+//!   unreachable the writer holds its batch and retries, so the window then
+//!   extends back to when the database went away (at most the queue's
+//!   capacity, after which issuers wait).
 
 use crate::store::{AuditEvent, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -90,8 +121,11 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// Events per batch write.
 const BATCH: usize = 500;
-const TICK: Duration = Duration::from_millis(200);
+/// The longest an event waits in the writer before its batch is written
+/// (while the database answers).
+pub const TICK: Duration = Duration::from_millis(200);
 
 impl AuditLog {
     /// Starts the background writer; at most `capacity` events wait in memory
@@ -107,7 +141,9 @@ impl AuditLog {
         }
     }
 
-    /// Writes events now (operator actions: durable before the RPC answers).
+    /// Writes events now, in a transaction of their own: only for events that
+    /// record no change of our rows (see the module docs); a change's events
+    /// go in its [`Trail`](crate::store::Trail).
     pub async fn write(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         self.store.append_audit(events).await
     }
@@ -142,18 +178,20 @@ impl AuditLog {
 async fn run_writer(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Message>, metrics: Metrics) {
     let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH);
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+    // When the pending batch must be written: a tick after its first event.
+    let mut due: Option<tokio::time::Instant> = None;
     loop {
-        let first = if batch.is_empty() {
-            receiver.recv().await
-        } else {
-            match tokio::time::timeout(TICK, receiver.recv()).await {
+        let first = match due.filter(|_| !batch.is_empty()) {
+            None => receiver.recv().await,
+            Some(due_at) => match tokio::time::timeout_at(due_at, receiver.recv()).await {
                 Ok(message) => message,
                 Err(_) => {
-                    // Quiet for a tick: write what is pending.
+                    // The batch's first event has waited a tick: write what is pending.
                     write_with_retry(&*store, &mut batch, &metrics).await;
+                    due = None;
                     continue;
                 }
-            }
+            },
         };
         let Some(first) = first else {
             write_with_retry(&*store, &mut batch, &metrics).await;
@@ -174,8 +212,12 @@ async fn run_writer(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Message>
                 Err(_) => break,
             }
         }
+        if due.is_none() && !batch.is_empty() {
+            due = Some(tokio::time::Instant::now() + TICK);
+        }
         if flush_now || batch.len() >= BATCH {
             write_with_retry(&*store, &mut batch, &metrics).await;
+            due = None;
             for waiter in waiters.drain(..) {
                 let _ = waiter.send(());
             }

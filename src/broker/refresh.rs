@@ -23,8 +23,8 @@ use crate::audit::EventBuilder;
 use crate::consent::catalog::RefreshRotation;
 use crate::provider::{ProviderClient, ProviderError, TokenSet};
 use crate::store::{
-    AccessTokenRecord, Connection, InterruptedRefresh, RefreshClaim, RefreshCommit, RefreshWrite, ScopeSet, StoreError,
-    TenantScope,
+    AccessTokenRecord, AuditEvent, Connection, InterruptedRefresh, RefreshClaim, RefreshCommit, RefreshWrite, ScopeSet,
+    StoreError, TenantScope, Trail,
 };
 use crate::vault::DataKey;
 use secrecy::SecretString;
@@ -241,13 +241,22 @@ impl Broker {
                 return self.refresh_failed(job, connection, interrupted, error).await;
             }
         };
-        if let Some(earlier) = interrupted {
-            self.audit_interrupted(job, connection, earlier, "recovered", None)
-                .await;
-        }
+        // Recorded with the commit, in its transaction.
+        let trail = match interrupted {
+            Some(earlier) => Trail::from(interrupted_event(
+                job,
+                connection,
+                earlier,
+                "recovered",
+                None,
+                self.clock.now(),
+            )),
+            None => Trail::none(),
+        };
         let scopes = refreshed_scopes(&tokens, connection);
         let write = sealed_write(&key, connection, &job.effective, &tokens, &scopes)?;
-        self.commit(job, connection, write, tokens, scopes, epoch).await
+        self.commit(job, connection, (write, trail), tokens, scopes, epoch)
+            .await
     }
 
     /// Runs `work` while renewing this flight's lease on `id` every
@@ -347,7 +356,7 @@ impl Broker {
     }
 
     /// The provider rejected the refresh token: the connection becomes
-    /// `NEEDS_REAUTH` (audited), unless it changed meanwhile.
+    /// `NEEDS_REAUTH`, audited in the same transaction, unless it changed meanwhile.
     async fn needs_reauth(
         &self,
         job: &Job,
@@ -367,53 +376,37 @@ impl Broker {
             ),
         };
         let now = self.clock.now();
+        let mut trail = Trail::none();
+        if let Some(earlier) = interrupted {
+            trail = trail.and(interrupted_event(
+                job,
+                connection,
+                earlier,
+                "failure",
+                Some(&reason),
+                now,
+            ));
+        }
+        let trail = trail.and(
+            EventBuilder::new("connection.needs_reauth", "failure", &job.actor, now)
+                .user(&connection.tenant_id, &connection.user_id)
+                .connection(connection.id)
+                .request_id(job.request_id.as_deref())
+                .detail("provider", connection.provider.clone())
+                .detail("reason", reason.clone())
+                .build(),
+        );
         match self
             .store
-            .fail_refresh(connection.id, connection.token_version, &reason, now)
+            .fail_refresh(connection.id, connection.token_version, &reason, &trail, now)
             .await?
         {
             RefreshCommit::Stored => {
                 self.cache.invalidate_connection(connection.id);
-                if let Some(earlier) = interrupted {
-                    self.audit_interrupted(job, connection, earlier, "failure", Some(&reason))
-                        .await;
-                }
-                let event = EventBuilder::new("connection.needs_reauth", "failure", &job.actor, now)
-                    .user(&connection.tenant_id, &connection.user_id)
-                    .connection(connection.id)
-                    .request_id(job.request_id.as_deref())
-                    .detail("provider", connection.provider.clone())
-                    .detail("reason", reason.clone())
-                    .build();
-                self.audit.write(&[event]).await?;
                 Err(BrokerError::NeedsReauth(reason))
             }
             // The refresh token changed meanwhile (a re-consent): try again with the new one.
             RefreshCommit::Superseded => Ok(Round::Again),
-        }
-    }
-
-    /// Audits what became of an interrupted refresh (`recovered` or `failure`).
-    async fn audit_interrupted(
-        &self,
-        job: &Job,
-        connection: &Connection,
-        earlier: &InterruptedRefresh,
-        outcome: &str,
-        reason: Option<&str>,
-    ) {
-        let mut event = EventBuilder::new("connection.refresh_interrupted", outcome, &job.actor, self.clock.now())
-            .user(&connection.tenant_id, &connection.user_id)
-            .connection(connection.id)
-            .request_id(job.request_id.as_deref())
-            .detail("provider", connection.provider.clone())
-            .detail("interrupted_owner", earlier.owner.clone())
-            .detail("interrupted_started_at", earlier.started_at.to_rfc3339());
-        if let Some(reason) = reason {
-            event = event.detail("reason", reason.to_owned());
-        }
-        if let Err(error) = self.audit.write(&[event.build()]).await {
-            tracing::warn!(connection_id = %connection.id, %error, "could not audit an interrupted refresh");
         }
     }
 
@@ -444,12 +437,13 @@ impl Broker {
 
     /// Stores the refresh's result, fenced by the token version the round
     /// started from. The rotated refresh token is durable before anyone sees
-    /// the new access token; if the database is down it waits in memory for it.
+    /// the new access token; if the database is down it waits in memory for it
+    /// (with the trail that records it, written in the same transaction).
     async fn commit(
         &self,
         job: &Job,
         connection: &Connection,
-        write: RefreshWrite,
+        (write, trail): (RefreshWrite, Trail),
         tokens: TokenSet,
         scopes: ScopeSet,
         epoch: u64,
@@ -457,7 +451,7 @@ impl Broker {
         let now = self.clock.now();
         let committed = match self
             .store
-            .commit_refresh(connection.id, connection.token_version, &write, now)
+            .commit_refresh(connection.id, connection.token_version, &write, &trail, now)
             .await
         {
             Ok(committed) => committed,
@@ -470,6 +464,7 @@ impl Broker {
                     connection.id,
                     connection.token_version,
                     write,
+                    trail,
                 );
                 return Err(BrokerError::Store(StoreError::Unavailable(reason)));
             }
@@ -568,4 +563,26 @@ fn sealed_write(
         access_token,
         granted_scopes: None,
     })
+}
+
+/// The audit event of what became of an interrupted refresh (`recovered` or `failure`).
+fn interrupted_event(
+    job: &Job,
+    connection: &Connection,
+    earlier: &InterruptedRefresh,
+    outcome: &str,
+    reason: Option<&str>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> AuditEvent {
+    let mut event = EventBuilder::new("connection.refresh_interrupted", outcome, &job.actor, at)
+        .user(&connection.tenant_id, &connection.user_id)
+        .connection(connection.id)
+        .request_id(job.request_id.as_deref())
+        .detail("provider", connection.provider.clone())
+        .detail("interrupted_owner", earlier.owner.clone())
+        .detail("interrupted_started_at", earlier.started_at.to_rfc3339());
+    if let Some(reason) = reason {
+        event = event.detail("reason", reason.to_owned());
+    }
+    event.build()
 }

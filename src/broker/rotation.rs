@@ -5,7 +5,7 @@
 
 use super::BrokerError;
 use crate::clock::SharedClock;
-use crate::store::{RefreshCommit, RefreshWrite, Store, StoreError};
+use crate::store::{RefreshCommit, RefreshWrite, Store, StoreError, Trail};
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -18,10 +18,10 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
 
 /// The rotations waiting for the database: connection → (the token version
-/// the refresh started from, what it must store).
+/// the refresh started from, what it must store, and what records it).
 #[derive(Clone, Default)]
 pub(super) struct PendingRotations {
-    waiting: Arc<DashMap<Uuid, (i64, RefreshWrite)>>,
+    waiting: Arc<DashMap<Uuid, (i64, RefreshWrite, Trail)>>,
 }
 
 impl PendingRotations {
@@ -36,11 +36,19 @@ impl PendingRotations {
         Ok(())
     }
 
-    /// Keeps `write` (refreshed from `version`) and stores it in the
-    /// background, retrying every second for up to ten minutes.
-    pub(super) fn keep(&self, store: Arc<dyn Store>, clock: SharedClock, id: Uuid, version: i64, write: RefreshWrite) {
+    /// Keeps `write` (refreshed from `version`) and its `trail`, and stores
+    /// them in the background, retrying every second for up to ten minutes.
+    pub(super) fn keep(
+        &self,
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+        id: Uuid,
+        version: i64,
+        write: RefreshWrite,
+        trail: Trail,
+    ) {
         // Until it is stored, no refresh of this connection may use the old (rotated-away) token.
-        self.waiting.insert(id, (version, write));
+        self.waiting.insert(id, (version, write, trail));
         let pending = self.clone();
         tokio::spawn(async move {
             let give_up = Instant::now() + GIVE_UP_AFTER;
@@ -66,12 +74,12 @@ impl PendingRotations {
     /// Stores the waiting rotation of `id`: `Ok(true)` when it is settled
     /// (stored, or superseded), `Ok(false)` while the database is unavailable.
     async fn store_one(&self, store: &dyn Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let Some((version, write)) = self.waiting.get(&id).map(|entry| entry.value().clone()) else {
+        let Some((version, write, trail)) = self.waiting.get(&id).map(|entry| entry.value().clone()) else {
             return Ok(true);
         };
-        match store.commit_refresh(id, version, &write, now).await {
+        match store.commit_refresh(id, version, &write, &trail, now).await {
             Ok(outcome) => {
-                self.waiting.remove_if(&id, |_, (v, _)| *v == version);
+                self.waiting.remove_if(&id, |_, (v, _, _)| *v == version);
                 if outcome == RefreshCommit::Stored {
                     tracing::info!(connection_id = %id, "rotated refresh token stored after the database came back");
                 } else {
@@ -81,7 +89,7 @@ impl PendingRotations {
             }
             Err(StoreError::Unavailable(_)) => Ok(false),
             Err(error) => {
-                self.waiting.remove_if(&id, |_, (v, _)| *v == version);
+                self.waiting.remove_if(&id, |_, (v, _, _)| *v == version);
                 Err(error)
             }
         }

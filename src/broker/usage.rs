@@ -1,7 +1,18 @@
 //! Issuance bookkeeping off the hot path: every issuance is counted in
 //! memory and written as audit events (one per caller, connection, scope
 //! set and outcome, with a count) and `last_used_at` updates, every
-//! `broker.usage_flush_seconds` and at shutdown.
+//! `broker.usage_flush_seconds` and at graceful shutdown (SIGTERM or Ctrl-C:
+//! the server drains its requests, flushes the tallies, then the audit
+//! queue, before it exits).
+//!
+//! An issuance changes no row, so its record is not transactional: a crash
+//! (SIGKILL, OOM kill, power loss) loses the tallies counted since the last
+//! flush — at most `broker.usage_flush_seconds` of issuances — plus those
+//! handed to the audit writer and not yet written (at most
+//! [`TICK`](crate::audit::TICK) more while the database answers; while it is
+//! unreachable the writer holds them in memory and retries, see
+//! [`crate::audit`]). `last_used_at` has the same window. The tokens
+//! themselves are unaffected.
 
 use super::ScopeText;
 use crate::audit::{AuditLog, EventBuilder};

@@ -1,16 +1,24 @@
 //! The consent flow: start (least-privilege scopes, PKCE S256, a single-use
 //! state stored only hashed) and completion (code exchange, the one
 //! connection per tenant, user and provider, sealed tokens, audit).
+//!
+//! The audit events are written in the same transaction as what they
+//! record: `consent.started` with the request, `consent.completed` with the
+//! stored grant (and the request's completion), `consent.denied` and
+//! `consent.failed` with the request's outcome. When that transaction fails
+//! the callback fails and nothing of it is stored; the request stays claimed
+//! (its state is single use and the provider's code is spent), so the user
+//! starts consent again.
 
 use super::return_url::ReturnUrlPolicy;
-use crate::audit::{AuditLog, EventBuilder};
+use crate::audit::EventBuilder;
 use crate::broker::TokenCache;
 use crate::clock::SharedClock;
 use crate::consent::catalog::CatalogError;
 use crate::provider::{new_pkce, ProviderError, Providers, TokenSet};
 use crate::store::{
-    access_token_record, AccessTokenRecord, ConnectionStatus, ConsentGrant, ConsentRecord, ConsentState, ScopeSet,
-    Sealed, Store, StoreError, TenantScope,
+    access_token_record, AccessTokenRecord, AuditEvent, ConnectionStatus, ConsentGrant, ConsentRecord, ConsentState,
+    ScopeSet, Sealed, Store, StoreError, TenantScope, Trail,
 };
 use crate::telemetry::Metrics;
 use crate::vault::{Binding, Field, Vault, VaultError};
@@ -166,7 +174,6 @@ pub struct ConsentFlow {
     store: Arc<dyn Store>,
     vault: Vault,
     providers: Arc<Providers>,
-    audit: AuditLog,
     clock: SharedClock,
     metrics: Metrics,
     policy: ReturnUrlPolicy,
@@ -210,7 +217,6 @@ impl ConsentFlow {
         store: Arc<dyn Store>,
         vault: Vault,
         providers: Arc<Providers>,
-        audit: AuditLog,
         clock: SharedClock,
         metrics: Metrics,
         policy: ReturnUrlPolicy,
@@ -222,7 +228,6 @@ impl ConsentFlow {
             store,
             vault,
             providers,
-            audit,
             clock,
             metrics,
             policy,
@@ -313,22 +318,19 @@ impl ConsentFlow {
         let record_id = consent_id.to_string();
         let sealed = key.seal_str(&consent_binding(&record, &record_id), &verifier)?;
         record.pkce_verifier = Some(Sealed(sealed));
-        self.store.insert_consent(&record).await?;
         let authorization_url = client.authorization_url(&plan, &state, challenge, self.callback_url()?);
+        let trail = EventBuilder::new("consent.started", "success", actor, now)
+            .user(&record.tenant_id, &record.user_id)
+            .request_id(request_id)
+            .detail("consent_id", consent_id.to_string())
+            .detail("provider", record.provider.clone())
+            .detail("capabilities", record.capabilities.clone())
+            .detail("asked_scopes", plan.ask.iter().cloned().collect::<Vec<_>>())
+            .detail("incremental", plan.incremental)
+            .build()
+            .into();
+        self.store.insert_consent(&record, &trail).await?;
         self.metrics.consent("started");
-        self.audit
-            .enqueue(
-                EventBuilder::new("consent.started", "success", actor, now)
-                    .user(&record.tenant_id, &record.user_id)
-                    .request_id(request_id)
-                    .detail("consent_id", consent_id.to_string())
-                    .detail("provider", record.provider.clone())
-                    .detail("capabilities", record.capabilities.clone())
-                    .detail("asked_scopes", plan.ask.iter().cloned().collect::<Vec<_>>())
-                    .detail("incremental", plan.incremental)
-                    .build(),
-            )
-            .await;
         Ok(Started {
             consent_id,
             authorization_url,
@@ -387,13 +389,38 @@ impl ConsentFlow {
             // Claimed by a concurrent callback, or expired in between.
             return Err(ConsentError::AlreadyUsed);
         }
-        let result = match (&params.error, &params.code) {
+        let ending = |outcome, connection_id, granted: &ScopeSet, error: Option<&str>| Ending {
+            consent: &consent,
+            actor,
+            request_id,
+            at: now,
+            outcome,
+            connection_id,
+            granted: granted.clone(),
+            error: error.map(str::to_owned),
+        };
+        let exchanged = match (&params.error, &params.code) {
             (Some(error), _) => Err((
                 Outcome::Denied,
                 describe_refusal(error, params.error_description.as_deref()),
             )),
-            (None, Some(code)) => self.exchange_and_store(&consent, code).await,
+            (None, Some(code)) => self.exchange(&consent, code).await,
             (None, None) => Err((Outcome::Failed, "no code".to_owned())),
+        };
+        // A grant is stored together with the request's completion and its event.
+        let result = match exchanged {
+            Ok((tokens, granted)) => {
+                let trail = |connection_id| -> Trail {
+                    ending(Outcome::Connected, Some(connection_id), &granted, None)
+                        .event()
+                        .into()
+                };
+                self.store_tokens(&consent, tokens, granted.clone(), &trail)
+                    .await
+                    .map(|id| (id, granted))
+                    .map_err(|e| (Outcome::Failed, format!("storing the connection failed: {e}")))
+            }
+            Err(refused) => Err(refused),
         };
         // The verifier's key is no longer needed either way.
         if let Err(error) = self.vault.destroy_data_keys(&[consent.dek_id]).await {
@@ -403,45 +430,20 @@ impl ConsentFlow {
             Ok((connection_id, granted)) => (Outcome::Connected, Some(connection_id), granted, None),
             Err((outcome, reason)) => (outcome, None, ScopeSet::new(), Some(reason)),
         };
-        let state = if outcome == Outcome::Connected {
-            ConsentState::Completed
-        } else {
-            ConsentState::Failed
-        };
-        self.store
-            .finish_consent(consent.id, state, connection_id, error.as_deref(), self.clock.now())
-            .await?;
+        if outcome != Outcome::Connected {
+            let trail = ending(outcome, None, &granted, error.as_deref()).event().into();
+            self.store
+                .finish_consent(
+                    consent.id,
+                    ConsentState::Failed,
+                    None,
+                    error.as_deref(),
+                    self.clock.now(),
+                    &trail,
+                )
+                .await?;
+        }
         self.metrics.consent(outcome.as_str());
-        let mut event = EventBuilder::new(
-            match outcome {
-                Outcome::Connected => "consent.completed",
-                Outcome::Denied => "consent.denied",
-                Outcome::Failed => "consent.failed",
-            },
-            if outcome == Outcome::Connected {
-                "success"
-            } else {
-                "failure"
-            },
-            actor,
-            now,
-        )
-        .user(&consent.tenant_id, &consent.user_id)
-        .request_id(request_id)
-        .detail("consent_id", consent.id.to_string())
-        .detail("provider", consent.provider.clone())
-        .detail(
-            "requested_scopes",
-            consent.requested_scopes.iter().cloned().collect::<Vec<_>>(),
-        )
-        .detail("granted_scopes", granted.iter().cloned().collect::<Vec<_>>());
-        if let Some(id) = connection_id {
-            event = event.connection(id);
-        }
-        if let Some(reason) = &error {
-            event = event.detail("error", reason.clone());
-        }
-        self.audit.write(&[event.build()]).await?;
         let redirect_url = consent
             .return_url
             .as_deref()
@@ -470,12 +472,12 @@ impl ConsentFlow {
         })
     }
 
-    /// Exchanges the code and stores the tokens on the one connection.
-    async fn exchange_and_store(
+    /// Exchanges the code: the tokens and the scopes they grant.
+    async fn exchange(
         &self,
         consent: &ConsentRecord,
         code: &SecretString,
-    ) -> Result<(Uuid, ScopeSet), (Outcome, String)> {
+    ) -> Result<(TokenSet, ScopeSet), (Outcome, String)> {
         let failed = |reason: String| (Outcome::Failed, reason);
         let client = self
             .providers
@@ -508,17 +510,17 @@ impl ConsentFlow {
         } else {
             granted
         };
-        self.store_tokens(consent, tokens, granted.clone())
-            .await
-            .map(|id| (id, granted))
-            .map_err(|e| failed(format!("storing the connection failed: {e}")))
+        Ok((tokens, granted))
     }
 
+    /// Stores the tokens on the one connection and completes the request,
+    /// with `trail(connection id)` in the same transaction.
     async fn store_tokens(
         &self,
         consent: &ConsentRecord,
         tokens: TokenSet,
         granted: ScopeSet,
+        trail: &(dyn Fn(Uuid) -> Trail + Send + Sync),
     ) -> Result<Uuid, ConsentError> {
         for _ in 0..3 {
             let now = self.clock.now();
@@ -573,8 +575,13 @@ impl ConsentFlow {
                 refresh_token,
                 granted_scopes: granted.clone(),
                 access_token: access,
+                consent_id: Some(consent.id),
             };
-            if self.store.store_consent_grant(&grant, now).await? {
+            if self
+                .store
+                .store_consent_grant(&grant, &trail(connection.id), now)
+                .await?
+            {
                 // This replica's cache at once (the store tells the others).
                 self.cache.invalidate_connection(connection.id);
                 return Ok(connection.id);
@@ -583,6 +590,47 @@ impl ConsentFlow {
         Err(ConsentError::Store(StoreError::Database(
             "the connection kept changing while consent completed".to_owned(),
         )))
+    }
+}
+
+/// How a consent request ended, for its audit event.
+struct Ending<'a> {
+    consent: &'a ConsentRecord,
+    actor: &'a str,
+    request_id: Option<&'a str>,
+    at: DateTime<Utc>,
+    outcome: Outcome,
+    connection_id: Option<Uuid>,
+    granted: ScopeSet,
+    error: Option<String>,
+}
+
+impl Ending<'_> {
+    /// `consent.completed`, `consent.denied` or `consent.failed`.
+    fn event(self) -> AuditEvent {
+        let consent = self.consent;
+        let (action, result) = match self.outcome {
+            Outcome::Connected => ("consent.completed", "success"),
+            Outcome::Denied => ("consent.denied", "failure"),
+            Outcome::Failed => ("consent.failed", "failure"),
+        };
+        let mut event = EventBuilder::new(action, result, self.actor, self.at)
+            .user(&consent.tenant_id, &consent.user_id)
+            .request_id(self.request_id)
+            .detail("consent_id", consent.id.to_string())
+            .detail("provider", consent.provider.clone())
+            .detail(
+                "requested_scopes",
+                consent.requested_scopes.iter().cloned().collect::<Vec<_>>(),
+            )
+            .detail("granted_scopes", self.granted.into_iter().collect::<Vec<_>>());
+        if let Some(id) = self.connection_id {
+            event = event.connection(id);
+        }
+        if let Some(reason) = self.error {
+            event = event.detail("error", reason);
+        }
+        event.build()
     }
 }
 

@@ -1,6 +1,15 @@
 //! Revocation, account deletion, the provider-revocation outbox, retention
 //! and key rotation: what a user disconnects or deletes is gone when we say
 //! it is, at the provider too, and the audit log proves it.
+//!
+//! Each change here hands the store the [`Trail`] that records it, and the
+//! store appends it in the change's own transaction: a revocation, deletion,
+//! restore or purge whose audit event cannot be written does not happen (the
+//! caller gets the error and may retry). Key rotation is the exception: it
+//! re-wraps keys one by one in the key database (possibly another database),
+//! changing no key's material, so `keys.rotated` is written after it; a
+//! failed write fails the RPC and a retry re-wraps whatever is left and
+//! writes its own event.
 
 mod outbox;
 mod retention;
@@ -12,7 +21,9 @@ use crate::audit::{AuditLog, EventBuilder};
 use crate::broker::Broker;
 use crate::clock::SharedClock;
 use crate::config::LifecycleConfig;
-use crate::store::{Connection, ConnectionFilter, RestoreOutcome, Store, StoreError, TenantScope, User};
+use crate::store::{
+    Connection, ConnectionFilter, RestoreOutcome, RevokeResult, Store, StoreError, TenantScope, Trail, User,
+};
 use crate::telemetry::Metrics;
 use crate::vault::{RotationReport, Vault, VaultError};
 use chrono::{DateTime, Utc};
@@ -158,9 +169,28 @@ impl Lifecycle {
     ) -> Result<Connection, LifecycleError> {
         self.connection(actor, id).await?;
         let now = self.clock.now();
+        let trail = |result: &RevokeResult| -> Trail {
+            let connection = &result.connection;
+            EventBuilder::new("connection.revoked", "success", actor.name, now)
+                .user(&connection.tenant_id, &connection.user_id)
+                .connection(id)
+                .request_id(actor.request_id)
+                .detail("provider", connection.provider.clone())
+                .detail("reason", reason.to_owned())
+                .detail(
+                    "provider_revocation",
+                    if result.outbox.is_some() {
+                        "queued"
+                    } else {
+                        "nothing_to_revoke"
+                    },
+                )
+                .build()
+                .into()
+        };
         let result = self
             .store
-            .revoke_connection(id, reason, now, now + self.give_up_after)
+            .revoke_connection(id, reason, now, now + self.give_up_after, &trail)
             .await?
             .ok_or_else(|| LifecycleError::NotFound(format!("no connection {id}")))?;
         // This replica stops serving now; the others through the notification sent at commit.
@@ -171,23 +201,6 @@ impl Lifecycle {
         if let Some(dek) = result.dek_to_destroy {
             self.vault.destroy_and_announce(&[dek], &*self.store).await?;
         }
-        let connection = &result.connection;
-        let event = EventBuilder::new("connection.revoked", "success", actor.name, now)
-            .user(&connection.tenant_id, &connection.user_id)
-            .connection(id)
-            .request_id(actor.request_id)
-            .detail("provider", connection.provider.clone())
-            .detail("reason", reason.to_owned())
-            .detail(
-                "provider_revocation",
-                if result.outbox.is_some() {
-                    "queued"
-                } else {
-                    "nothing_to_revoke"
-                },
-            )
-            .build();
-        self.audit.write(&[event]).await?;
         self.metrics.revocation("connection_revoked");
         if let Some(entry) = result.outbox {
             self.outbox.attempt_soon(entry.id);
@@ -240,20 +253,21 @@ impl Lifecycle {
     ) -> Result<DateTime<Utc>, LifecycleError> {
         actor.require_tenant(tenant_id)?;
         let now = self.clock.now();
-        let user = self
-            .store
-            .delete_user(tenant_id, user_id, now, now + self.purge_after)
-            .await?
-            .ok_or_else(|| no_such_user(tenant_id, user_id))?;
-        self.broker.cache().invalidate_user(tenant_id, user_id);
-        let purge_at = user.purge_at.unwrap_or(now + self.purge_after);
-        let event = EventBuilder::new("user.deleted", "success", actor.name, now)
+        let purge_at = now + self.purge_after;
+        // Recorded only by the call that deletes; a repeat changes nothing.
+        let trail = EventBuilder::new("user.deleted", "success", actor.name, now)
             .user(tenant_id, user_id)
             .request_id(actor.request_id)
             .detail("purge_at", purge_at.to_rfc3339())
-            .build();
-        self.audit.write(&[event]).await?;
-        Ok(purge_at)
+            .build()
+            .into();
+        let user = self
+            .store
+            .delete_user(tenant_id, user_id, now, purge_at, &trail)
+            .await?
+            .ok_or_else(|| no_such_user(tenant_id, user_id))?;
+        self.broker.cache().invalidate_user(tenant_id, user_id);
+        Ok(user.purge_at.unwrap_or(purge_at))
     }
 
     /// Restores a deleted user before `purge_at`.
@@ -265,7 +279,12 @@ impl Lifecycle {
     ) -> Result<Vec<Connection>, LifecycleError> {
         actor.require_tenant(tenant_id)?;
         let now = self.clock.now();
-        match self.store.restore_user(tenant_id, user_id, now).await? {
+        let trail = EventBuilder::new("user.restored", "success", actor.name, now)
+            .user(tenant_id, user_id)
+            .request_id(actor.request_id)
+            .build()
+            .into();
+        match self.store.restore_user(tenant_id, user_id, now, &trail).await? {
             RestoreOutcome::Restored => {}
             RestoreOutcome::NotFound => return Err(no_such_user(tenant_id, user_id)),
             RestoreOutcome::NotDeleted => {
@@ -279,11 +298,6 @@ impl Lifecycle {
             }
         }
         self.broker.cache().invalidate_user(tenant_id, user_id);
-        let event = EventBuilder::new("user.restored", "success", actor.name, now)
-            .user(tenant_id, user_id)
-            .request_id(actor.request_id)
-            .build();
-        self.audit.write(&[event]).await?;
         self.user_connections(tenant_id, user_id).await
     }
 
@@ -292,7 +306,8 @@ impl Lifecycle {
         Ok(self.store.user(tenant_id, user_id).await?)
     }
 
-    /// Re-wraps every data key under the active KEK.
+    /// Re-wraps every data key under the active KEK, then audits it (after:
+    /// see the module docs).
     pub async fn rotate_keys(&self, actor: &Actor<'_>) -> Result<RotationReport, LifecycleError> {
         let report = self.vault.rotate().await?;
         let event = EventBuilder::new("keys.rotated", "success", actor.name, self.clock.now())
@@ -314,13 +329,15 @@ impl Lifecycle {
             self.revoke_connection(&actor, connection.id, "user deleted: purge_at reached")
                 .await?;
         }
-        self.store.purge_user_rows(&user.tenant_id, &user.user_id).await?;
-        self.broker.cache().invalidate_user(&user.tenant_id, &user.user_id);
-        let event = EventBuilder::new("user.purged", "success", actor.name, self.clock.now())
+        let trail = EventBuilder::new("user.purged", "success", actor.name, self.clock.now())
             .user(&user.tenant_id, &user.user_id)
             .detail("connections", connections.len())
-            .build();
-        self.audit.write(&[event]).await?;
+            .build()
+            .into();
+        self.store
+            .purge_user_rows(&user.tenant_id, &user.user_id, &trail)
+            .await?;
+        self.broker.cache().invalidate_user(&user.tenant_id, &user.user_id);
         Ok(connections.len())
     }
 }

@@ -1,10 +1,14 @@
-//! The audit trail: [`AuditStore`] appends events in batches, lists them
-//! newest first under filters, and purges old ones.
+//! The audit trail: [`AuditStore`] appends events on their own (the batched
+//! `token.issued` tallies and records of attempts that change nothing else;
+//! a state change appends its events in its own transaction, see
+//! [`Trail`](super::Trail)), lists them newest first under filters, and
+//! purges old ones.
 
 use super::sql::error::map_err;
-use super::sql::query::{placeholders, purge_where, Fetch};
+use super::sql::query::{purge_where, Fetch};
 use super::sql::rows::AUDIT_COLUMNS;
 use super::sql::SqlStore;
+use super::trail::insert_audit_events;
 use super::{AuditEvent, AuditFilter, StoreError};
 use crate::clock::to_millis;
 use async_trait::async_trait;
@@ -13,7 +17,8 @@ use chrono::{DateTime, Utc};
 /// The `audit_events` table (append-only but for the retention purge).
 #[async_trait]
 pub trait AuditStore: Send + Sync {
-    /// Appends audit events.
+    /// Appends audit events in a transaction of their own (not for the
+    /// events of a state change: those ride in its [`Trail`](super::Trail)).
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
     /// Lists audit events, newest first.
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
@@ -24,31 +29,8 @@ pub trait AuditStore: Send + Sync {
 #[async_trait]
 impl AuditStore for SqlStore {
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
-        const COLUMNS: usize = 10;
-        const CHUNK: usize = 50;
         let mut tx = self.begin().await?;
-        for chunk in events.chunks(CHUNK) {
-            let values = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * COLUMNS + 1, COLUMNS)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES {values}");
-            let mut query = sqlx::query(&sql);
-            for event in chunk {
-                query = query
-                    .bind(event.id.to_string())
-                    .bind(to_millis(event.occurred_at))
-                    .bind(event.tenant_id.clone())
-                    .bind(event.user_id.clone())
-                    .bind(event.connection_id.map(|c| c.to_string()))
-                    .bind(event.actor.clone())
-                    .bind(event.action.clone())
-                    .bind(event.outcome.clone())
-                    .bind(event.detail.to_string())
-                    .bind(event.request_id.clone());
-            }
-            query.run(&mut *tx).await?;
-        }
+        insert_audit_events(&mut tx, events).await?;
         tx.commit().await.map_err(map_err)
     }
 

@@ -1,7 +1,8 @@
 //! Connections and their stored access tokens: [`ConnectionStore`], reading
 //! (one, a batch with tokens, a list), creating, storing a consent's grant,
 //! revoking (with the provider revocation queued in the outbox), usage
-//! stamps, and the purge of revoked rows.
+//! stamps, and the purge of revoked rows. Storing a grant and revoking
+//! append their [`Trail`] in the same transaction as the change.
 
 use super::notify::commit_notifying;
 use super::outbox::insert_outbox_entry;
@@ -9,9 +10,10 @@ use super::sql::error::map_err;
 use super::sql::query::{lock_suffix, placeholders, purge_where, AnyQuery, Fetch};
 use super::sql::rows::{ACCESS_TOKEN_COLUMNS, CONNECTION_COLUMNS, CONNECTION_FROM};
 use super::sql::{Backend, SqlStore};
+use super::trail::append_trail;
 use super::{
     access_token_record, scopes_to_text, AccessTokenRecord, Connection, ConnectionFilter, ConnectionStatus,
-    Invalidation, OutboxEntry, ScopeSet, Sealed, StoreError, TenantScope, UserStore,
+    Invalidation, OutboxEntry, ScopeSet, Sealed, StoreError, TenantScope, Trail, TrailOf, UserStore,
 };
 use crate::clock::to_millis;
 use async_trait::async_trait;
@@ -52,6 +54,9 @@ pub struct ConsentGrant {
     pub granted_scopes: ScopeSet,
     /// The sealed access token for the full grant.
     pub access_token: AccessTokenRecord,
+    /// The consent request this grant completes: marked `completed` (its
+    /// verifier dropped) in the same transaction.
+    pub consent_id: Option<Uuid>,
 }
 
 /// The `connections` and `access_tokens` tables.
@@ -90,15 +95,26 @@ pub trait ConnectionStore: Send + Sync {
         provider: &str,
         now: DateTime<Utc>,
     ) -> Result<Connection, StoreError>;
-    /// Stores a completed consent's tokens; `false` when the version moved (the caller retries).
-    async fn store_consent_grant(&self, grant: &ConsentGrant, now: DateTime<Utc>) -> Result<bool, StoreError>;
-    /// Revokes a connection: status `REVOKED`, tokens removed, an outbox entry for the provider.
+    /// Stores a completed consent's tokens (and completes its consent
+    /// request), appending `trail` in the same transaction; `false` when the
+    /// version moved (nothing stored or recorded: the caller retries).
+    async fn store_consent_grant(
+        &self,
+        grant: &ConsentGrant,
+        trail: &Trail,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Revokes a connection: status `REVOKED`, tokens removed, an outbox
+    /// entry for the provider, and `trail(result)` appended in the same
+    /// transaction. A connection already revoked is left alone and
+    /// `trail` is not called (`changed: false`).
     async fn revoke_connection(
         &self,
         id: Uuid,
         reason: &str,
         now: DateTime<Utc>,
         give_up_at: DateTime<Utc>,
+        trail: TrailOf<'_, RevokeResult>,
     ) -> Result<Option<RevokeResult>, StoreError>;
     /// Writes `last_used_at` for a batch of connections (never moves it backwards).
     async fn touch_connections(&self, used: &[(Uuid, DateTime<Utc>)]) -> Result<(), StoreError>;
@@ -211,7 +227,12 @@ impl ConnectionStore for SqlStore {
             .ok_or_else(|| StoreError::Database("connection vanished right after it was created".to_owned()))
     }
 
-    async fn store_consent_grant(&self, grant: &ConsentGrant, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    async fn store_consent_grant(
+        &self,
+        grant: &ConsentGrant,
+        trail: &Trail,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE connections SET granted_scopes = $1, status = 'active', status_reason = NULL, dek_id = $2, \
@@ -235,6 +256,12 @@ impl ConnectionStore for SqlStore {
         let mut record = grant.access_token.clone();
         record.token_version = grant.expected_version + 1;
         upsert_access_token(&record, now).run(&mut *tx).await?;
+        if let Some(consent_id) = grant.consent_id {
+            complete_consent(consent_id, grant.connection_id, now)
+                .run(&mut *tx)
+                .await?;
+        }
+        append_trail(&mut tx, trail).await?;
         let invalidation = Invalidation::Connection {
             id: grant.connection_id,
         };
@@ -248,6 +275,7 @@ impl ConnectionStore for SqlStore {
         reason: &str,
         now: DateTime<Utc>,
         give_up_at: DateTime<Utc>,
+        trail: TrailOf<'_, RevokeResult>,
     ) -> Result<Option<RevokeResult>, StoreError> {
         let mut tx = self.begin().await?;
         let sql = select_connection_for_update(self.backend);
@@ -284,7 +312,6 @@ impl ConnectionStore for SqlStore {
             }
             None => None,
         };
-        commit_notifying(tx, self, &Invalidation::Connection { id }).await?;
         let dek_to_destroy = if outbox.is_none() { connection.dek_id } else { None };
         connection.stored_status = ConnectionStatus::Revoked;
         connection.status_reason = Some(reason.to_owned());
@@ -292,12 +319,15 @@ impl ConnectionStore for SqlStore {
         connection.dek_id = None;
         connection.token_version += 1;
         connection.updated_at = now;
-        Ok(Some(RevokeResult {
+        let result = RevokeResult {
             connection,
             outbox,
             dek_to_destroy,
             changed: true,
-        }))
+        };
+        append_trail(&mut tx, &trail(&result)).await?;
+        commit_notifying(tx, self, &Invalidation::Connection { id }).await?;
+        Ok(Some(result))
     }
 
     async fn touch_connections(&self, used: &[(Uuid, DateTime<Utc>)]) -> Result<(), StoreError> {
@@ -379,6 +409,18 @@ pub(super) fn upsert_access_token(record: &AccessTokenRecord, now: DateTime<Utc>
     .bind(to_millis(record.expires_at))
     .bind(record.token_version)
     .bind(to_millis(record.issued_at.min(now)))
+}
+
+/// Marks consent request `consent_id` completed with `connection_id`, dropping its sealed verifier.
+fn complete_consent(consent_id: Uuid, connection_id: Uuid, now: DateTime<Utc>) -> AnyQuery<'static> {
+    sqlx::query(
+        "UPDATE consent_requests SET state = $1, connection_id = $2, error = NULL, completed_at = $3, \
+         pkce_verifier = NULL WHERE id = $4",
+    )
+    .bind(super::ConsentState::Completed.as_str())
+    .bind(connection_id.to_string())
+    .bind(to_millis(now))
+    .bind(consent_id.to_string())
 }
 
 /// Removes every stored access token of a connection.

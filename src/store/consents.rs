@@ -1,12 +1,14 @@
 //! Consent requests: [`ConsentStore`], from `StartConsent` (with the sealed
 //! PKCE verifier) through the single-use claim of the callback to the
-//! outcome, and the purge of expired requests.
+//! outcome, and the purge of expired requests. Starting and finishing append
+//! their [`Trail`] in the same transaction as the change.
 
 use super::sql::error::map_err;
 use super::sql::query::{placeholders, Fetch};
 use super::sql::rows::{Columns, CONSENT_COLUMNS};
 use super::sql::SqlStore;
-use super::{scopes_to_text, ConsentRecord, ConsentState, StoreError, TenantScope, UserStore};
+use super::trail::append_trail;
+use super::{scopes_to_text, ConsentRecord, ConsentState, StoreError, TenantScope, Trail, UserStore};
 use crate::clock::to_millis;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,15 +17,17 @@ use uuid::Uuid;
 /// The `consent_requests` table.
 #[async_trait]
 pub trait ConsentStore: Send + Sync {
-    /// Stores a new consent request.
-    async fn insert_consent(&self, consent: &ConsentRecord) -> Result<(), StoreError>;
+    /// Stores a new consent request, appending `trail` in the same transaction.
+    async fn insert_consent(&self, consent: &ConsentRecord, trail: &Trail) -> Result<(), StoreError>;
     /// Reads a consent request inside `scope`.
     async fn consent(&self, scope: &TenantScope, id: Uuid) -> Result<Option<ConsentRecord>, StoreError>;
     /// Finds a consent request by the hash of its state.
     async fn consent_by_state(&self, state_hash: &str) -> Result<Option<ConsentRecord>, StoreError>;
     /// Moves a pending, unexpired request to `exchanging`; `false` if it was not pending (single use).
     async fn claim_consent(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError>;
-    /// Records the outcome and drops the sealed verifier.
+    /// Records the outcome and drops the sealed verifier, appending `trail`
+    /// in the same transaction. (A grant completes its request itself, in
+    /// [`store_consent_grant`](super::ConnectionStore::store_consent_grant).)
     async fn finish_consent(
         &self,
         id: Uuid,
@@ -31,6 +35,7 @@ pub trait ConsentStore: Send + Sync {
         connection_id: Option<Uuid>,
         error: Option<&str>,
         now: DateTime<Utc>,
+        trail: &Trail,
     ) -> Result<(), StoreError>;
     /// A user's consent requests (for export).
     async fn consents_of_user(&self, tenant_id: &str, user_id: &str) -> Result<Vec<ConsentRecord>, StoreError>;
@@ -40,9 +45,10 @@ pub trait ConsentStore: Send + Sync {
 
 #[async_trait]
 impl ConsentStore for SqlStore {
-    async fn insert_consent(&self, consent: &ConsentRecord) -> Result<(), StoreError> {
+    async fn insert_consent(&self, consent: &ConsentRecord, trail: &Trail) -> Result<(), StoreError> {
         self.ensure_user(&consent.tenant_id, &consent.user_id, consent.created_at)
             .await?;
+        let mut tx = self.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO consent_requests ({CONSENT_COLUMNS}) VALUES ({})",
             placeholders(1, 20)
@@ -67,9 +73,10 @@ impl ConsentStore for SqlStore {
         .bind(to_millis(consent.expires_at))
         .bind(consent.completed_at.map(to_millis))
         .bind(consent.actor.clone())
-        .run(&self.pool)
+        .run(&mut *tx)
         .await?;
-        Ok(())
+        append_trail(&mut tx, trail).await?;
+        tx.commit().await.map_err(map_err)
     }
 
     async fn consent(&self, scope: &TenantScope, id: Uuid) -> Result<Option<ConsentRecord>, StoreError> {
@@ -108,7 +115,9 @@ impl ConsentStore for SqlStore {
         connection_id: Option<Uuid>,
         error: Option<&str>,
         now: DateTime<Utc>,
+        trail: &Trail,
     ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE consent_requests SET state = $1, connection_id = $2, error = $3, completed_at = $4, pkce_verifier = NULL WHERE id = $5",
         )
@@ -117,9 +126,10 @@ impl ConsentStore for SqlStore {
         .bind(error.map(str::to_owned))
         .bind(to_millis(now))
         .bind(id.to_string())
-        .run(&self.pool)
+        .run(&mut *tx)
         .await?;
-        Ok(())
+        append_trail(&mut tx, trail).await?;
+        tx.commit().await.map_err(map_err)
     }
 
     async fn consents_of_user(&self, tenant_id: &str, user_id: &str) -> Result<Vec<ConsentRecord>, StoreError> {

@@ -5,7 +5,9 @@
 //! only locking and notifications differ.
 //!
 //! Every read that a caller can reach takes a [`TenantScope`] and never
-//! returns another tenant's rows.
+//! returns another tenant's rows. Every method that changes state takes the
+//! [`Trail`] that records it (its audit events) and appends it in the same
+//! transaction: the change and its record commit together or not at all.
 //!
 //! [`Store`] is the sum of one trait per aggregate; each is defined in its
 //! own file together with its implementation for [`SqlStore`]:
@@ -16,7 +18,8 @@
 //! | `connections.rs` | [`ConnectionStore`] | connections and access tokens: reads, consent grant, revoke, usage, purge |
 //! | `refresh.rs` | [`RefreshStore`] | the refresh lease (single flight across replicas), its journal, and the fenced commit |
 //! | `consents.rs` | [`ConsentStore`] | consent requests |
-//! | `audit.rs` | [`AuditStore`] | audit events |
+//! | `audit.rs` | [`AuditStore`] | audit events written on their own, listing, purge |
+//! | `trail.rs` | [`Trail`] | the records a state change appends in its own transaction |
 //! | `outbox.rs` | [`OutboxStore`] | the provider revocation outbox |
 //! | `notify.rs` | [`NotifyStore`] | invalidations between replicas (NOTIFY / LISTEN) |
 //! | `leader.rs` | [`LeaderStore`] | the sweeper's advisory lock |
@@ -37,6 +40,7 @@ mod notify;
 mod outbox;
 mod refresh;
 mod sql;
+mod trail;
 mod users;
 
 pub use audit::AuditStore;
@@ -49,6 +53,7 @@ pub use notify::NotifyStore;
 pub use outbox::OutboxStore;
 pub use refresh::{InterruptedRefresh, RefreshClaim, RefreshCommit, RefreshStore, RefreshWrite};
 pub use sql::{SqlStore, StoreOptions};
+pub use trail::{Trail, TrailOf};
 pub use users::{RestoreOutcome, UserStore};
 
 use async_trait::async_trait;

@@ -4,14 +4,16 @@
 //! the result is stored only if the connection's token version has not moved
 //! ([`RefreshStore::commit_refresh`], fenced), so a revocation, a deletion or a
 //! re-consent that lands meanwhile wins; a lease left behind by a process that
-//! died is reported to the next claimer as an interrupted attempt.
+//! died is reported to the next claimer as an interrupted attempt. The commit
+//! and the failure append their [`Trail`] in the same transaction.
 
 use super::connections::upsert_access_token;
 use super::notify::commit_notifying;
 use super::sql::error::map_err;
 use super::sql::query::Fetch;
 use super::sql::SqlStore;
-use super::{scopes_to_text, AccessTokenRecord, Invalidation, ScopeSet, Sealed, StoreError};
+use super::trail::append_trail;
+use super::{scopes_to_text, AccessTokenRecord, Invalidation, ScopeSet, Sealed, StoreError, Trail};
 use crate::clock::{from_millis, to_millis};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -82,21 +84,25 @@ pub trait RefreshStore: Send + Sync {
     /// Extends `owner`'s lease to `until`; `false` when it is no longer `owner`'s.
     async fn renew_refresh(&self, id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Stores a refresh's result if the connection is still active at
-    /// `version` (whoever holds the lease), and ends the lease and its journal.
+    /// `version` (whoever holds the lease), and ends the lease and its
+    /// journal, appending `trail` in the same transaction (only when stored).
     async fn commit_refresh(
         &self,
         id: Uuid,
         version: i64,
         write: &RefreshWrite,
+        trail: &Trail,
         now: DateTime<Utc>,
     ) -> Result<RefreshCommit, StoreError>;
     /// Marks the connection `NEEDS_REAUTH` with `reason` if it is still active
-    /// at `version`, and ends the lease and its journal.
+    /// at `version`, and ends the lease and its journal, appending `trail` in
+    /// the same transaction (only when stored).
     async fn fail_refresh(
         &self,
         id: Uuid,
         version: i64,
         reason: &str,
+        trail: &Trail,
         now: DateTime<Utc>,
     ) -> Result<RefreshCommit, StoreError>;
     /// Active connections of `provider` (their users not deleted) whose
@@ -202,6 +208,7 @@ impl RefreshStore for SqlStore {
         id: Uuid,
         version: i64,
         write: &RefreshWrite,
+        trail: &Trail,
         now: DateTime<Utc>,
     ) -> Result<RefreshCommit, StoreError> {
         let mut tx = self.begin().await?;
@@ -228,6 +235,7 @@ impl RefreshStore for SqlStore {
         let mut record = write.access_token.clone();
         record.token_version = version + i64::from(rotated);
         upsert_access_token(&record, now).run(&mut *tx).await?;
+        append_trail(&mut tx, trail).await?;
         // Other replicas drop their cached token of the old version.
         commit_notifying(tx, self, &Invalidation::Connection { id }).await?;
         Ok(RefreshCommit::Stored)
@@ -238,6 +246,7 @@ impl RefreshStore for SqlStore {
         id: Uuid,
         version: i64,
         reason: &str,
+        trail: &Trail,
         now: DateTime<Utc>,
     ) -> Result<RefreshCommit, StoreError> {
         let mut tx = self.begin().await?;
@@ -256,6 +265,7 @@ impl RefreshStore for SqlStore {
             tx.rollback().await.map_err(map_err)?;
             return Ok(RefreshCommit::Superseded);
         }
+        append_trail(&mut tx, trail).await?;
         commit_notifying(tx, self, &Invalidation::Connection { id }).await?;
         Ok(RefreshCommit::Stored)
     }

@@ -1,12 +1,14 @@
 //! Users: [`UserStore`], recording a tenant's users, their deletion (with a
-//! `purge_at`), restore, and the final purge of everything they own.
+//! `purge_at`), restore, and the final purge of everything they own; each of
+//! the last three appends its [`Trail`] in its own transaction.
 
 use super::notify::commit_notifying;
 use super::sql::error::map_err;
 use super::sql::query::Fetch;
 use super::sql::rows::{FromAnyRow, USER_COLUMNS};
 use super::sql::SqlStore;
-use super::{Invalidation, StoreError, User};
+use super::trail::append_trail;
+use super::{Invalidation, StoreError, Trail, User};
 use crate::clock::to_millis;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -31,25 +33,31 @@ pub trait UserStore: Send + Sync {
     async fn ensure_user(&self, tenant_id: &str, user_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Reads a user.
     async fn user(&self, tenant_id: &str, user_id: &str) -> Result<Option<User>, StoreError>;
-    /// Marks a user deleted (idempotent: a second call keeps the first `purge_at`).
+    /// Marks a user deleted, appending `trail` in the same transaction
+    /// (idempotent: a second call keeps the first `purge_at`, changes nothing
+    /// and records nothing).
     async fn delete_user(
         &self,
         tenant_id: &str,
         user_id: &str,
         now: DateTime<Utc>,
         purge_at: DateTime<Utc>,
+        trail: &Trail,
     ) -> Result<Option<User>, StoreError>;
-    /// Undoes a deletion before `purge_at`.
+    /// Undoes a deletion before `purge_at`, appending `trail` in the same
+    /// transaction (only when it restored).
     async fn restore_user(
         &self,
         tenant_id: &str,
         user_id: &str,
         now: DateTime<Utc>,
+        trail: &Trail,
     ) -> Result<RestoreOutcome, StoreError>;
     /// Users whose `purge_at` has passed.
     async fn users_due_for_purge(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<User>, StoreError>;
-    /// Removes a user and everything that belongs to them (connections, tokens, consents).
-    async fn purge_user_rows(&self, tenant_id: &str, user_id: &str) -> Result<(), StoreError>;
+    /// Removes a user and everything that belongs to them (connections,
+    /// tokens, consents), appending `trail` in the same transaction.
+    async fn purge_user_rows(&self, tenant_id: &str, user_id: &str, trail: &Trail) -> Result<(), StoreError>;
 }
 
 #[async_trait]
@@ -81,9 +89,10 @@ impl UserStore for SqlStore {
         user_id: &str,
         now: DateTime<Utc>,
         purge_at: DateTime<Utc>,
+        trail: &Trail,
     ) -> Result<Option<User>, StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
+        let deleted = sqlx::query(
             "UPDATE users SET deleted_at = $1, purge_at = $2 WHERE tenant_id = $3 AND user_id = $4 AND deleted_at IS NULL",
         )
         .bind(to_millis(now))
@@ -98,6 +107,9 @@ impl UserStore for SqlStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(map_err)?;
+        if deleted == 1 {
+            append_trail(&mut tx, trail).await?;
+        }
         commit_notifying(tx, self, &user_changed(tenant_id, user_id)).await?;
         row.map(|r| User::from_row(&r)).transpose()
     }
@@ -107,6 +119,7 @@ impl UserStore for SqlStore {
         tenant_id: &str,
         user_id: &str,
         now: DateTime<Utc>,
+        trail: &Trail,
     ) -> Result<RestoreOutcome, StoreError> {
         let Some(user) = self.user(tenant_id, user_id).await? else {
             return Ok(RestoreOutcome::NotFound);
@@ -126,6 +139,9 @@ impl UserStore for SqlStore {
         .bind(to_millis(now))
         .run(&mut *tx)
         .await?;
+        if updated == 1 {
+            append_trail(&mut tx, trail).await?;
+        }
         commit_notifying(tx, self, &user_changed(tenant_id, user_id)).await?;
         Ok(if updated == 1 {
             RestoreOutcome::Restored
@@ -144,7 +160,7 @@ impl UserStore for SqlStore {
         .await
     }
 
-    async fn purge_user_rows(&self, tenant_id: &str, user_id: &str) -> Result<(), StoreError> {
+    async fn purge_user_rows(&self, tenant_id: &str, user_id: &str, trail: &Trail) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         // Explicit deletes (not only ON DELETE CASCADE) so the order is clear and SQLite needs no pragma.
         for sql in [
@@ -159,6 +175,7 @@ impl UserStore for SqlStore {
                 .run(&mut *tx)
                 .await?;
         }
+        append_trail(&mut tx, trail).await?;
         commit_notifying(tx, self, &user_changed(tenant_id, user_id)).await
     }
 }

@@ -4,7 +4,7 @@ use crate::on_both;
 use crate::support::fixture::WithProvider;
 use crate::support::inspect::{audit, revocations, stored_connection};
 use crate::support::provider::connect;
-use crate::support::{contains, dump_database, keys, random_kek, Backend, TestServer};
+use crate::support::{contains, dump_database, eventually, keys, random_kek, Backend, TestServer};
 use secrecy::SecretString;
 use std::time::Duration;
 use tokenvault::config::Config;
@@ -321,10 +321,17 @@ async fn purge_after_thirty_days(backend: Backend) {
     let seen = revocations(&with.fake, 1).await;
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].token_type_hint.as_deref(), Some("refresh_token"));
-    assert!(matches!(
-        with.server.app().vault.data_key(dek).await,
-        Err(VaultError::MissingDataKey(_))
-    ));
+    // Destroyed when the outbox entry ends, which the background worker may
+    // finish just after the provider answered.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(
+                with.server.app().vault.data_key(dek).await,
+                Err(VaultError::MissingDataKey(_))
+            )
+        })
+        .await
+    );
     let error = with
         .server
         .connections(keys::PLATFORM)

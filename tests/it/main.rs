@@ -13,6 +13,7 @@
 mod support;
 
 mod abuse;
+mod audit;
 mod broker;
 mod consent;
 mod faults;

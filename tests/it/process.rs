@@ -25,6 +25,11 @@ struct ServerProcess {
 
 impl ServerProcess {
     async fn spawn(db: &TestDb, kek: &str, fake: &FakeProvider, log_level: &str) -> Self {
+        Self::spawn_with(db, kek, fake, log_level, "").await
+    }
+
+    /// As [`ServerProcess::spawn`], with `more` TOML appended to the configuration.
+    async fn spawn_with(db: &TestDb, kek: &str, fake: &FakeProvider, log_level: &str, more: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let catalog = dir.path().join("catalog.toml");
         std::fs::write(&catalog, fake.catalog_toml(&CatalogOptions::default())).unwrap();
@@ -48,6 +53,7 @@ tenants = ["*"]
 [lifecycle]
 sweep_interval_seconds = 0
 outbox_poll_seconds = 1
+{more}
 "#,
             agent = key(keys::AGENT),
             platform = key(keys::PLATFORM),
@@ -98,9 +104,14 @@ outbox_poll_seconds = 1
 
 /// A database seeded with connections through an in-process server, then handed to the binary.
 async fn seeded(fake: &FakeProvider, users: &[&str]) -> (TestDb, String, Vec<String>) {
+    seeded_on(Backend::Postgres, fake, users).await
+}
+
+/// As [`seeded`], on `backend`.
+async fn seeded_on(backend: Backend, fake: &FakeProvider, users: &[&str]) -> (TestDb, String, Vec<String>) {
     let kek = random_kek("proc");
     let inline = kek.clone();
-    let with = WithProvider::build(Backend::Postgres)
+    let with = WithProvider::build(backend)
         .shared_fake(fake)
         .config(move |c| c.keys.inline = Some(inline.into()))
         .start()
@@ -371,3 +382,58 @@ async fn no_secret_reaches_the_logs() {
         assert!(!logs.contains(secret), "a secret reached the log: {secret}");
     }
 }
+
+/// The sum of the counts of the `token.issued` events of `connection_id` in the database.
+async fn issued_in_database(store: &tokenvault::store::SqlStore, connection_id: &str) -> u64 {
+    use tokenvault::store::AuditStore;
+    store
+        .list_audit(&tokenvault::store::AuditFilter {
+            connection_id: Some(connection_id.parse().unwrap()),
+            action: Some("token.issued".to_owned()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.detail["count"].as_u64().expect("a count"))
+        .sum()
+}
+
+/// SIGTERM (what an orchestrator sends): the `token.issued` tallies still in
+/// memory are written to `audit_events` before the process exits. The
+/// periodic flush is an hour away, so only the shutdown can have written them.
+async fn sigterm_writes_the_issued_tallies(backend: Backend) {
+    let fake = start_fake(FakeProviderConfig::default(), &CatalogOptions::default()).await;
+    let (db, kek, ids) = seeded_on(backend, &fake, &["u1"]).await;
+    let mut server =
+        ServerProcess::spawn_with(&db, &kek, &fake, "warn", "[broker]\nusage_flush_seconds = 3600\n").await;
+    const CALLS: u64 = 7;
+    let mut client = server.tokens().await;
+    for _ in 0..CALLS {
+        client
+            .get_access_token(GetAccessTokenRequest {
+                connection_id: ids[0].clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("GetAccessToken");
+    }
+    let store = tokenvault::store::SqlStore::connect(&db.url, &tokenvault::store::StoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        issued_in_database(&store, &ids[0]).await,
+        0,
+        "the tallies are still in memory"
+    );
+
+    let status = server
+        .process
+        .terminate(Duration::from_secs(30))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(status.success(), "graceful exit: {status}");
+    assert_eq!(issued_in_database(&store, &ids[0]).await, CALLS);
+    store.close().await;
+}
+crate::on_both!(sigterm_flushes_issued_tallies, sigterm_writes_the_issued_tallies);

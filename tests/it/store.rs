@@ -46,8 +46,9 @@ async fn connected(store: &SqlStore, tenant: &str, user: &str) -> Connection {
         refresh_token: Some(Sealed(b"sealed-refresh".to_vec())),
         granted_scopes: scopes(&["a", "b"]),
         access_token: access_token(connection.id, "", b"sealed-access", 3600),
+        consent_id: None,
     };
-    assert!(store.store_consent_grant(&grant, now).await.unwrap());
+    assert!(store.store_consent_grant(&grant, &Trail::none(), now).await.unwrap());
     store
         .connection(&TenantScope::All, connection.id)
         .await
@@ -62,17 +63,31 @@ async fn users_and_deletion(backend: Backend) {
     store.ensure_user("acme", "u1", now).await.unwrap();
     let user = store.user("acme", "u1").await.unwrap().unwrap();
     assert_eq!(user.deleted_at, None);
-    assert!(store.delete_user("acme", "nobody", now, now).await.unwrap().is_none());
+    assert!(store
+        .delete_user("acme", "nobody", now, now, &Trail::none())
+        .await
+        .unwrap()
+        .is_none());
 
     let purge_at = now + Duration::days(30);
-    let deleted = store.delete_user("acme", "u1", now, purge_at).await.unwrap().unwrap();
+    let deleted = store
+        .delete_user("acme", "u1", now, purge_at, &Trail::none())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         deleted.purge_at.map(|t| t.timestamp_millis()),
         Some(purge_at.timestamp_millis())
     );
     // A second delete keeps the first purge_at.
     let again = store
-        .delete_user("acme", "u1", now + Duration::days(1), purge_at + Duration::days(1))
+        .delete_user(
+            "acme",
+            "u1",
+            now + Duration::days(1),
+            purge_at + Duration::days(1),
+            &Trail::none(),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -89,21 +104,21 @@ async fn users_and_deletion(backend: Backend) {
     );
     assert_eq!(
         store
-            .restore_user("acme", "u1", purge_at + Duration::seconds(1))
+            .restore_user("acme", "u1", purge_at + Duration::seconds(1), &Trail::none())
             .await
             .unwrap(),
         RestoreOutcome::PurgeDue(deleted.purge_at.unwrap())
     );
     assert_eq!(
-        store.restore_user("acme", "u1", now).await.unwrap(),
+        store.restore_user("acme", "u1", now, &Trail::none()).await.unwrap(),
         RestoreOutcome::Restored
     );
     assert_eq!(
-        store.restore_user("acme", "u1", now).await.unwrap(),
+        store.restore_user("acme", "u1", now, &Trail::none()).await.unwrap(),
         RestoreOutcome::NotDeleted
     );
     assert_eq!(
-        store.restore_user("acme", "ghost", now).await.unwrap(),
+        store.restore_user("acme", "ghost", now, &Trail::none()).await.unwrap(),
         RestoreOutcome::NotFound
     );
 }
@@ -137,8 +152,9 @@ async fn connections(backend: Backend) {
         refresh_token: None,
         granted_scopes: scopes(&["x"]),
         access_token: access_token(connection.id, "", b"x", 10),
+        consent_id: None,
     };
-    assert!(!store.store_consent_grant(&stale, now).await.unwrap());
+    assert!(!store.store_consent_grant(&stale, &Trail::none(), now).await.unwrap());
 
     let (read, token) = store
         .connection_with_token(&TenantScope::All, connection.id, "")
@@ -220,7 +236,7 @@ async fn connections(backend: Backend) {
 
     // A deleted user's connection reads as pending deletion; purge removes it.
     store
-        .delete_user("acme", "u1", now, now + Duration::days(30))
+        .delete_user("acme", "u1", now, now + Duration::days(30), &Trail::none())
         .await
         .unwrap();
     let pending = store
@@ -229,7 +245,7 @@ async fn connections(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(pending.status(), ConnectionStatus::PendingDeletion);
-    store.purge_user_rows("acme", "u1").await.unwrap();
+    store.purge_user_rows("acme", "u1", &Trail::none()).await.unwrap();
     assert!(store
         .connection(&TenantScope::All, connection.id)
         .await
@@ -315,7 +331,10 @@ async fn refresh_leases(backend: Backend) {
         granted_scopes: None,
     };
     assert_eq!(
-        store.commit_refresh(connection.id, 1, &write, now).await.unwrap(),
+        store
+            .commit_refresh(connection.id, 1, &write, &Trail::none(), now)
+            .await
+            .unwrap(),
         RefreshCommit::Stored
     );
     let after = store
@@ -333,7 +352,10 @@ async fn refresh_leases(backend: Backend) {
     assert_eq!(token.unwrap().token, Sealed(b"fresh".to_vec()));
     // The commit fenced by the old version is refused; a claim at it too.
     assert_eq!(
-        store.commit_refresh(connection.id, 1, &write, now).await.unwrap(),
+        store
+            .commit_refresh(connection.id, 1, &write, &Trail::none(), now)
+            .await
+            .unwrap(),
         RefreshCommit::Superseded
     );
     assert_eq!(
@@ -353,7 +375,10 @@ async fn refresh_leases(backend: Backend) {
         granted_scopes: None,
     };
     assert_eq!(
-        store.commit_refresh(connection.id, 2, &narrow, now).await.unwrap(),
+        store
+            .commit_refresh(connection.id, 2, &narrow, &Trail::none(), now)
+            .await
+            .unwrap(),
         RefreshCommit::Stored
     );
     let (c, token) = store
@@ -391,7 +416,7 @@ async fn refresh_leases(backend: Backend) {
     // The provider refused the token: NEEDS_REAUTH, nothing deleted, the lease ended.
     assert_eq!(
         store
-            .fail_refresh(connection.id, 2, "invalid_grant", now)
+            .fail_refresh(connection.id, 2, "invalid_grant", &Trail::none(), now)
             .await
             .unwrap(),
         RefreshCommit::Stored
@@ -416,13 +441,13 @@ async fn refresh_leases(backend: Backend) {
         .await
         .unwrap();
     store
-        .revoke_connection(other.id, "test", now, now + Duration::hours(1))
+        .revoke_connection(other.id, "test", now, now + Duration::hours(1), &|_| Trail::none())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
         store
-            .commit_refresh(other.id, other.token_version, &write, now)
+            .commit_refresh(other.id, other.token_version, &write, &Trail::none(), now)
             .await
             .unwrap(),
         RefreshCommit::Superseded
@@ -440,7 +465,7 @@ async fn revocation_outbox(backend: Backend) {
     let connection = connected(&store, "acme", "u1").await;
     let give_up = now + Duration::hours(72);
     let result = store
-        .revoke_connection(connection.id, "user disconnected", now, give_up)
+        .revoke_connection(connection.id, "user disconnected", now, give_up, &|_| Trail::none())
         .await
         .unwrap()
         .unwrap();
@@ -474,7 +499,7 @@ async fn revocation_outbox(backend: Backend) {
     );
 
     let again = store
-        .revoke_connection(connection.id, "again", now, give_up)
+        .revoke_connection(connection.id, "again", now, give_up, &|_| Trail::none())
         .await
         .unwrap()
         .unwrap();
@@ -658,7 +683,7 @@ async fn consents(backend: Backend) {
         completed_at: None,
         actor: "platform".into(),
     };
-    store.insert_consent(&record).await.unwrap();
+    store.insert_consent(&record, &Trail::none()).await.unwrap();
     let read = store.consent_by_state(&record.state_hash).await.unwrap().unwrap();
     assert_eq!(read.id, record.id);
     assert!(read.incremental);
@@ -678,7 +703,14 @@ async fn consents(backend: Backend) {
     assert!(!store.claim_consent(record.id, now).await.unwrap());
     let connection = Uuid::new_v4();
     store
-        .finish_consent(record.id, ConsentState::Completed, Some(connection), None, now)
+        .finish_consent(
+            record.id,
+            ConsentState::Completed,
+            Some(connection),
+            None,
+            now,
+            &Trail::none(),
+        )
         .await
         .unwrap();
     let done = store.consent(&TenantScope::All, record.id).await.unwrap().unwrap();
@@ -806,7 +838,7 @@ async fn postgres_sessions_are_bounded() {
     let now = Utc::now();
     let waited = tokio::time::timeout(
         std::time::Duration::from_secs(20),
-        store.revoke_connection(connection.id, "test", now, now + Duration::days(1)),
+        store.revoke_connection(connection.id, "test", now, now + Duration::days(1), &|_| Trail::none()),
     )
     .await
     .expect("the lock wait is bounded by lock_timeout");

@@ -49,6 +49,12 @@ pub enum ProcessError {
         /// What it logged.
         log: String,
     },
+    /// It did not exit in time after SIGTERM (or the signal could not be sent).
+    #[error("tokenvault did not stop after SIGTERM: {log}")]
+    StillRunning {
+        /// What it logged.
+        log: String,
+    },
 }
 
 fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> ProcessError {
@@ -91,7 +97,8 @@ pub fn binary_in_target_dir() -> std::io::Result<PathBuf> {
     }
 }
 
-/// A running `tokenvault serve`; killed (SIGKILL) when dropped.
+/// A running `tokenvault serve`; killed (SIGKILL) when dropped, or stopped
+/// gracefully with [`ServerProcess::terminate`].
 #[derive(Debug)]
 pub struct ServerProcess {
     child: Child,
@@ -195,6 +202,31 @@ impl ServerProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops the process the way an orchestrator does: SIGTERM, then waits
+    /// (up to `within`) for it to exit after its graceful shutdown. Returns
+    /// its exit status, or an error when it did not exit in time (it is then
+    /// killed).
+    pub fn terminate(&mut self, within: Duration) -> Result<ExitStatus, ProcessError> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .map_err(io_error("send SIGTERM"))?;
+        if !sent.success() {
+            return Err(ProcessError::StillRunning { log: self.log_text() });
+        }
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(io_error("wait for tokenvault"))? {
+                return Ok(status);
+            }
+            if started.elapsed() >= within {
+                self.kill();
+                return Err(ProcessError::StillRunning { log: self.log_text() });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// What it has logged so far.
