@@ -214,3 +214,36 @@ async fn unsupported(backend: Backend) {
     with.stop().await;
 }
 on_both!(unsupported_revocation_calls_nothing, unsupported);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_supplies_the_revocation_endpoint_next_to_explicit_ones() {
+    // Explicit authorization and token endpoints, no revocation_url: the
+    // revocation endpoint still comes from the issuer's metadata.
+    let with = WithProvider::build(Backend::Sqlite)
+        .catalog(CatalogOptions {
+            incremental: false,
+            ..Default::default()
+        })
+        .catalog_toml(|fake| {
+            let issuer = fake.base_url().as_str().trim_end_matches('/').to_owned();
+            format!(
+                "[providers.fake]\ndisplay_name = \"Partly discovered\"\nissuer = \"{issuer}\"\n\
+                 authorization_url = \"{}\"\ntoken_url = \"{}\"\nallowed_scopes = [\"mail.read\"]\n\
+                 [providers.fake.capabilities]\n\"mail.read\" = [\"mail.read\"]\n",
+                fake.authorization_url(),
+                fake.token_url()
+            )
+        })
+        .start()
+        .await;
+    let client = with.server.app().providers.client("fake").unwrap();
+    assert_eq!(
+        client.endpoints().revocation.as_ref(),
+        Some(&with.fake.revocation_url())
+    );
+    let connection = connect(&with, "dana", &["mail.read"]).await;
+    disconnect(&with.server, &connection).await;
+    assert!(eventually(WAIT, || async { !with.fake.stats().revocations.is_empty() }).await);
+    assert_eq!(revocation_events(&with.server, &connection).await[0].outcome, "success");
+    with.stop().await;
+}
