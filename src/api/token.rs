@@ -85,6 +85,7 @@ impl TokenService for TokenApi {
             expires_at: Some(to_proto(issued.expires_at)),
             scopes: issued.scopes,
             connection_id: body.connection_id.clone(),
+            never_expires: issued.never_expires,
         }))
     }
 }

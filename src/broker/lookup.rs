@@ -153,12 +153,15 @@ impl Broker {
         Ok(self.issue(token, now))
     }
 
-    /// The token as handed out: its expiry capped by the maximum lease.
+    /// The token as handed out: its expiry capped by the maximum lease, and
+    /// whether it is a token that never expires (then `expires_at` is only
+    /// the cap).
     fn issue(&self, token: &CachedToken, now: DateTime<Utc>) -> IssuedToken {
         IssuedToken {
             access_token: token.access_token.clone(),
             token_type: "Bearer".to_owned(),
             expires_at: token.expires_at.min(now + self.max_lease),
+            never_expires: crate::provider::never_expires(token.issued_at, token.expires_at),
             scopes: token.scopes.to_vec(),
         }
     }

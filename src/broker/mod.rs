@@ -70,8 +70,12 @@ pub struct IssuedToken {
     pub access_token: SecretString,
     /// Usually `Bearer`.
     pub token_type: String,
-    /// When the agent must come back (capped by the maximum lease).
+    /// When the agent must come back (the token's expiry, capped by the
+    /// maximum lease).
     pub expires_at: DateTime<Utc>,
+    /// The token does not expire at the provider: `expires_at` is only the
+    /// lease cap.
+    pub never_expires: bool,
     /// Scopes the token carries.
     pub scopes: Vec<String>,
 }

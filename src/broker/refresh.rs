@@ -510,8 +510,12 @@ impl Broker {
             Some(rt) => (rt, true),
             None => (&tokens.access_token, false),
         };
-        let outcome = client.revoke(token, is_refresh).await;
-        tracing::info!(connection_id = %connection.id, ok = outcome.is_ok(), "revoked credentials of a refresh that lost to a revocation");
+        let outcome = match client.revoke(token, is_refresh).await {
+            Ok(crate::provider::Revoked::Done) => "revoked",
+            Ok(crate::provider::Revoked::Unsupported { .. }) => "unsupported",
+            Err(error) => error.kind(),
+        };
+        tracing::info!(connection_id = %connection.id, outcome, "revoked credentials of a refresh that lost to a revocation");
     }
 }
 

@@ -129,7 +129,16 @@ pub enum TokenRequestBody {
     Json,
 }
 
-/// How a grant is revoked at the provider's `revocation_url`.
+/// The placeholder a `github_grant` revocation URL carries where the client
+/// id goes (`https://api.github.com/applications/{client_id}/grant`); the
+/// provider client fills it in, since client ids are not catalog data.
+pub const CLIENT_ID_PLACEHOLDER: &str = "{client_id}";
+
+/// How [`CLIENT_ID_PLACEHOLDER`] reads once parsed into a URL path.
+pub const CLIENT_ID_PLACEHOLDER_ENCODED: &str = "%7Bclient_id%7D";
+
+/// How a grant is revoked at the provider's `revocation_url`, or that it
+/// cannot be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevocationMethod {
@@ -144,6 +153,38 @@ pub enum RevocationMethod {
     /// client authentication; revokes the token that authenticates the call
     /// (Dropbox `/2/auth/token/revoke`, Slack `auth.revoke`).
     BearerAccessToken,
+    /// GitHub's "Delete an app authorization": `DELETE` the URL (with
+    /// [`CLIENT_ID_PLACEHOLDER`] filled in), HTTP Basic with the client id and
+    /// secret, JSON body `{"access_token": …}` (a refresh token is exchanged
+    /// for an access token first). Ends every token of the app for that user.
+    GithubGrant,
+    /// The provider offers no way for tokenvault to revoke: the entry says why
+    /// and where the user removes the app themselves
+    /// ([`ProviderSpec::revocation_unsupported`]).
+    Unsupported,
+}
+
+/// What revoking one credential ends at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationScope {
+    /// That credential (and the tokens derived from it, e.g. a refresh
+    /// token's access tokens), not other grants of the same user.
+    #[default]
+    Token,
+    /// Every token of the user's authorization of this client, whichever one
+    /// was presented (Google, GitHub's grant deletion).
+    Grant,
+}
+
+/// Why a provider's credentials cannot be revoked by tokenvault, and where the
+/// user removes the app themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsupportedRevocation {
+    /// Why, from the provider's documentation.
+    pub reason: String,
+    /// The provider's page where the user revokes the app's access.
+    pub user_page: Url,
 }
 
 /// What a provider does with the refresh token it was sent (RFC 9700 §4.14.2).
@@ -203,10 +244,26 @@ pub struct ProviderSpec {
     pub authorization_url: Option<Url>,
     /// Token endpoint (always set when `issuer` is not).
     pub token_url: Option<Url>,
-    /// Revocation endpoint; `None` when the provider has none usable.
+    /// Revocation endpoint; `None` when revocation is unsupported or the
+    /// endpoint comes from discovery.
     pub revocation_url: Option<Url>,
-    /// How `revocation_url` is called.
+    /// How `revocation_url` is called, or [`RevocationMethod::Unsupported`].
     pub revocation_method: RevocationMethod,
+    /// Why revocation is unsupported and where the user revokes instead; set
+    /// exactly when `revocation_method` is [`RevocationMethod::Unsupported`].
+    pub revocation_unsupported: Option<UnsupportedRevocation>,
+    /// The provider's page where a user sees and removes the apps they
+    /// authorized (always set when revocation is unsupported).
+    pub revocation_user_page: Option<Url>,
+    /// What one revocation ends at the provider.
+    pub revocation_scope: RevocationScope,
+    /// A re-consent's new tokens belong to the same grant as the ones they
+    /// replace (so a grant-wide revocation of the old ones ends the new ones).
+    pub reconsent_same_grant: bool,
+    /// The provider's access tokens expire by time. `false` for providers
+    /// whose access tokens live until revoked (GitHub OAuth apps): a token
+    /// answer without `expires_in` is then taken as non-expiring.
+    pub access_token_expires: bool,
     /// Client authentication at the token and revocation endpoints.
     pub client_auth: ClientAuth,
     /// Encoding of token, refresh and revocation request bodies.
@@ -360,6 +417,36 @@ impl ProviderSpec {
     pub fn uses_discovery(&self) -> bool {
         self.issuer.is_some()
     }
+
+    /// Why tokenvault cannot revoke at this provider and where the user does
+    /// it instead; `None` when the provider has a revocation method. Known
+    /// without a network call, so an outcome can be reported at once.
+    pub fn revocation_unsupported(&self) -> Option<&UnsupportedRevocation> {
+        self.revocation_unsupported.as_ref()
+    }
+
+    /// Whether revocation presents an access token, so that a refresh token
+    /// is exchanged for one first (bearer, RFC 7009 with the access token,
+    /// GitHub's grant deletion).
+    pub fn revokes_with_access_token(&self) -> bool {
+        matches!(
+            self.revocation_method,
+            RevocationMethod::BearerAccessToken | RevocationMethod::Rfc7009AccessToken | RevocationMethod::GithubGrant
+        )
+    }
+
+    /// Whether a re-consent should revoke the credential it replaces.
+    ///
+    /// `false` when the provider's revocation is grant-wide and the new token
+    /// shares the grant (revoking the old refresh token would end the new one:
+    /// Google, GitHub), and when the provider cannot revoke at all; `true`
+    /// otherwise. The reason per preset is in `docs/providers.md`.
+    pub fn revoke_replaced_on_reconsent(&self) -> bool {
+        if self.revocation_method == RevocationMethod::Unsupported {
+            return false;
+        }
+        !(self.revocation_scope == RevocationScope::Grant && self.reconsent_same_grant)
+    }
 }
 
 /// The set of providers tokenvault can connect to, by name.
@@ -447,6 +534,11 @@ struct RawProvider {
     token_url: Option<String>,
     revocation_url: Option<String>,
     revocation_method: Option<RevocationMethod>,
+    revocation_unsupported_reason: Option<String>,
+    revocation_user_page: Option<String>,
+    revocation_scope: Option<RevocationScope>,
+    reconsent_same_grant: Option<bool>,
+    access_token_expires: Option<bool>,
     #[serde(default)]
     client_auth: ClientAuth,
     #[serde(default)]
@@ -594,6 +686,124 @@ impl Check<'_> {
     }
 }
 
+/// A provider's revocation decision, validated.
+struct RevocationDecision {
+    method: RevocationMethod,
+    user_page: Option<Url>,
+    unsupported: Option<UnsupportedRevocation>,
+}
+
+const NO_DECISION: &str = "no revocation decision: set `revocation_url` (with `revocation_method` unless it is \
+     RFC 7009), or `revocation_method = \"unsupported\"` with `revocation_unsupported_reason` and \
+     `revocation_user_page` (where the user removes the app)";
+
+impl Check<'_> {
+    /// Every entry decides how its credentials are revoked: an endpoint and a
+    /// method (the endpoint may come from the issuer's metadata), or
+    /// `unsupported` with the reason and the user's page.
+    fn revocation(
+        &self,
+        raw: &RawProvider,
+        url: Option<&Url>,
+        has_issuer: bool,
+    ) -> Result<RevocationDecision, CatalogError> {
+        let user_page = self.url(
+            "revocation_user_page",
+            raw.revocation_user_page.as_deref(),
+            UrlRole::Docs,
+        )?;
+        let method = raw.revocation_method.unwrap_or_default();
+        let placeholder = url.is_some_and(|url| url.path().contains(CLIENT_ID_PLACEHOLDER_ENCODED));
+        if method != RevocationMethod::Unsupported && raw.revocation_unsupported_reason.is_some() {
+            return Err(self.invalid(
+                "`revocation_unsupported_reason` is set but `revocation_method` is not \"unsupported\"".to_owned(),
+            ));
+        }
+        match method {
+            RevocationMethod::Unsupported => {
+                if url.is_some() {
+                    return Err(
+                        self.invalid("`revocation_method` is \"unsupported\" but `revocation_url` is set".to_owned())
+                    );
+                }
+                if raw.revocation_scope.is_some() || raw.reconsent_same_grant.is_some() {
+                    return Err(self.invalid(
+                        "`revocation_method` is \"unsupported\": `revocation_scope` and `reconsent_same_grant` \
+                         make no sense"
+                            .to_owned(),
+                    ));
+                }
+                let reason = raw
+                    .revocation_unsupported_reason
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|reason| !reason.is_empty())
+                    .ok_or_else(|| {
+                        self.invalid(
+                            "`revocation_method` is \"unsupported\": `revocation_unsupported_reason` is required \
+                             (why the provider cannot revoke)"
+                                .to_owned(),
+                        )
+                    })?;
+                let page = user_page.clone().ok_or_else(|| {
+                    self.invalid(
+                        "`revocation_method` is \"unsupported\": `revocation_user_page` is required \
+                         (the provider's page where the user removes the app)"
+                            .to_owned(),
+                    )
+                })?;
+                Ok(RevocationDecision {
+                    method,
+                    user_page,
+                    unsupported: Some(UnsupportedRevocation {
+                        reason: reason.to_owned(),
+                        user_page: page,
+                    }),
+                })
+            }
+            RevocationMethod::GithubGrant => {
+                let Some(url) = url else {
+                    return Err(self.invalid(
+                        "`revocation_method` \"github_grant\" needs `revocation_url` \
+                         (e.g. https://api.github.com/applications/{client_id}/grant); it is not discovered"
+                            .to_owned(),
+                    ));
+                };
+                if !placeholder {
+                    return Err(self.invalid(format!(
+                        "`revocation_url` must carry `{CLIENT_ID_PLACEHOLDER}` in its path for \"github_grant\": {url}"
+                    )));
+                }
+                Ok(RevocationDecision {
+                    method,
+                    user_page,
+                    unsupported: None,
+                })
+            }
+            RevocationMethod::Rfc7009 | RevocationMethod::Rfc7009AccessToken | RevocationMethod::BearerAccessToken => {
+                if placeholder {
+                    return Err(self.invalid(format!(
+                        "`revocation_url` carries `{CLIENT_ID_PLACEHOLDER}`, which only \"github_grant\" fills in"
+                    )));
+                }
+                if url.is_none() && !has_issuer {
+                    return Err(self.invalid(if raw.revocation_method.is_some() {
+                        "`revocation_method` is set but there is no `revocation_url` (nor an `issuer` to discover one)"
+                            .to_owned()
+                    } else {
+                        NO_DECISION.to_owned()
+                    }));
+                }
+                Ok(RevocationDecision {
+                    method,
+                    user_page,
+                    unsupported: None,
+                })
+            }
+        }
+    }
+}
+
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
@@ -642,11 +852,7 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, CatalogError
             return Err(check.invalid("`token_url` is required unless `issuer` is set".to_owned()));
         }
     }
-    if raw.revocation_method.is_some() && revocation_url.is_none() && issuer.is_none() {
-        return Err(check.invalid(
-            "`revocation_method` is set but there is no `revocation_url` (nor an `issuer` to discover one)".to_owned(),
-        ));
-    }
+    let revocation = check.revocation(&raw, revocation_url.as_ref(), issuer.is_some())?;
 
     let separator = raw.scope_separator;
     if separator.is_empty() {
@@ -722,6 +928,13 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, CatalogError
             "`token_types` is empty: name the token_type the provider sends (usually \"bearer\")".to_owned(),
         ));
     }
+    if !raw.issues_refresh_tokens && raw.access_token_expires.is_none() {
+        return Err(check.invalid(
+            "`issues_refresh_tokens` is false: say whether access tokens expire with `access_token_expires` \
+             (false when they live until revoked, as GitHub OAuth-app tokens do)"
+                .to_owned(),
+        ));
+    }
     if raw.refresh_scope_narrowing && !raw.issues_refresh_tokens {
         return Err(check.invalid("`refresh_scope_narrowing` is true but `issues_refresh_tokens` is false".to_owned()));
     }
@@ -778,7 +991,12 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, CatalogError
         authorization_url,
         token_url,
         revocation_url,
-        revocation_method: raw.revocation_method.unwrap_or_default(),
+        revocation_method: revocation.method,
+        revocation_user_page: revocation.user_page,
+        revocation_unsupported: revocation.unsupported,
+        revocation_scope: raw.revocation_scope.unwrap_or_default(),
+        reconsent_same_grant: raw.reconsent_same_grant.unwrap_or(false),
+        access_token_expires: raw.access_token_expires.unwrap_or(true),
         client_auth: raw.client_auth,
         token_request_body: raw.token_request_body,
         request_headers: raw.request_headers,

@@ -5,7 +5,7 @@
 
 use crate::audit::{AuditLog, EventBuilder};
 use crate::clock::SharedClock;
-use crate::provider::{ProviderError, Providers};
+use crate::provider::{ProviderError, Providers, Revoked};
 use crate::store::{OutboxEntry, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::vault::{Binding, Field, Vault};
@@ -132,9 +132,13 @@ impl OutboxWorker {
         let attempt = entry.attempts + 1;
         let result = self.revoke_at_provider(&entry).await;
         let now = self.clock.now();
+        let mut unsupported_reason = None;
         let (outcome, error) = match result {
-            Ok(true) => (AttemptOutcome::Revoked, None),
-            Ok(false) => (AttemptOutcome::Unsupported, None),
+            Ok(Revoked::Done) => (AttemptOutcome::Revoked, None),
+            Ok(Revoked::Unsupported { reason, .. }) => {
+                unsupported_reason = Some(reason);
+                (AttemptOutcome::Unsupported, None)
+            }
             // The provider no longer honours the credential: it is as good as revoked.
             Err(ProviderError::InvalidGrant(_)) => (
                 AttemptOutcome::Revoked,
@@ -207,13 +211,16 @@ impl OutboxWorker {
         if let Some(error) = &error {
             event = event.detail("error", error.clone());
         }
+        if let Some(reason) = unsupported_reason {
+            event = event.detail("reason", reason);
+        }
         if let Err(error) = self.audit.write(&[event.build()]).await {
             tracing::warn!(%error, "outbox: audit write failed");
         }
         outcome
     }
 
-    async fn revoke_at_provider(&self, entry: &OutboxEntry) -> Result<bool, ProviderError> {
+    async fn revoke_at_provider(&self, entry: &OutboxEntry) -> Result<Revoked, ProviderError> {
         let client = self.providers.client(&entry.provider)?;
         let sealed = entry
             .token

@@ -3,7 +3,9 @@
 
 use super::http::{normalize, HttpError, ProviderHttp};
 use super::{ProviderError, TokenSet};
-use crate::consent::catalog::{ClientAuth, ProviderSpec, RevocationMethod, ScopePlan, TokenRequestBody};
+use crate::consent::catalog::{
+    ClientAuth, ProviderSpec, RevocationMethod, ScopePlan, TokenRequestBody, CLIENT_ID_PLACEHOLDER_ENCODED,
+};
 use crate::store::ScopeSet;
 use base64::Engine;
 use futures::future::BoxFuture;
@@ -51,6 +53,24 @@ impl std::fmt::Debug for ProviderClient {
     }
 }
 
+/// What a revocation at the provider came to (errors are [`ProviderError`]s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// The provider accepted the revocation.
+    Done,
+    /// The provider offers no way to revoke; nothing was sent. The user must
+    /// remove the app at `user_page`.
+    Unsupported {
+        /// Why, from the catalog.
+        reason: String,
+        /// The provider's page where the user revokes the app.
+        user_page: Url,
+    },
+}
+
+/// The GitHub REST API version the grant deletion is written against.
+const GITHUB_API_VERSION: &str = "2022-11-28";
+
 /// The HTTP client as one provider needs it: its extra headers, its body
 /// encoding, and its response quirks.
 #[derive(Clone)]
@@ -60,7 +80,7 @@ struct Transport {
 }
 
 impl Transport {
-    async fn send(&self, mut request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+    fn add_headers(&self, request: &mut oauth2::HttpRequest) {
         for (name, value) in &self.spec.request_headers {
             if let (Ok(name), Ok(value)) = (
                 http::HeaderName::from_bytes(name.as_bytes()),
@@ -69,6 +89,17 @@ impl Transport {
                 request.headers_mut().insert(name, value);
             }
         }
+    }
+
+    /// Sends a request whose body is already in its final encoding (not an
+    /// OAuth form), with the provider's extra headers; the answer as it came.
+    async fn send_as_is(&self, mut request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        self.add_headers(&mut request);
+        self.http.send(request).await
+    }
+
+    async fn send(&self, mut request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        self.add_headers(&mut request);
         if self.spec.token_request_body == TokenRequestBody::Json {
             let form: serde_json::Map<String, serde_json::Value> = url::form_urlencoded::parse(request.body())
                 .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
@@ -201,18 +232,29 @@ impl ProviderClient {
     }
 
     /// Revokes a credential at the provider the way its catalog entry says.
-    /// `Ok(false)` when the provider has no way to revoke. Providers that
-    /// revoke only with an access token get a fresh one first when handed a
-    /// refresh token (their revocation ends the whole grant).
-    pub async fn revoke(&self, token: &SecretString, is_refresh_token: bool) -> Result<bool, ProviderError> {
+    ///
+    /// [`Revoked::Unsupported`] (with no request sent) when the catalog says
+    /// the provider cannot revoke. Providers that revoke only with an access
+    /// token get a fresh one first when handed a refresh token (their
+    /// revocation ends the whole grant or refresh-token family). An entry
+    /// whose endpoint was to come from discovery but did not is an error
+    /// ([`ProviderError::Unsupported`]), never a success.
+    pub async fn revoke(&self, token: &SecretString, is_refresh_token: bool) -> Result<Revoked, ProviderError> {
+        if let Some(unsupported) = self.spec.revocation_unsupported() {
+            return Ok(Revoked::Unsupported {
+                reason: unsupported.reason.clone(),
+                user_page: unsupported.user_page.clone(),
+            });
+        }
         let Some(url) = self.endpoints.revocation.clone() else {
-            return Ok(false);
+            return Err(ProviderError::Unsupported(format!(
+                "{}: no revocation endpoint (the catalog entry names none and the issuer's metadata has no \
+                 `revocation_endpoint`); set `revocation_url`, or `revocation_method = \"unsupported\"` with the \
+                 reason and the user's page",
+                self.spec.name
+            )));
         };
-        let wants_access_token = matches!(
-            self.spec.revocation_method,
-            RevocationMethod::BearerAccessToken | RevocationMethod::Rfc7009AccessToken
-        );
-        if wants_access_token && is_refresh_token {
+        if self.spec.revokes_with_access_token() && is_refresh_token {
             let fresh = self.refresh(token, None, chrono::Utc::now()).await?;
             return Box::pin(self.revoke(&fresh.access_token, false)).await;
         }
@@ -221,6 +263,76 @@ impl ProviderClient {
             RevocationMethod::Rfc7009 | RevocationMethod::Rfc7009AccessToken => {
                 self.revoke_rfc7009(&url, token, is_refresh_token).await
             }
+            RevocationMethod::GithubGrant => self.revoke_github_grant(&url, token).await,
+            // Validation pairs `unsupported` with its reason, handled above.
+            RevocationMethod::Unsupported => Err(ProviderError::Unsupported(format!(
+                "{}: revocation is unsupported",
+                self.spec.name
+            ))),
+        }
+    }
+
+    /// GitHub's "Delete an app authorization": `DELETE` with HTTP Basic
+    /// (client id and secret) and `{"access_token": …}`; 204 ends every token
+    /// of the app for that user.
+    ///
+    /// GitHub documents only 204 and 422 ("Validation failed, or the endpoint
+    /// has been spammed") for it. Neither 404 nor 422 is taken as "already
+    /// gone": GitHub answers 404 both for a token that is no longer valid and
+    /// for a request that is not properly authenticated (REST API
+    /// troubleshooting), so a wrong client secret would look like success; a
+    /// 422 may be a rate limit and is retried.
+    async fn revoke_github_grant(&self, url: &Url, token: &SecretString) -> Result<Revoked, ProviderError> {
+        let secret = self
+            .client_secret
+            .as_ref()
+            .ok_or_else(|| ProviderError::NotConfigured(self.spec.name.clone()))?;
+        let url = fill_client_id(url, &self.client_id);
+        let credentials = zeroize::Zeroizing::new(format!("{}:{}", self.client_id, secret.expose_secret()));
+        let authorization = zeroize::Zeroizing::new(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials.as_bytes())
+        ));
+        let quoted = zeroize::Zeroizing::new(
+            serde_json::to_string(token.expose_secret())
+                .map_err(|_| ProviderError::Malformed("cannot build the revocation request".to_owned()))?,
+        );
+        let body = zeroize::Zeroizing::new(format!("{{\"access_token\":{}}}", quoted.as_str()));
+        let request = http::Request::builder()
+            .method(http::Method::DELETE)
+            .uri(url.as_str())
+            .header(http::header::AUTHORIZATION, authorization.as_str())
+            .header(http::header::ACCEPT, "application/vnd.github+json")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("X-GitHub-Api-Version", GITHUB_API_VERSION)
+            .body(body.as_bytes().to_vec())
+            .map_err(|_| ProviderError::Malformed("cannot build the revocation request".to_owned()))?;
+        let response = self
+            .transport
+            .send_as_is(request)
+            .await
+            .map_err(|e| http_error(&self.spec.name, e))?;
+        let name = &self.spec.name;
+        match response.status().as_u16() {
+            200..=299 => Ok(Revoked::Done),
+            404 => Err(ProviderError::Rejected(format!(
+                "{name} answered 404 to the grant deletion: the token is no longer valid, or the client id or secret \
+                 is wrong (GitHub answers both with 404); the authorization may still exist"
+            ))),
+            422 => Err(ProviderError::Throttled {
+                message: format!("{name} answered 422 to the grant deletion (validation failed, or rate-limited)"),
+                retry_after: Duration::ZERO,
+            }),
+            403 if rate_limited(response.headers()) => Err(ProviderError::Throttled {
+                message: format!("{name} answered 403: rate limit exceeded"),
+                retry_after: github_retry_after(response.headers()),
+            }),
+            401 | 403 => Err(ProviderError::ClientRejected(format!(
+                "{name} rejected tokenvault's client credentials at revocation"
+            ))),
+            status => Err(ProviderError::Rejected(format!(
+                "{name}: grant deletion answered HTTP {status}"
+            ))),
         }
     }
 
@@ -230,7 +342,7 @@ impl ProviderClient {
         url: &Url,
         token: &SecretString,
         is_refresh_token: bool,
-    ) -> Result<bool, ProviderError> {
+    ) -> Result<Revoked, ProviderError> {
         let request = self.rfc7009_request(url, token, is_refresh_token)?;
         let response = self
             .transport
@@ -238,7 +350,7 @@ impl ProviderClient {
             .await
             .map_err(|e| http_error(&self.spec.name, e))?;
         if response.status().is_success() {
-            return Ok(true);
+            return Ok(Revoked::Done);
         }
         let error = serde_json::from_slice::<serde_json::Value>(response.body())
             .ok()
@@ -307,7 +419,7 @@ impl ProviderClient {
     }
 
     /// POST with the access token as bearer, no body (Dropbox, Slack).
-    async fn revoke_with_bearer(&self, url: &Url, token: &SecretString) -> Result<bool, ProviderError> {
+    async fn revoke_with_bearer(&self, url: &Url, token: &SecretString) -> Result<Revoked, ProviderError> {
         let request = http::Request::builder()
             .method(http::Method::POST)
             .uri(url.as_str())
@@ -321,7 +433,7 @@ impl ProviderClient {
             .await
             .map_err(|e| http_error(&self.spec.name, e))?;
         if response.status().is_success() {
-            Ok(true)
+            Ok(Revoked::Done)
         } else {
             Err(ProviderError::Rejected(format!(
                 "revocation answered HTTP {}",
@@ -332,8 +444,9 @@ impl ProviderClient {
 
     /// Checks a token response and reads it: the token type must be one the
     /// catalog names for this provider (bearer), and an absent or zero
-    /// `expires_in` means [`DEFAULT_TOKEN_LIFETIME`] for refreshable tokens and
-    /// [`NON_EXPIRING_LIFETIME`] for providers that issue no refresh token.
+    /// `expires_in` means [`DEFAULT_TOKEN_LIFETIME`], or
+    /// [`NON_EXPIRING_LIFETIME`] for providers whose access tokens do not
+    /// expire (`access_token_expires = false`).
     fn token_set(
         &self,
         response: BasicTokenResponse,
@@ -357,7 +470,7 @@ impl ProviderClient {
         });
         let lifetime = match response.expires_in() {
             Some(lifetime) if !lifetime.is_zero() => lifetime.min(NON_EXPIRING_LIFETIME),
-            _ if self.spec.issues_refresh_tokens => DEFAULT_TOKEN_LIFETIME,
+            _ if self.spec.access_token_expires => DEFAULT_TOKEN_LIFETIME,
             _ => NON_EXPIRING_LIFETIME,
         };
         Ok(TokenSet {
@@ -379,9 +492,55 @@ impl ProviderClient {
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// The lifetime recorded for an access token that does not expire (no
-/// `expires_in` from a provider that issues no refresh token, e.g. GitHub
-/// OAuth apps), and the cap on any `expires_in`: ten years.
+/// `expires_in` from a provider with `access_token_expires = false`, e.g.
+/// GitHub OAuth apps), and the cap on any `expires_in`: ten years.
 pub const NON_EXPIRING_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Whether a token issued at `issued_at` and expiring at `expires_at` is one
+/// that does not expire: its lifetime is [`NON_EXPIRING_LIFETIME`] (the
+/// recorded value for such tokens, and the cap of any `expires_in`), give or
+/// take a day of storage rounding.
+pub fn never_expires(issued_at: chrono::DateTime<chrono::Utc>, expires_at: chrono::DateTime<chrono::Utc>) -> bool {
+    let lifetime = chrono::Duration::from_std(NON_EXPIRING_LIFETIME).unwrap_or(chrono::Duration::MAX);
+    expires_at - issued_at >= lifetime - chrono::Duration::days(1)
+}
+
+/// The revocation URL with the client id in place of `{client_id}` (as a
+/// path segment: percent-encoded).
+fn fill_client_id(url: &Url, client_id: &str) -> Url {
+    let encoded: String = url::form_urlencoded::byte_serialize(client_id.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20");
+    let filled = url.as_str().replace(CLIENT_ID_PLACEHOLDER_ENCODED, &encoded);
+    Url::parse(&filled).unwrap_or_else(|_| url.clone())
+}
+
+/// A GitHub 403 that is a rate limit rather than a refusal
+/// (`x-ratelimit-remaining: 0` or `retry-after`), per GitHub's REST API
+/// troubleshooting guide.
+fn rate_limited(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::RETRY_AFTER)
+        || headers
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0")
+}
+
+/// How long a rate-limited GitHub answer asks to wait: `retry-after`
+/// seconds, else until `x-ratelimit-reset` (epoch seconds), at most an hour.
+fn github_retry_after(headers: &http::HeaderMap) -> Duration {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let wait = header("retry-after").unwrap_or_else(|| {
+        let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+        header("x-ratelimit-reset").map_or(0, |reset| reset.saturating_sub(now))
+    });
+    Duration::from_secs(wait.min(3600))
+}
 
 fn http_error(provider: &str, error: HttpError) -> ProviderError {
     match error {
@@ -413,6 +572,11 @@ fn token_error(
                 .unwrap_or_default();
             match response.error() {
                 BasicErrorResponseType::InvalidGrant => ProviderError::InvalidGrant(description),
+                // GitHub's name for an invalid, expired or already rotated
+                // refresh token (answered with HTTP 200; see http::normalize).
+                BasicErrorResponseType::Extension(code) if code == "bad_refresh_token" => {
+                    ProviderError::InvalidGrant(description)
+                }
                 BasicErrorResponseType::InvalidScope => ProviderError::InvalidScope(description),
                 BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => {
                     ProviderError::ClientRejected(format!("{provider} rejected tokenvault's client credentials"))
@@ -438,7 +602,17 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     fn client(provider: &str) -> ProviderClient {
-        let catalog = Catalog::builtin().unwrap();
+        let mut catalog = Catalog::builtin().unwrap();
+        let example = crate::consent::catalog::BUILTIN_CATALOG
+            .split("# --- github oauth app example (begin) ---")
+            .nth(1)
+            .and_then(|rest| rest.split("# --- github oauth app example (end) ---").next())
+            .unwrap()
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        catalog.merge(Catalog::from_toml_str(&example).unwrap());
         let spec = Arc::new(catalog.require(provider).unwrap().clone());
         let url = Url::parse("https://provider.example/").unwrap();
         let endpoints = Endpoints {
@@ -486,14 +660,77 @@ mod tests {
         assert_eq!(lifetime(&absent), 3600);
         let zero = read("google", r#"{"access_token":"a","token_type":"Bearer","expires_in":0}"#).unwrap();
         assert_eq!(lifetime(&zero), 3600);
-        // GitHub OAuth apps issue no refresh token and no expiry: the token lives until revoked.
-        let github = read("github", r#"{"access_token":"a","token_type":"bearer"}"#).unwrap();
+        // GitHub OAuth apps (access_token_expires = false) send no expiry: the token lives until revoked.
+        let github = read("github_oauth_app", r#"{"access_token":"a","token_type":"bearer"}"#).unwrap();
         assert_eq!(lifetime(&github), NON_EXPIRING_LIFETIME.as_secs() as i64);
+        assert!(never_expires(github.issued_at, github.expires_at));
+        // A GitHub App's user token says when it expires (as a string).
+        let app = read(
+            "github",
+            r#"{"access_token":"a","token_type":"bearer","expires_in":28800,"refresh_token":"r","scope":""}"#,
+        )
+        .unwrap();
+        assert_eq!(lifetime(&app), 28800);
+        assert!(!never_expires(app.issued_at, app.expires_at));
         let huge = read(
             "google",
             r#"{"access_token":"a","token_type":"Bearer","expires_in":18446744073709551615}"#,
         )
         .unwrap();
         assert_eq!(lifetime(&huge), NON_EXPIRING_LIFETIME.as_secs() as i64);
+    }
+
+    #[test]
+    fn the_client_id_fills_the_github_grant_url() {
+        let template = Url::parse("https://api.github.com/applications/{client_id}/grant").unwrap();
+        assert_eq!(
+            fill_client_id(&template, "Iv1.8a61f9b3a7aba766").as_str(),
+            "https://api.github.com/applications/Iv1.8a61f9b3a7aba766/grant"
+        );
+        assert_eq!(
+            fill_client_id(&template, "a b/c").as_str(),
+            "https://api.github.com/applications/a%20b%2Fc/grant"
+        );
+    }
+
+    #[test]
+    fn github_rate_limits_are_told_from_refusals() {
+        let mut headers = http::HeaderMap::new();
+        assert!(!rate_limited(&headers));
+        headers.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        assert!(rate_limited(&headers));
+        headers.insert("retry-after", "30".parse().unwrap());
+        assert_eq!(github_retry_after(&headers), Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn unsupported_revocation_sends_nothing() {
+        // No endpoint at all: were a request attempted, it would fail to connect.
+        let revoked = client("microsoft")
+            .revoke(&SecretString::from("rt".to_owned()), true)
+            .await
+            .unwrap();
+        let Revoked::Unsupported { reason, user_page } = revoked else {
+            panic!("{revoked:?}");
+        };
+        assert!(reason.contains("revokeSignInSessions"), "{reason}");
+        assert_eq!(user_page.as_str(), "https://myapplications.microsoft.com/");
+    }
+
+    #[test]
+    fn github_bad_refresh_token_is_invalid_grant() {
+        let body = serde_json::json!({"error": "bad_refresh_token", "error_description": "The refresh token passed is incorrect or expired."});
+        let response = http::Response::builder()
+            .status(200)
+            .body(serde_json::to_vec(&body).unwrap())
+            .unwrap();
+        let response = normalize(response, None);
+        let parsed: oauth2::StandardErrorResponse<BasicErrorResponseType> =
+            serde_json::from_slice(response.body()).unwrap();
+        let error = token_error("github", RequestTokenError::ServerResponse(parsed));
+        assert!(
+            matches!(error, ProviderError::InvalidGrant(ref d) if d.contains("incorrect or expired")),
+            "{error:?}"
+        );
     }
 }

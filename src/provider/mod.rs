@@ -6,7 +6,9 @@ mod discovery;
 mod http;
 mod registry;
 
-pub use client::{new_pkce, Endpoints, ProviderClient, DEFAULT_TOKEN_LIFETIME, NON_EXPIRING_LIFETIME};
+pub use client::{
+    never_expires, new_pkce, Endpoints, ProviderClient, Revoked, DEFAULT_TOKEN_LIFETIME, NON_EXPIRING_LIFETIME,
+};
 pub use discovery::discover;
 pub use http::{HttpError, ProviderHttp};
 pub use registry::{Providers, ProvidersError};

@@ -103,8 +103,18 @@ impl Providers {
 }
 
 async fn endpoints(spec: &ProviderSpec, http: &ProviderHttp) -> Result<Endpoints, String> {
+    // The revocation endpoint comes from the metadata when the entry names
+    // none and its revocation is not declared unsupported.
+    let wants_revocation = spec.revocation_url.is_none() && spec.revocation_unsupported().is_none();
     let discovered = match (&spec.issuer, &spec.authorization_url, &spec.token_url) {
         (Some(issuer), None, _) | (Some(issuer), _, None) => Some(discover(http, issuer).await?),
+        (Some(issuer), Some(_), Some(_)) if wants_revocation => match discover(http, issuer).await {
+            Ok(discovered) => Some(discovered),
+            Err(reason) => {
+                tracing::warn!(provider = %spec.name, %reason, "discovery of the revocation endpoint failed; revocations at this provider fail until restart");
+                None
+            }
+        },
         _ => None,
     };
     let authorization = spec
@@ -121,6 +131,9 @@ async fn endpoints(spec: &ProviderSpec, http: &ProviderHttp) -> Result<Endpoints
         .revocation_url
         .clone()
         .or_else(|| discovered.and_then(|d| d.revocation));
+    if revocation.is_none() && wants_revocation {
+        tracing::warn!(provider = %spec.name, "the issuer's metadata has no revocation_endpoint; revocations at this provider fail (set revocation_url, or revocation_method = \"unsupported\")");
+    }
     Ok(Endpoints {
         authorization,
         token,

@@ -25,6 +25,7 @@ const MINIMAL: &str = r#"
 display_name = "Acme"
 authorization_url = "https://id.acme.example/authorize"
 token_url = "https://id.acme.example/token"
+revocation_url = "https://id.acme.example/revoke"
 allowed_scopes = ["read", "write"]
 [providers.acme.capabilities]
 "things.read" = ["read"]
@@ -94,9 +95,267 @@ fn builtin_revocation_endpoints() {
             RevocationMethod::BearerAccessToken
         )
     );
-    for name in ["microsoft", "github", "atlassian"] {
-        assert_eq!(revocation(name).0, None, "{name}");
+    assert_eq!(
+        revocation("github"),
+        (
+            Some("https://api.github.com/applications/%7Bclient_id%7D/grant".to_owned()),
+            RevocationMethod::GithubGrant
+        )
+    );
+    for name in ["microsoft", "atlassian"] {
+        assert_eq!(revocation(name), (None, RevocationMethod::Unsupported), "{name}");
     }
+}
+
+#[test]
+fn every_builtin_provider_decides_its_revocation() {
+    let catalog = builtin();
+    for provider in catalog.providers() {
+        match provider.revocation_unsupported() {
+            Some(unsupported) => {
+                assert_eq!(
+                    provider.revocation_method,
+                    RevocationMethod::Unsupported,
+                    "{}",
+                    provider.name
+                );
+                assert!(provider.revocation_url.is_none(), "{}", provider.name);
+                assert!(unsupported.reason.len() > 40, "{}: a real reason", provider.name);
+                assert_eq!(unsupported.user_page.scheme(), "https", "{}", provider.name);
+                assert_eq!(provider.revocation_user_page.as_ref(), Some(&unsupported.user_page));
+                assert!(!provider.revoke_replaced_on_reconsent(), "{}", provider.name);
+            }
+            None => {
+                assert_ne!(
+                    provider.revocation_method,
+                    RevocationMethod::Unsupported,
+                    "{}",
+                    provider.name
+                );
+                assert!(
+                    provider.revocation_url.is_some(),
+                    "{}: built-ins name their endpoint",
+                    provider.name
+                );
+            }
+        }
+    }
+    let unsupported: Vec<&str> = catalog
+        .providers()
+        .filter(|p| p.revocation_unsupported().is_some())
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(unsupported, ["atlassian", "microsoft"]);
+    let page = |name: &str| {
+        catalog
+            .require(name)
+            .expect("built-in")
+            .revocation_unsupported()
+            .map(|u| u.user_page.to_string())
+    };
+    assert_eq!(
+        page("microsoft").as_deref(),
+        Some("https://myapplications.microsoft.com/")
+    );
+    assert_eq!(
+        page("atlassian").as_deref(),
+        Some("https://id.atlassian.com/manage-profile/apps")
+    );
+}
+
+#[test]
+fn builtin_reconsent_revocation() {
+    let catalog = builtin();
+    let facts: Vec<(&str, RevocationScope, bool)> = catalog
+        .providers()
+        .map(|p| (p.name.as_str(), p.revocation_scope, p.revoke_replaced_on_reconsent()))
+        .collect();
+    assert_eq!(
+        facts,
+        [
+            ("atlassian", RevocationScope::Token, false),
+            ("dropbox", RevocationScope::Token, true),
+            // Grant-wide, and the new token shares the grant: revoking the old one would end it.
+            ("github", RevocationScope::Grant, false),
+            ("google", RevocationScope::Grant, false),
+            ("microsoft", RevocationScope::Token, false),
+            ("notion", RevocationScope::Token, true),
+            ("slack", RevocationScope::Token, true),
+        ]
+    );
+    // Grant-wide alone is not enough: a re-consent that opens a new grant may revoke the old one.
+    let text = MINIMAL.replace(
+        "allowed_scopes",
+        "revocation_scope = \"grant\"\nreconsent_same_grant = false\nallowed_scopes",
+    );
+    let catalog = Catalog::from_toml_str(&text).expect("valid");
+    assert!(catalog.require("acme").expect("acme").revoke_replaced_on_reconsent());
+}
+
+#[test]
+fn revocation_decision_is_required() {
+    let without = MINIMAL.replace("revocation_url = \"https://id.acme.example/revoke\"\n", "");
+    let (provider, reason) = invalid_reason(&without);
+    assert_eq!(provider, "acme");
+    assert!(reason.contains("no revocation decision"), "{reason}");
+    assert!(reason.contains("revocation_method = \"unsupported\""), "{reason}");
+
+    let unsupported = |extra: &str| {
+        without.replace(
+            "allowed_scopes",
+            &format!("revocation_method = \"unsupported\"\n{extra}allowed_scopes"),
+        )
+    };
+    let reason_line = "revocation_unsupported_reason = \"Acme has no revocation endpoint.\"\n";
+    let page_line = "revocation_user_page = \"https://id.acme.example/apps\"\n";
+    for (text, expected) in [
+        (unsupported(page_line), "`revocation_unsupported_reason` is required"),
+        (
+            unsupported(&format!("revocation_unsupported_reason = \"  \"\n{page_line}")),
+            "`revocation_unsupported_reason` is required",
+        ),
+        (unsupported(reason_line), "`revocation_user_page` is required"),
+        (
+            MINIMAL.replace(
+                "allowed_scopes",
+                &format!("revocation_method = \"unsupported\"\n{reason_line}{page_line}allowed_scopes"),
+            ),
+            "`revocation_method` is \"unsupported\" but `revocation_url` is set",
+        ),
+        (
+            unsupported(&format!("{reason_line}{page_line}revocation_scope = \"grant\"\n")),
+            "`revocation_scope` and `reconsent_same_grant` make no sense",
+        ),
+        (
+            MINIMAL.replace("allowed_scopes", &format!("{reason_line}allowed_scopes")),
+            "`revocation_unsupported_reason` is set but `revocation_method` is not \"unsupported\"",
+        ),
+        (
+            without.replace(
+                "allowed_scopes",
+                "revocation_method = \"bearer_access_token\"\nallowed_scopes",
+            ),
+            "`revocation_method` is set but there is no `revocation_url`",
+        ),
+        (
+            unsupported(&format!(
+                "{reason_line}revocation_user_page = \"http://apps.acme.example/\"\n"
+            )),
+            "`revocation_user_page` must use https",
+        ),
+    ] {
+        let (provider, reason) = invalid_reason(&text);
+        assert_eq!(provider, "acme");
+        assert!(reason.contains(expected), "expected `{expected}`, got: {reason}");
+    }
+
+    let catalog = Catalog::from_toml_str(&unsupported(&format!("{reason_line}{page_line}"))).expect("valid");
+    let acme = catalog.require("acme").expect("acme");
+    assert_eq!(
+        acme.revocation_unsupported(),
+        Some(&UnsupportedRevocation {
+            reason: "Acme has no revocation endpoint.".to_owned(),
+            user_page: Url::parse("https://id.acme.example/apps").expect("url"),
+        })
+    );
+    assert!(!acme.revoke_replaced_on_reconsent());
+}
+
+#[test]
+fn github_grant_needs_a_client_id_placeholder() {
+    let with_url = |url: &str, method: &str| {
+        MINIMAL.replace(
+            "revocation_url = \"https://id.acme.example/revoke\"",
+            &format!("revocation_url = \"{url}\"\nrevocation_method = \"{method}\""),
+        )
+    };
+    let catalog = Catalog::from_toml_str(&with_url(
+        "https://api.github.com/applications/{client_id}/grant",
+        "github_grant",
+    ))
+    .expect("valid");
+    assert_eq!(
+        catalog.require("acme").expect("acme").revocation_method,
+        RevocationMethod::GithubGrant
+    );
+    for (text, expected) in [
+        (
+            with_url("https://api.github.com/applications/grant", "github_grant"),
+            "must carry `{client_id}` in its path",
+        ),
+        (
+            with_url("https://id.acme.example/{client_id}/revoke", "rfc7009"),
+            "which only \"github_grant\" fills in",
+        ),
+        (
+            MINIMAL
+                .replace("revocation_url = \"https://id.acme.example/revoke\"\n", "")
+                .replace("allowed_scopes", "revocation_method = \"github_grant\"\nallowed_scopes"),
+            "\"github_grant\" needs `revocation_url`",
+        ),
+    ] {
+        let (_, reason) = invalid_reason(&text);
+        assert!(reason.contains(expected), "expected `{expected}`, got: {reason}");
+    }
+}
+
+#[test]
+fn an_issuer_may_supply_the_revocation_endpoint() {
+    // No revocation_url: RFC 7009 at the metadata's revocation_endpoint.
+    let text = r#"
+[providers.corp-sso]
+display_name = "Corp SSO"
+issuer = "https://sso.corp.example/realms/main"
+authorization_url = "https://sso.corp.example/auth"
+token_url = "https://sso.corp.example/token"
+allowed_scopes = ["openid"]
+"#;
+    let catalog = Catalog::from_toml_str(text).expect("valid");
+    let sso = catalog.require("corp-sso").expect("corp-sso");
+    assert_eq!(
+        (sso.revocation_url.as_ref(), sso.revocation_method),
+        (None, RevocationMethod::Rfc7009)
+    );
+    assert!(sso.revocation_unsupported().is_none());
+}
+
+#[test]
+fn non_expiring_access_tokens_are_declared() {
+    let no_refresh = MINIMAL.replace("allowed_scopes", "issues_refresh_tokens = false\nallowed_scopes");
+    let (_, reason) = invalid_reason(&no_refresh);
+    assert!(reason.contains("`access_token_expires`"), "{reason}");
+    for (value, expires) in [("false", false), ("true", true)] {
+        let text = no_refresh.replace(
+            "allowed_scopes",
+            &format!("access_token_expires = {value}\nallowed_scopes"),
+        );
+        let catalog = Catalog::from_toml_str(&text).expect("valid");
+        assert_eq!(catalog.require("acme").expect("acme").access_token_expires, expires);
+    }
+    let catalog = builtin();
+    assert!(
+        catalog.providers().all(|p| p.access_token_expires),
+        "every preset's tokens expire"
+    );
+}
+
+#[test]
+fn github_oauth_app_example_in_the_builtin_file_is_valid() {
+    let begin = "# --- github oauth app example (begin) ---";
+    let end = "# --- github oauth app example (end) ---";
+    let start = BUILTIN_CATALOG.find(begin).expect("example start marker") + begin.len();
+    let stop = BUILTIN_CATALOG.find(end).expect("example end marker");
+    let example: String = BUILTIN_CATALOG[start..stop]
+        .lines()
+        .map(|line| line.strip_prefix("# ").unwrap_or(line.trim_start_matches('#')))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let catalog = Catalog::from_toml_str(&example).expect("the commented example is valid");
+    let app = catalog.require("github_oauth_app").expect("github_oauth_app");
+    assert!(!app.access_token_expires);
+    assert!(!app.issues_refresh_tokens);
+    assert_eq!(app.revocation_method, RevocationMethod::GithubGrant);
+    assert!(!app.revoke_replaced_on_reconsent());
 }
 
 #[test]
@@ -153,8 +412,10 @@ fn builtin_endpoints_and_quirks() {
             .collect()
     );
 
+    // A GitHub App with expiring user tokens: refresh tokens, no OAuth scopes.
     let github = catalog.require("github").expect("github");
-    assert!(!github.issues_refresh_tokens);
+    assert!(github.issues_refresh_tokens);
+    assert!(!github.uses_scopes);
     assert!(!github.refresh_scope_narrowing);
 
     let slack = catalog.require("slack").expect("slack");
@@ -255,12 +516,14 @@ fn resolve_scopes_is_the_exact_union() {
     );
 
     // Overlapping capabilities collapse to one scope.
-    let github = catalog.require("github").expect("github");
+    let overlapping = Catalog::from_toml_str(&format!("{MINIMAL}\"things.list\" = [\"read\"]\n")).expect("valid");
     assert_eq!(
-        github
-            .resolve_scopes(&strings(&["repo.read", "issues.write"]), &[])
+        overlapping
+            .require("acme")
+            .expect("acme")
+            .resolve_scopes(&strings(&["things.read", "things.list"]), &[])
             .expect("resolves"),
-        set(&["repo"])
+        set(&["read"])
     );
 
     // Explicit scopes only.
@@ -493,7 +756,15 @@ fn minimal_provider_takes_the_defaults() {
     assert!(!acme.refresh_scope_narrowing);
     assert_eq!(acme.token_request_body, TokenRequestBody::Form);
     assert_eq!(acme.revocation_method, RevocationMethod::Rfc7009);
-    assert_eq!(acme.revocation_url, None);
+    assert_eq!(
+        acme.revocation_url.as_ref().map(Url::as_str),
+        Some("https://id.acme.example/revoke")
+    );
+    assert_eq!(acme.revocation_scope, RevocationScope::Token);
+    assert!(!acme.reconsent_same_grant);
+    assert!(acme.revoke_replaced_on_reconsent());
+    assert!(acme.access_token_expires);
+    assert!(acme.revocation_unsupported().is_none());
     assert_eq!(acme.docs_url, None);
     assert!(!acme.uses_discovery());
     assert_eq!(acme.refresh_rotation, RefreshRotation::Strict);
@@ -516,7 +787,7 @@ fn builtin_refresh_properties() {
         [
             ("atlassian", RefreshRotation::Rotating, Some(90)),
             ("dropbox", RefreshRotation::None, None),
-            ("github", RefreshRotation::None, None),
+            ("github", RefreshRotation::Strict, None),
             ("google", RefreshRotation::None, Some(180)),
             ("microsoft", RefreshRotation::Rotating, Some(90)),
             ("notion", RefreshRotation::Strict, None),
@@ -551,7 +822,10 @@ fn refresh_properties_need_refresh_tokens() {
         assert_eq!(provider, "acme");
         assert!(reason.contains(expected), "{extra}: {reason}");
     }
-    let text = MINIMAL.replace("allowed_scopes", "issues_refresh_tokens = false\nallowed_scopes");
+    let text = MINIMAL.replace(
+        "allowed_scopes",
+        "issues_refresh_tokens = false\naccess_token_expires = false\nallowed_scopes",
+    );
     let acme = Catalog::from_toml_str(&text).expect("valid");
     assert_eq!(
         acme.require("acme").expect("acme").refresh_rotation,
@@ -715,15 +989,10 @@ fn other_invalid_catalogs() {
         ),
         (
             "display_name = \"Acme\"",
-            "display_name = \"Acme\"\nissues_refresh_tokens = false\nrefresh_scope_narrowing = true",
+            "display_name = \"Acme\"\nissues_refresh_tokens = false\naccess_token_expires = true\nrefresh_scope_narrowing = true",
             "refresh_scope_narrowing",
         ),
-        (
-            "display_name = \"Acme\"",
-            "display_name = \"Acme\"\nrevocation_method = \"bearer_access_token\"",
-            "`revocation_method`",
-        ),
-        (
+                (
             "display_name = \"Acme\"",
             "display_name = \"Acme\"\nuses_scopes = false",
             "`uses_scopes` is false",
@@ -803,7 +1072,10 @@ fn merge_replaces_whole_providers_by_name() {
 display_name = "GitHub Enterprise"
 authorization_url = "https://github.corp.example/login/oauth/authorize"
 token_url = "https://github.corp.example/login/oauth/access_token"
+revocation_url = "https://github.corp.example/api/v3/applications/{client_id}/grant"
+revocation_method = "github_grant"
 issues_refresh_tokens = false
+access_token_expires = false
 allowed_scopes = ["repo"]
 [providers.github.capabilities]
 "repo.read" = ["repo"]

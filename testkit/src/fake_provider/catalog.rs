@@ -3,6 +3,22 @@
 
 use super::FakeProvider;
 
+/// How the catalog says the fake's credentials are revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CatalogRevocation {
+    /// RFC 7009 at `/revoke` with the refresh token.
+    #[default]
+    Rfc7009,
+    /// GitHub-style grant deletion at `/applications/{client_id}/grant`
+    /// (grant-wide; a re-consent shares the grant).
+    GithubGrant,
+    /// `revocation_method = "unsupported"`, with a reason and a user page.
+    Unsupported,
+}
+
+/// The reason the catalog gives when [`CatalogRevocation::Unsupported`].
+pub const UNSUPPORTED_REASON: &str = "The fake provider offers no way to revoke.";
+
 /// How the fake is described in the catalog.
 #[derive(Debug, Clone)]
 pub struct CatalogOptions {
@@ -12,6 +28,8 @@ pub struct CatalogOptions {
     pub incremental: bool,
     /// Whether refresh may ask for a narrower scope (RFC 6749 §6).
     pub narrowing: bool,
+    /// How revocation is described.
+    pub revocation: CatalogRevocation,
 }
 
 impl Default for CatalogOptions {
@@ -20,6 +38,7 @@ impl Default for CatalogOptions {
             name: "fake",
             incremental: true,
             narrowing: true,
+            revocation: CatalogRevocation::Rfc7009,
         }
     }
 }
@@ -37,14 +56,26 @@ impl FakeProvider {
     /// The operator-catalog entry (TOML) that points tokenvault at this fake,
     /// allowing [`CATALOG_SCOPES`] with one capability per scope.
     pub fn catalog_toml(&self, options: &CatalogOptions) -> String {
+        let revocation = match options.revocation {
+            CatalogRevocation::Rfc7009 => format!("revocation_url = \"{}\"\n", self.revocation_url()),
+            CatalogRevocation::GithubGrant => format!(
+                "revocation_url = \"{}\"\nrevocation_method = \"github_grant\"\nrevocation_scope = \"grant\"\n\
+                 reconsent_same_grant = true\n",
+                self.grant_deletion_url_template()
+            ),
+            CatalogRevocation::Unsupported => format!(
+                "revocation_method = \"unsupported\"\nrevocation_unsupported_reason = \"{UNSUPPORTED_REASON}\"\n\
+                 revocation_user_page = \"{}apps\"\n",
+                self.base_url()
+            ),
+        };
         let mut text = format!(
-            "[providers.{name}]\ndisplay_name = \"Fake\"\nauthorization_url = \"{a}\"\ntoken_url = \"{t}\"\nrevocation_url = \"{r}\"\n\
+            "[providers.{name}]\ndisplay_name = \"Fake\"\nauthorization_url = \"{a}\"\ntoken_url = \"{t}\"\n{revocation}\
              client_auth = \"client_secret_basic\"\nscope_separator = \" \"\nauthorization_params = {{ access_type = \"offline\" }}\n\
              refresh_scope_narrowing = {narrowing}\nissues_refresh_tokens = true\nallowed_scopes = [{allowed}]\n",
             name = options.name,
             a = self.authorization_url(),
             t = self.token_url(),
-            r = self.revocation_url(),
             narrowing = options.narrowing,
             allowed = CATALOG_SCOPES.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "),
         );

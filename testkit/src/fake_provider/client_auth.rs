@@ -85,7 +85,7 @@ pub(super) fn authenticate_client(
 }
 
 /// Decodes `base64(urlencode(id) ":" urlencode(secret))`.
-fn parse_basic(credentials: &str) -> Option<(String, String)> {
+pub(super) fn parse_basic(credentials: &str) -> Option<(String, String)> {
     let decoded = STANDARD.decode(credentials).ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (id, secret) = decoded.split_once(':')?;

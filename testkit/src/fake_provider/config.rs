@@ -53,6 +53,10 @@ pub struct FakeProviderConfig {
     /// Default `true`; `false` makes `/authorize` redirect with
     /// `error=access_denied`.
     pub auto_approve: bool,
+    /// When `true` (default `false`), the code exchange answers as a GitHub
+    /// OAuth app does: an access token that never expires, no `expires_in`
+    /// and no refresh token.
+    pub non_expiring_access_tokens: bool,
 }
 
 impl Default for FakeProviderConfig {
@@ -67,6 +71,7 @@ impl Default for FakeProviderConfig {
             scope_separator: " ".to_owned(),
             incremental_param: None,
             auto_approve: true,
+            non_expiring_access_tokens: false,
         }
     }
 }

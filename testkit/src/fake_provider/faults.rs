@@ -22,6 +22,8 @@ pub enum Endpoint {
     Revoke,
     /// `GET /authorize`.
     Authorize,
+    /// `DELETE /applications/{client_id}/grant` (GitHub-style grant deletion).
+    GrantDeletion,
 }
 
 /// A fault the fake injects into a request, before normal processing.

@@ -6,6 +6,9 @@
 //!   refresh grant, client authentication (§2.3.1) and error responses (§5.2);
 //! - RFC 7636: PKCE, `S256` only (`plain` is rejected);
 //! - RFC 7009: token revocation (`POST /revoke`);
+//! - GitHub-style grant deletion (`DELETE /applications/{client_id}/grant`,
+//!   HTTP Basic, JSON body), which ends every grant of the client for the
+//!   token's user;
 //! - RFC 8414: a small metadata document at
 //!   `/.well-known/oauth-authorization-server`.
 //!
@@ -19,7 +22,7 @@
 //! for them.
 //!
 //! One module per job: [`config`](FakeProviderConfig) and the shared `state`;
-//! one module per endpoint (`authorize`, `token`, `revoke`, `discovery`) with
+//! one module per endpoint (`authorize`, `token`, `revoke`, `grant_deletion`, `discovery`) with
 //! `client_auth`, `params` and `responses` beside them; fault injection
 //! ([`Faults`]), counters ([`Stats`]); and the test's controls: the browser
 //! ([`FakeProvider::approve`]), grants ([`FakeProvider::mint_grant`] and the
@@ -32,6 +35,7 @@ mod client_auth;
 mod config;
 mod discovery;
 mod faults;
+mod grant_deletion;
 mod grants;
 mod params;
 mod responses;
@@ -44,18 +48,18 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 pub use browser::FakeError;
-pub use catalog::{CatalogOptions, CATALOG_SCOPES};
+pub use catalog::{CatalogOptions, CatalogRevocation, CATALOG_SCOPES, UNSUPPORTED_REASON};
 pub use config::{ClientAuthMethod, FakeProviderConfig, ACCESS_TOKEN_PREFIX, CODE_PREFIX, REFRESH_TOKEN_PREFIX};
 pub use faults::{Endpoint, Fault, Faults};
 pub use grants::{MintedGrant, TokenInfo};
-pub use stats::{RevocationRecord, Stats};
+pub use stats::{GrantDeletionRecord, RevocationRecord, Stats};
 
 use state::{lock, Inner, Shared};
 
@@ -115,6 +119,7 @@ impl FakeProvider {
             .route("/authorize", get(authorize::authorize))
             .route("/token", post(token::token))
             .route("/revoke", post(revoke::revoke))
+            .route("/applications/{client_id}/grant", delete(grant_deletion::delete_grant))
             .route("/.well-known/oauth-authorization-server", get(discovery::metadata))
             .with_state(shared.clone());
 
@@ -155,6 +160,12 @@ impl FakeProvider {
     /// `{base}/revoke`.
     pub fn revocation_url(&self) -> Url {
         self.endpoint("revoke")
+    }
+
+    /// `{base}/applications/{client_id}/grant` with the placeholder left in,
+    /// as a `github_grant` catalog entry names it.
+    pub fn grant_deletion_url_template(&self) -> String {
+        format!("{}applications/{{client_id}}/grant", self.base_url)
     }
 
     fn endpoint(&self, path: &str) -> Url {

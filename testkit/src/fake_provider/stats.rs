@@ -15,6 +15,27 @@ pub struct RevocationRecord {
     pub was_active: bool,
 }
 
+/// One request that reached `DELETE /applications/{client_id}/grant` past
+/// fault injection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantDeletionRecord {
+    /// The client id in the path.
+    pub client_id: String,
+    /// The `access_token` of the JSON body, if there was one.
+    pub access_token: Option<String>,
+    /// Whether HTTP Basic carried the fake's client id and secret (and the
+    /// path named that client).
+    pub client_authenticated: bool,
+    /// Whether the body was sent as `application/json`.
+    pub json_body: bool,
+    /// The `Accept` header as sent.
+    pub accept: Option<String>,
+    /// Whether the access token was live when the request arrived.
+    pub was_active: bool,
+    /// How many grants (of that client, for the token's user) it ended.
+    pub grants_deleted: usize,
+}
+
 /// A snapshot of what reached the fake.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -37,4 +58,9 @@ pub struct Stats {
     pub token_endpoint_requests: u64,
     /// Every request to `POST /revoke`, including those answered by a fault.
     pub revoke_endpoint_requests: u64,
+    /// Grant deletions processed (past fault injection), in arrival order.
+    pub grant_deletions: Vec<GrantDeletionRecord>,
+    /// Every request to `DELETE /applications/{client_id}/grant`, including
+    /// those answered by a fault.
+    pub grant_endpoint_requests: u64,
 }

@@ -14,6 +14,7 @@ use chrono::Utc;
 use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+use std::time::Duration;
 
 use super::client_auth::{authenticate_client, check_form};
 use super::faults::{fault_response, Endpoint, Fault};
@@ -118,15 +119,25 @@ fn exchange_code(shared: &Shared, client_id: &str, params: &Params, reduce_scope
     if let Some(record) = state.codes.get_mut(code) {
         record.grant_id = Some(grant_id);
     }
-    let access_token = state.issue_access_token(grant_id, scopes.clone(), config.access_token_ttl);
-    let refresh_token = state.issue_refresh_token(grant_id);
+    // A GitHub OAuth app's shape: one access token that lives until revoked, no refresh token.
+    let (ttl, expires_in, refresh_token) = if config.non_expiring_access_tokens {
+        (Duration::MAX, None, None)
+    } else {
+        let refresh_token = state.issue_refresh_token(grant_id);
+        (
+            config.access_token_ttl,
+            Some(config.access_token_ttl.as_secs()),
+            Some(refresh_token),
+        )
+    };
+    let access_token = state.issue_access_token(grant_id, scopes.clone(), ttl);
     drop(state);
 
     token_response(TokenResponse {
         access_token,
         token_type: "Bearer",
-        expires_in: config.access_token_ttl.as_secs(),
-        refresh_token: Some(refresh_token),
+        expires_in,
+        refresh_token,
         scope: scopes.join(&config.scope_separator),
     })
 }
@@ -189,7 +200,7 @@ fn refresh(shared: &Shared, client_id: &str, params: &Params, reduce_scopes: Opt
     token_response(TokenResponse {
         access_token,
         token_type: "Bearer",
-        expires_in: config.access_token_ttl.as_secs(),
+        expires_in: Some(config.access_token_ttl.as_secs()),
         refresh_token: new_refresh_token,
         scope: scopes.join(&config.scope_separator),
     })
@@ -210,7 +221,8 @@ fn pkce_matches(verifier: &str, challenge: &str) -> bool {
 struct TokenResponse {
     access_token: String,
     token_type: &'static str,
-    expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_token: Option<String>,
     scope: String,

@@ -17,5 +17,6 @@ mod authorize;
 mod client_auth;
 mod controls;
 mod faults;
+mod grant_deletion;
 mod revocation;
 mod token;
