@@ -204,7 +204,6 @@ impl App {
             store.clone(),
             vault.clone(),
             providers.clone(),
-            audit.clone(),
             clock.clone(),
             metrics.clone(),
             config.lifecycle.revocation_retry_base_seconds,

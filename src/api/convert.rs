@@ -2,7 +2,7 @@
 
 use crate::clock::to_proto;
 use crate::proto;
-use crate::store::{AuditEvent, Connection, ConnectionStatus};
+use crate::store::{AuditEvent, Connection, ConnectionStatus, ProviderRevocation, RevocationState};
 
 /// A connection as the API shows it.
 pub fn connection(c: &Connection) -> proto::Connection {
@@ -27,6 +27,23 @@ pub fn connection(c: &Connection) -> proto::Connection {
             ConnectionStatus::PendingDeletion => "the user is deleted".to_owned(),
             _ => c.status_reason.clone().unwrap_or_default(),
         },
+        provider_revocation: c.provider_revocation.as_ref().map(provider_revocation),
+    }
+}
+
+/// The provider revocation of a revoked connection as the API shows it.
+fn provider_revocation(p: &ProviderRevocation) -> proto::ProviderRevocation {
+    proto::ProviderRevocation {
+        state: match p.state {
+            RevocationState::Pending => proto::ProviderRevocationState::Pending,
+            RevocationState::Done => proto::ProviderRevocationState::Done,
+            RevocationState::Unsupported => proto::ProviderRevocationState::Unsupported,
+            RevocationState::Failed => proto::ProviderRevocationState::Failed,
+        } as i32,
+        at: Some(to_proto(p.at)),
+        reason: p.detail.clone().unwrap_or_default(),
+        user_page: p.user_page.clone().unwrap_or_default(),
+        last_error_kind: p.error_kind.clone().unwrap_or_default(),
     }
 }
 

@@ -22,7 +22,8 @@ use crate::broker::Broker;
 use crate::clock::SharedClock;
 use crate::config::LifecycleConfig;
 use crate::store::{
-    Connection, ConnectionFilter, RestoreOutcome, RevokeResult, Store, StoreError, TenantScope, Trail, User,
+    Connection, ConnectionFilter, RestoreOutcome, RevocationPlan, RevocationState, RevokeResult, Store, StoreError,
+    TenantScope, Trail, User,
 };
 use crate::telemetry::Metrics;
 use crate::vault::{RotationReport, Vault, VaultError};
@@ -159,15 +160,19 @@ impl Lifecycle {
     }
 
     /// Revokes a connection: `REVOKED` at once (every replica is told), its
-    /// access tokens destroyed, the refresh token queued for RFC 7009
-    /// revocation at the provider; its key is destroyed when that ends.
+    /// access tokens destroyed, its credential queued for revocation at the
+    /// provider by the provider's own method (reported `PENDING` until the
+    /// outbox ends it); its key is destroyed when that ends. A provider that
+    /// cannot revoke is reported `UNSUPPORTED` at once, with the reason and
+    /// the page where the user removes the app, and its key destroyed now.
     pub async fn revoke_connection(
         &self,
         actor: &Actor<'_>,
         id: Uuid,
         reason: &str,
     ) -> Result<Connection, LifecycleError> {
-        self.connection(actor, id).await?;
+        let current = self.connection(actor, id).await?;
+        let plan = self.revocation_plan(&current.provider);
         let now = self.clock.now();
         let trail = |result: &RevokeResult| -> Trail {
             let connection = &result.connection;
@@ -179,10 +184,10 @@ impl Lifecycle {
                 .detail("reason", reason.to_owned())
                 .detail(
                     "provider_revocation",
-                    if result.outbox.is_some() {
-                        "queued"
-                    } else {
-                        "nothing_to_revoke"
+                    match (&result.outbox, &connection.provider_revocation) {
+                        (Some(_), _) => "queued",
+                        (None, Some(p)) if p.state == RevocationState::Unsupported => "unsupported",
+                        (None, _) => "nothing_to_revoke",
                     },
                 )
                 .build()
@@ -190,7 +195,7 @@ impl Lifecycle {
         };
         let result = self
             .store
-            .revoke_connection(id, reason, now, now + self.give_up_after, &trail)
+            .revoke_connection(id, reason, now, now + self.give_up_after, &plan, &trail)
             .await?
             .ok_or_else(|| LifecycleError::NotFound(format!("no connection {id}")))?;
         // This replica stops serving now; the others through the notification sent at commit.
@@ -206,6 +211,25 @@ impl Lifecycle {
             self.outbox.attempt_soon(entry.id);
         }
         Ok(result.connection)
+    }
+
+    /// What revoking a connection of `provider` does at the provider, from
+    /// the catalog: queued, unless its entry says it cannot revoke. A
+    /// provider missing from the catalog is queued (the outbox waits for its
+    /// configuration rather than giving up).
+    fn revocation_plan(&self, provider: &str) -> RevocationPlan {
+        match self
+            .outbox
+            .providers()
+            .spec(provider)
+            .and_then(|spec| spec.revocation_unsupported())
+        {
+            Some(unsupported) => RevocationPlan::Unsupported {
+                reason: unsupported.reason.clone(),
+                user_page: Some(unsupported.user_page.to_string()),
+            },
+            None => RevocationPlan::Queue,
+        }
     }
 
     /// Revokes every connection of a user.

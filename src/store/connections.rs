@@ -13,7 +13,8 @@ use super::sql::{Backend, SqlStore};
 use super::trail::append_trail;
 use super::{
     access_token_record, scopes_to_text, AccessTokenRecord, Connection, ConnectionFilter, ConnectionStatus,
-    Invalidation, OutboxEntry, ScopeSet, Sealed, StoreError, TenantScope, Trail, TrailOf, UserStore,
+    Invalidation, OutboxEntry, ProviderRevocation, RevocationPlan, RevocationState, ScopeSet, Sealed, StoreError,
+    TenantScope, Trail, TrailOf, UserStore,
 };
 use crate::clock::to_millis;
 use async_trait::async_trait;
@@ -114,6 +115,7 @@ pub trait ConnectionStore: Send + Sync {
         reason: &str,
         now: DateTime<Utc>,
         give_up_at: DateTime<Utc>,
+        plan: &RevocationPlan,
         trail: TrailOf<'_, RevokeResult>,
     ) -> Result<Option<RevokeResult>, StoreError>;
     /// Writes `last_used_at` for a batch of connections (never moves it backwards).
@@ -275,6 +277,7 @@ impl ConnectionStore for SqlStore {
         reason: &str,
         now: DateTime<Utc>,
         give_up_at: DateTime<Utc>,
+        plan: &RevocationPlan,
         trail: TrailOf<'_, RevokeResult>,
     ) -> Result<Option<RevokeResult>, StoreError> {
         let mut tx = self.begin().await?;
@@ -293,13 +296,43 @@ impl ConnectionStore for SqlStore {
                 changed: false,
             }));
         }
-        let credential = revocation_credential(&mut tx, &connection).await?;
+        let credential = match plan {
+            RevocationPlan::Queue => revocation_credential(&mut tx, &connection).await?,
+            RevocationPlan::Unsupported { .. } => None,
+        };
+        let outcome = match (plan, &credential) {
+            (RevocationPlan::Unsupported { reason, user_page }, _) => ProviderRevocation {
+                state: RevocationState::Unsupported,
+                at: now,
+                detail: Some(reason.clone()),
+                user_page: user_page.clone(),
+                error_kind: None,
+            },
+            (RevocationPlan::Queue, Some(_)) => ProviderRevocation {
+                state: RevocationState::Pending,
+                at: now,
+                detail: None,
+                user_page: None,
+                error_kind: None,
+            },
+            (RevocationPlan::Queue, None) => ProviderRevocation {
+                state: RevocationState::Done,
+                at: now,
+                detail: Some("nothing to revoke: tokenvault held no credential for this connection".to_owned()),
+                user_page: None,
+                error_kind: None,
+            },
+        };
         sqlx::query(
             "UPDATE connections SET status = 'revoked', status_reason = $1, refresh_token = NULL, dek_id = NULL, \
-             token_version = token_version + 1, updated_at = $2 WHERE id = $3",
+             token_version = token_version + 1, updated_at = $2, provider_revocation = $3, \
+             provider_revocation_at = $2, provider_revocation_detail = $4, provider_revocation_page = $5 WHERE id = $6",
         )
         .bind(reason.to_owned())
         .bind(to_millis(now))
+        .bind(outcome.state.as_str())
+        .bind(outcome.detail.clone())
+        .bind(outcome.user_page.clone())
         .bind(id.to_string())
         .run(&mut *tx)
         .await?;
@@ -312,6 +345,7 @@ impl ConnectionStore for SqlStore {
             }
             None => None,
         };
+        connection.provider_revocation = Some(outcome);
         let dek_to_destroy = if outbox.is_none() { connection.dek_id } else { None };
         connection.stored_status = ConnectionStatus::Revoked;
         connection.status_reason = Some(reason.to_owned());
@@ -459,6 +493,10 @@ impl Credential {
             status: "pending".to_owned(),
             last_error: None,
             created_at: now,
+            claim_token: None,
+            purpose: "revocation".to_owned(),
+            rotation_uncertain: false,
+            error_kind: None,
         }
     }
 }

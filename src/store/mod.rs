@@ -50,7 +50,7 @@ pub use keys::KeyStore;
 pub use leader::{LeaderGuard, LeaderStore};
 pub use model::*;
 pub use notify::NotifyStore;
-pub use outbox::OutboxStore;
+pub use outbox::{OutboxOutcome, OutboxStore};
 pub use refresh::{InterruptedRefresh, RefreshClaim, RefreshCommit, RefreshStore, RefreshWrite};
 pub use sql::{SqlStore, StoreOptions};
 pub use trail::{Trail, TrailOf};

@@ -95,6 +95,76 @@ impl ConnectionStatus {
     }
 }
 
+/// Where the revocation of a connection's credentials at the provider stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevocationState {
+    /// Queued in the outbox (retried until final; the data key is kept until then).
+    Pending,
+    /// Revoked at the provider (or nothing was held to revoke).
+    Done,
+    /// The provider offers no way to revoke; the user must do it on the provider's page.
+    Unsupported,
+    /// Given up after retrying, or refused for good.
+    Failed,
+}
+
+impl RevocationState {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationState::Pending => "pending",
+            RevocationState::Done => "done",
+            RevocationState::Unsupported => "unsupported",
+            RevocationState::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => RevocationState::Pending,
+            "done" => RevocationState::Done,
+            "unsupported" => RevocationState::Unsupported,
+            "failed" => RevocationState::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Whether nothing more will be tried.
+    pub fn is_final(self) -> bool {
+        self != RevocationState::Pending
+    }
+}
+
+/// The provider revocation of a revoked connection, as reported to the platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRevocation {
+    /// Where it stands.
+    pub state: RevocationState,
+    /// When it reached this state.
+    pub at: DateTime<Utc>,
+    /// Why (unsupported), what went wrong last (pending, failed), or what was done (done); secret-free.
+    pub detail: Option<String>,
+    /// The provider's page where the user revokes the app themselves (unsupported).
+    pub user_page: Option<String>,
+    /// The kind of the last error (pending after a failure, failed): `unavailable`, `not_configured`, ...
+    pub error_kind: Option<String>,
+}
+
+/// What a revocation does at the provider, decided from the catalog before the store is asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationPlan {
+    /// Queue the credential in the outbox (the connection reports `pending`).
+    Queue,
+    /// The provider cannot revoke: report `unsupported` at once and destroy the key.
+    Unsupported {
+        /// Why, from the catalog.
+        reason: String,
+        /// Where the user revokes the app themselves.
+        user_page: Option<String>,
+    },
+}
+
 /// An end user of a tenant, as far as tokenvault knows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -143,6 +213,8 @@ pub struct Connection {
     pub user_deleted_at: Option<DateTime<Utc>>,
     /// Set while the user is deleted: when everything is purged.
     pub purge_at: Option<DateTime<Utc>>,
+    /// Set once revoked: what happened at the provider.
+    pub provider_revocation: Option<ProviderRevocation>,
 }
 
 impl Connection {
@@ -353,6 +425,17 @@ pub struct OutboxEntry {
     pub last_error: Option<String>,
     /// Enqueued.
     pub created_at: DateTime<Utc>,
+    /// The claim of the attempt in progress: only its holder may record the outcome.
+    pub claim_token: Option<Uuid>,
+    /// `revocation` (the connection's own; its outcome is reported on the
+    /// connection), `replaced` (a credential a re-consent replaced) or
+    /// `orphan` (obtained by a refresh that lost to a revocation).
+    pub purpose: String,
+    /// A refresh made while revoking may have rotated the refresh token
+    /// unheard: a later `invalid_grant` does not prove the grant is gone.
+    pub rotation_uncertain: bool,
+    /// The kind of the last failure (`unavailable`, `not_configured`, ...).
+    pub error_kind: Option<String>,
 }
 
 /// A wrapped data key as the key table holds it.

@@ -29,7 +29,7 @@ async fn token(server: &TestServer, connection_id: &str) -> GetAccessTokenRespon
         .into_inner()
 }
 
-async fn disconnect(server: &TestServer, connection_id: &str) {
+async fn disconnect(server: &TestServer, connection_id: &str) -> Connection {
     let revoked = server
         .connections(keys::PLATFORM)
         .disconnect(DisconnectRequest {
@@ -41,6 +41,7 @@ async fn disconnect(server: &TestServer, connection_id: &str) {
         .connection
         .unwrap();
     assert_eq!(revoked.status, ConnectionStatus::Revoked as i32);
+    revoked
 }
 
 /// The `provider.revocation` events of one connection, once there is one.
@@ -182,12 +183,38 @@ async fn unsupported(backend: Backend) {
     let connection = connect(&with, "alice", &["mail.read"]).await;
     let handed_out = token(&with.server, &connection).await;
 
-    disconnect(&with.server, &connection).await;
+    let dek = crate::support::inspect::stored_connection(&with.server, &connection)
+        .await
+        .dek_id
+        .unwrap();
 
-    let events = revocation_events(&with.server, &connection).await;
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].outcome, "unsupported", "never success: {:?}", events[0]);
-    assert_eq!(events[0].detail["reason"], UNSUPPORTED_REASON);
+    // Disconnect says at once that the provider cannot revoke, why, and where the user can.
+    let revoked = disconnect(&with.server, &connection).await;
+    let reported = revoked.provider_revocation.expect("reported");
+    assert_eq!(reported.state, ProviderRevocationState::Unsupported as i32);
+    assert_eq!(reported.reason, UNSUPPORTED_REASON);
+    assert!(reported.user_page.ends_with("/apps"), "{reported:?}");
+    // Audited as unsupported, never as a success at the provider.
+    let revocations = audit(&with.server, "connection.revoked").await;
+    assert_eq!(revocations.len(), 1);
+    assert_eq!(revocations[0].detail["provider_revocation"], "unsupported");
+    assert!(audit(&with.server, "provider.revocation")
+        .await
+        .iter()
+        .all(|e| e.outcome != "success"));
+    // The outcome is final: the key is destroyed now, and nothing was queued.
+    assert!(matches!(
+        with.server.app().vault.data_key(dek).await,
+        Err(tokenvault::vault::VaultError::MissingDataKey(_))
+    ));
+    assert!(with
+        .server
+        .app()
+        .store
+        .outbox_for_connection(connection.parse().unwrap())
+        .await
+        .unwrap()
+        .is_empty());
     // Nothing reached the provider: no revocation, no grant deletion, no refresh.
     let stats = with.fake.stats();
     assert_eq!(

@@ -441,7 +441,14 @@ async fn refresh_leases(backend: Backend) {
         .await
         .unwrap();
     store
-        .revoke_connection(other.id, "test", now, now + Duration::hours(1), &|_| Trail::none())
+        .revoke_connection(
+            other.id,
+            "test",
+            now,
+            now + Duration::hours(1),
+            &RevocationPlan::Queue,
+            &|_| Trail::none(),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -465,7 +472,14 @@ async fn revocation_outbox(backend: Backend) {
     let connection = connected(&store, "acme", "u1").await;
     let give_up = now + Duration::hours(72);
     let result = store
-        .revoke_connection(connection.id, "user disconnected", now, give_up, &|_| Trail::none())
+        .revoke_connection(
+            connection.id,
+            "user disconnected",
+            now,
+            give_up,
+            &RevocationPlan::Queue,
+            &|_| Trail::none(),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -499,31 +513,100 @@ async fn revocation_outbox(backend: Backend) {
     );
 
     let again = store
-        .revoke_connection(connection.id, "again", now, give_up, &|_| Trail::none())
+        .revoke_connection(connection.id, "again", now, give_up, &RevocationPlan::Queue, &|_| {
+            Trail::none()
+        })
         .await
         .unwrap()
         .unwrap();
     assert!(!again.changed && again.outbox.is_none());
 
+    assert_eq!(
+        stored.provider_revocation.as_ref().map(|p| p.state),
+        Some(RevocationState::Pending),
+        "reported pending while queued"
+    );
+
     // Claiming hides an entry from other workers until the lease ends.
     let lease = now + Duration::seconds(60);
-    let claimed = store.claim_outbox(now, lease, 10).await.unwrap();
-    assert_eq!(claimed.len(), 1);
-    assert!(store.claim_outbox(now, lease, 10).await.unwrap().is_empty());
-    assert!(store.claim_outbox_entry(entry.id, now, lease).await.unwrap().is_none());
-    store
-        .retry_outbox(entry.id, 1, now + Duration::seconds(30), "provider answered 503")
+    let first = Uuid::new_v4();
+    let claimed = store.claim_next_outbox(now, lease, first).await.unwrap().expect("due");
+    assert_eq!((claimed.id, claimed.claim_token), (entry.id, Some(first)));
+    assert!(store
+        .claim_next_outbox(now, lease, Uuid::new_v4())
         .await
-        .unwrap();
+        .unwrap()
+        .is_none());
+    assert!(store
+        .claim_outbox_entry(entry.id, now, lease, Uuid::new_v4())
+        .await
+        .unwrap()
+        .is_none());
+    let attempt =
+        |claim: Uuid, attempts: i64, finished: Option<&'static str>, at: chrono::DateTime<Utc>| OutboxOutcome {
+            id: entry.id,
+            claim,
+            attempts,
+            finished,
+            next_attempt_at: at + Duration::seconds(30),
+            error: Some("provider answered 503"),
+            error_kind: Some("unavailable"),
+            report: None,
+            now: at,
+        };
+    assert!(store
+        .record_outbox_attempt(&attempt(first, 1, None, now), &Trail::none())
+        .await
+        .unwrap());
+    // The lease runs out: a second worker claims the entry; the first can no longer record anything.
+    let second = Uuid::new_v4();
     let retried = store
-        .claim_outbox(now + Duration::seconds(31), lease + Duration::seconds(31), 10)
+        .claim_next_outbox(now + Duration::seconds(31), lease + Duration::seconds(31), second)
         .await
+        .unwrap()
+        .expect("due again");
+    assert_eq!(retried.attempts, 1);
+    assert_eq!(retried.last_error.as_deref(), Some("provider answered 503"));
+    assert_eq!(retried.error_kind.as_deref(), Some("unavailable"));
+    assert!(!store
+        .record_outbox_attempt(&attempt(first, 2, Some("gave_up"), now), &Trail::none())
+        .await
+        .unwrap());
+    let done = ProviderRevocation {
+        state: RevocationState::Done,
+        at: now,
+        detail: Some("revoked at the provider".to_owned()),
+        user_page: None,
+        error_kind: None,
+    };
+    assert!(store
+        .record_outbox_attempt(
+            &OutboxOutcome {
+                report: Some(&done),
+                ..attempt(second, 2, Some("done"), now)
+            },
+            &Trail::none()
+        )
+        .await
+        .unwrap());
+    // Ended once: no later write (even by the holder of the claim) changes it.
+    assert!(!store
+        .record_outbox_attempt(&attempt(second, 3, Some("gave_up"), now), &Trail::none())
+        .await
+        .unwrap());
+    let reported = store
+        .connection(&TenantScope::All, connection.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .provider_revocation
         .unwrap();
-    assert_eq!(retried.len(), 1);
-    assert_eq!(retried[0].attempts, 1);
-    assert_eq!(retried[0].last_error.as_deref(), Some("provider answered 503"));
+    assert_eq!(
+        (reported.state, reported.detail, reported.at.timestamp_millis()),
+        (done.state, done.detail, now.timestamp_millis()),
+        "the outcome is reported on the connection"
+    );
 
-    store.finish_outbox(entry.id, "done", 2, None, now).await.unwrap();
     let finished = store.outbox_for_connection(connection.id).await.unwrap();
     assert_eq!(finished[0].status, "done");
     assert!(finished[0].token.is_none(), "the token copy is dropped");
@@ -838,7 +921,14 @@ async fn postgres_sessions_are_bounded() {
     let now = Utc::now();
     let waited = tokio::time::timeout(
         std::time::Duration::from_secs(20),
-        store.revoke_connection(connection.id, "test", now, now + Duration::days(1), &|_| Trail::none()),
+        store.revoke_connection(
+            connection.id,
+            "test",
+            now,
+            now + Duration::days(1),
+            &RevocationPlan::Queue,
+            &|_| Trail::none(),
+        ),
     )
     .await
     .expect("the lock wait is bounded by lock_timeout");

@@ -8,7 +8,7 @@ use super::error::map_err;
 use crate::clock::from_millis;
 use crate::store::{
     scopes_from_text, AccessTokenRecord, AuditEvent, Connection, ConnectionStatus, ConsentRecord, ConsentState,
-    OutboxEntry, ScopeSet, Sealed, StoreError, User, WrappedDataKey,
+    OutboxEntry, ProviderRevocation, RevocationState, ScopeSet, Sealed, StoreError, User, WrappedDataKey,
 };
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
@@ -126,7 +126,8 @@ impl FromAnyRow for User {
 /// The columns [`Connection`] is read from (with [`CONNECTION_FROM`]).
 pub(in crate::store) const CONNECTION_COLUMNS: &str = "c.id, c.tenant_id, c.user_id, c.provider, c.granted_scopes, \
      c.status, c.status_reason, c.dek_id, c.refresh_token, c.token_version, c.created_at, c.updated_at, \
-     c.last_used_at, u.deleted_at AS user_deleted_at, u.purge_at AS user_purge_at";
+     c.last_used_at, c.provider_revocation, c.provider_revocation_at, c.provider_revocation_detail, \
+     c.provider_revocation_page, c.provider_revocation_error_kind, u.deleted_at AS user_deleted_at, u.purge_at AS user_purge_at";
 /// The tables [`CONNECTION_COLUMNS`] come from: the connection and its user.
 pub(in crate::store) const CONNECTION_FROM: &str =
     "FROM connections c JOIN users u ON u.tenant_id = c.tenant_id AND u.user_id = c.user_id";
@@ -142,8 +143,27 @@ impl FromAnyRow for Connection {
             status_reason, dek_id, refresh_token, token_version, created_at, updated_at, last_used_at,
             user_deleted_at,
             purge_at: c.read("user_purge_at")?,
+            provider_revocation: provider_revocation(&c)?,
         }))
     }
+}
+
+/// The provider-revocation columns of a connection row.
+fn provider_revocation(c: &Columns<'_>) -> Result<Option<ProviderRevocation>, StoreError> {
+    let Some(state) = c.read::<Option<String>>("provider_revocation")? else {
+        return Ok(None);
+    };
+    let state = RevocationState::parse(&state)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown provider revocation state `{state}`")))?;
+    Ok(Some(ProviderRevocation {
+        state,
+        at: c
+            .read::<Option<DateTime<Utc>>>("provider_revocation_at")?
+            .unwrap_or_default(),
+        detail: c.read("provider_revocation_detail")?,
+        user_page: c.read("provider_revocation_page")?,
+        error_kind: c.read("provider_revocation_error_kind")?,
+    }))
 }
 
 /// The columns [`AccessTokenRecord`] is read from, prefixed `t_` so they can
@@ -221,14 +241,17 @@ impl FromAnyRow for AuditEvent {
 
 /// The columns [`OutboxEntry`] is read from (and inserted in this order).
 pub(in crate::store) const OUTBOX_COLUMNS: &str = "id, connection_id, tenant_id, user_id, provider, dek_id, token, \
-     token_type_hint, binding_record, attempts, next_attempt_at, give_up_at, status, last_error, created_at";
+     token_type_hint, binding_record, attempts, next_attempt_at, give_up_at, status, last_error, created_at, \
+     claim_token, purpose, rotation_uncertain, error_kind";
 
 impl FromAnyRow for OutboxEntry {
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
         let c = Columns(row);
         Ok(from_columns!(c => OutboxEntry {
             id, connection_id, tenant_id, user_id, provider, dek_id, token, token_type_hint, binding_record,
-            attempts, next_attempt_at, give_up_at, status, last_error, created_at,
+            attempts, next_attempt_at, give_up_at, status, last_error, created_at, claim_token, purpose,
+            rotation_uncertain: c.read::<i64>("rotation_uncertain")? != 0,
+            error_kind,
         }))
     }
 }
