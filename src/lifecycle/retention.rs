@@ -236,10 +236,12 @@ impl Sweeper {
         now: Option<DateTime<Utc>>,
         dry_run: bool,
     ) -> Result<Option<RetentionReport>, LifecycleError> {
-        let Some(_lead) = self.store.try_lead().await? else {
+        let Some(lead) = self.store.try_lead().await? else {
             return Ok(None);
         };
-        Ok(Some(self.pass(now.unwrap_or_else(|| self.clock.now()), dry_run).await))
+        let report = self.pass(now.unwrap_or_else(|| self.clock.now()), dry_run).await;
+        lead.release().await;
+        Ok(Some(report))
     }
 
     /// One pass: every category in turn, each one's failure recorded and the rest carried on.

@@ -321,10 +321,15 @@ async fn purge_after_thirty_days(backend: Backend) {
     let seen = revocations(&with.fake, 1).await;
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].token_type_hint.as_deref(), Some("refresh_token"));
-    assert!(matches!(
-        with.server.app().vault.data_key(dek).await,
-        Err(VaultError::MissingDataKey(_))
-    ));
+    // The outbox destroys the key once the provider's answer is in: just after the fake saw the call.
+    let destroyed = crate::support::eventually(Duration::from_secs(10), || async {
+        matches!(
+            with.server.app().vault.data_key(dek).await,
+            Err(VaultError::MissingDataKey(_))
+        )
+    })
+    .await;
+    assert!(destroyed, "the data key is destroyed");
     let error = with
         .server
         .connections(keys::PLATFORM)

@@ -398,7 +398,14 @@ async fn cli_exit_status_says_what_failed() {
     std::fs::write(&config_file, config).unwrap();
     let later = (chrono::Utc::now() + chrono::Duration::days(31)).to_rfc3339();
     let run = move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+        // The binary reads every `TOKENVAULT_*` variable as configuration (such as `TOKENVAULT_TEST_PG`).
+        for (variable, _) in std::env::vars_os() {
+            if variable.to_string_lossy().starts_with("TOKENVAULT_") {
+                command.env_remove(&variable);
+            }
+        }
+        command
             .arg("--config")
             .arg(&config_file)
             .args(["retention", "--now", &later])
