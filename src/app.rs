@@ -113,6 +113,7 @@ async fn connect(url: &SecretString, config: &Config) -> Result<SqlStore, Startu
         lock_timeout: Duration::from_secs(config.database.lock_timeout_seconds),
         statement_timeout: Duration::from_secs(config.database.statement_timeout_seconds),
         idle_in_transaction_timeout: Duration::from_secs(config.database.idle_in_transaction_timeout_seconds),
+        purge_batch_size: config.lifecycle.retention_batch_size,
     };
     Ok(SqlStore::connect(url, &options).await?)
 }

@@ -61,6 +61,20 @@ pub enum CliError {
     /// Anything else, in words.
     #[error("{0}")]
     Other(String),
+    /// The command ran to its end but parts of it failed (a retention pass
+    /// with failures); `tokenvault` exits with status 2.
+    #[error("{0}")]
+    Incomplete(String),
+}
+
+impl CliError {
+    /// The process exit status: 2 for [`CliError::Incomplete`], otherwise 1.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Self::Incomplete(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Runs one subcommand.
@@ -121,10 +135,24 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
                         dry_run,
                         users = report.users_purged,
                         audit = report.audit_events_purged,
+                        failures = report.failure_count(),
                         "retention pass done"
                     );
                     println!("{report}");
-                    Ok(())
+                    if report.is_complete() {
+                        Ok(())
+                    } else {
+                        Err(CliError::Incomplete(format!(
+                            "retention pass finished with {} failures ({}); the rest was done, the next pass retries them",
+                            report.failure_count(),
+                            report
+                                .failures
+                                .iter()
+                                .map(|f| format!("{}: {}", f.category, f.count))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )))
+                    }
                 }
                 Ok(None) => Err(CliError::Other(
                     "another process holds the sweeper lock (a replica's sweeper is running); try again shortly"

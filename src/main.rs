@@ -24,7 +24,7 @@ enum Command {
     },
     /// Applies pending database migrations, then exits.
     Migrate,
-    /// Runs one retention pass (purges due users, old audit events, expired consents, finished outbox entries), then exits.
+    /// Runs one retention pass (purges due users, old audit events, expired consents, finished outbox entries), then exits; exit status 2 when parts of it failed (they are retried next pass).
     Retention {
         /// Treat this RFC 3339 time as now (for example to preview a future pass).
         #[arg(long)]
@@ -86,7 +86,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tokenvault: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(error.exit_status())
         }
     }
 }

@@ -155,6 +155,7 @@ impl AdminService for AdminApi {
                 until: time("until", body.until)?,
                 before_id: validate::page_token(&body.page_token)?,
                 limit,
+                ..AuditFilter::default()
             })
             .await?;
         let next_page_token = if events.len() == limit as usize {

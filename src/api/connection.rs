@@ -1,13 +1,14 @@
 //! `ConnectionService`: the platform's view of its users' connections.
 
 use super::context::CallContext;
+use super::export::{self, ExportCursor};
 use super::{convert, validate};
 use crate::app::App;
 use crate::clock::to_proto;
 use crate::lifecycle::Actor;
 use crate::proto::connection_service_server::ConnectionService;
 use crate::proto::*;
-use crate::store::{AuditFilter, ConnectionFilter};
+use crate::store::ConnectionFilter;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -23,9 +24,6 @@ impl ConnectionApi {
         Self { app }
     }
 }
-
-/// Most audit events an export carries.
-const EXPORT_AUDIT_LIMIT: u32 = 10_000;
 
 fn actor(context: &CallContext) -> Actor<'_> {
     Actor {
@@ -105,6 +103,7 @@ impl ConnectionService for ConnectionApi {
         validate::tenant(&body.tenant_id)?;
         validate::user(&body.user_id)?;
         validate::may_act_for(&context.caller, &body.tenant_id)?;
+        let cursor = ExportCursor::decode(&body.page_token, &body.tenant_id, &body.user_id)?;
         let store = &self.app.store;
         let user = store.user(&body.tenant_id, &body.user_id).await?;
         let Some(user) = user else {
@@ -113,32 +112,28 @@ impl ConnectionService for ConnectionApi {
                 body.user_id, body.tenant_id
             )));
         };
-        let connections = store
-            .list_connections(&ConnectionFilter {
-                tenant_id: body.tenant_id.clone(),
-                user_id: Some(body.user_id.clone()),
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await?;
-        let events = store
-            .list_audit(&AuditFilter {
-                tenant_id: Some(body.tenant_id.clone()),
-                user_id: Some(body.user_id.clone()),
-                limit: EXPORT_AUDIT_LIMIT,
-                ..Default::default()
-            })
-            .await?;
-        let consents = store.consents_of_user(&body.tenant_id, &body.user_id).await?;
+        let page = export::read_page(
+            &**store,
+            &body.tenant_id,
+            &body.user_id,
+            validate::page_size(body.page_size),
+            cursor,
+        )
+        .await?;
+        let next_page_token = page
+            .next
+            .map(|next| next.encode(&body.tenant_id, &body.user_id))
+            .unwrap_or_default();
         Ok(Response::new(ExportUserDataResponse {
             tenant_id: body.tenant_id,
             user_id: body.user_id,
             exported_at: Some(to_proto(self.app.clock.now())),
             deleted_at: user.deleted_at.map(to_proto),
             purge_at: user.purge_at.map(to_proto),
-            connections: connections.iter().map(convert::connection).collect(),
-            audit_events: events.iter().map(convert::audit_event).collect(),
-            consents: consents
+            connections: page.connections.iter().map(convert::connection).collect(),
+            audit_events: page.audit_events.iter().map(convert::audit_event).collect(),
+            consents: page
+                .consents
                 .iter()
                 .map(|c| ExportedConsent {
                     consent_id: c.id.to_string(),
@@ -148,6 +143,7 @@ impl ConnectionService for ConnectionApi {
                     created_at: Some(to_proto(c.created_at)),
                 })
                 .collect(),
+            next_page_token,
         }))
     }
 }

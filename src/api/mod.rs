@@ -9,6 +9,7 @@ mod connection;
 mod consent;
 mod context;
 mod convert;
+mod export;
 pub mod http;
 pub mod server;
 pub mod status;

@@ -187,6 +187,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.lifecycle.purge_after_days == 0 || config.lifecycle.audit_retention_days == 0 {
         problems.push("lifecycle.purge_after_days and audit_retention_days must be positive".to_owned());
     }
+    if config.lifecycle.retention_batch_size == 0 {
+        problems.push("lifecycle.retention_batch_size must be at least 1".to_owned());
+    }
     for (name, client) in &config.providers.clients {
         if client.client_id.trim().is_empty() {
             problems.push(format!("providers.{name}.client_id is empty"));

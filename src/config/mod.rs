@@ -390,6 +390,8 @@ pub struct LifecycleConfig {
     pub revocation_retry_base_seconds: u64,
     /// How often each replica looks for due provider revocations.
     pub outbox_poll_seconds: u64,
+    /// Most rows one retention purge statement deletes (each batch is its own short transaction).
+    pub retention_batch_size: u32,
 }
 
 impl Default for LifecycleConfig {
@@ -401,6 +403,7 @@ impl Default for LifecycleConfig {
             revocation_give_up_after_hours: 72,
             revocation_retry_base_seconds: 30,
             outbox_poll_seconds: 5,
+            retention_batch_size: 1000,
         }
     }
 }

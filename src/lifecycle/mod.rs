@@ -15,7 +15,7 @@ mod outbox;
 mod retention;
 
 pub use outbox::OutboxWorker;
-pub use retention::{RetentionReport, Sweeper};
+pub use retention::{RetentionCategory, RetentionFailure, RetentionReport, Sweeper};
 
 use crate::audit::{AuditLog, EventBuilder};
 use crate::broker::Broker;

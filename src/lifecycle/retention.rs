@@ -2,17 +2,76 @@
 //! their retention, expired consent requests, finished outbox entries,
 //! long-revoked connections and data keys nothing refers to. One replica at
 //! a time (PostgreSQL advisory lock); `--dry-run` only counts.
+//!
+//! Each user and each category stands alone: a failure is logged, counted in
+//! `tokenvault_retention_failures_total{category}`, reported in
+//! [`RetentionReport::failures`] and retried by the next pass, while the rest
+//! of the pass goes on. The store deletes in bounded batches.
 
 use super::{Lifecycle, LifecycleError, OutboxWorker};
 use crate::clock::SharedClock;
 use crate::config::LifecycleConfig;
-use crate::store::{KeyStore, Store};
+use crate::store::{KeyStore, Store, User};
 use crate::telemetry::Metrics;
 use crate::vault::Vault;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The parts of a retention pass; each one fails (and is retried) on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RetentionCategory {
+    /// Users past `purge_at` (one failure per user).
+    Users,
+    /// The provider revocations the pass attempts.
+    ProviderRevocations,
+    /// Audit events past the retention.
+    AuditEvents,
+    /// Expired consent requests (and their data keys).
+    Consents,
+    /// Finished outbox entries.
+    OutboxEntries,
+    /// Long-revoked connections.
+    RevokedConnections,
+    /// Data keys nothing refers to.
+    OrphanKeys,
+    /// The keep-alive refresh of idle connections.
+    KeepAlive,
+}
+
+impl RetentionCategory {
+    /// The name in the report, the log and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Users => "users",
+            Self::ProviderRevocations => "provider_revocations",
+            Self::AuditEvents => "audit_events",
+            Self::Consents => "consents",
+            Self::OutboxEntries => "outbox_entries",
+            Self::RevokedConnections => "revoked_connections",
+            Self::OrphanKeys => "orphan_keys",
+            Self::KeepAlive => "keep_alive",
+        }
+    }
+}
+
+impl std::fmt::Display for RetentionCategory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What failed in one category during a pass (the next pass retries it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionFailure {
+    /// The category.
+    pub category: RetentionCategory,
+    /// How many failures (users, for [`RetentionCategory::Users`]; otherwise 1).
+    pub count: u64,
+    /// The first error's message (no secret: store and vault errors carry none).
+    pub first_error: String,
+}
 
 /// What one pass did (or, on a dry run, would do).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,6 +98,35 @@ pub struct RetentionReport {
     pub provider_revocations_attempted: u64,
     /// Idle connections refreshed so that their refresh tokens do not expire.
     pub idle_connections_refreshed: u64,
+    /// What failed, one entry per category, in category order; empty when everything succeeded.
+    pub failures: Vec<RetentionFailure>,
+}
+
+impl RetentionReport {
+    /// Whether every user and every category succeeded.
+    pub fn is_complete(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// How many failures the pass met, over all categories.
+    pub fn failure_count(&self) -> u64 {
+        self.failures.iter().map(|f| f.count).sum()
+    }
+
+    /// Adds a failure in `category`.
+    fn record_failure(&mut self, category: RetentionCategory, error: &LifecycleError) {
+        match self.failures.iter_mut().find(|f| f.category == category) {
+            Some(failure) => failure.count += 1,
+            None => {
+                self.failures.push(RetentionFailure {
+                    category,
+                    count: 1,
+                    first_error: error.to_string(),
+                });
+                self.failures.sort_by_key(|f| f.category);
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for RetentionReport {
@@ -78,12 +166,22 @@ impl std::fmt::Display for RetentionReport {
             f,
             "  idle connections kept alive: {refreshed} {}",
             self.idle_connections_refreshed
-        )
+        )?;
+        for failure in &self.failures {
+            write!(
+                f,
+                "\n  FAILED {}: {} (first error: {}); the next pass retries",
+                failure.category, failure.count, failure.first_error
+            )?;
+        }
+        Ok(())
     }
 }
 
 /// How long an expired consent request stays readable by `GetConsent`.
 const CONSENT_GRACE: chrono::Duration = chrono::Duration::days(1);
+/// Users read per page of those due for purge.
+const USER_PAGE: u32 = 100;
 /// Data keys younger than this are never considered orphans (a consent or refresh may be using one right now).
 const ORPHAN_MIN_AGE: chrono::Duration = chrono::Duration::hours(1);
 
@@ -131,67 +229,61 @@ impl Sweeper {
     }
 
     /// One pass at `now` (the clock's time if `None`), if this process gets the sweeper lock.
-    /// `Ok(None)` when another process holds it.
+    /// `Ok(None)` when another process holds it; `Err` only when the lock cannot be asked for.
+    /// What failed inside the pass is in the report's `failures`.
     pub async fn run_once(
         &self,
         now: Option<DateTime<Utc>>,
         dry_run: bool,
     ) -> Result<Option<RetentionReport>, LifecycleError> {
-        let Some(_lead) = self.store.try_lead().await? else {
+        let Some(lead) = self.store.try_lead().await? else {
             return Ok(None);
         };
-        self.pass(now.unwrap_or_else(|| self.clock.now()), dry_run)
-            .await
-            .map(Some)
+        let report = self.pass(now.unwrap_or_else(|| self.clock.now()), dry_run).await;
+        lead.release().await;
+        Ok(Some(report))
     }
 
-    async fn pass(&self, now: DateTime<Utc>, dry_run: bool) -> Result<RetentionReport, LifecycleError> {
+    /// One pass: every category in turn, each one's failure recorded and the rest carried on.
+    async fn pass(&self, now: DateTime<Utc>, dry_run: bool) -> RetentionReport {
+        use RetentionCategory as C;
         let mut report = RetentionReport {
             now: Some(now),
             dry_run,
             ..RetentionReport::default()
         };
-        loop {
-            let due = self.store.users_due_for_purge(now, 100).await?;
-            if due.is_empty() {
-                break;
-            }
-            for user in &due {
-                report.users_purged += 1;
-                report.connections_purged += if dry_run {
-                    self.store
-                        .list_connections(&crate::store::ConnectionFilter {
-                            tenant_id: user.tenant_id.clone(),
-                            user_id: Some(user.user_id.clone()),
-                            limit: 10_000,
-                            ..Default::default()
-                        })
-                        .await?
-                        .len() as u64
-                } else {
-                    self.lifecycle.purge_user(user).await? as u64
-                };
-            }
-            if dry_run {
-                break;
-            }
-        }
+        self.purge_users(now, dry_run, &mut report).await;
         if !dry_run {
-            report.provider_revocations_attempted = self.outbox.process_due().await? as u64;
+            let attempted = self.outbox.process_due().await;
+            if let Some(n) = self.check(&mut report, C::ProviderRevocations, attempted) {
+                report.provider_revocations_attempted = n as u64;
+            }
         }
-        report.audit_events_purged = self.store.purge_audit(now - self.audit_retention, dry_run).await?;
-        let (consents, consent_keys) = self.store.purge_consents(now - CONSENT_GRACE, dry_run).await?;
-        report.consents_purged = consents;
-        if !dry_run && !consent_keys.is_empty() {
-            self.vault.destroy_and_announce(&consent_keys, &*self.store).await?;
+        let audit = self.store.purge_audit(now - self.audit_retention, dry_run).await;
+        if let Some(n) = self.check(&mut report, C::AuditEvents, audit) {
+            report.audit_events_purged = n;
         }
-        report.outbox_entries_purged = self.store.purge_outbox(now, dry_run).await?;
-        report.revoked_connections_purged = self
+        if let Some(n) = self.check(&mut report, C::Consents, self.consents(now, dry_run).await) {
+            report.consents_purged = n;
+        }
+        let outbox = self.store.purge_outbox(now, dry_run).await;
+        if let Some(n) = self.check(&mut report, C::OutboxEntries, outbox) {
+            report.outbox_entries_purged = n;
+        }
+        let revoked = self
             .store
             .purge_revoked_connections(now - self.audit_retention, dry_run)
-            .await?;
-        report.orphan_keys_destroyed = self.orphan_keys(now, dry_run).await?;
-        report.idle_connections_refreshed = self.lifecycle.broker().keep_alive(now, dry_run).await?;
+            .await;
+        if let Some(n) = self.check(&mut report, C::RevokedConnections, revoked) {
+            report.revoked_connections_purged = n;
+        }
+        if let Some(n) = self.check(&mut report, C::OrphanKeys, self.orphan_keys(now, dry_run).await) {
+            report.orphan_keys_destroyed = n;
+        }
+        let kept_alive = self.lifecycle.broker().keep_alive(now, dry_run).await;
+        if let Some(n) = self.check(&mut report, C::KeepAlive, kept_alive) {
+            report.idle_connections_refreshed = n;
+        }
         if !dry_run {
             for (kind, count) in [
                 ("users", report.users_purged),
@@ -204,7 +296,78 @@ impl Sweeper {
                 self.metrics.purged(kind, count);
             }
         }
-        Ok(report)
+        report
+    }
+
+    /// The value of a category's step, or its failure logged, counted and recorded.
+    fn check<T, E: Into<LifecycleError>>(
+        &self,
+        report: &mut RetentionReport,
+        category: RetentionCategory,
+        result: Result<T, E>,
+    ) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                let error = error.into();
+                tracing::warn!(category = category.as_str(), %error, "retention: this part failed; the rest of the pass goes on and the next pass retries it");
+                self.metrics.retention_failure(category.as_str());
+                report.record_failure(category, &error);
+                None
+            }
+        }
+    }
+
+    /// Purges (or counts) every user past `purge_at`, each on its own: one
+    /// that fails stays for the next pass, behind the cursor of this one.
+    async fn purge_users(&self, now: DateTime<Utc>, dry_run: bool, report: &mut RetentionReport) {
+        let mut after: Option<User> = None;
+        loop {
+            let due = self.store.users_due_for_purge(now, after.as_ref(), USER_PAGE).await;
+            let Some(due) = self.check(report, RetentionCategory::Users, due) else {
+                return;
+            };
+            for user in &due {
+                let purged = if dry_run {
+                    self.lifecycle
+                        .user_connections(&user.tenant_id, &user.user_id)
+                        .await
+                        .map(|c| c.len())
+                } else {
+                    self.lifecycle.purge_user(user).await
+                };
+                match purged {
+                    Ok(connections) => {
+                        report.users_purged += 1;
+                        report.connections_purged += connections as u64;
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            tenant_id = %user.tenant_id,
+                            user_id = %user.user_id,
+                            %error,
+                            "retention: purging this user failed; the other users go on and the next pass retries it"
+                        );
+                        self.metrics.retention_failure(RetentionCategory::Users.as_str());
+                        report.record_failure(RetentionCategory::Users, &error);
+                    }
+                }
+            }
+            if due.len() < USER_PAGE as usize {
+                return;
+            }
+            after = due.into_iter().last();
+        }
+    }
+
+    /// Expired consent requests, and the data keys that sealed their verifiers.
+    async fn consents(&self, now: DateTime<Utc>, dry_run: bool) -> Result<u64, LifecycleError> {
+        let (purged, keys) = self.store.purge_consents(now - CONSENT_GRACE, dry_run).await?;
+        if !dry_run && !keys.is_empty() {
+            // Should this fail, the keys are orphans now: the orphan step destroys them.
+            self.vault.destroy_and_announce(&keys, &*self.store).await?;
+        }
+        Ok(purged)
     }
 
     /// Data keys older than an hour that no connection, consent or outbox entry refers to.
@@ -241,13 +404,20 @@ impl Sweeper {
                 _ = tokio::time::sleep(interval) => {}
             }
             match self.run_once(None, false).await {
-                Ok(Some(report)) => tracing::info!(
+                Ok(Some(report)) if report.is_complete() => tracing::info!(
                     users = report.users_purged,
                     audit_events = report.audit_events_purged,
                     consents = report.consents_purged,
                     outbox = report.outbox_entries_purged,
                     keys = report.orphan_keys_destroyed,
                     "retention pass done"
+                ),
+                Ok(Some(report)) => tracing::warn!(
+                    users = report.users_purged,
+                    audit_events = report.audit_events_purged,
+                    failures = report.failure_count(),
+                    failed = %report.failures.iter().map(|f| f.category.as_str()).collect::<Vec<_>>().join(","),
+                    "retention pass done with failures; the next pass retries them"
                 ),
                 Ok(None) => tracing::debug!("retention: another replica holds the sweeper lock"),
                 Err(error) => tracing::warn!(%error, "retention pass failed; next pass retries"),

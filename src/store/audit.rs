@@ -1,8 +1,8 @@
 //! The audit trail: [`AuditStore`] appends events on their own (the batched
 //! `token.issued` tallies and records of attempts that change nothing else;
 //! a state change appends its events in its own transaction, see
-//! [`Trail`](super::Trail)), lists them newest first under filters, and
-//! purges old ones.
+//! [`Trail`](super::Trail)), lists them under filters with a keyset cursor
+//! either way, and purges old ones in batches.
 
 use super::sql::error::map_err;
 use super::sql::query::{purge_where, Fetch};
@@ -20,9 +20,9 @@ pub trait AuditStore: Send + Sync {
     /// Appends audit events in a transaction of their own (not for the
     /// events of a state change: those ride in its [`Trail`](super::Trail)).
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
-    /// Lists audit events, newest first.
+    /// Lists audit events, newest first (oldest first with `after_id` or `oldest_first`).
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
-    /// Deletes audit events older than `before`.
+    /// Deletes audit events older than `before`, in bounded batches.
     async fn purge_audit(&self, before: DateTime<Utc>, dry_run: bool) -> Result<u64, StoreError>;
 }
 
@@ -66,12 +66,21 @@ impl AuditStore for SqlStore {
         if let Some(v) = filter.before_id {
             add("id < ?", Bind::Text(v.to_string()));
         }
+        if let Some(v) = filter.after_id {
+            add("id > ?", Bind::Text(v.to_string()));
+        }
         let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_events");
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conditions.join(" AND "));
         }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", filter.limit.max(1)));
+        // Ids are unique, so either order is a stable keyset for the cursors above.
+        let order = if filter.oldest_first || filter.after_id.is_some() {
+            "ASC"
+        } else {
+            "DESC"
+        };
+        sql.push_str(&format!(" ORDER BY id {order} LIMIT {}", filter.limit.max(1)));
         let mut query = sqlx::query(&sql);
         for bind in binds {
             query = match bind {
@@ -83,6 +92,14 @@ impl AuditStore for SqlStore {
     }
 
     async fn purge_audit(&self, before: DateTime<Utc>, dry_run: bool) -> Result<u64, StoreError> {
-        purge_where(&self.pool, "audit_events", "occurred_at < $1", before, dry_run).await
+        purge_where(
+            &self.pool,
+            "audit_events",
+            "occurred_at < $1",
+            before,
+            dry_run,
+            self.purge_batch,
+        )
+        .await
     }
 }

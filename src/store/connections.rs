@@ -7,7 +7,7 @@
 use super::notify::commit_notifying;
 use super::outbox::insert_outbox_entry;
 use super::sql::error::map_err;
-use super::sql::query::{lock_suffix, placeholders, purge_where, AnyQuery, Fetch};
+use super::sql::query::{lock_suffix, placeholders, purge_where, AnyQuery, Fetch, ID_CHUNK};
 use super::sql::rows::{ACCESS_TOKEN_COLUMNS, CONNECTION_COLUMNS, CONNECTION_FROM};
 use super::sql::{Backend, SqlStore};
 use super::trail::append_trail;
@@ -122,7 +122,8 @@ pub trait ConnectionStore: Send + Sync {
     async fn touch_connections(&self, used: &[(Uuid, DateTime<Utc>)]) -> Result<(), StoreError>;
     /// Ids of data keys still referenced by connections, consents or the outbox, among `ids`.
     async fn referenced_data_keys(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError>;
-    /// Deletes revoked connections last changed before `before`; returns how many (or would, on a dry run).
+    /// Deletes revoked connections last changed before `before`, in bounded
+    /// batches; returns how many (or would, on a dry run).
     async fn purge_revoked_connections(&self, before: DateTime<Utc>, dry_run: bool) -> Result<u64, StoreError>;
 }
 
@@ -388,21 +389,23 @@ impl ConnectionStore for SqlStore {
     }
 
     async fn referenced_data_keys(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        let mut referenced = Vec::new();
+        // Bounded id lists: the statement repeats the list, so each chunk binds 3 × ID_CHUNK values.
+        for chunk in ids.chunks(ID_CHUNK) {
+            let list = placeholders(1, chunk.len());
+            let sql = format!(
+                "SELECT dek_id FROM connections WHERE dek_id IN ({list}) \
+                 UNION SELECT dek_id FROM consent_requests WHERE dek_id IN ({list}) \
+                 UNION SELECT dek_id FROM revocation_outbox WHERE token IS NOT NULL AND dek_id IN ({list})"
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            let found = query.fetch_all(&self.pool).await.map_err(map_err)?;
+            referenced.extend(found.iter().filter_map(|t| Uuid::from_str(t).ok()));
         }
-        let list = placeholders(1, ids.len());
-        let sql = format!(
-            "SELECT dek_id FROM connections WHERE dek_id IN ({list}) \
-             UNION SELECT dek_id FROM consent_requests WHERE dek_id IN ({list}) \
-             UNION SELECT dek_id FROM revocation_outbox WHERE token IS NOT NULL AND dek_id IN ({list})"
-        );
-        let mut query = sqlx::query_scalar::<_, String>(&sql);
-        for id in ids {
-            query = query.bind(id.to_string());
-        }
-        let found = query.fetch_all(&self.pool).await.map_err(map_err)?;
-        Ok(found.iter().filter_map(|t| Uuid::from_str(t).ok()).collect())
+        Ok(referenced)
     }
 
     async fn purge_revoked_connections(&self, before: DateTime<Utc>, dry_run: bool) -> Result<u64, StoreError> {
@@ -412,6 +415,7 @@ impl ConnectionStore for SqlStore {
             "status = 'revoked' AND updated_at < $1",
             before,
             dry_run,
+            self.purge_batch,
         )
         .await
     }

@@ -37,9 +37,16 @@ pub trait ConsentStore: Send + Sync {
         now: DateTime<Utc>,
         trail: &Trail,
     ) -> Result<(), StoreError>;
-    /// A user's consent requests (for export).
-    async fn consents_of_user(&self, tenant_id: &str, user_id: &str) -> Result<Vec<ConsentRecord>, StoreError>;
-    /// Deletes consent requests that expired before `before`; returns their data key ids (to destroy) and the count.
+    /// A page of a user's consent requests (for export), ordered by id, after `after`.
+    async fn consents_of_user(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<ConsentRecord>, StoreError>;
+    /// Deletes consent requests that expired before `before`, in bounded
+    /// batches; returns the count and their data key ids (to destroy; none on a dry run).
     async fn purge_consents(&self, before: DateTime<Utc>, dry_run: bool) -> Result<(u64, Vec<Uuid>), StoreError>;
 }
 
@@ -132,33 +139,51 @@ impl ConsentStore for SqlStore {
         tx.commit().await.map_err(map_err)
     }
 
-    async fn consents_of_user(&self, tenant_id: &str, user_id: &str) -> Result<Vec<ConsentRecord>, StoreError> {
+    async fn consents_of_user(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<ConsentRecord>, StoreError> {
         sqlx::query(&format!(
-            "SELECT {CONSENT_COLUMNS} FROM consent_requests WHERE tenant_id = $1 AND user_id = $2 ORDER BY id"
+            "SELECT {CONSENT_COLUMNS} FROM consent_requests WHERE tenant_id = $1 AND user_id = $2 AND id > $3 \
+             ORDER BY id LIMIT $4"
         ))
         .bind(tenant_id.to_owned())
         .bind(user_id.to_owned())
+        .bind(after.map(|a| a.to_string()).unwrap_or_default())
+        .bind(i64::from(limit.max(1)))
         .records(&self.pool)
         .await
     }
 
     async fn purge_consents(&self, before: DateTime<Utc>, dry_run: bool) -> Result<(u64, Vec<Uuid>), StoreError> {
-        let rows = sqlx::query("SELECT id, dek_id FROM consent_requests WHERE expires_at < $1")
-            .bind(to_millis(before))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err)?;
-        let deks = rows
-            .iter()
-            .map(|row| Columns(row).read("dek_id"))
-            .collect::<Result<Vec<_>, _>>()?;
         if dry_run {
-            return Ok((rows.len() as u64, deks));
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consent_requests WHERE expires_at < $1")
+                .bind(to_millis(before))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err)?;
+            return Ok((u64::try_from(n).unwrap_or(0), Vec::new()));
         }
-        let purged = sqlx::query("DELETE FROM consent_requests WHERE expires_at < $1")
-            .bind(to_millis(before))
-            .run(&self.pool)
-            .await?;
-        Ok((purged, deks))
+        // Bounded batches, each one statement (its own short transaction).
+        let sql = "DELETE FROM consent_requests WHERE id IN \
+                   (SELECT id FROM consent_requests WHERE expires_at < $1 LIMIT $2) RETURNING dek_id";
+        let mut deks = Vec::new();
+        loop {
+            let rows = sqlx::query(sql)
+                .bind(to_millis(before))
+                .bind(i64::from(self.purge_batch))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+            for row in &rows {
+                deks.push(Columns(row).read("dek_id")?);
+            }
+            if rows.len() < self.purge_batch as usize {
+                return Ok((deks.len() as u64, deks));
+            }
+        }
     }
 }

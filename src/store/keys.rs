@@ -3,7 +3,7 @@
 //! Deleting a row crypto-shreds everything sealed under that key.
 
 use super::sql::error::map_err;
-use super::sql::query::{placeholders, Fetch};
+use super::sql::query::{placeholders, Fetch, ID_CHUNK};
 use super::sql::rows::{Columns, DATA_KEY_COLUMNS};
 use super::sql::SqlStore;
 use super::{StoreError, WrappedDataKey};
@@ -19,7 +19,7 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn insert_data_key(&self, key: &WrappedDataKey) -> Result<(), StoreError>;
     /// Reads a wrapped key.
     async fn data_key(&self, id: Uuid) -> Result<Option<WrappedDataKey>, StoreError>;
-    /// Destroys keys (crypto-shredding); returns how many existed.
+    /// Destroys keys (crypto-shredding), in bounded id lists; returns how many existed.
     async fn delete_data_keys(&self, ids: &[Uuid]) -> Result<u64, StoreError>;
     /// A page of keys ordered by id.
     async fn data_keys_page(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<WrappedDataKey>, StoreError>;
@@ -52,15 +52,17 @@ impl KeyStore for SqlStore {
     }
 
     async fn delete_data_keys(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
-        if ids.is_empty() {
-            return Ok(0);
+        let mut deleted = 0;
+        // Bounded id lists, each chunk its own statement: a key destroyed stays destroyed if a later chunk fails.
+        for chunk in ids.chunks(ID_CHUNK) {
+            let sql = format!("DELETE FROM data_keys WHERE id IN ({})", placeholders(1, chunk.len()));
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            deleted += query.run(&self.pool).await?;
         }
-        let sql = format!("DELETE FROM data_keys WHERE id IN ({})", placeholders(1, ids.len()));
-        let mut query = sqlx::query(&sql);
-        for id in ids {
-            query = query.bind(id.to_string());
-        }
-        query.run(&self.pool).await
+        Ok(deleted)
     }
 
     async fn data_keys_page(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<WrappedDataKey>, StoreError> {

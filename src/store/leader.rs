@@ -13,7 +13,12 @@ use sqlx::{AnyConnection, Connection as _};
 const SWEEPER_LOCK: i64 = 0x746f_6b65_6e76_6c74;
 
 /// Held while this process is the one running the retention sweeper.
-pub trait LeaderGuard: Send {}
+#[async_trait]
+pub trait LeaderGuard: Send {
+    /// Gives the leadership up at once. Dropping the guard gives it up too,
+    /// but only once the database notices the closed connection.
+    async fn release(self: Box<Self>) {}
+}
 
 /// Leader election among replicas.
 #[async_trait]
@@ -37,9 +42,7 @@ impl LeaderStore for SqlStore {
             .await
             .map_err(map_err)?;
         if locked == 1 {
-            Ok(Some(Box::new(PgLeader {
-                _connection: connection,
-            })))
+            Ok(Some(Box::new(PgLeader { connection })))
         } else {
             let _ = connection.close().await;
             Ok(None)
@@ -49,10 +52,23 @@ impl LeaderStore for SqlStore {
 
 /// Holds a dedicated connection that owns the sweeper's advisory lock; closing it releases the lock.
 struct PgLeader {
-    _connection: AnyConnection,
+    connection: AnyConnection,
 }
 
-impl LeaderGuard for PgLeader {}
+#[async_trait]
+impl LeaderGuard for PgLeader {
+    async fn release(self: Box<Self>) {
+        let mut connection = self.connection;
+        if let Err(error) = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(SWEEPER_LOCK)
+            .execute(&mut connection)
+            .await
+        {
+            tracing::debug!(%error, "could not release the sweeper lock; closing its connection releases it");
+        }
+        let _ = connection.close().await;
+    }
+}
 
 /// SQLite's leadership: nothing to hold.
 struct SqliteLeader;

@@ -373,6 +373,10 @@ pub struct AuditFilter {
     pub until: Option<DateTime<Utc>>,
     /// Older than this id (keyset pagination, newest first).
     pub before_id: Option<Uuid>,
+    /// Newer than this id; with it the list is oldest first (keyset pagination, oldest first).
+    pub after_id: Option<Uuid>,
+    /// Oldest first (ascending ids) instead of newest first, also without `after_id`.
+    pub oldest_first: bool,
     /// Page size.
     pub limit: u32,
 }

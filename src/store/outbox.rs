@@ -75,7 +75,7 @@ pub trait OutboxStore: Send + Sync {
     async fn outbox_entry(&self, id: Uuid) -> Result<Option<OutboxEntry>, StoreError>;
     /// Entries of a connection (for tests and export).
     async fn outbox_for_connection(&self, connection_id: Uuid) -> Result<Vec<OutboxEntry>, StoreError>;
-    /// Deletes finished entries older than `before`.
+    /// Deletes finished entries older than `before`, in bounded batches.
     async fn purge_outbox(&self, before: DateTime<Utc>, dry_run: bool) -> Result<u64, StoreError>;
 }
 
@@ -214,6 +214,7 @@ impl OutboxStore for SqlStore {
             "status <> 'pending' AND finished_at < $1",
             before,
             dry_run,
+            self.purge_batch,
         )
         .await
     }

@@ -53,10 +53,19 @@ pub trait UserStore: Send + Sync {
         now: DateTime<Utc>,
         trail: &Trail,
     ) -> Result<RestoreOutcome, StoreError>;
-    /// Users whose `purge_at` has passed.
-    async fn users_due_for_purge(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<User>, StoreError>;
-    /// Removes a user and everything that belongs to them (connections,
-    /// tokens, consents), appending `trail` in the same transaction.
+    /// Users whose `purge_at` has passed, ordered by (`purge_at`, tenant, user),
+    /// after `after` in that order (keyset pagination: a user whose purge
+    /// failed stays behind the cursor instead of filling every page).
+    async fn users_due_for_purge(
+        &self,
+        now: DateTime<Utc>,
+        after: Option<&User>,
+        limit: u32,
+    ) -> Result<Vec<User>, StoreError>;
+    /// Removes a user and everything that belongs to them (connections, tokens,
+    /// consents) in bounded batches, each its own transaction; the user row
+    /// goes last, so a purge cut short is finished by the next call.
+    /// `trail` is appended with the user row's deletion.
     async fn purge_user_rows(&self, tenant_id: &str, user_id: &str, trail: &Trail) -> Result<(), StoreError>;
 }
 
@@ -150,33 +159,80 @@ impl UserStore for SqlStore {
         })
     }
 
-    async fn users_due_for_purge(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<User>, StoreError> {
+    async fn users_due_for_purge(
+        &self,
+        now: DateTime<Utc>,
+        after: Option<&User>,
+        limit: u32,
+    ) -> Result<Vec<User>, StoreError> {
+        let order = "ORDER BY purge_at, tenant_id, user_id LIMIT $2";
+        let due = "purge_at IS NOT NULL AND purge_at <= $1";
+        let Some(after) = after else {
+            return sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE {due} {order}"))
+                .bind(to_millis(now))
+                .bind(i64::from(limit))
+                .records(&self.pool)
+                .await;
+        };
         sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE purge_at IS NOT NULL AND purge_at <= $1 ORDER BY purge_at LIMIT $2"
+            "SELECT {USER_COLUMNS} FROM users WHERE {due} AND (purge_at, tenant_id, user_id) > ($3, $4, $5) {order}"
         ))
         .bind(to_millis(now))
         .bind(i64::from(limit))
+        .bind(after.purge_at.map(to_millis).unwrap_or(i64::MIN))
+        .bind(after.tenant_id.clone())
+        .bind(after.user_id.clone())
         .records(&self.pool)
         .await
     }
 
     async fn purge_user_rows(&self, tenant_id: &str, user_id: &str, trail: &Trail) -> Result<(), StoreError> {
+        // Explicit deletes (not only ON DELETE CASCADE) so the order is clear;
+        // a batch of connections goes with its access tokens.
+        let connections = "SELECT id FROM connections WHERE tenant_id = $1 AND user_id = $2 ORDER BY id LIMIT $3";
+        let consents = "SELECT id FROM consent_requests WHERE tenant_id = $1 AND user_id = $2 ORDER BY id LIMIT $3";
+        let batches = [
+            vec![
+                format!("DELETE FROM access_tokens WHERE connection_id IN ({connections})"),
+                format!("DELETE FROM connections WHERE id IN ({connections})"),
+            ],
+            vec![format!("DELETE FROM consent_requests WHERE id IN ({consents})")],
+        ];
+        for statements in &batches {
+            while self.delete_user_batch(statements, tenant_id, user_id).await? >= u64::from(self.purge_batch) {}
+        }
         let mut tx = self.begin().await?;
-        // Explicit deletes (not only ON DELETE CASCADE) so the order is clear and SQLite needs no pragma.
-        for sql in [
-            "DELETE FROM access_tokens WHERE connection_id IN (SELECT id FROM connections WHERE tenant_id = $1 AND user_id = $2)",
-            "DELETE FROM connections WHERE tenant_id = $1 AND user_id = $2",
-            "DELETE FROM consent_requests WHERE tenant_id = $1 AND user_id = $2",
-            "DELETE FROM users WHERE tenant_id = $1 AND user_id = $2",
-        ] {
-            sqlx::query(sql)
+        sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND user_id = $2")
+            .bind(tenant_id.to_owned())
+            .bind(user_id.to_owned())
+            .run(&mut *tx)
+            .await?;
+        append_trail(&mut tx, trail).await?;
+        commit_notifying(tx, self, &user_changed(tenant_id, user_id)).await
+    }
+}
+
+impl SqlStore {
+    /// Runs `statements` (`$1` tenant, `$2` user, `$3` the batch size) in one
+    /// short transaction; returns how many rows the last one deleted.
+    async fn delete_user_batch(
+        &self,
+        statements: &[String],
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut deleted = 0;
+        for sql in statements {
+            deleted = sqlx::query(sql)
                 .bind(tenant_id.to_owned())
                 .bind(user_id.to_owned())
+                .bind(i64::from(self.purge_batch))
                 .run(&mut *tx)
                 .await?;
         }
-        append_trail(&mut tx, trail).await?;
-        commit_notifying(tx, self, &user_changed(tenant_id, user_id)).await
+        tx.commit().await.map_err(map_err)?;
+        Ok(deleted)
     }
 }
 

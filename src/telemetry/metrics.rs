@@ -36,6 +36,11 @@ struct KindLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CategoryLabels {
+    category: &'static str,
+}
+
 #[derive(Clone)]
 struct LatencyBuckets;
 
@@ -58,6 +63,7 @@ struct Inner {
     audit_queue: Gauge,
     revocations: Family<OutcomeLabels, Counter>,
     purged: Family<KindLabels, Counter>,
+    retention_failures: Family<CategoryLabels, Counter>,
     consents: Family<OutcomeLabels, Counter>,
 }
 
@@ -131,6 +137,11 @@ impl Metrics {
                 "Rows removed by the retention sweeper",
                 Family::default(),
             ),
+            retention_failures: r.add(
+                "retention_failures",
+                "Retention failures by category (one per user or category that failed; retried next pass)",
+                Family::default(),
+            ),
             consents: r.add("consents", "Consent outcomes", Family::default()),
             registry: Registry::default(),
         };
@@ -197,6 +208,14 @@ impl Metrics {
         self.inner.purged.get_or_create(&KindLabels { kind }).inc_by(count);
     }
 
+    /// Records one retention failure (a user's purge, or a whole category) in `category`.
+    pub fn retention_failure(&self, category: &'static str) {
+        self.inner
+            .retention_failures
+            .get_or_create(&CategoryLabels { category })
+            .inc();
+    }
+
     /// Records a consent outcome.
     pub fn consent(&self, outcome: &'static str) {
         self.inner.consents.get_or_create(&OutcomeLabels { outcome }).inc();
@@ -241,5 +260,11 @@ mod tests {
         );
         assert!(text.contains("tokenvault_token_issuances_total{outcome=\"cache_hit\"} 1"));
         assert!(text.contains("tokenvault_upstream_errors_total{provider=\"google\",kind=\"timeout\"} 1"));
+        metrics.retention_failure("users");
+        let text = metrics.encode();
+        assert!(
+            text.contains("tokenvault_retention_failures_total{category=\"users\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -411,7 +411,7 @@ async fn malformed_requests(backend: Backend) {
         .server
         .app()
         .store
-        .consents_of_user(keys::TENANT, "u")
+        .consents_of_user(keys::TENANT, "u", None, 100)
         .await
         .unwrap()
         .is_empty());

@@ -598,6 +598,7 @@ async fn listings_and_export(backend: Backend) {
         .export_user_data(ExportUserDataRequest {
             tenant_id: keys::TENANT.into(),
             user_id: "kim".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

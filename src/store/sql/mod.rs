@@ -32,6 +32,9 @@ pub struct StoreOptions {
     /// PostgreSQL `idle_in_transaction_session_timeout`: a transaction left
     /// open and idle this long is ended by the server, releasing its locks.
     pub idle_in_transaction_timeout: Duration,
+    /// Most rows one retention purge statement deletes; a purge runs such
+    /// batches, each its own short transaction, until nothing is left.
+    pub purge_batch_size: u32,
 }
 
 impl Default for StoreOptions {
@@ -42,6 +45,7 @@ impl Default for StoreOptions {
             lock_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
             idle_in_transaction_timeout: Duration::from_secs(30),
+            purge_batch_size: 1000,
         }
     }
 }
@@ -82,6 +86,8 @@ pub struct SqlStore {
     /// This store's name on the notification channel: its own notices are
     /// not delivered back to it (the writer has invalidated its cache already).
     pub(super) origin: std::sync::Arc<str>,
+    /// Rows per retention purge batch ([`StoreOptions::purge_batch_size`], at least 1).
+    pub(super) purge_batch: u32,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -158,6 +164,7 @@ impl SqlStore {
             backend,
             url: SecretString::from(url),
             origin: std::sync::Arc::from(uuid::Uuid::new_v4().simple().to_string()),
+            purge_batch: options.purge_batch_size.max(1),
         })
     }
 
@@ -184,8 +191,15 @@ impl SqlStore {
         self.backend == Backend::Postgres
     }
 
-    /// Starts a transaction on a pooled connection.
+    /// Starts a transaction on a pooled connection. On SQLite it takes the
+    /// write lock at once (`BEGIN IMMEDIATE`, waiting up to `busy_timeout`):
+    /// a deferred transaction that reads and then writes fails at once with
+    /// "database is locked" when another connection committed in between.
     pub(super) async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        self.pool.begin().await.map_err(map_err)
+        match self.backend {
+            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+        }
+        .map_err(map_err)
     }
 }

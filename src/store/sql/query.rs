@@ -1,6 +1,7 @@
 //! Running statements: one call that executes a query and maps both the
-//! driver error and the rows ([`Fetch`]), `$n` placeholder lists, the
-//! PostgreSQL row-lock suffix, and the delete-or-count of the purges.
+//! driver error and the rows ([`Fetch`]), `$n` placeholder lists and the
+//! bound on their length, the PostgreSQL row-lock suffix, and the batched
+//! delete-or-count of the purges.
 
 use super::error::map_err;
 use super::rows::FromAnyRow;
@@ -86,14 +87,22 @@ pub(in crate::store) fn lock_suffix(backend: Backend) -> &'static str {
     }
 }
 
-/// Deletes the rows of `table` matching `condition` (with `$1` = `before`),
-/// or on a dry run only counts them.
+/// Most ids bound in one `IN (…)` list: far below PostgreSQL's 65,535 bind
+/// parameters and SQLite's limit (999 in old builds) even when a statement
+/// repeats the list three times.
+pub(in crate::store) const ID_CHUNK: usize = 300;
+
+/// Deletes the rows of `table` (keyed by `id`) matching `condition` (with
+/// `$1` = `before`) in batches of at most `batch` rows, each batch its own
+/// statement and so its own short transaction, until none is left; or, on a
+/// dry run, only counts them.
 pub(in crate::store) async fn purge_where(
     pool: &AnyPool,
     table: &str,
     condition: &str,
     before: DateTime<Utc>,
     dry_run: bool,
+    batch: u32,
 ) -> Result<u64, StoreError> {
     if dry_run {
         let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {condition}"))
@@ -103,8 +112,18 @@ pub(in crate::store) async fn purge_where(
             .map_err(map_err)?;
         return Ok(u64::try_from(n).unwrap_or(0));
     }
-    sqlx::query(&format!("DELETE FROM {table} WHERE {condition}"))
-        .bind(to_millis(before))
-        .run(pool)
-        .await
+    let sql = format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {condition} LIMIT $2)");
+    let batch = batch.max(1);
+    let mut purged = 0;
+    loop {
+        let deleted = sqlx::query(&sql)
+            .bind(to_millis(before))
+            .bind(i64::from(batch))
+            .run(pool)
+            .await?;
+        purged += deleted;
+        if deleted < u64::from(batch) {
+            return Ok(purged);
+        }
+    }
 }
