@@ -19,6 +19,7 @@ mod consent;
 mod export;
 mod faults;
 mod lifecycle;
+mod outbox;
 mod process;
 mod refresh;
 mod retention;
