@@ -111,12 +111,7 @@ async fn cached_then_refreshed(backend: Backend) {
     );
     assert_eq!(with.fake.stats().refreshes, 1);
 
-    let metrics = reqwest::get(with.server.http_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::support::inspect::metrics(&with.server).await;
     for outcome in ["store_hit", "cache_hit", "refreshed"] {
         assert!(
             metrics.contains(&format!("tokenvault_token_issuances_total{{outcome=\"{outcome}\"}}")),

@@ -123,12 +123,7 @@ async fn configuration_errors_wait(backend: Backend) {
         shown.provider_revocation.as_ref().unwrap().last_error_kind,
         "client_rejected"
     );
-    let metrics = reqwest::get(with.server.http_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::support::inspect::metrics(&with.server).await;
     assert!(
         metrics.contains("outcome=\"waiting_for_configuration\""),
         "an alertable metric"

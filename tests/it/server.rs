@@ -131,12 +131,7 @@ async fn every_authentication_failure_has_its_status() {
         .await
         .unwrap_err();
     assert!(response.metadata().get("x-request-id").is_some());
-    let metrics = reqwest::get(server.http_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::support::inspect::metrics(&server).await;
     assert!(
         metrics.contains("tokenvault_auth_failures_total{outcome=\"unknown\"} 2"),
         "{metrics}"

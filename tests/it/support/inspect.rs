@@ -85,3 +85,13 @@ pub async fn revocations(fake: &FakeProvider, n: usize) -> Vec<RevocationRecord>
     }
     fake.stats().revocations
 }
+
+/// The server's `/metrics` page (Prometheus text).
+pub async fn metrics(server: &TestServer) -> String {
+    reqwest::get(server.http_url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
