@@ -237,7 +237,10 @@ impl OutboxWorker {
                     tenant_id: &entry.tenant_id,
                     user_id: &entry.user_id,
                     record: &entry.binding_record,
-                    field: if is_refresh {
+                    // A handed-over credential (re-consent, lost refresh) is sealed under the entry's own key.
+                    field: if super::is_handed_over(entry) {
+                        Field::OutboxToken
+                    } else if is_refresh {
                         Field::RefreshToken
                     } else {
                         Field::AccessToken

@@ -20,6 +20,7 @@ mod faults;
 mod lifecycle;
 mod process;
 mod refresh;
+mod replaced;
 mod revocation_methods;
 mod server;
 mod store;
