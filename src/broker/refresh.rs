@@ -7,8 +7,9 @@
 //! meanwhile; take the store's refresh lease (one refresher across replicas,
 //! journaled: owner and start); present the stored refresh token; store the
 //! answer fenced by the token version, so a revocation, deletion or
-//! re-consent that landed meanwhile wins and the late credentials are revoked
-//! at the provider. No row lock is held across the provider call.
+//! re-consent that landed meanwhile wins and the late credentials go to the
+//! provider-revocation outbox (see `discard_orphan`). No row lock is held
+//! across the provider call.
 //! `invalid_grant` makes the connection `NEEDS_REAUTH` (with "refresh
 //! interrupted" when the journal shows that an earlier attempt died after the
 //! provider may have rotated the token); a provider outage serves a stored

@@ -1,8 +1,9 @@
 //! Connections and their stored access tokens: [`ConnectionStore`], reading
-//! (one, a batch with tokens, a list), creating, storing a consent's grant,
-//! revoking (with the provider revocation queued in the outbox), usage
-//! stamps, and the purge of revoked rows. Storing a grant and revoking
-//! append their [`Trail`] in the same transaction as the change.
+//! (one, a batch with tokens, a list), creating, storing a consent's grant
+//! (with the credential it replaces queued in the outbox), revoking (with the
+//! provider revocation queued in the outbox), queueing a credential no
+//! connection holds any more, usage stamps, and the purge of revoked rows.
+//! Each change appends its [`Trail`] in the same transaction.
 
 use super::notify::commit_notifying;
 use super::outbox::insert_outbox_entry;
