@@ -281,6 +281,7 @@ impl Seeder {
                         issued_at: now,
                     },
                     consent_id: None,
+                    replaced: None,
                 },
                 &Trail::none(),
                 now,

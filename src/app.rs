@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::consent::catalog::Catalog;
 use crate::consent::return_url::ReturnUrlPolicy;
 use crate::consent::ConsentFlow;
-use crate::lifecycle::{Lifecycle, OutboxWorker, Sweeper};
+use crate::lifecycle::{Handover, Lifecycle, OutboxWorker, Sweeper};
 use crate::provider::{ProviderHttp, Providers};
 use crate::store::{KeyStore, SqlStore, Store, StoreError, StoreOptions};
 use crate::telemetry::Metrics;
@@ -180,6 +180,20 @@ impl App {
                 .map_err(|e| StartupError::Config(format!("server.public_url: {e}")))?;
             let _ = callback_url.set(url);
         }
+        let outbox = Arc::new(OutboxWorker::new(
+            store.clone(),
+            vault.clone(),
+            providers.clone(),
+            clock.clone(),
+            metrics.clone(),
+            config.lifecycle.revocation_retry_base_seconds,
+        ));
+        // Credentials that re-consent or a lost refresh leave behind go to the outbox too.
+        let handover = Handover::new(
+            vault.clone(),
+            outbox.clone(),
+            config.lifecycle.revocation_give_up_after_hours,
+        );
         let broker = Arc::new(Broker::new(
             &config.broker,
             store.clone(),
@@ -189,6 +203,7 @@ impl App {
             clock.clone(),
             metrics.clone(),
             (config.database.max_connections as usize / 2).max(1),
+            handover.clone(),
         ));
         let consent = ConsentFlow::new(
             store.clone(),
@@ -200,15 +215,8 @@ impl App {
             config.consent.ttl_seconds,
             callback_url.clone(),
             broker.shared_cache(),
+            handover,
         );
-        let outbox = Arc::new(OutboxWorker::new(
-            store.clone(),
-            vault.clone(),
-            providers.clone(),
-            clock.clone(),
-            metrics.clone(),
-            config.lifecycle.revocation_retry_base_seconds,
-        ));
         let lifecycle = Arc::new(Lifecycle::new(
             &config.lifecycle,
             store.clone(),

@@ -50,6 +50,7 @@ pub use usage::{Issuance, UsageLog};
 use crate::audit::AuditLog;
 use crate::clock::SharedClock;
 use crate::config::BrokerConfig;
+use crate::lifecycle::Handover;
 use crate::provider::Providers;
 use crate::store::{ScopeSet, Store, TenantScope};
 use crate::telemetry::Metrics;
@@ -126,6 +127,7 @@ pub struct Broker {
     max_lease: chrono::Duration,
     attempts: u32,
     default_deadline: Duration,
+    handover: Handover,
 }
 
 impl std::fmt::Debug for Broker {
@@ -147,7 +149,8 @@ fn seconds(value: u64) -> chrono::Duration {
 }
 
 impl Broker {
-    /// Builds the broker; `refresh_slots` bounds concurrent upstream refreshes.
+    /// Builds the broker; `refresh_slots` bounds concurrent upstream
+    /// refreshes; `handover` takes the credentials of a refresh that lost.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &BrokerConfig,
@@ -158,6 +161,7 @@ impl Broker {
         clock: SharedClock,
         metrics: Metrics,
         refresh_slots: usize,
+        handover: Handover,
     ) -> Self {
         Self {
             reader: ConnectionReader::start(store.clone(), config.store_readers),
@@ -181,6 +185,7 @@ impl Broker {
             max_lease: seconds(config.max_lease_seconds),
             attempts: config.refresh_attempts.max(1),
             default_deadline: Duration::from_secs(config.refresh_deadline_seconds.max(1)),
+            handover,
         }
     }
 

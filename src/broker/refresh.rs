@@ -7,8 +7,9 @@
 //! meanwhile; take the store's refresh lease (one refresher across replicas,
 //! journaled: owner and start); present the stored refresh token; store the
 //! answer fenced by the token version, so a revocation, deletion or
-//! re-consent that landed meanwhile wins and the late credentials are revoked
-//! at the provider. No row lock is held across the provider call.
+//! re-consent that landed meanwhile wins and the late credentials go to the
+//! provider-revocation outbox (see `discard_orphan`). No row lock is held
+//! across the provider call.
 //! `invalid_grant` makes the connection `NEEDS_REAUTH` (with "refresh
 //! interrupted" when the journal shows that an earlier attempt died after the
 //! provider may have rotated the token); a provider outage serves a stored
@@ -21,10 +22,11 @@ use super::secrets::{seal_access, seal_refresh};
 use super::{scope_key, Broker, BrokerError, CachedToken, IssuedToken, Requester, TokenRequest};
 use crate::audit::EventBuilder;
 use crate::consent::catalog::RefreshRotation;
+use crate::lifecycle::{CredentialKind, Purpose};
 use crate::provider::{ProviderClient, ProviderError, TokenSet};
 use crate::store::{
-    AccessTokenRecord, AuditEvent, Connection, InterruptedRefresh, RefreshClaim, RefreshCommit, RefreshWrite, ScopeSet,
-    StoreError, TenantScope, Trail,
+    AccessTokenRecord, AuditEvent, Connection, ConnectionStatus, InterruptedRefresh, RefreshClaim, RefreshCommit,
+    RefreshWrite, ScopeSet, StoreError, TenantScope, Trail,
 };
 use crate::vault::DataKey;
 use secrecy::SecretString;
@@ -484,7 +486,7 @@ impl Broker {
                 Ok(Round::Landed(self.cache_landed(epoch, job, token, "refreshed")))
             }
             RefreshCommit::Superseded => {
-                self.discard_orphan(connection, tokens).await;
+                self.discard_orphan(job, connection, tokens).await;
                 Ok(Round::Again)
             }
         }
@@ -499,23 +501,96 @@ impl Broker {
         Landed { token, outcome }
     }
 
-    /// A refresh whose result could not be stored (the connection was revoked
-    /// or re-consented meanwhile): its credentials are never served, and are
-    /// revoked at the provider, best effort.
-    async fn discard_orphan(&self, connection: &Connection, tokens: TokenSet) {
+    /// A refresh whose result could not be stored (the connection was
+    /// revoked, deleted or re-consented meanwhile): its credentials are never
+    /// served. The new credential (the rotated refresh token, else the new
+    /// access token) goes to the provider-revocation outbox under a data key
+    /// of its own, audited in the same transaction, and is retried there until
+    /// final; when that cannot be stored (database down) it is revoked at once,
+    /// best effort. Nothing is revoked when the provider cannot revoke, nor
+    /// when the connection is still active at a provider whose revocation is
+    /// grant-wide and shared with a re-consent's token (it would end the new grant).
+    async fn discard_orphan(&self, job: &Job, connection: &Connection, tokens: TokenSet) {
+        let (token, kind) = match &tokens.refresh_token {
+            Some(rotated) => (rotated, CredentialKind::RefreshToken),
+            None => (&tokens.access_token, CredentialKind::AccessToken),
+        };
+        let now = self.clock.now();
+        let event = |outcome: &str, reason: &str| {
+            EventBuilder::new("connection.refresh_discarded", outcome, &job.actor, now)
+                .user(&connection.tenant_id, &connection.user_id)
+                .connection(connection.id)
+                .request_id(job.request_id.as_deref())
+                .detail("provider", connection.provider.clone())
+                .detail("token_type_hint", kind.hint())
+                .detail("reason", reason.to_owned())
+        };
         let Ok(client) = self.providers.client(&connection.provider) else {
+            tracing::warn!(connection_id = %connection.id, "the provider of a refresh that lost is no longer configured; its credentials cannot be revoked");
+            self.audit
+                .enqueue(event("failure", "the provider is not configured").build())
+                .await;
             return;
         };
-        let (token, is_refresh) = match &tokens.refresh_token {
-            Some(rt) => (rt, true),
-            None => (&tokens.access_token, false),
+        if client.spec().revocation_unsupported().is_some() {
+            self.audit
+                .enqueue(event("unsupported", "the provider offers no revocation").build())
+                .await;
+            return;
+        }
+        if !client.spec().revoke_replaced_on_reconsent() {
+            let current = self.store.connection(&TenantScope::All, connection.id).await;
+            if matches!(current, Ok(Some(ref c)) if c.stored_status == ConnectionStatus::Active) {
+                self.audit
+                    .enqueue(
+                        event(
+                            "not_revoked",
+                            "the connection is still active and the provider's revocation is grant-wide",
+                        )
+                        .build(),
+                    )
+                    .await;
+                return;
+            }
+        }
+        let reason = "the refresh lost to a revocation, deletion or re-consent";
+        let queued = match self.handover.entry(connection, token, kind, Purpose::Orphan, now).await {
+            Ok(entry) => {
+                let trail = Trail::from(
+                    event("queued", reason)
+                        .detail("revocation_outbox_id", entry.id.to_string())
+                        .build(),
+                );
+                match self.store.queue_revocation(&entry, &trail).await {
+                    Ok(()) => {
+                        self.handover.attempt_soon(entry.id);
+                        Ok(())
+                    }
+                    Err(error) => {
+                        self.handover.discard(&entry).await;
+                        Err(error.to_string())
+                    }
+                }
+            }
+            Err(error) => Err(error.to_string()),
         };
-        let outcome = match client.revoke(token, is_refresh).await {
+        let Err(error) = queued else { return };
+        tracing::warn!(connection_id = %connection.id, %error,
+            "could not queue the credentials of a refresh that lost for revocation; revoking them at once, best effort");
+        let outcome = match client.revoke(token, kind == CredentialKind::RefreshToken).await {
             Ok(crate::provider::Revoked::Done) => "revoked",
             Ok(crate::provider::Revoked::Unsupported { .. }) => "unsupported",
             Err(error) => error.kind(),
         };
-        tracing::info!(connection_id = %connection.id, outcome, "revoked credentials of a refresh that lost to a revocation");
+        tracing::info!(connection_id = %connection.id, outcome, "revoked the credentials of a refresh that lost, once, without the outbox");
+        self.audit
+            .enqueue(
+                event(if outcome == "revoked" { "success" } else { "failure" }, reason)
+                    .detail("outbox", "unavailable")
+                    .detail("revocation", outcome)
+                    .build(),
+            )
+            .await;
     }
 }
 

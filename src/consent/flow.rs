@@ -14,19 +14,20 @@ use super::return_url::ReturnUrlPolicy;
 use crate::audit::EventBuilder;
 use crate::broker::TokenCache;
 use crate::clock::SharedClock;
-use crate::consent::catalog::CatalogError;
+use crate::consent::catalog::{CatalogError, ProviderSpec};
+use crate::lifecycle::{CredentialKind, Handover, Purpose};
 use crate::provider::{new_pkce, ProviderError, Providers, TokenSet};
 use crate::store::{
-    access_token_record, AccessTokenRecord, AuditEvent, ConnectionStatus, ConsentGrant, ConsentRecord, ConsentState,
-    ScopeSet, Sealed, Store, StoreError, TenantScope, Trail,
+    access_token_record, AccessTokenRecord, AuditEvent, Connection, ConnectionStatus, ConsentGrant, ConsentRecord,
+    ConsentState, OutboxEntry, ScopeSet, Sealed, Store, StoreError, TenantScope, Trail,
 };
 use crate::telemetry::Metrics;
-use crate::vault::{Binding, Field, Vault, VaultError};
+use crate::vault::{Binding, DataKey, Field, Vault, VaultError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, OnceLock};
 use url::Url;
@@ -180,6 +181,7 @@ pub struct ConsentFlow {
     ttl: chrono::Duration,
     callback_url: Arc<OnceLock<Url>>,
     cache: Arc<TokenCache>,
+    handover: Handover,
 }
 
 impl std::fmt::Debug for ConsentFlow {
@@ -223,6 +225,7 @@ impl ConsentFlow {
         ttl_seconds: u64,
         callback_url: Arc<OnceLock<Url>>,
         cache: Arc<TokenCache>,
+        handover: Handover,
     ) -> Self {
         Self {
             store,
@@ -234,6 +237,7 @@ impl ConsentFlow {
             ttl: chrono::Duration::seconds(i64::try_from(ttl_seconds).unwrap_or(600)),
             callback_url,
             cache,
+            handover,
         }
     }
 
@@ -398,6 +402,7 @@ impl ConsentFlow {
             connection_id,
             granted: granted.clone(),
             error: error.map(str::to_owned),
+            replaced: None,
         };
         let exchanged = match (&params.error, &params.code) {
             (Some(error), _) => Err((
@@ -410,10 +415,10 @@ impl ConsentFlow {
         // A grant is stored together with the request's completion and its event.
         let result = match exchanged {
             Ok((tokens, granted)) => {
-                let trail = |connection_id| -> Trail {
-                    ending(Outcome::Connected, Some(connection_id), &granted, None)
-                        .event()
-                        .into()
+                let trail = |connection_id, replaced: &Replacement| -> Trail {
+                    let mut ending = ending(Outcome::Connected, Some(connection_id), &granted, None);
+                    ending.replaced = Some(replaced.note());
+                    ending.event().into()
                 };
                 self.store_tokens(&consent, tokens, granted.clone(), &trail)
                     .await
@@ -514,14 +519,20 @@ impl ConsentFlow {
     }
 
     /// Stores the tokens on the one connection and completes the request,
-    /// with `trail(connection id)` in the same transaction.
+    /// queueing the credential they replace for revocation at the provider
+    /// (see [`ConsentFlow::replaced_credential`]), with `trail(connection id,
+    /// what became of the replaced credential)` in the same transaction.
     async fn store_tokens(
         &self,
         consent: &ConsentRecord,
         tokens: TokenSet,
         granted: ScopeSet,
-        trail: &(dyn Fn(Uuid) -> Trail + Send + Sync),
+        trail: &(dyn Fn(Uuid, &Replacement) -> Trail + Send + Sync),
     ) -> Result<Uuid, ConsentError> {
+        let client = self
+            .providers
+            .client(&consent.provider)
+            .map_err(ConsentError::ProviderUnusable)?;
         for _ in 0..3 {
             let now = self.clock.now();
             let connection = self
@@ -568,6 +579,9 @@ impl ConsentFlow {
                 expires_at: tokens.expires_at,
                 token_version: connection.token_version + 1,
             };
+            let replacement = self
+                .replaced_credential(client.spec(), &connection, &key, &tokens, now)
+                .await?;
             let grant = ConsentGrant {
                 connection_id: connection.id,
                 expected_version: connection.token_version,
@@ -576,14 +590,24 @@ impl ConsentFlow {
                 granted_scopes: granted.clone(),
                 access_token: access,
                 consent_id: Some(consent.id),
+                replaced: replacement.entry().cloned(),
             };
-            if self
+            let stored = self
                 .store
-                .store_consent_grant(&grant, &trail(connection.id), now)
-                .await?
-            {
+                .store_consent_grant(&grant, &trail(connection.id, &replacement), now)
+                .await;
+            if !matches!(stored, Ok(true)) {
+                // The entry was not stored: its key has nothing to keep.
+                if let Some(entry) = replacement.entry() {
+                    self.handover.discard(entry).await;
+                }
+            }
+            if stored? {
                 // This replica's cache at once (the store tells the others).
                 self.cache.invalidate_connection(connection.id);
+                if let Some(entry) = replacement.entry() {
+                    self.handover.attempt_soon(entry.id);
+                }
                 return Ok(connection.id);
             }
         }
@@ -591,6 +615,128 @@ impl ConsentFlow {
             "the connection kept changing while consent completed".to_owned(),
         )))
     }
+
+    /// The credential a new grant replaces on `connection`, as an outbox
+    /// entry under a data key of its own (`key` is the connection's, which
+    /// stays with the connection): the old refresh token, or for a
+    /// connection without one, the old full-grant access token. Nothing is
+    /// queued when there is none (or it stays, as an incremental grant without
+    /// a new refresh token keeps the old one), when the provider cannot
+    /// revoke, when its revocation is grant-wide and shared with the new
+    /// token ([`ProviderSpec::revoke_replaced_on_reconsent`]), or when the
+    /// provider handed back the same token.
+    async fn replaced_credential(
+        &self,
+        spec: &ProviderSpec,
+        connection: &Connection,
+        key: &DataKey,
+        tokens: &TokenSet,
+        now: DateTime<Utc>,
+    ) -> Result<Replacement, ConsentError> {
+        if connection.stored_status == ConnectionStatus::Revoked || connection.dek_id.is_none() {
+            // A revoked connection's credential went to the outbox with its revocation.
+            return Ok(Replacement::Nothing("none"));
+        }
+        let connection_record = connection.id.to_string();
+        let access_record = access_token_record(connection.id, "");
+        let (sealed, record, field, kind, new) = match &connection.refresh_token {
+            Some(_) if tokens.refresh_token.is_none() => return Ok(Replacement::Nothing("kept")),
+            Some(old) => (
+                old.clone(),
+                &connection_record,
+                Field::RefreshToken,
+                CredentialKind::RefreshToken,
+                tokens.refresh_token.as_ref(),
+            ),
+            None => {
+                let stored = self
+                    .store
+                    .connection_with_token(&TenantScope::All, connection.id, "")
+                    .await?
+                    .and_then(|(_, token)| token);
+                let Some(old) = stored else {
+                    return Ok(Replacement::Nothing("none"));
+                };
+                (
+                    old.token,
+                    &access_record,
+                    Field::AccessToken,
+                    CredentialKind::AccessToken,
+                    Some(&tokens.access_token),
+                )
+            }
+        };
+        if spec.revocation_unsupported().is_some() {
+            return Ok(Replacement::Nothing("unsupported"));
+        }
+        if !spec.revoke_replaced_on_reconsent() {
+            return Ok(Replacement::Nothing("grant_shared"));
+        }
+        let binding = Binding {
+            tenant_id: &connection.tenant_id,
+            user_id: &connection.user_id,
+            record,
+            field,
+        };
+        let old = match key.open_string(&binding, sealed.as_bytes()) {
+            Ok(old) => old,
+            Err(error) => {
+                tracing::warn!(%error, connection_id = %connection.id,
+                    "the credential a re-consent replaces does not open; it cannot be revoked at the provider");
+                return Ok(Replacement::Nothing("unreadable"));
+            }
+        };
+        if new.is_some_and(|new| new.expose_secret() == old.expose_secret()) {
+            return Ok(Replacement::Nothing("same_token"));
+        }
+        let entry = self
+            .handover
+            .entry(connection, &old, kind, Purpose::Replaced, now)
+            .await?;
+        Ok(Replacement::Queued(Box::new(entry)))
+    }
+}
+
+/// What a consent does with the credential its grant replaces.
+enum Replacement {
+    /// Queued for revocation at the provider, in the grant's transaction.
+    Queued(Box<OutboxEntry>),
+    /// Not queued, and why (`none`, `kept`, `unsupported`, `grant_shared`,
+    /// `unreadable`, `same_token`).
+    Nothing(&'static str),
+}
+
+impl Replacement {
+    /// The outbox entry, when queued.
+    fn entry(&self) -> Option<&OutboxEntry> {
+        match self {
+            Replacement::Queued(entry) => Some(entry),
+            Replacement::Nothing(_) => None,
+        }
+    }
+
+    /// What `consent.completed` records of it.
+    fn note(&self) -> ReplacedNote {
+        match self {
+            Replacement::Queued(entry) => ReplacedNote {
+                outcome: "queued",
+                token_type_hint: Some(entry.token_type_hint.clone()),
+                outbox_id: Some(entry.id),
+            },
+            Replacement::Nothing(why) => ReplacedNote {
+                outcome: why,
+                token_type_hint: None,
+                outbox_id: None,
+            },
+        }
+    }
+}
+
+/// The audit record of a [`Replacement`] (no secret).
+struct ReplacedNote {
+    outcome: &'static str,
+    token_type_hint: Option<String>,
+    outbox_id: Option<Uuid>,
 }
 
 /// How a consent request ended, for its audit event.
@@ -603,6 +749,8 @@ struct Ending<'a> {
     connection_id: Option<Uuid>,
     granted: ScopeSet,
     error: Option<String>,
+    /// What became of the credential a stored grant replaced.
+    replaced: Option<ReplacedNote>,
 }
 
 impl Ending<'_> {
@@ -629,6 +777,15 @@ impl Ending<'_> {
         }
         if let Some(reason) = self.error {
             event = event.detail("error", reason);
+        }
+        if let Some(replaced) = self.replaced {
+            event = event.detail("replaced_credential", replaced.outcome);
+            if let Some(hint) = replaced.token_type_hint {
+                event = event.detail("replaced_token_type_hint", hint);
+            }
+            if let Some(id) = replaced.outbox_id {
+                event = event.detail("revocation_outbox_id", id.to_string());
+            }
         }
         event.build()
     }

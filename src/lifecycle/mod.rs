@@ -11,9 +11,11 @@
 //! failed write fails the RPC and a retry re-wraps whatever is left and
 //! writes its own event.
 
+mod handover;
 mod outbox;
 mod retention;
 
+pub use handover::{is_handed_over, CredentialKind, Handover, Purpose};
 pub use outbox::OutboxWorker;
 pub use retention::{RetentionCategory, RetentionFailure, RetentionReport, Sweeper};
 

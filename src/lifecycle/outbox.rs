@@ -436,7 +436,7 @@ impl Verdict {
 /// What the entry's credential is sealed to: its connection's refresh or
 /// access token, or (for an entry with its own key) the entry itself.
 fn binding(entry: &OutboxEntry) -> Binding<'_> {
-    let field = if entry.binding_record == entry.id.to_string() {
+    let field = if super::is_handed_over(entry) {
         Field::OutboxToken
     } else if entry.token_type_hint == "refresh_token" {
         Field::RefreshToken

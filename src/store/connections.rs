@@ -1,8 +1,9 @@
 //! Connections and their stored access tokens: [`ConnectionStore`], reading
-//! (one, a batch with tokens, a list), creating, storing a consent's grant,
-//! revoking (with the provider revocation queued in the outbox), usage
-//! stamps, and the purge of revoked rows. Storing a grant and revoking
-//! append their [`Trail`] in the same transaction as the change.
+//! (one, a batch with tokens, a list), creating, storing a consent's grant
+//! (with the credential it replaces queued in the outbox), revoking (with the
+//! provider revocation queued in the outbox), queueing a credential no
+//! connection holds any more, usage stamps, and the purge of revoked rows.
+//! Each change appends its [`Trail`] in the same transaction.
 
 use super::notify::commit_notifying;
 use super::outbox::insert_outbox_entry;
@@ -58,6 +59,9 @@ pub struct ConsentGrant {
     /// The consent request this grant completes: marked `completed` (its
     /// verifier dropped) in the same transaction.
     pub consent_id: Option<Uuid>,
+    /// The credential this grant replaces, queued for revocation at the
+    /// provider in the same transaction (sealed under a data key of its own).
+    pub replaced: Option<OutboxEntry>,
 }
 
 /// The `connections` and `access_tokens` tables.
@@ -97,8 +101,9 @@ pub trait ConnectionStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Connection, StoreError>;
     /// Stores a completed consent's tokens (and completes its consent
-    /// request), appending `trail` in the same transaction; `false` when the
-    /// version moved (nothing stored or recorded: the caller retries).
+    /// request), queueing the replaced credential's outbox entry and
+    /// appending `trail` in the same transaction; `false` when the version
+    /// moved (nothing stored, queued or recorded: the caller retries).
     async fn store_consent_grant(
         &self,
         grant: &ConsentGrant,
@@ -118,6 +123,10 @@ pub trait ConnectionStore: Send + Sync {
         plan: &RevocationPlan,
         trail: TrailOf<'_, RevokeResult>,
     ) -> Result<Option<RevokeResult>, StoreError>;
+    /// Queues `entry` (a credential no connection holds any more, sealed
+    /// under its own data key) for revocation at the provider, appending
+    /// `trail` in the same transaction.
+    async fn queue_revocation(&self, entry: &OutboxEntry, trail: &Trail) -> Result<(), StoreError>;
     /// Writes `last_used_at` for a batch of connections (never moves it backwards).
     async fn touch_connections(&self, used: &[(Uuid, DateTime<Utc>)]) -> Result<(), StoreError>;
     /// Ids of data keys still referenced by connections, consents or the outbox, among `ids`.
@@ -264,6 +273,9 @@ impl ConnectionStore for SqlStore {
                 .run(&mut *tx)
                 .await?;
         }
+        if let Some(entry) = &grant.replaced {
+            insert_outbox_entry(&mut tx, entry).await?;
+        }
         append_trail(&mut tx, trail).await?;
         let invalidation = Invalidation::Connection {
             id: grant.connection_id,
@@ -363,6 +375,14 @@ impl ConnectionStore for SqlStore {
         append_trail(&mut tx, &trail(&result)).await?;
         commit_notifying(tx, self, &Invalidation::Connection { id }).await?;
         Ok(Some(result))
+    }
+
+    async fn queue_revocation(&self, entry: &OutboxEntry, trail: &Trail) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        insert_outbox_entry(&mut tx, entry).await?;
+        append_trail(&mut tx, trail).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
     }
 
     async fn touch_connections(&self, used: &[(Uuid, DateTime<Utc>)]) -> Result<(), StoreError> {

@@ -141,6 +141,11 @@ async fn an_action_whose_audit_fails_does_not_happen(backend: Backend) {
     assert_eq!(after.token_version, before.token_version);
     assert_eq!(after.refresh_token, before.refresh_token);
     assert_eq!(consent_state(server, &consent_id).await, "exchanging");
+    assert_eq!(
+        count(server, "revocation_outbox").await,
+        0,
+        "the replaced refresh token is queued with the grant or not at all"
+    );
 
     // StartConsent: refused, no request stored.
     let error = server
@@ -172,15 +177,21 @@ async fn an_action_whose_audit_fails_does_not_happen(backend: Backend) {
     let events = audit(server, "connection.revoked").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].connection_id, Some(connection_id.parse().unwrap()));
+    // The refresh token the re-consent replaced, and the one the revocation removed.
+    let entries = server
+        .app()
+        .store
+        .outbox_for_connection(connection_id.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 2, "{entries:?}");
     assert_eq!(
-        server
-            .app()
-            .store
-            .outbox_for_connection(connection_id.parse().unwrap())
-            .await
-            .unwrap()
-            .len(),
-        1
+        entries
+            .iter()
+            .filter(|e| tokenvault::lifecycle::is_handed_over(e))
+            .count(),
+        1,
+        "{entries:?}"
     );
 
     let deleted = delete_user(server, "alice").await.expect("DeleteUser");

@@ -2,15 +2,13 @@
 
 use crate::on_both;
 use crate::support::fixture::WithProvider;
-use crate::support::inspect::{audit, stored_connection};
+use crate::support::inspect::{audit, stored_connection, stored_refresh_token};
 use crate::support::provider::{connect, CatalogOptions};
 use crate::support::{keys, Backend, TestServer};
-use secrecy::ExposeSecret;
 use std::collections::HashSet;
 use tokenvault::clock::Clock;
 use tokenvault::proto::{GetAccessTokenRequest, GetAccessTokenResponse};
 use tokenvault::store::ConnectionStatus;
-use tokenvault::vault::{Binding, Field};
 use tokenvault_testkit::fake_provider::{Endpoint, FakeProviderConfig, Fault};
 use tonic::Code;
 
@@ -56,26 +54,6 @@ async fn concurrent_tokens(servers: &[&TestServer], connection_id: &str, calls: 
         tokens.insert(result.unwrap().expect("every caller gets a token"));
     }
     tokens
-}
-
-/// The refresh token the store holds for a connection, decrypted.
-async fn stored_refresh_token(server: &TestServer, connection_id: &str) -> String {
-    let app = server.app();
-    let connection = stored_connection(server, connection_id).await;
-    let key = app.vault.data_key(connection.dek_id.unwrap()).await.unwrap();
-    let record = connection.id.to_string();
-    let token = key
-        .open_string(
-            &Binding {
-                tenant_id: &connection.tenant_id,
-                user_id: &connection.user_id,
-                record: &record,
-                field: Field::RefreshToken,
-            },
-            connection.refresh_token.unwrap().as_bytes(),
-        )
-        .unwrap();
-    token.expose_secret().to_owned()
 }
 
 async fn cached_then_refreshed(backend: Backend) {

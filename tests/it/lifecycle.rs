@@ -395,15 +395,16 @@ async fn revoke_before_purge(backend: Backend) {
         .connections
         .iter()
         .all(|c| c.status == ConnectionStatus::Revoked as i32));
+    // The refresh token the re-consent replaced, and the one RevokeUser removed.
     assert_eq!(
-        revocations(&with.fake, 1).await.len(),
-        1,
+        revocations(&with.fake, 2).await.len(),
+        2,
         "revoked at the provider before purge_at"
     );
     with.server.clock.advance(chrono::Duration::days(31));
     let report = with.server.app().sweeper.run_once(None, false).await.unwrap().unwrap();
     assert_eq!(report.users_purged, 1);
-    assert_eq!(with.fake.stats().revocations.len(), 1, "nothing left to revoke twice");
+    assert_eq!(with.fake.stats().revocations.len(), 2, "nothing left to revoke twice");
     with.stop().await;
 }
 on_both!(revocation_before_purge, revoke_before_purge);

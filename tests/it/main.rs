@@ -22,6 +22,7 @@ mod lifecycle;
 mod outbox;
 mod process;
 mod refresh;
+mod replaced;
 mod retention;
 mod revocation_methods;
 mod server;

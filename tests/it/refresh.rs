@@ -6,7 +6,7 @@
 
 use crate::on_both;
 use crate::support::fixture::WithProvider;
-use crate::support::inspect::{audit, stored_connection};
+use crate::support::inspect::{audit, stored_connection, stored_refresh_token};
 use crate::support::provider::connect;
 use crate::support::{eventually, keys, Backend, TestServer};
 use std::time::{Duration, Instant};
@@ -102,6 +102,7 @@ async fn disconnect_during_a_slow_refresh(backend: Backend) {
     with.fake.set_subject("slow-user");
     let connection = connect(&with, "bea", &["mail.read"]).await;
     get(&with.server, &connection, 0, None).await.unwrap();
+    let stored_refresh = stored_refresh_token(&with.server, &connection).await;
     with.server.clock.advance(chrono::Duration::seconds(3600));
     // The provider rotates and mints at once, and answers eight seconds later.
     with.fake
@@ -149,13 +150,44 @@ async fn disconnect_during_a_slow_refresh(backend: Backend) {
         get(&with.server, &connection, 0, None).await.unwrap_err().code(),
         Code::FailedPrecondition
     );
-    // ...and the credentials it brought back are revoked at the provider too (the
-    // outbox revokes the stored token, the refresh that lost revokes its own): no
-    // live grant is left.
-    until(|| with.fake.stats().revocations.len() >= 2).await;
-    let revoked: std::collections::HashSet<String> =
-        with.fake.stats().revocations.iter().map(|r| r.token.clone()).collect();
-    assert_eq!(revoked.len(), 2, "the old and the rotated refresh token");
+    // ...and the credentials it brought back are revoked at the provider too,
+    // both through the outbox: the revocation's entry holds the stored refresh
+    // token, the refresh that lost queued the rotated one under a key of its own.
+    // No live grant is left.
+    let id: uuid::Uuid = connection.parse().unwrap();
+    let store = &with.server.app().store;
+    let ended = eventually(Duration::from_secs(20), || async {
+        let entries = store.outbox_for_connection(id).await.unwrap();
+        entries.len() == 2 && entries.iter().all(|e| e.status != "pending")
+    })
+    .await;
+    let entries = store.outbox_for_connection(id).await.unwrap();
+    assert!(ended, "two outbox entries, both finished: {entries:?}");
+    assert!(entries.iter().all(|e| e.status == "done"), "{entries:?}");
+    let handed_over: Vec<_> = entries
+        .iter()
+        .filter(|e| e.binding_record == e.id.to_string())
+        .collect();
+    assert_eq!(handed_over.len(), 1, "{entries:?}");
+    assert_eq!(handed_over[0].token_type_hint, "refresh_token");
+    let discarded = audit(&with.server, "connection.refresh_discarded").await;
+    assert_eq!(discarded.len(), 1, "{discarded:?}");
+    assert_eq!(discarded[0].outcome, "queued");
+    assert_eq!(
+        discarded[0].detail["revocation_outbox_id"],
+        handed_over[0].id.to_string()
+    );
+    let revocations = with.fake.stats().revocations;
+    assert_eq!(revocations.len(), 2, "{revocations:?}");
+    assert!(revocations.iter().all(|r| r.client_authenticated));
+    // The stored one (already rotated away at the provider) and the rotated one
+    // (whose grant may already have ended with the first revocation).
+    assert!(revocations.iter().any(|r| r.token == stored_refresh));
+    let rotated = revocations.iter().find(|r| r.token != stored_refresh);
+    assert!(
+        rotated.is_some_and(|r| r.token.starts_with("fake_rt_")),
+        "the rotated refresh token: {revocations:?}"
+    );
     assert!(with.fake.granted_scopes("slow-user").is_empty());
     with.stop().await;
 }

@@ -47,6 +47,7 @@ async fn connected(store: &SqlStore, tenant: &str, user: &str) -> Connection {
         granted_scopes: scopes(&["a", "b"]),
         access_token: access_token(connection.id, "", b"sealed-access", 3600),
         consent_id: None,
+        replaced: None,
     };
     assert!(store.store_consent_grant(&grant, &Trail::none(), now).await.unwrap());
     store
@@ -153,6 +154,7 @@ async fn connections(backend: Backend) {
         granted_scopes: scopes(&["x"]),
         access_token: access_token(connection.id, "", b"x", 10),
         consent_id: None,
+        replaced: None,
     };
     assert!(!store.store_consent_grant(&stale, &Trail::none(), now).await.unwrap());
 

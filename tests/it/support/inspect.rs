@@ -5,6 +5,7 @@ use super::server::TestServer;
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 use tokenvault::store::{AuditEvent, AuditFilter, Connection, TenantScope};
+use tokenvault::vault::{Binding, Field};
 use tokenvault_testkit::fake_provider::{FakeProvider, RevocationRecord};
 
 /// Every text and byte column of every table, for "no secret in clear" checks.
@@ -57,6 +58,26 @@ pub async fn stored_connection(server: &TestServer, connection_id: &str) -> Conn
         .await
         .unwrap()
         .unwrap()
+}
+
+/// The refresh token the store holds for a connection, decrypted.
+pub async fn stored_refresh_token(server: &TestServer, connection_id: &str) -> String {
+    let app = server.app();
+    let connection = stored_connection(server, connection_id).await;
+    let key = app.vault.data_key(connection.dek_id.unwrap()).await.unwrap();
+    let record = connection.id.to_string();
+    let token = key
+        .open_string(
+            &Binding {
+                tenant_id: &connection.tenant_id,
+                user_id: &connection.user_id,
+                record: &record,
+                field: Field::RefreshToken,
+            },
+            connection.refresh_token.unwrap().as_bytes(),
+        )
+        .unwrap();
+    token.expose_secret().to_owned()
 }
 
 /// The audit events of `action` (at most 100), after flushing the batched ones.
