@@ -58,14 +58,11 @@ pub(super) async fn bearer_revoke(
         .filter(|token| !token.is_empty());
     let trimmed = body.trim_ascii();
     let body_empty = trimmed.is_empty() || trimmed == b"null";
-    let query = Params::parse(uri.query().unwrap_or_default().as_bytes());
-    let form = Params::parse(&body);
     let client_credentials_sent = authorization
         .as_ref()
         .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
-        || [&query, &form]
-            .iter()
-            .any(|p| p.get("client_id").is_some() || p.get("client_secret").is_some());
+        || names_client(uri.query().unwrap_or_default().as_bytes())
+        || names_client(&body);
 
     let mut state = shared.lock_state();
     let was_active = bearer_token
@@ -108,4 +105,13 @@ pub(super) async fn bearer_revoke(
     } else {
         (StatusCode::OK, Json(serde_json::Value::Null)).into_response()
     }
+}
+
+/// Whether a query string or body (form or JSON) carries `client_id` or `client_secret`.
+fn names_client(input: &[u8]) -> bool {
+    const KEYS: [&str; 2] = ["client_id", "client_secret"];
+    let form = Params::parse(input);
+    let json = serde_json::from_slice::<serde_json::Value>(input).ok();
+    KEYS.iter()
+        .any(|key| form.get(key).is_some() || json.as_ref().is_some_and(|v| v.get(key).is_some()))
 }

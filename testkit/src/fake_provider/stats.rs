@@ -27,8 +27,8 @@ pub struct BearerRevocationRecord {
     /// The token of the `Authorization: Bearer` header, if the request had one.
     pub bearer_token: Option<String>,
     /// Whether the request carried client credentials anywhere (HTTP Basic,
-    /// or `client_id`/`client_secret` in the body or query); the endpoint
-    /// takes none.
+    /// or `client_id`/`client_secret` in the query or a form or JSON body);
+    /// the endpoint takes none.
     pub client_credentials_sent: bool,
     /// Whether the body was empty (or the JSON `null` of an argument-less call).
     pub body_empty: bool,
