@@ -1,18 +1,23 @@
 //! Revocation at the provider by the catalog's method, through the real
-//! server: GitHub-style grant deletion (with and without refresh tokens) and a
-//! provider whose revocation is unsupported. What the fake saw is asserted,
-//! and what the audit log says happened.
+//! server: GitHub-style grant deletion (with and without refresh tokens), RFC
+//! 7009 with an access token (Notion-style), the access token as bearer
+//! (Dropbox-style), each also after a transient failure, and a provider
+//! whose revocation is unsupported. What the fake saw is asserted, what the
+//! platform is told, when the data key goes, and what the audit log says
+//! happened.
 
 use crate::on_both;
 use crate::support::fixture::WithProvider;
-use crate::support::inspect::audit;
+use crate::support::inspect::{audit, stored_connection};
 use crate::support::provider::{connect, CatalogOptions};
 use crate::support::{eventually, keys, Backend, TestServer};
 use std::time::Duration;
 use tokenvault::proto::*;
-use tokenvault::store::AuditEvent;
+use tokenvault::store::{AuditEvent, OutboxEntry};
+use tokenvault::vault::VaultError;
 use tokenvault_testkit::fake_provider::{
-    CatalogRevocation, FakeProvider, FakeProviderConfig, GrantDeletionRecord, UNSUPPORTED_REASON,
+    CatalogRevocation, Endpoint, FakeProvider, FakeProviderConfig, Fault, GrantDeletionRecord, Stats,
+    ACCESS_TOKEN_PREFIX, UNSUPPORTED_REASON,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -274,3 +279,276 @@ async fn an_issuer_supplies_the_revocation_endpoint_next_to_explicit_ones() {
     assert_eq!(revocation_events(&with.server, &connection).await[0].outcome, "success");
     with.stop().await;
 }
+
+/// The connection as the platform reads it (GetConnection).
+async fn read(server: &TestServer, connection_id: &str) -> Connection {
+    server
+        .connections(keys::PLATFORM)
+        .get_connection(GetConnectionRequest {
+            connection_id: connection_id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap()
+}
+
+fn reported_state(connection: &Connection) -> ProviderRevocationState {
+    let reported = connection.provider_revocation.as_ref().expect("reported once revoked");
+    ProviderRevocationState::try_from(reported.state).unwrap()
+}
+
+/// Waits until GetConnection reports `state`.
+async fn reported(server: &TestServer, connection_id: &str, state: ProviderRevocationState) -> Connection {
+    let reached = eventually(WAIT, || async {
+        read(server, connection_id)
+            .await
+            .provider_revocation
+            .is_some_and(|r| r.state == state as i32)
+    })
+    .await;
+    let shown = read(server, connection_id).await;
+    assert!(reached, "never reported {state:?}: {:?}", shown.provider_revocation);
+    shown
+}
+
+async fn key_exists(server: &TestServer, dek: uuid::Uuid) -> bool {
+    !matches!(
+        server.app().vault.data_key(dek).await,
+        Err(VaultError::MissingDataKey(_))
+    )
+}
+
+/// The connection's one outbox entry.
+async fn outbox_entry(server: &TestServer, connection_id: &str) -> OutboxEntry {
+    let mut entries = server
+        .app()
+        .store
+        .outbox_for_connection(connection_id.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries.remove(0)
+}
+
+/// Waits until the connection's outbox entry has been attempted `n` times.
+async fn attempted(server: &TestServer, connection_id: &str, n: i64) -> OutboxEntry {
+    let reached = eventually(WAIT, || async {
+        outbox_entry(server, connection_id).await.attempts >= n
+    })
+    .await;
+    assert!(reached, "entry not attempted {n} times");
+    outbox_entry(server, connection_id).await
+}
+
+/// The revocation styles that present an access token the catalog's way,
+/// the refresh token being exchanged for a fresh access token first.
+#[derive(Debug, Clone, Copy)]
+enum AccessTokenStyle {
+    /// `rfc7009_access_token` (Notion): RFC 7009, `token` = the access token, client authentication.
+    Rfc7009,
+    /// `bearer_access_token` (Dropbox): `Authorization: Bearer`, no body, no client authentication.
+    Bearer,
+}
+
+/// What the one processed revocation call presented, and what it ended.
+struct SeenCall {
+    access_token: String,
+    ended_grant: bool,
+}
+
+impl AccessTokenStyle {
+    fn catalog(self) -> CatalogOptions {
+        CatalogOptions {
+            revocation: match self {
+                AccessTokenStyle::Rfc7009 => CatalogRevocation::Rfc7009AccessToken,
+                AccessTokenStyle::Bearer => CatalogRevocation::BearerAccessToken,
+            },
+            ..Default::default()
+        }
+    }
+
+    /// The fake's endpoint for this style, for fault injection.
+    fn endpoint(self) -> Endpoint {
+        match self {
+            AccessTokenStyle::Rfc7009 => Endpoint::Revoke,
+            AccessTokenStyle::Bearer => Endpoint::BearerRevoke,
+        }
+    }
+
+    /// Requests that reached this style's endpoint, faults included.
+    fn endpoint_requests(self, stats: &Stats) -> u64 {
+        match self {
+            AccessTokenStyle::Rfc7009 => stats.revoke_endpoint_requests,
+            AccessTokenStyle::Bearer => stats.bearer_revoke_endpoint_requests,
+        }
+    }
+
+    /// Revocation calls the fake processed (past fault injection), of any style.
+    fn processed_calls(stats: &Stats) -> usize {
+        stats.revocations.len() + stats.bearer_revocations.len() + stats.grant_deletions.len()
+    }
+
+    /// The one processed revocation call, checked to have this style's form.
+    fn the_call(self, stats: &Stats) -> SeenCall {
+        assert_eq!(Self::processed_calls(stats), 1, "{stats:?}");
+        match self {
+            AccessTokenStyle::Rfc7009 => {
+                let call = stats.revocations.first().expect("an RFC 7009 call");
+                // RFC 7009 at the catalog's URL, with an access token and the client's authentication.
+                assert_eq!(call.path, "/revoke-grant");
+                assert!(call.token.starts_with(ACCESS_TOKEN_PREFIX), "{call:?}");
+                assert_eq!(call.token_type_hint.as_deref(), Some("access_token"));
+                assert!(call.client_authenticated && call.was_active, "{call:?}");
+                SeenCall {
+                    access_token: call.token.clone(),
+                    ended_grant: call.ended_grant,
+                }
+            }
+            AccessTokenStyle::Bearer => {
+                assert_eq!(stats.revoke_endpoint_requests, 0, "no RFC 7009 call");
+                let call = stats.bearer_revocations.first().expect("a bearer call");
+                // The access token as bearer, nothing else: no body, no client credentials.
+                let token = call.bearer_token.clone().expect("an Authorization: Bearer header");
+                assert!(token.starts_with(ACCESS_TOKEN_PREFIX), "{call:?}");
+                assert!(!call.client_credentials_sent, "no client authentication: {call:?}");
+                assert!(call.body_empty && call.was_active, "{call:?}");
+                SeenCall {
+                    access_token: token,
+                    ended_grant: call.ended_grant,
+                }
+            }
+        }
+    }
+}
+
+async fn revoked_with_an_access_token(backend: Backend, style: AccessTokenStyle) {
+    let with = WithProvider::build(backend).catalog(style.catalog()).start().await;
+    let connection = connect(&with, "alice", &["mail.read"]).await;
+    let handed_out = token(&with.server, &connection).await;
+    // Another user of the same app, whose grant the revocation must leave alone.
+    with.fake.set_subject("user-2");
+    let other = connect(&with, "bob", &["mail.read"]).await;
+    let bobs = token(&with.server, &other).await;
+    let dek = stored_connection(&with.server, &connection).await.dek_id.unwrap();
+    assert_eq!(with.fake.live_refresh_tokens("user-1"), 1);
+    let refreshes_before = with.fake.stats().refreshes;
+
+    let revoked = disconnect(&with.server, &connection).await;
+    assert_eq!(reported_state(&revoked), ProviderRevocationState::Pending);
+    let done = reported(&with.server, &connection, ProviderRevocationState::Done).await;
+    assert!(done.provider_revocation.unwrap().at.is_some());
+
+    // Exactly one call of the style's form, with a fresh access token: the
+    // refresh token was exchanged for it, once, and the rotated one never presented again.
+    let stats = with.fake.stats();
+    let call = style.the_call(&stats);
+    assert_ne!(call.access_token, handed_out.access_token);
+    assert_eq!(stats.refreshes, refreshes_before + 1);
+    assert_eq!(stats.retired_refresh_tokens_presented, 0);
+    // The call ended the grant the token belongs to: its refresh token and
+    // both access tokens stop working at the provider.
+    assert!(call.ended_grant);
+    assert_eq!(with.fake.live_refresh_tokens("user-1"), 0);
+    assert!(with.fake.granted_scopes("user-1").is_empty());
+    assert!(with.fake.introspect(&handed_out.access_token).is_none());
+    assert!(with.fake.introspect(&call.access_token).is_none());
+    // Bob's grant lives on.
+    assert!(with.fake.introspect(&bobs.access_token).is_some());
+    assert_eq!(with.fake.live_refresh_tokens("user-2"), 1);
+
+    // At the final outcome the key goes, and the outbox keeps no copy.
+    assert!(
+        eventually(WAIT, || async { !key_exists(&with.server, dek).await }).await,
+        "the data key is destroyed"
+    );
+    let entry = outbox_entry(&with.server, &connection).await;
+    assert_eq!((entry.status.as_str(), entry.attempts), ("done", 1));
+    assert!(entry.token.is_none());
+    let events = revocation_events(&with.server, &connection).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].outcome, "success");
+    with.stop().await;
+}
+
+async fn rfc7009_access_token(backend: Backend) {
+    revoked_with_an_access_token(backend, AccessTokenStyle::Rfc7009).await;
+}
+on_both!(rfc7009_access_token_revocation_ends_the_grant, rfc7009_access_token);
+
+async fn bearer_access_token(backend: Backend) {
+    revoked_with_an_access_token(backend, AccessTokenStyle::Bearer).await;
+}
+on_both!(bearer_access_token_revocation_ends_the_grant, bearer_access_token);
+
+async fn retried_after_a_transient_failure(backend: Backend, style: AccessTokenStyle) {
+    let with = WithProvider::build(backend)
+        .catalog(style.catalog())
+        // Only the test's process_due retries: the worker's poll does not race it.
+        .config(|config| config.lifecycle.outbox_poll_seconds = 3600)
+        .start()
+        .await;
+    let connection = connect(&with, "alice", &["mail.read"]).await;
+    let dek = stored_connection(&with.server, &connection).await.dek_id.unwrap();
+    // The refresh that yields an access token succeeds (and rotates the
+    // refresh token); the revocation call then gets a 503.
+    with.fake.faults().push(style.endpoint(), Fault::Status(503));
+
+    let revoked = disconnect(&with.server, &connection).await;
+    assert_eq!(reported_state(&revoked), ProviderRevocationState::Pending);
+    let first = attempted(&with.server, &connection, 1).await;
+    assert_eq!(first.status, "pending");
+    assert!(!first.rotation_uncertain && first.token.is_some());
+    let stats = with.fake.stats();
+    assert_eq!((stats.refreshes, stats.successful_refreshes), (1, 1));
+    assert_eq!(style.endpoint_requests(&stats), 1);
+    assert_eq!(AccessTokenStyle::processed_calls(&stats), 0, "the fault answered first");
+    // Pending: the key still exists, the platform reads PENDING with the
+    // error kind, and the grant (with its rotated refresh token) is live.
+    assert!(key_exists(&with.server, dek).await);
+    let shown = read(&with.server, &connection).await;
+    assert_eq!(reported_state(&shown), ProviderRevocationState::Pending);
+    assert_eq!(shown.provider_revocation.unwrap().last_error_kind, "unavailable");
+    assert_eq!(with.fake.live_refresh_tokens("user-1"), 1);
+
+    with.server.clock.advance(chrono::Duration::minutes(10));
+    let retried = with.server.app().lifecycle.outbox().process_due().await.unwrap();
+    assert_eq!(retried, 1);
+    let done = outbox_entry(&with.server, &connection).await;
+    assert_eq!((done.status.as_str(), done.attempts), ("done", 2), "{done:?}");
+    let stats = with.fake.stats();
+    // The retry refreshed with the rotated refresh token the entry kept, never the retired one.
+    assert_eq!(stats.retired_refresh_tokens_presented, 0);
+    assert_eq!((stats.refreshes, stats.successful_refreshes), (2, 2));
+    assert_eq!(style.endpoint_requests(&stats), 2);
+    let call = style.the_call(&stats);
+    assert!(call.ended_grant, "the grant really ended");
+    assert_eq!(with.fake.live_refresh_tokens("user-1"), 0);
+    assert!(with.fake.introspect(&call.access_token).is_none());
+    assert_eq!(
+        reported_state(&read(&with.server, &connection).await),
+        ProviderRevocationState::Done
+    );
+    assert!(
+        !key_exists(&with.server, dek).await,
+        "the key goes at the final outcome"
+    );
+    with.stop().await;
+}
+
+async fn rfc7009_access_token_retried(backend: Backend) {
+    retried_after_a_transient_failure(backend, AccessTokenStyle::Rfc7009).await;
+}
+on_both!(
+    rfc7009_access_token_revocation_is_retried_after_a_transient_failure,
+    rfc7009_access_token_retried
+);
+
+async fn bearer_access_token_retried(backend: Backend) {
+    retried_after_a_transient_failure(backend, AccessTokenStyle::Bearer).await;
+}
+on_both!(
+    bearer_access_token_revocation_is_retried_after_a_transient_failure,
+    bearer_access_token_retried
+);

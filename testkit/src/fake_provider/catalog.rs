@@ -9,6 +9,14 @@ pub enum CatalogRevocation {
     /// RFC 7009 at `/revoke` with the refresh token.
     #[default]
     Rfc7009,
+    /// `revocation_method = "rfc7009_access_token"` (Notion-style): RFC 7009
+    /// with an access token (a refresh token is exchanged for one first) at
+    /// `/revoke-grant`, which ends the token's grant.
+    Rfc7009AccessToken,
+    /// `revocation_method = "bearer_access_token"` (Dropbox-style): the
+    /// access token as `Authorization: Bearer`, no body, no client
+    /// authentication, at `/bearer-revoke`, which ends the token's grant.
+    BearerAccessToken,
     /// GitHub-style grant deletion at `/applications/{client_id}/grant`
     /// (grant-wide; a re-consent shares the grant).
     GithubGrant,
@@ -58,6 +66,14 @@ impl FakeProvider {
     pub fn catalog_toml(&self, options: &CatalogOptions) -> String {
         let revocation = match options.revocation {
             CatalogRevocation::Rfc7009 => format!("revocation_url = \"{}\"\n", self.revocation_url()),
+            CatalogRevocation::Rfc7009AccessToken => format!(
+                "revocation_url = \"{}\"\nrevocation_method = \"rfc7009_access_token\"\nrevocation_scope = \"token\"\n",
+                self.grant_revocation_url()
+            ),
+            CatalogRevocation::BearerAccessToken => format!(
+                "revocation_url = \"{}\"\nrevocation_method = \"bearer_access_token\"\nrevocation_scope = \"token\"\n",
+                self.bearer_revocation_url()
+            ),
             CatalogRevocation::GithubGrant => format!(
                 "revocation_url = \"{}\"\nrevocation_method = \"github_grant\"\nrevocation_scope = \"grant\"\n\
                  reconsent_same_grant = true\n",

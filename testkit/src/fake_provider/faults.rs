@@ -18,12 +18,14 @@ use super::state::lock;
 pub enum Endpoint {
     /// `POST /token`.
     Token,
-    /// `POST /revoke`.
+    /// The RFC 7009 endpoints: `POST /revoke` and `POST /revoke-grant`.
     Revoke,
     /// `GET /authorize`.
     Authorize,
     /// `DELETE /applications/{client_id}/grant` (GitHub-style grant deletion).
     GrantDeletion,
+    /// `POST /bearer-revoke` (Dropbox-style revocation by the bearer token).
+    BearerRevoke,
 }
 
 /// A fault the fake injects into a request, before normal processing.

@@ -81,6 +81,23 @@ impl FakeProvider {
         self.shared.lock_state().refresh_grant(refresh_token).is_some()
     }
 
+    /// How many of the user's refresh tokens the refresh grant would accept
+    /// now (active, of a live grant of this client).
+    pub fn live_refresh_tokens(&self, subject: &str) -> usize {
+        let state = self.shared.lock_state();
+        state
+            .refresh_tokens
+            .iter()
+            .filter(|(token, record)| {
+                state.refresh_grant(token).is_some()
+                    && state
+                        .grants
+                        .get(&record.grant_id)
+                        .is_some_and(|g| g.subject == subject && g.client_id == self.shared.config.client_id)
+            })
+            .count()
+    }
+
     /// The scopes of the user's live grants, in first-granted order.
     pub fn granted_scopes(&self, subject: &str) -> Vec<String> {
         self.shared

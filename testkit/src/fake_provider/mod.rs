@@ -5,7 +5,11 @@
 //! - RFC 6749: authorization code grant (`GET /authorize`, `POST /token`),
 //!   refresh grant, client authentication (§2.3.1) and error responses (§5.2);
 //! - RFC 7636: PKCE, `S256` only (`plain` is rejected);
-//! - RFC 7009: token revocation (`POST /revoke`);
+//! - RFC 7009: token revocation (`POST /revoke`, where revoking an access
+//!   token ends only that token; `POST /revoke-grant`, where it ends the
+//!   token's grant);
+//! - revocation by the bearer token, as Dropbox's `/2/auth/token/revoke`
+//!   (`POST /bearer-revoke`), which ends the token's grant;
 //! - GitHub-style grant deletion (`DELETE /applications/{client_id}/grant`,
 //!   HTTP Basic, JSON body), which ends every grant of the client for the
 //!   token's user;
@@ -22,13 +26,15 @@
 //! for them.
 //!
 //! One module per job: [`config`](FakeProviderConfig) and the shared `state`;
-//! one module per endpoint (`authorize`, `token`, `revoke`, `grant_deletion`, `discovery`) with
-//! `client_auth`, `params` and `responses` beside them; fault injection
+//! one module per endpoint (`authorize`, `token`, `revoke`, `bearer_revoke`,
+//! `grant_deletion`, `discovery`) with `client_auth`, `params` and
+//! `responses` beside them; fault injection
 //! ([`Faults`]), counters ([`Stats`]); and the test's controls: the browser
 //! ([`FakeProvider::approve`]), grants ([`FakeProvider::mint_grant`] and the
 //! like) and the catalog entry ([`FakeProvider::catalog_toml`]).
 
 mod authorize;
+mod bearer_revoke;
 mod browser;
 mod catalog;
 mod client_auth;
@@ -59,7 +65,7 @@ pub use catalog::{CatalogOptions, CatalogRevocation, CATALOG_SCOPES, UNSUPPORTED
 pub use config::{ClientAuthMethod, FakeProviderConfig, ACCESS_TOKEN_PREFIX, CODE_PREFIX, REFRESH_TOKEN_PREFIX};
 pub use faults::{Endpoint, Fault, Faults};
 pub use grants::{MintedGrant, TokenInfo};
-pub use stats::{GrantDeletionRecord, RevocationRecord, Stats};
+pub use stats::{BearerRevocationRecord, GrantDeletionRecord, RevocationRecord, Stats};
 
 use state::{lock, Inner, Shared};
 
@@ -119,6 +125,8 @@ impl FakeProvider {
             .route("/authorize", get(authorize::authorize))
             .route("/token", post(token::token))
             .route("/revoke", post(revoke::revoke))
+            .route("/revoke-grant", post(revoke::revoke_grant))
+            .route("/bearer-revoke", post(bearer_revoke::bearer_revoke))
             .route("/applications/{client_id}/grant", delete(grant_deletion::delete_grant))
             .route("/.well-known/oauth-authorization-server", get(discovery::metadata))
             .with_state(shared.clone());
@@ -157,9 +165,19 @@ impl FakeProvider {
         self.endpoint("token")
     }
 
-    /// `{base}/revoke`.
+    /// `{base}/revoke`: RFC 7009; revoking an access token ends only that token.
     pub fn revocation_url(&self) -> Url {
         self.endpoint("revoke")
+    }
+
+    /// `{base}/revoke-grant`: RFC 7009; revoking an access token ends its grant.
+    pub fn grant_revocation_url(&self) -> Url {
+        self.endpoint("revoke-grant")
+    }
+
+    /// `{base}/bearer-revoke`: revocation by the bearer token (Dropbox-style).
+    pub fn bearer_revocation_url(&self) -> Url {
+        self.endpoint("bearer-revoke")
     }
 
     /// `{base}/applications/{client_id}/grant` with the placeholder left in,

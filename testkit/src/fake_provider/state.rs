@@ -151,10 +151,11 @@ impl Inner {
         })
     }
 
-    pub(super) fn deactivate_grant(&mut self, grant_id: u64) {
-        if let Some(grant) = self.grants.get_mut(&grant_id) {
-            grant.active = false;
-        }
+    /// Ends a grant; whether it was live until now.
+    pub(super) fn deactivate_grant(&mut self, grant_id: u64) -> bool {
+        self.grants
+            .get_mut(&grant_id)
+            .is_some_and(|grant| std::mem::replace(&mut grant.active, false))
     }
 
     /// Union of the scopes of the subject's live grants for this client.

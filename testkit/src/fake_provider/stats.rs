@@ -1,9 +1,12 @@
 //! What reached the fake: request counters and the revocation records a test
 //! reads through [`FakeProvider::stats`](super::FakeProvider::stats).
 
-/// One request that reached `POST /revoke` past fault injection.
+/// One request that reached an RFC 7009 endpoint (`POST /revoke` or
+/// `POST /revoke-grant`) past fault injection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevocationRecord {
+    /// The path of the endpoint it reached: `/revoke` or `/revoke-grant`.
+    pub path: &'static str,
     /// The `token` parameter as sent.
     pub token: String,
     /// The `token_type_hint` parameter as sent, if any.
@@ -13,6 +16,27 @@ pub struct RevocationRecord {
     pub client_authenticated: bool,
     /// Whether the token was a live access or refresh token when the request arrived.
     pub was_active: bool,
+    /// Whether the request ended the token's grant (its refresh token and every
+    /// access token of it), not only the token presented.
+    pub ended_grant: bool,
+}
+
+/// One request that reached `POST /bearer-revoke` past fault injection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BearerRevocationRecord {
+    /// The token of the `Authorization: Bearer` header, if the request had one.
+    pub bearer_token: Option<String>,
+    /// Whether the request carried client credentials anywhere (HTTP Basic,
+    /// or `client_id`/`client_secret` in the query or a form or JSON body);
+    /// the endpoint takes none.
+    pub client_credentials_sent: bool,
+    /// Whether the body was empty (or the JSON `null` of an argument-less call).
+    pub body_empty: bool,
+    /// Whether the bearer token was a live access token when the request arrived.
+    pub was_active: bool,
+    /// Whether the request ended the token's grant (its refresh token and
+    /// every access token of it).
+    pub ended_grant: bool,
 }
 
 /// One request that reached `DELETE /applications/{client_id}/grant` past
@@ -56,11 +80,16 @@ pub struct Stats {
     pub revocations: Vec<RevocationRecord>,
     /// Every request to `POST /token`, including those answered by a fault.
     pub token_endpoint_requests: u64,
-    /// Every request to `POST /revoke`, including those answered by a fault.
+    /// Every request to `POST /revoke` and `POST /revoke-grant`, including
+    /// those answered by a fault.
     pub revoke_endpoint_requests: u64,
     /// Grant deletions processed (past fault injection), in arrival order.
     pub grant_deletions: Vec<GrantDeletionRecord>,
     /// Every request to `DELETE /applications/{client_id}/grant`, including
     /// those answered by a fault.
     pub grant_endpoint_requests: u64,
+    /// Bearer revocations processed (past fault injection), in arrival order.
+    pub bearer_revocations: Vec<BearerRevocationRecord>,
+    /// Every request to `POST /bearer-revoke`, including those answered by a fault.
+    pub bearer_revoke_endpoint_requests: u64,
 }

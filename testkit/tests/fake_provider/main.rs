@@ -14,6 +14,7 @@
 mod support;
 
 mod authorize;
+mod bearer_revocation;
 mod client_auth;
 mod controls;
 mod faults;
