@@ -151,8 +151,15 @@ pub enum RevocationMethod {
     Rfc7009AccessToken,
     /// POST with the access token as `Authorization: Bearer`, no body and no
     /// client authentication; revokes the token that authenticates the call
-    /// (Dropbox `/2/auth/token/revoke`, Slack `auth.revoke`).
+    /// and, at the provider, its refresh token (Dropbox `/2/auth/token/revoke`).
+    /// A stored refresh token is exchanged for an access token first.
     BearerAccessToken,
+    /// POST with the stored credential itself (the refresh token when there
+    /// is one, else the access token) as `Authorization: Bearer`, no body and
+    /// no client authentication; the provider revokes exactly the token given
+    /// (Slack `auth.revoke` with token rotation). Nothing is refreshed first.
+    /// An answer `{"ok": false, …}` is a refusal whatever its HTTP status.
+    BearerToken,
     /// GitHub's "Delete an app authorization": `DELETE` the URL (with
     /// [`CLIENT_ID_PLACEHOLDER`] filled in), HTTP Basic with the client id and
     /// secret, JSON body `{"access_token": …}` (a refresh token is exchanged
@@ -426,8 +433,9 @@ impl ProviderSpec {
     }
 
     /// Whether revocation presents an access token, so that a refresh token
-    /// is exchanged for one first (bearer, RFC 7009 with the access token,
-    /// GitHub's grant deletion).
+    /// is exchanged for one first (bearer access token, RFC 7009 with the
+    /// access token, GitHub's grant deletion). `false` for `bearer_token`,
+    /// which presents the refresh token itself.
     pub fn revokes_with_access_token(&self) -> bool {
         matches!(
             self.revocation_method,
@@ -780,7 +788,10 @@ impl Check<'_> {
                     unsupported: None,
                 })
             }
-            RevocationMethod::Rfc7009 | RevocationMethod::Rfc7009AccessToken | RevocationMethod::BearerAccessToken => {
+            RevocationMethod::Rfc7009
+            | RevocationMethod::Rfc7009AccessToken
+            | RevocationMethod::BearerAccessToken
+            | RevocationMethod::BearerToken => {
                 if placeholder {
                     return Err(self.invalid(format!(
                         "`revocation_url` carries `{CLIENT_ID_PLACEHOLDER}`, which only \"github_grant\" fills in"

@@ -260,6 +260,7 @@ impl ProviderClient {
         }
         match self.spec.revocation_method {
             RevocationMethod::BearerAccessToken => self.revoke_with_bearer(&url, token).await,
+            RevocationMethod::BearerToken => self.revoke_bearer_token(&url, token).await,
             RevocationMethod::Rfc7009 | RevocationMethod::Rfc7009AccessToken => {
                 self.revoke_rfc7009(&url, token, is_refresh_token).await
             }
@@ -418,20 +419,9 @@ impl ProviderClient {
             .map_err(|_| ProviderError::Malformed("cannot build the revocation request".to_owned()))
     }
 
-    /// POST with the access token as bearer, no body (Dropbox, Slack).
+    /// POST with the access token as bearer, no body (Dropbox).
     async fn revoke_with_bearer(&self, url: &Url, token: &SecretString) -> Result<Revoked, ProviderError> {
-        let request = http::Request::builder()
-            .method(http::Method::POST)
-            .uri(url.as_str())
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
-            .header(http::header::ACCEPT, "application/json")
-            .body(Vec::new())
-            .map_err(|_| ProviderError::Malformed("cannot build the revocation request".to_owned()))?;
-        let response = self
-            .transport
-            .send(request)
-            .await
-            .map_err(|e| http_error(&self.spec.name, e))?;
+        let response = self.post_bearer(url, token).await?;
         if response.status().is_success() {
             Ok(Revoked::Done)
         } else {
@@ -440,6 +430,67 @@ impl ProviderClient {
                 response.status().as_u16()
             )))
         }
+    }
+
+    /// POST with the stored credential itself (refresh or access token) as
+    /// bearer, no body (Slack `auth.revoke` with token rotation, which
+    /// revokes exactly that token).
+    ///
+    /// Slack answers with HTTP 200 either way: only `{"ok": true}` is a
+    /// revocation. `token_revoked` (the token is already revoked, or the app
+    /// was removed) reads as an invalid grant, which the outbox counts as
+    /// revoked unless its own refresh may have rotated the token unheard;
+    /// `internal_error` and `fatal_error` ("likely due to a transient issue")
+    /// are retried; any other error is a refusal.
+    async fn revoke_bearer_token(&self, url: &Url, token: &SecretString) -> Result<Revoked, ProviderError> {
+        let response = self.post_bearer(url, token).await?;
+        let name = &self.spec.name;
+        if !response.status().is_success() {
+            return Err(ProviderError::Rejected(format!(
+                "{name}: revocation answered HTTP {}",
+                response.status().as_u16()
+            )));
+        }
+        let answer = serde_json::from_slice::<serde_json::Value>(response.body()).ok();
+        let ok = answer.as_ref().and_then(|v| v.get("ok")).and_then(serde_json::Value::as_bool);
+        let error = answer
+            .as_ref()
+            .and_then(|v| v.get("error"))
+            .and_then(serde_json::Value::as_str)
+            .map(error_code);
+        match (ok, error.as_deref()) {
+            (Some(true), _) => Ok(Revoked::Done),
+            (Some(false), Some("token_revoked")) => Err(ProviderError::InvalidGrant(format!(
+                "{name}: the token is already revoked (token_revoked)"
+            ))),
+            (Some(false), Some(transient @ ("internal_error" | "fatal_error"))) => Err(
+                ProviderError::Unavailable(format!("{name}: revocation failed: {transient}")),
+            ),
+            (Some(false), error) => Err(ProviderError::Rejected(format!(
+                "{name}: revocation refused: {}",
+                error.unwrap_or("no error code")
+            ))),
+            (None, _) => Err(ProviderError::Malformed(format!(
+                "{name}: the revocation answer has no `ok` field"
+            ))),
+        }
+    }
+
+    /// POST to `url` with `token` as `Authorization: Bearer`, no body and no
+    /// client authentication.
+    async fn post_bearer(&self, url: &Url, token: &SecretString) -> Result<oauth2::HttpResponse, ProviderError> {
+        let authorization = zeroize::Zeroizing::new(format!("Bearer {}", token.expose_secret()));
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(url.as_str())
+            .header(http::header::AUTHORIZATION, authorization.as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Vec::new())
+            .map_err(|_| ProviderError::Malformed("cannot build the revocation request".to_owned()))?;
+        self.transport
+            .send(request)
+            .await
+            .map_err(|e| http_error(&self.spec.name, e))
     }
 
     /// Checks a token response and reads it: the token type must be one the
@@ -507,6 +558,15 @@ pub fn never_expires(issued_at: chrono::DateTime<chrono::Utc>, expires_at: chron
 
 /// The revocation URL with the client id in place of `{client_id}` (as a
 /// path segment: percent-encoded).
+/// A provider's error code as it may be shown: its first 64 characters of
+/// `[A-Za-z0-9_.-]`, so an odd answer cannot fill a log or an error.
+fn error_code(raw: &str) -> String {
+    raw.chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        .take(64)
+        .collect()
+}
+
 fn fill_client_id(url: &Url, client_id: &str) -> Url {
     let encoded: String = url::form_urlencoded::byte_serialize(client_id.as_bytes())
         .collect::<String>()

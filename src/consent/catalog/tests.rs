@@ -92,7 +92,7 @@ fn builtin_revocation_endpoints() {
         revocation("slack"),
         (
             Some("https://slack.com/api/auth.revoke".to_owned()),
-            RevocationMethod::BearerAccessToken
+            RevocationMethod::BearerToken
         )
     );
     assert_eq!(
@@ -105,6 +105,39 @@ fn builtin_revocation_endpoints() {
     for name in ["microsoft", "atlassian"] {
         assert_eq!(revocation(name), (None, RevocationMethod::Unsupported), "{name}");
     }
+}
+
+#[test]
+fn which_methods_refresh_before_revoking() {
+    let catalog = builtin();
+    let refreshes_first = |name: &str| catalog.require(name).expect("built-in provider").revokes_with_access_token();
+    // Slack's auth.revoke ends only the token given: the refresh token itself
+    // is presented, never a freshly refreshed access token.
+    assert!(!refreshes_first("slack"));
+    assert!(!refreshes_first("google"));
+    // Dropbox's and Notion's end the refresh token through an access token of it.
+    assert!(refreshes_first("dropbox"));
+    assert!(refreshes_first("notion"));
+    assert!(refreshes_first("github"));
+}
+
+#[test]
+fn bearer_token_is_a_method_with_an_endpoint() {
+    let text = MINIMAL.replace(
+        "revocation_url = \"https://id.acme.example/revoke\"",
+        "revocation_url = \"https://id.acme.example/revoke\"\nrevocation_method = \"bearer_token\"",
+    );
+    let acme = Catalog::from_toml_str(&text).expect("valid");
+    let acme = acme.require("acme").expect("acme");
+    assert_eq!(acme.revocation_method, RevocationMethod::BearerToken);
+    assert!(!acme.revokes_with_access_token());
+    let without_url = MINIMAL.replace(
+        "revocation_url = \"https://id.acme.example/revoke\"",
+        "revocation_method = \"bearer_token\"",
+    );
+    let (provider, reason) = invalid_reason(&without_url);
+    assert_eq!(provider, "acme");
+    assert!(reason.contains("no `revocation_url`"), "{reason}");
 }
 
 #[test]
