@@ -9,7 +9,7 @@
 //! (`tokenRevoke`, <https://dropbox.github.io/dropbox-sdk-java/api-docs/v8.0.1/com/dropbox/core/v2/auth/DbxUserAuthRequests.html>).
 //! So the fake ends the token's grant (its refresh-token family), not the
 //! user's other grants. (Slack's `auth.revoke` takes the same request but
-//! revokes only that token; the fake does not play it.)
+//! revokes only that token: `slack_revoke` plays it.)
 //!
 //! Answers: 200 with `null` (Dropbox's void result) when revoked; 401 with
 //! Dropbox's `invalid_access_token` error when there is no bearer token or it

@@ -17,6 +17,11 @@ pub enum CatalogRevocation {
     /// access token as `Authorization: Bearer`, no body, no client
     /// authentication, at `/bearer-revoke`, which ends the token's grant.
     BearerAccessToken,
+    /// `revocation_method = "bearer_token"` (Slack-style): the stored
+    /// credential itself (the refresh token) as `Authorization: Bearer`, no
+    /// body, no client authentication, at `/slack-revoke`, which revokes
+    /// exactly that token.
+    BearerToken,
     /// GitHub-style grant deletion at `/applications/{client_id}/grant`
     /// (grant-wide; a re-consent shares the grant).
     GithubGrant,
@@ -73,6 +78,10 @@ impl FakeProvider {
             CatalogRevocation::BearerAccessToken => format!(
                 "revocation_url = \"{}\"\nrevocation_method = \"bearer_access_token\"\nrevocation_scope = \"token\"\n",
                 self.bearer_revocation_url()
+            ),
+            CatalogRevocation::BearerToken => format!(
+                "revocation_url = \"{}\"\nrevocation_method = \"bearer_token\"\nrevocation_scope = \"token\"\n",
+                self.slack_revocation_url()
             ),
             CatalogRevocation::GithubGrant => format!(
                 "revocation_url = \"{}\"\nrevocation_method = \"github_grant\"\nrevocation_scope = \"grant\"\n\

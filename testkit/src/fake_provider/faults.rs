@@ -26,6 +26,8 @@ pub enum Endpoint {
     GrantDeletion,
     /// `POST /bearer-revoke` (Dropbox-style revocation by the bearer token).
     BearerRevoke,
+    /// `POST /slack-revoke` (Slack-style revocation of exactly the bearer token).
+    SlackRevoke,
 }
 
 /// A fault the fake injects into a request, before normal processing.

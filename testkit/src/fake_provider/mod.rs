@@ -10,6 +10,8 @@
 //!   token's grant);
 //! - revocation by the bearer token, as Dropbox's `/2/auth/token/revoke`
 //!   (`POST /bearer-revoke`), which ends the token's grant;
+//! - revocation of exactly the bearer token, refresh or access, as Slack's
+//!   `auth.revoke` with token rotation (`POST /slack-revoke`);
 //! - GitHub-style grant deletion (`DELETE /applications/{client_id}/grant`,
 //!   HTTP Basic, JSON body), which ends every grant of the client for the
 //!   token's user;
@@ -27,7 +29,7 @@
 //!
 //! One module per job: [`config`](FakeProviderConfig) and the shared `state`;
 //! one module per endpoint (`authorize`, `token`, `revoke`, `bearer_revoke`,
-//! `grant_deletion`, `discovery`) with `client_auth`, `params` and
+//! `slack_revoke`, `grant_deletion`, `discovery`) with `client_auth`, `params` and
 //! `responses` beside them; fault injection
 //! ([`Faults`]), counters ([`Stats`]); and the test's controls: the browser
 //! ([`FakeProvider::approve`]), grants ([`FakeProvider::mint_grant`] and the
@@ -46,6 +48,7 @@ mod grants;
 mod params;
 mod responses;
 mod revoke;
+mod slack_revoke;
 mod state;
 mod stats;
 mod token;
@@ -65,7 +68,9 @@ pub use catalog::{CatalogOptions, CatalogRevocation, CATALOG_SCOPES, UNSUPPORTED
 pub use config::{ClientAuthMethod, FakeProviderConfig, ACCESS_TOKEN_PREFIX, CODE_PREFIX, REFRESH_TOKEN_PREFIX};
 pub use faults::{Endpoint, Fault, Faults};
 pub use grants::{MintedGrant, TokenInfo};
-pub use stats::{BearerRevocationRecord, GrantDeletionRecord, RevocationRecord, Stats};
+pub use stats::{
+    BearerRevocationRecord, GrantDeletionRecord, RevocationRecord, SlackRevocationRecord, SlackTokenKind, Stats,
+};
 
 use state::{lock, Inner, Shared};
 
@@ -127,6 +132,7 @@ impl FakeProvider {
             .route("/revoke", post(revoke::revoke))
             .route("/revoke-grant", post(revoke::revoke_grant))
             .route("/bearer-revoke", post(bearer_revoke::bearer_revoke))
+            .route("/slack-revoke", post(slack_revoke::slack_revoke))
             .route("/applications/{client_id}/grant", delete(grant_deletion::delete_grant))
             .route("/.well-known/oauth-authorization-server", get(discovery::metadata))
             .with_state(shared.clone());
@@ -178,6 +184,12 @@ impl FakeProvider {
     /// `{base}/bearer-revoke`: revocation by the bearer token (Dropbox-style).
     pub fn bearer_revocation_url(&self) -> Url {
         self.endpoint("bearer-revoke")
+    }
+
+    /// `{base}/slack-revoke`: revocation of exactly the bearer token, refresh
+    /// or access (Slack-style).
+    pub fn slack_revocation_url(&self) -> Url {
+        self.endpoint("slack-revoke")
     }
 
     /// `{base}/applications/{client_id}/grant` with the placeholder left in,

@@ -39,6 +39,41 @@ pub struct BearerRevocationRecord {
     pub ended_grant: bool,
 }
 
+/// What a token presented to `POST /slack-revoke` was when the request arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlackTokenKind {
+    /// No bearer token was sent.
+    None,
+    /// A live refresh token.
+    Refresh,
+    /// A live access token.
+    Access,
+    /// An access token past its expiry.
+    Expired,
+    /// A token the fake issued that no longer works (revoked, rotated away,
+    /// or of an ended grant).
+    Dead,
+    /// A token the fake never issued.
+    Unknown,
+}
+
+/// One request that reached `POST /slack-revoke` past fault injection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlackRevocationRecord {
+    /// The token of the `Authorization: Bearer` header, if the request had one.
+    pub bearer_token: Option<String>,
+    /// What that token was when the request arrived.
+    pub kind: SlackTokenKind,
+    /// Whether the request carried client credentials anywhere; the endpoint takes none.
+    pub client_credentials_sent: bool,
+    /// Whether the body was empty.
+    pub body_empty: bool,
+    /// Whether the token was a live refresh or access token when the request arrived.
+    pub was_active: bool,
+    /// Whether the request revoked that token (and nothing else).
+    pub revoked: bool,
+}
+
 /// One request that reached `DELETE /applications/{client_id}/grant` past
 /// fault injection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,4 +127,8 @@ pub struct Stats {
     pub bearer_revocations: Vec<BearerRevocationRecord>,
     /// Every request to `POST /bearer-revoke`, including those answered by a fault.
     pub bearer_revoke_endpoint_requests: u64,
+    /// Slack-style revocations processed (past fault injection), in arrival order.
+    pub slack_revocations: Vec<SlackRevocationRecord>,
+    /// Every request to `POST /slack-revoke`, including those answered by a fault.
+    pub slack_revoke_endpoint_requests: u64,
 }
