@@ -1,7 +1,8 @@
 //! Revocation at the provider by the catalog's method, through the real
 //! server: GitHub-style grant deletion (with and without refresh tokens), RFC
 //! 7009 with an access token (Notion-style), the access token as bearer
-//! (Dropbox-style), each also after a transient failure, and a provider
+//! (Dropbox-style), the stored refresh token itself as bearer (Slack-style),
+//! each also after a transient failure, and a provider
 //! whose revocation is unsupported. What the fake saw is asserted, what the
 //! platform is told, when the data key goes, and what the audit log says
 //! happened.
@@ -16,8 +17,8 @@ use tokenvault::proto::*;
 use tokenvault::store::{AuditEvent, OutboxEntry};
 use tokenvault::vault::VaultError;
 use tokenvault_testkit::fake_provider::{
-    CatalogRevocation, Endpoint, FakeProvider, FakeProviderConfig, Fault, GrantDeletionRecord, Stats,
-    ACCESS_TOKEN_PREFIX, UNSUPPORTED_REASON,
+    CatalogRevocation, Endpoint, FakeProvider, FakeProviderConfig, Fault, GrantDeletionRecord, SlackRevocationRecord,
+    SlackTokenKind, Stats, ACCESS_TOKEN_PREFIX, REFRESH_TOKEN_PREFIX, UNSUPPORTED_REASON,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -551,4 +552,111 @@ async fn bearer_access_token_retried(backend: Backend) {
 on_both!(
     bearer_access_token_revocation_is_retried_after_a_transient_failure,
     bearer_access_token_retried
+);
+
+fn slack_style() -> CatalogOptions {
+    CatalogOptions {
+        revocation: CatalogRevocation::BearerToken,
+        ..Default::default()
+    }
+}
+
+/// The one Slack-style call the fake processed, checked to have the form of
+/// `bearer_token`: the stored refresh token as bearer, nothing else.
+fn the_slack_call(stats: &Stats) -> SlackRevocationRecord {
+    assert_eq!(AccessTokenStyle::processed_calls(stats), 0, "no call of another style");
+    assert_eq!(stats.slack_revocations.len(), 1, "{stats:?}");
+    let call = stats.slack_revocations[0].clone();
+    let token = call.bearer_token.as_deref().expect("an Authorization: Bearer header");
+    assert!(token.starts_with(REFRESH_TOKEN_PREFIX), "{call:?}");
+    assert_eq!(call.kind, SlackTokenKind::Refresh, "a live refresh token: {call:?}");
+    assert!(!call.client_credentials_sent, "no client authentication: {call:?}");
+    assert!(call.body_empty && call.was_active && call.revoked, "{call:?}");
+    call
+}
+
+async fn bearer_token(backend: Backend) {
+    let with = WithProvider::build(backend).catalog(slack_style()).start().await;
+    let connection = connect(&with, "alice", &["mail.read"]).await;
+    let handed_out = token(&with.server, &connection).await;
+    let dek = stored_connection(&with.server, &connection).await.dek_id.unwrap();
+    assert_eq!(with.fake.live_refresh_tokens("user-1"), 1);
+    let refreshes_before = with.fake.stats().refreshes;
+
+    let revoked = disconnect(&with.server, &connection).await;
+    assert_eq!(reported_state(&revoked), ProviderRevocationState::Pending);
+    let done = reported(&with.server, &connection, ProviderRevocationState::Done).await;
+    assert!(done.provider_revocation.unwrap().at.is_some());
+
+    // Exactly one call, presenting the stored refresh token itself: nothing
+    // was refreshed first, so no rotated refresh token was ever minted.
+    let stats = with.fake.stats();
+    let call = the_slack_call(&stats);
+    assert_eq!(stats.refreshes, refreshes_before, "no refresh before revoking");
+    assert_eq!(stats.slack_revoke_endpoint_requests, 1);
+    // That refresh token no longer works at the provider, and the user has no
+    // live refresh token left.
+    let presented = call.bearer_token.unwrap();
+    assert!(!with.fake.is_refresh_token_active(&presented));
+    assert_eq!(with.fake.live_refresh_tokens("user-1"), 0);
+    // Slack-style: only the token given is revoked. An access token already
+    // handed out lives until it expires (docs/providers.md, Slack).
+    assert!(with.fake.introspect(&handed_out.access_token).is_some());
+
+    assert!(
+        eventually(WAIT, || async { !key_exists(&with.server, dek).await }).await,
+        "the data key is destroyed"
+    );
+    let entry = outbox_entry(&with.server, &connection).await;
+    assert_eq!((entry.status.as_str(), entry.attempts), ("done", 1));
+    assert!(entry.token.is_none());
+    let events = revocation_events(&with.server, &connection).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].outcome, "success");
+    with.stop().await;
+}
+on_both!(bearer_token_revocation_revokes_the_refresh_token_itself, bearer_token);
+
+async fn bearer_token_retried(backend: Backend) {
+    let with = WithProvider::build(backend)
+        .catalog(slack_style())
+        // Only the test's process_due retries: the worker's poll does not race it.
+        .config(|config| config.lifecycle.outbox_poll_seconds = 3600)
+        .start()
+        .await;
+    let connection = connect(&with, "alice", &["mail.read"]).await;
+    let dek = stored_connection(&with.server, &connection).await.dek_id.unwrap();
+    with.fake.faults().push(Endpoint::SlackRevoke, Fault::Status(503));
+
+    disconnect(&with.server, &connection).await;
+    let first = attempted(&with.server, &connection, 1).await;
+    assert_eq!(first.status, "pending");
+    assert!(!first.rotation_uncertain && first.token.is_some());
+    let stats = with.fake.stats();
+    assert_eq!(stats.refreshes, 0, "nothing refreshed");
+    assert_eq!(stats.slack_revoke_endpoint_requests, 1);
+    assert!(stats.slack_revocations.is_empty(), "the fault answered first");
+    assert!(key_exists(&with.server, dek).await);
+    assert_eq!(with.fake.live_refresh_tokens("user-1"), 1);
+
+    with.server.clock.advance(chrono::Duration::minutes(10));
+    let retried = with.server.app().lifecycle.outbox().process_due().await.unwrap();
+    assert_eq!(retried, 1);
+    let done = outbox_entry(&with.server, &connection).await;
+    assert_eq!((done.status.as_str(), done.attempts), ("done", 2), "{done:?}");
+    let stats = with.fake.stats();
+    assert_eq!(stats.refreshes, 0, "still nothing refreshed");
+    let call = the_slack_call(&stats);
+    assert!(!with.fake.is_refresh_token_active(&call.bearer_token.unwrap()));
+    assert_eq!(with.fake.live_refresh_tokens("user-1"), 0);
+    assert_eq!(
+        reported_state(&read(&with.server, &connection).await),
+        ProviderRevocationState::Done
+    );
+    assert!(!key_exists(&with.server, dek).await, "the key goes at the final outcome");
+    with.stop().await;
+}
+on_both!(
+    bearer_token_revocation_is_retried_after_a_transient_failure,
+    bearer_token_retried
 );
