@@ -452,7 +452,10 @@ impl ProviderClient {
             )));
         }
         let answer = serde_json::from_slice::<serde_json::Value>(response.body()).ok();
-        let ok = answer.as_ref().and_then(|v| v.get("ok")).and_then(serde_json::Value::as_bool);
+        let ok = answer
+            .as_ref()
+            .and_then(|v| v.get("ok"))
+            .and_then(serde_json::Value::as_bool);
         let error = answer
             .as_ref()
             .and_then(|v| v.get("error"))
@@ -463,9 +466,9 @@ impl ProviderClient {
             (Some(false), Some("token_revoked")) => Err(ProviderError::InvalidGrant(format!(
                 "{name}: the token is already revoked (token_revoked)"
             ))),
-            (Some(false), Some(transient @ ("internal_error" | "fatal_error"))) => Err(
-                ProviderError::Unavailable(format!("{name}: revocation failed: {transient}")),
-            ),
+            (Some(false), Some(transient @ ("internal_error" | "fatal_error"))) => Err(ProviderError::Unavailable(
+                format!("{name}: revocation failed: {transient}"),
+            )),
             (Some(false), error) => Err(ProviderError::Rejected(format!(
                 "{name}: revocation refused: {}",
                 error.unwrap_or("no error code")

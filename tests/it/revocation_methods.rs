@@ -653,7 +653,10 @@ async fn bearer_token_retried(backend: Backend) {
         reported_state(&read(&with.server, &connection).await),
         ProviderRevocationState::Done
     );
-    assert!(!key_exists(&with.server, dek).await, "the key goes at the final outcome");
+    assert!(
+        !key_exists(&with.server, dek).await,
+        "the key goes at the final outcome"
+    );
     with.stop().await;
 }
 on_both!(

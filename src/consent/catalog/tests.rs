@@ -110,7 +110,12 @@ fn builtin_revocation_endpoints() {
 #[test]
 fn which_methods_refresh_before_revoking() {
     let catalog = builtin();
-    let refreshes_first = |name: &str| catalog.require(name).expect("built-in provider").revokes_with_access_token();
+    let refreshes_first = |name: &str| {
+        catalog
+            .require(name)
+            .expect("built-in provider")
+            .revokes_with_access_token()
+    };
     // Slack's auth.revoke ends only the token given: the refresh token itself
     // is presented, never a freshly refreshed access token.
     assert!(!refreshes_first("slack"));

@@ -67,7 +67,9 @@ pub(super) async fn slack_revoke(
         || names_client(&body);
 
     let mut state = shared.lock_state();
-    let kind = bearer_token.as_deref().map_or(SlackTokenKind::None, |t| kind_of(&state, t));
+    let kind = bearer_token
+        .as_deref()
+        .map_or(SlackTokenKind::None, |t| kind_of(&state, t));
     let was_active = matches!(kind, SlackTokenKind::Refresh | SlackTokenKind::Access);
     let error = match (&bearer_token, kind) {
         (None, _) => Some("not_authed"),
