@@ -119,7 +119,7 @@ impl Vault {
     /// Creates, wraps and stores a new data key.
     pub async fn create_data_key(&self) -> Result<Arc<DataKey>, VaultError> {
         let (key, bytes) = DataKey::generate();
-        let (kek_id, wrapped) = self.keyring.wrap(key.id(), &bytes)?;
+        let (kek_id, wrapped) = self.keyring.wrap(key.id(), &bytes).await?;
         drop(bytes);
         self.keys
             .insert_data_key(&WrappedDataKey {
@@ -143,7 +143,7 @@ impl Vault {
             return Err(VaultError::MissingDataKey(id));
         }
         let wrapped = self.keys.data_key(id).await?.ok_or(VaultError::MissingDataKey(id))?;
-        let key = Arc::new(self.keyring.unwrap(&wrapped.kek_id, id, &wrapped.wrapped)?);
+        let key = Arc::new(self.keyring.unwrap(&wrapped.kek_id, id, &wrapped.wrapped).await?);
         self.cache.insert(key.clone());
         if self.destroyed.contains_key(&id) {
             // Destroyed while we were reading it: do not keep it.
@@ -222,7 +222,7 @@ impl Vault {
                     report.unchanged += 1;
                     continue;
                 }
-                let (kek_id, wrapped) = self.keyring.rewrap(&stored.kek_id, stored.id, &stored.wrapped)?;
+                let (kek_id, wrapped) = self.keyring.rewrap(&stored.kek_id, stored.id, &stored.wrapped).await?;
                 let updated = WrappedDataKey {
                     id: stored.id,
                     kek_id,
