@@ -6,10 +6,12 @@
 
 mod key_cache;
 mod keyring;
+mod kms;
 pub mod sealed;
 use key_cache::KeyCache;
 
 pub use keyring::{Keyring, LocalKeyring, WRAPPED_LEN};
+pub use kms::{KmsKeyring, CONTEXT_KEY as KMS_CONTEXT_KEY};
 pub use sealed::{sealed_key_id, Binding, DataKey, Field};
 
 use crate::clock::SharedClock;
@@ -42,6 +44,12 @@ pub enum VaultError {
     /// A sealed value does not authenticate: altered, moved to another record, or under another key.
     #[error("sealed value does not authenticate (altered, or moved from another record)")]
     OpenFailed,
+    /// The key service (AWS KMS) is out of reach or failing: retry later.
+    #[error("the key service (AWS KMS) is unavailable: {0}")]
+    KmsUnavailable(String),
+    /// The key service refused: access denied, key disabled, pending deletion or not found.
+    #[error("the key service (AWS KMS) refused: {0}")]
+    KmsRefused(String),
     /// The cipher refused (should not happen).
     #[error("cryptographic failure: {0}")]
     Crypto(&'static str),
