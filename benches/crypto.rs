@@ -65,22 +65,42 @@ fn unwrap_data_key(c: &mut Criterion) {
 }
 
 fn try_unwrap_data_key(c: &mut Criterion) -> Result<(), VaultError> {
+    let runtime = runtime()?;
     let kek: Zeroizing<[u8; 32]> = Zeroizing::new(rand::random());
     let keyring = LocalKeyring::new(vec![("kek-1".to_owned(), kek)], "kek-1")?;
-    let (key, bytes) = DataKey::generate();
-    let (kek_id, wrapped) = keyring.wrap(key.id(), &bytes)?;
-    keyring.unwrap(&kek_id, key.id(), &wrapped)?;
     let mut group = c.benchmark_group("data_key");
-    group.bench_function("unwrap", |b| {
-        b.iter(|| keyring.unwrap(black_box(&kek_id), black_box(key.id()), black_box(&wrapped)))
+    bench_keyring(&mut group, &runtime, "file", &keyring)?;
+    group.finish();
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, VaultError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|_| VaultError::Crypto("no tokio runtime"))
+}
+
+/// Unwrap, and generate + wrap, through one keyring (`name` prefixes the benchmark ids).
+fn bench_keyring(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    keyring: &dyn Keyring,
+) -> Result<(), VaultError> {
+    let (key, bytes) = DataKey::generate();
+    let (kek_id, wrapped) = runtime.block_on(keyring.wrap(key.id(), &bytes))?;
+    runtime.block_on(keyring.unwrap(&kek_id, key.id(), &wrapped))?;
+    group.bench_function(format!("{name}/unwrap"), |b| {
+        b.to_async(runtime)
+            .iter(|| keyring.unwrap(black_box(&kek_id), black_box(key.id()), black_box(&wrapped)))
     });
-    group.bench_function("generate_and_wrap", |b| {
-        b.iter(|| {
+    group.bench_function(format!("{name}/generate_and_wrap"), |b| {
+        b.to_async(runtime).iter(|| async {
             let (key, bytes) = DataKey::generate();
-            keyring.wrap(key.id(), &bytes)
+            keyring.wrap(key.id(), &bytes).await
         })
     });
-    group.finish();
     Ok(())
 }
 

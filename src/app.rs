@@ -5,7 +5,7 @@ use crate::audit::AuditLog;
 use crate::auth::{Authenticator, CallerRegistry};
 use crate::broker::Broker;
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, KeysBackend};
 use crate::consent::catalog::Catalog;
 use crate::consent::return_url::ReturnUrlPolicy;
 use crate::consent::ConsentFlow;
@@ -13,7 +13,7 @@ use crate::lifecycle::{Handover, Lifecycle, OutboxWorker, Sweeper};
 use crate::provider::{ProviderHttp, Providers};
 use crate::store::{KeyStore, SqlStore, Store, StoreError, StoreOptions};
 use crate::telemetry::Metrics;
-use crate::vault::{Keyring, LocalKeyring, Vault, VaultError};
+use crate::vault::{Keyring, KmsKeyring, LocalKeyring, Vault, VaultError};
 use secrecy::SecretString;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -86,8 +86,28 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// Builds the keyring the configuration names.
-pub fn keyring_from_config(config: &Config) -> Result<Arc<dyn Keyring>, StartupError> {
+/// Builds the keyring the configuration names (for AWS KMS, checks the keys with `DescribeKey`).
+pub async fn keyring_from_config(config: &Config) -> Result<Arc<dyn Keyring>, StartupError> {
+    if config.keys.backend == KeysBackend::AwsKms {
+        let kms = config
+            .keys
+            .kms
+            .as_ref()
+            .ok_or_else(|| StartupError::Config("keys.backend = \"aws-kms\" needs [keys.kms]".to_owned()))?;
+        let keyring = KmsKeyring::connect(kms).await.map_err(|error| match error {
+            VaultError::KmsUnavailable(reason) => StartupError::Config(format!(
+                "cannot check the AWS KMS key `{}`: the key service is unavailable: {reason}",
+                kms.key_id
+            )),
+            other => StartupError::Vault(other),
+        })?;
+        tracing::info!(
+            active = keyring.active_id(),
+            keys = keyring.ids().len(),
+            "key-encryption keys in AWS KMS"
+        );
+        return Ok(Arc::new(keyring));
+    }
     let active = config.keys.active.as_deref();
     let keyring = match (&config.keys.file, &config.keys.inline) {
         (Some(path), None) => LocalKeyring::from_file(path, active)?,
@@ -99,7 +119,7 @@ pub fn keyring_from_config(config: &Config) -> Result<Arc<dyn Keyring>, StartupE
         }
         (None, None) => {
             return Err(StartupError::Config(
-                "no key-encryption keys: set keys.file or keys.inline (TOKENVAULT_KEYS__INLINE)".to_owned(),
+                "no key-encryption keys: set keys.file or keys.inline (TOKENVAULT_KEYS__INLINE), or keys.backend = \"aws-kms\"".to_owned(),
             ));
         }
     };
@@ -126,7 +146,7 @@ impl App {
             .database_url
             .clone()
             .ok_or_else(|| StartupError::Config("database_url is not set".to_owned()))?;
-        let keyring = keyring_from_config(&config)?;
+        let keyring = keyring_from_config(&config).await?;
         let sql = connect(&url, &config).await?;
         let key_sql = match &config.key_database_url {
             Some(key_url) => connect(key_url, &config).await?,

@@ -191,7 +191,7 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
             Ok(())
         }
         Action::CheckConfig => {
-            crate::app::keyring_from_config(&config)?;
+            crate::app::keyring_from_config(&config).await?;
             println!("configuration is valid");
             Ok(())
         }

@@ -37,6 +37,16 @@ impl From<VaultError> for Status {
                     "a stored secret failed its integrity check (reference {reference}); the platform must re-consent"
                 ))
             }
+            VaultError::KmsUnavailable(_) => {
+                tracing::warn!(%error, "key service unavailable");
+                Status::unavailable(format!("{error}; cached tokens are still served, retry later"))
+            }
+            VaultError::KmsRefused(_) => {
+                tracing::error!(%error, "key service refused a data-key operation");
+                Status::failed_precondition(format!(
+                    "{error}; an operator must restore tokenvault's access to the key (IAM policy, key state)"
+                ))
+            }
             other => internal(&other),
         }
     }

@@ -42,7 +42,7 @@ struct DevKey {
 pub fn prepare_development_defaults(config: &mut Config, with_api_keys: bool) -> std::io::Result<DevSetup> {
     let mut setup = DevSetup::default();
     let needs_dir = config.database_url.is_none()
-        || (config.keys.file.is_none() && config.keys.inline.is_none())
+        || !config.keys.is_configured()
         || (with_api_keys && config.auth.api_keys.is_empty() && config.auth.client_certs.is_empty());
     if !needs_dir {
         return Ok(setup);
@@ -55,7 +55,7 @@ pub fn prepare_development_defaults(config: &mut Config, with_api_keys: bool) ->
             .notes
             .push(format!("database: embedded SQLite file {}", path.display()));
     }
-    if config.keys.file.is_none() && config.keys.inline.is_none() {
+    if !config.keys.is_configured() {
         let path = config.data_dir.join("keys.toml");
         if !path.exists() {
             write_private(&path, LocalKeyring::generate_file_text("dev-1").as_bytes())?;

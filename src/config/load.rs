@@ -166,6 +166,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             problems.push("keys.active must be 1-64 characters of A-Z a-z 0-9 . _ -".to_owned());
         }
     }
+    validate_keys(&config.keys, &mut problems);
     validate_callers(config, &mut problems);
     for origin in &config.consent.allowed_return_origins {
         if let Err(reason) = crate::consent::return_url::parse_origin(origin) {
@@ -199,6 +200,32 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn validate_keys(keys: &super::KeysConfig, problems: &mut Vec<String>) {
+    match (keys.backend, &keys.kms) {
+        (super::KeysBackend::AwsKms, None) => {
+            problems.push("keys.backend = \"aws-kms\" needs [keys.kms] with key_id and region".to_owned());
+        }
+        (super::KeysBackend::AwsKms, Some(kms)) => {
+            if keys.file.is_some() || keys.inline.is_some() || keys.active.is_some() {
+                problems.push(
+                    "keys.file, keys.inline and keys.active belong to backend = \"file\"; with aws-kms set keys.kms.key_id"
+                        .to_owned(),
+                );
+            }
+            if kms.key_id.trim().is_empty() || kms.older_key_ids.iter().any(|id| id.trim().is_empty()) {
+                problems.push("keys.kms.key_id and keys.kms.older_key_ids must not be empty".to_owned());
+            }
+            if kms.region.trim().is_empty() {
+                problems.push("keys.kms.region must be set (for example \"eu-west-1\")".to_owned());
+            }
+        }
+        (super::KeysBackend::File, Some(_)) => {
+            problems.push("[keys.kms] is set but keys.backend is not \"aws-kms\"".to_owned());
+        }
+        (super::KeysBackend::File, None) => {}
     }
 }
 

@@ -213,12 +213,51 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
+    /// Which keyring holds the KEKs: `file` (key file or inline keys, the default) or `aws-kms`.
+    pub backend: KeysBackend,
     /// A TOML key file: `active = "id"` and `[[keys]]` entries with `id` and base64 `key`.
     pub file: Option<PathBuf>,
     /// Keys given inline as `id:base64,id:base64` (for example from a Kubernetes Secret in the environment).
     pub inline: Option<SecretString>,
     /// Id of the key new data keys are wrapped with (overrides the file's `active`).
     pub active: Option<String>,
+    /// AWS KMS keys (with `backend = "aws-kms"`).
+    pub kms: Option<KmsConfig>,
+}
+
+impl KeysConfig {
+    /// Whether the configuration names its KEKs (else development generates a key file).
+    pub fn is_configured(&self) -> bool {
+        self.backend != KeysBackend::File || self.file.is_some() || self.inline.is_some()
+    }
+}
+
+/// The keyring implementation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeysBackend {
+    /// KEKs in process memory, from `keys.file` or `keys.inline`.
+    #[default]
+    File,
+    /// KEKs in AWS KMS (`[keys.kms]`); they never leave it.
+    AwsKms,
+}
+
+/// `[keys.kms]`: the AWS KMS keys. Credentials come from the standard AWS
+/// environment variables, profile files, or the web-identity/container/instance role.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsConfig {
+    /// The active key: a key id, key ARN, `alias/name` or alias ARN.
+    pub key_id: String,
+    /// Older keys still needed to unwrap data keys not yet re-wrapped (ids, ARNs or aliases).
+    #[serde(default)]
+    pub older_key_ids: Vec<String>,
+    /// The AWS region of the keys (`eu-west-1`).
+    pub region: String,
+    /// Another KMS endpoint (a VPC endpoint, or a local test server); default: the region's.
+    #[serde(default)]
+    pub endpoint_url: Option<url::Url>,
 }
 
 /// A caller role; a key may hold several.

@@ -18,7 +18,9 @@ const NONCE_LEN: usize = 12;
 pub const WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
 
 /// Wraps and unwraps data keys. The local implementation holds the keys in
-/// memory; a KMS-backed one can implement the same trait.
+/// memory; a KMS-backed one calls the service, which is why
+/// wrapping is async (the vault's data-key cache keeps it off the hot path).
+#[async_trait::async_trait]
 pub trait Keyring: Send + Sync + 'static {
     /// Id of the key new data keys are wrapped with.
     fn active_id(&self) -> &str;
@@ -27,11 +29,11 @@ pub trait Keyring: Send + Sync + 'static {
     /// Ids of every key present.
     fn ids(&self) -> Vec<String>;
     /// Wraps `dek` (whose id is `dek_id`) under the active key; returns the key id used and the wrapped bytes.
-    fn wrap(&self, dek_id: Uuid, dek: &[u8; 32]) -> Result<(String, Vec<u8>), VaultError>;
+    async fn wrap(&self, dek_id: Uuid, dek: &[u8; 32]) -> Result<(String, Vec<u8>), VaultError>;
     /// Unwraps a data key wrapped under `kek_id`.
-    fn unwrap(&self, kek_id: &str, dek_id: Uuid, wrapped: &[u8]) -> Result<DataKey, VaultError>;
+    async fn unwrap(&self, kek_id: &str, dek_id: Uuid, wrapped: &[u8]) -> Result<DataKey, VaultError>;
     /// Re-wraps a data key under the active key without exposing it to the caller.
-    fn rewrap(&self, kek_id: &str, dek_id: Uuid, wrapped: &[u8]) -> Result<(String, Vec<u8>), VaultError>;
+    async fn rewrap(&self, kek_id: &str, dek_id: Uuid, wrapped: &[u8]) -> Result<(String, Vec<u8>), VaultError>;
 }
 
 /// KEKs held in process memory, loaded from a key file or the environment.
@@ -178,6 +180,7 @@ fn wrap_aad(dek_id: Uuid, kek_id: &str) -> Vec<u8> {
     aad
 }
 
+#[async_trait::async_trait]
 impl Keyring for LocalKeyring {
     fn active_id(&self) -> &str {
         &self.active
@@ -191,7 +194,23 @@ impl Keyring for LocalKeyring {
         self.keys.keys().cloned().collect()
     }
 
-    fn wrap(&self, dek_id: Uuid, dek: &[u8; 32]) -> Result<(String, Vec<u8>), VaultError> {
+    async fn wrap(&self, dek_id: Uuid, dek: &[u8; 32]) -> Result<(String, Vec<u8>), VaultError> {
+        self.wrap_raw(dek_id, dek)
+    }
+
+    async fn unwrap(&self, kek_id: &str, dek_id: Uuid, wrapped: &[u8]) -> Result<DataKey, VaultError> {
+        let key = self.unwrap_raw(kek_id, dek_id, wrapped)?;
+        Ok(DataKey::from_bytes(dek_id, &key))
+    }
+
+    async fn rewrap(&self, kek_id: &str, dek_id: Uuid, wrapped: &[u8]) -> Result<(String, Vec<u8>), VaultError> {
+        let key = self.unwrap_raw(kek_id, dek_id, wrapped)?;
+        self.wrap_raw(dek_id, &key)
+    }
+}
+
+impl LocalKeyring {
+    fn wrap_raw(&self, dek_id: Uuid, dek: &[u8; 32]) -> Result<(String, Vec<u8>), VaultError> {
         let cipher = self
             .cipher(&self.active)
             .ok_or_else(|| VaultError::UnknownKek(self.active.clone()))?;
@@ -206,18 +225,6 @@ impl Keyring for LocalKeyring {
         Ok((self.active.clone(), out))
     }
 
-    fn unwrap(&self, kek_id: &str, dek_id: Uuid, wrapped: &[u8]) -> Result<DataKey, VaultError> {
-        let key = self.unwrap_raw(kek_id, dek_id, wrapped)?;
-        Ok(DataKey::from_bytes(dek_id, &key))
-    }
-
-    fn rewrap(&self, kek_id: &str, dek_id: Uuid, wrapped: &[u8]) -> Result<(String, Vec<u8>), VaultError> {
-        let key = self.unwrap_raw(kek_id, dek_id, wrapped)?;
-        self.wrap(dek_id, &key)
-    }
-}
-
-impl LocalKeyring {
     fn unwrap_raw(&self, kek_id: &str, dek_id: Uuid, wrapped: &[u8]) -> Result<Zeroizing<[u8; 32]>, VaultError> {
         let cipher = self
             .cipher(kek_id)
@@ -249,21 +256,21 @@ mod tests {
         Zeroizing::new([byte; 32])
     }
 
-    #[test]
-    fn wrap_unwrap_round_trip_and_wrong_kek_fails() {
+    #[tokio::test]
+    async fn wrap_unwrap_round_trip_and_wrong_kek_fails() {
         let ring = LocalKeyring::new(vec![("a".into(), key(1)), ("b".into(), key(2))], "a").unwrap();
         let dek_id = Uuid::new_v4();
-        let (kek, wrapped) = ring.wrap(dek_id, &[7u8; 32]).unwrap();
+        let (kek, wrapped) = ring.wrap(dek_id, &[7u8; 32]).await.unwrap();
         assert_eq!(kek, "a");
         assert_eq!(wrapped.len(), WRAPPED_LEN);
-        assert!(ring.unwrap("a", dek_id, &wrapped).is_ok());
+        assert!(ring.unwrap("a", dek_id, &wrapped).await.is_ok());
         assert!(matches!(
-            ring.unwrap("b", dek_id, &wrapped),
+            ring.unwrap("b", dek_id, &wrapped).await,
             Err(VaultError::UnwrapFailed { .. })
         ));
-        assert!(matches!(ring.unwrap("zz", dek_id, &wrapped), Err(VaultError::UnknownKek(id)) if id == "zz"));
+        assert!(matches!(ring.unwrap("zz", dek_id, &wrapped).await, Err(VaultError::UnknownKek(id)) if id == "zz"));
         // A wrapped key moved to another data key id does not unwrap.
-        assert!(ring.unwrap("a", Uuid::new_v4(), &wrapped).is_err());
+        assert!(ring.unwrap("a", Uuid::new_v4(), &wrapped).await.is_err());
     }
 
     #[test]

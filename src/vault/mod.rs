@@ -6,10 +6,12 @@
 
 mod key_cache;
 mod keyring;
+mod kms;
 pub mod sealed;
 use key_cache::KeyCache;
 
 pub use keyring::{Keyring, LocalKeyring, WRAPPED_LEN};
+pub use kms::{KmsKeyring, CONTEXT_KEY as KMS_CONTEXT_KEY};
 pub use sealed::{sealed_key_id, Binding, DataKey, Field};
 
 use crate::clock::SharedClock;
@@ -42,6 +44,12 @@ pub enum VaultError {
     /// A sealed value does not authenticate: altered, moved to another record, or under another key.
     #[error("sealed value does not authenticate (altered, or moved from another record)")]
     OpenFailed,
+    /// The key service (AWS KMS) is out of reach or failing: retry later.
+    #[error("the key service (AWS KMS) is unavailable: {0}")]
+    KmsUnavailable(String),
+    /// The key service refused: access denied, key disabled, pending deletion or not found.
+    #[error("the key service (AWS KMS) refused: {0}")]
+    KmsRefused(String),
     /// The cipher refused (should not happen).
     #[error("cryptographic failure: {0}")]
     Crypto(&'static str),
@@ -119,7 +127,7 @@ impl Vault {
     /// Creates, wraps and stores a new data key.
     pub async fn create_data_key(&self) -> Result<Arc<DataKey>, VaultError> {
         let (key, bytes) = DataKey::generate();
-        let (kek_id, wrapped) = self.keyring.wrap(key.id(), &bytes)?;
+        let (kek_id, wrapped) = self.keyring.wrap(key.id(), &bytes).await?;
         drop(bytes);
         self.keys
             .insert_data_key(&WrappedDataKey {
@@ -143,7 +151,7 @@ impl Vault {
             return Err(VaultError::MissingDataKey(id));
         }
         let wrapped = self.keys.data_key(id).await?.ok_or(VaultError::MissingDataKey(id))?;
-        let key = Arc::new(self.keyring.unwrap(&wrapped.kek_id, id, &wrapped.wrapped)?);
+        let key = Arc::new(self.keyring.unwrap(&wrapped.kek_id, id, &wrapped.wrapped).await?);
         self.cache.insert(key.clone());
         if self.destroyed.contains_key(&id) {
             // Destroyed while we were reading it: do not keep it.
@@ -222,7 +230,7 @@ impl Vault {
                     report.unchanged += 1;
                     continue;
                 }
-                let (kek_id, wrapped) = self.keyring.rewrap(&stored.kek_id, stored.id, &stored.wrapped)?;
+                let (kek_id, wrapped) = self.keyring.rewrap(&stored.kek_id, stored.id, &stored.wrapped).await?;
                 let updated = WrappedDataKey {
                     id: stored.id,
                     kek_id,

@@ -18,6 +18,7 @@ mod broker;
 mod consent;
 mod export;
 mod faults;
+mod kms;
 mod lifecycle;
 mod outbox;
 mod process;

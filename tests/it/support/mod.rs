@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod db;
 pub mod fixture;
 pub mod inspect;
+pub mod kms;
 pub mod provider;
 pub mod proxy;
 pub mod server;

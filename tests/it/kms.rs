@@ -1,0 +1,268 @@
+//! The AWS KMS keyring against moto's server mode (a real HTTP KMS on
+//! 127.0.0.1): the vault suite (round trip, tamper, encryption context,
+//! rotation, missing keys, key state at start-up) and the whole server with
+//! `backend = "aws-kms"`, including a KMS outage and its end.
+
+use crate::on_both;
+use crate::support::fixture::WithProvider;
+use crate::support::kms::Moto;
+use crate::support::provider::connect;
+use crate::support::{keys, Backend, TestDb, TestServer};
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+use std::time::Duration;
+use tokenvault::clock::SystemClock;
+use tokenvault::proto::{DisconnectRequest, GetAccessTokenRequest};
+use tokenvault::store::{KeyStore, SqlStore, Store, StoreOptions};
+use tokenvault::vault::{Binding, Field, Keyring, KmsKeyring, Vault, VaultError};
+use tonic::Code;
+use uuid::Uuid;
+
+fn binding(record: &str) -> Binding<'_> {
+    Binding {
+        tenant_id: "acme",
+        user_id: "u1",
+        record,
+        field: Field::RefreshToken,
+    }
+}
+
+async fn keyring(moto: &Moto, active: &str, older: &[&str]) -> Arc<KmsKeyring> {
+    let config = moto.keys_config(active, older);
+    Arc::new(KmsKeyring::connect(config.kms.as_ref().unwrap()).await.unwrap())
+}
+
+fn vault(keys: &SqlStore, ring: Arc<KmsKeyring>) -> Vault {
+    Vault::new(
+        ring,
+        Arc::new(keys.clone()),
+        Arc::new(SystemClock),
+        100,
+        Duration::from_secs(60),
+    )
+}
+
+async fn vault_suite(backend: Backend) {
+    let moto = Moto::start();
+    let first = moto.create_aliased_key("tokenvault-first").await;
+    let second = moto.create_key().await;
+    let db = TestDb::new(backend).await;
+    let store = SqlStore::connect(&db.url, &StoreOptions::default()).await.unwrap();
+    store.migrate().await.unwrap();
+
+    // Round trip under a key named by its alias: the stored KEK id is the key's ARN.
+    let ring = keyring(&moto, "alias/tokenvault-first", &[]).await;
+    assert_eq!(ring.active_id(), first);
+    let v1 = vault(&store, ring.clone());
+    let mut sealed = Vec::new();
+    for i in 0..3 {
+        let key = v1.create_data_key().await.unwrap();
+        let record = format!("c{i}");
+        let ciphertext = key.seal(&binding(&record), format!("token-{i}").as_bytes()).unwrap();
+        sealed.push((key.id(), record, ciphertext));
+    }
+    assert_eq!(store.kek_usage().await.unwrap(), vec![(first.clone(), 3)]);
+    v1.forget_all();
+    for (dek, record, ciphertext) in &sealed {
+        let plain = v1
+            .data_key(*dek)
+            .await
+            .unwrap()
+            .open(&binding(record), ciphertext)
+            .unwrap();
+        assert!(plain.expose_secret().starts_with(b"token-"));
+    }
+
+    // A tampered wrapped key, or one presented under another data key id
+    // (the encryption context), does not unwrap: KMS says so, we say DATA_LOSS.
+    let stored = store.data_key(sealed[0].0).await.unwrap().unwrap();
+    let mut tampered = stored.wrapped.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+    let error = ring.unwrap(&stored.kek_id, stored.id, &tampered).await.unwrap_err();
+    assert!(
+        matches!(error, VaultError::UnwrapFailed { dek_id } if dek_id == stored.id),
+        "{error}"
+    );
+    let other = Uuid::new_v4();
+    let error = ring.unwrap(&stored.kek_id, other, &stored.wrapped).await.unwrap_err();
+    assert!(
+        matches!(error, VaultError::UnwrapFailed { dek_id } if dek_id == other),
+        "{error}"
+    );
+    assert_eq!(tonic::Status::from(error).code(), Code::DataLoss);
+    assert!(ring.unwrap(&stored.kek_id, stored.id, &stored.wrapped).await.is_ok());
+
+    // Rotation to a second key with ReEncrypt; the first stays configured to unwrap.
+    let both = keyring(&moto, &second, &["alias/tokenvault-first"]).await;
+    assert!(both.contains(&first) && both.contains(&second));
+    let v2 = vault(&store, both);
+    let report = v2.rotate().await.unwrap();
+    assert_eq!((report.rewrapped, report.unchanged), (3, 0));
+    assert_eq!(report.active_kek, second);
+    assert_eq!(store.kek_usage().await.unwrap(), vec![(second.clone(), 3)]);
+    assert_eq!(v2.rotate().await.unwrap().rewrapped, 0, "nothing left to re-wrap");
+    // The re-wrapped key is bound to its id too.
+    let rewrapped = store.data_key(sealed[1].0).await.unwrap().unwrap();
+    assert_eq!(rewrapped.kek_id, second);
+    assert!(matches!(
+        keyring(&moto, &second, &[])
+            .await
+            .unwrap(&second, Uuid::new_v4(), &rewrapped.wrapped)
+            .await,
+        Err(VaultError::UnwrapFailed { .. })
+    ));
+
+    // With only the second key, everything still opens.
+    let v3 = vault(&store, keyring(&moto, &second, &[]).await);
+    v3.check_keyring_covers_store().await.unwrap();
+    for (dek, record, ciphertext) in &sealed {
+        let plain = v3
+            .data_key(*dek)
+            .await
+            .unwrap()
+            .open(&binding(record), ciphertext)
+            .unwrap();
+        assert!(plain.expose_secret().starts_with(b"token-"));
+    }
+    // With only the first, the store names the missing key.
+    let stale = vault(&store, keyring(&moto, &first, &[]).await);
+    let error = stale.check_keyring_covers_store().await.unwrap_err();
+    assert!(
+        error.to_string().contains(&format!("`{second}` (3 data keys)")),
+        "{error}"
+    );
+    assert!(matches!(stale.data_key(sealed[0].0).await, Err(VaultError::UnknownKek(id)) if id == second));
+
+    // Destroying a data key crypto-shreds what it sealed.
+    v3.destroy_data_keys(&[sealed[0].0]).await.unwrap();
+    assert!(matches!(
+        v3.data_key(sealed[0].0).await,
+        Err(VaultError::MissingDataKey(_))
+    ));
+}
+on_both!(kms_vault_suite, vault_suite);
+
+/// The key id at the end of an ARN (moto's DisableKey takes only that).
+fn bare_id(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap()
+}
+
+#[tokio::test]
+async fn start_up_checks_the_kms_keys() {
+    let moto = Moto::start();
+    let key = moto.create_key().await;
+    let key_two = moto.create_key().await;
+    let client = moto.client().await;
+
+    let config = moto.keys_config("alias/nothing-here", &[]);
+    let error = KmsKeyring::connect(config.kms.as_ref().unwrap()).await.unwrap_err();
+    assert!(matches!(error, VaultError::Keyring(_)), "{error}");
+    assert!(error.to_string().contains("alias/nothing-here"), "{error}");
+
+    client.disable_key().key_id(bare_id(&key)).send().await.unwrap();
+    let config = moto.keys_config(&key, &[]);
+    let error = KmsKeyring::connect(config.kms.as_ref().unwrap()).await.unwrap_err();
+    assert!(error.to_string().contains("not enabled"), "{error}");
+
+    // Access denied: moto answers a Decrypt that names another key than the
+    // ciphertext's with AccessDeniedException (it does not enforce key state
+    // or IAM on Decrypt): refused, FAILED_PRECONDITION, said clearly.
+    let live = moto.create_key().await;
+    let ring = KmsKeyring::connect(moto.keys_config(&live, &[&key_two]).kms.as_ref().unwrap())
+        .await
+        .unwrap();
+    let dek = Uuid::new_v4();
+    let (kek, wrapped) = ring.wrap(dek, &[7u8; 32]).await.unwrap();
+    assert_eq!(kek, live);
+    let error = ring.unwrap(&key_two, dek, &wrapped).await.unwrap_err();
+    assert!(
+        matches!(error, VaultError::KmsRefused(ref reason) if reason.contains("AccessDenied")),
+        "{error}"
+    );
+    let status = tonic::Status::from(error);
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("AWS KMS"), "{status:?}");
+
+    // KMS out of reach at start: a clear start-up error.
+    drop(moto);
+    let error = KmsKeyring::connect(config.kms.as_ref().unwrap()).await.unwrap_err();
+    assert!(matches!(error, VaultError::KmsUnavailable(_)), "{error}");
+}
+
+async fn token(server: &TestServer, connection_id: &str) -> Result<String, tonic::Status> {
+    server
+        .tokens(keys::AGENT)
+        .get_access_token(GetAccessTokenRequest {
+            connection_id: connection_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().access_token)
+}
+
+/// Drops every cached token and data key: the next call reads the database and unwraps through KMS.
+fn clear_caches(server: &TestServer) {
+    server.app().broker.cache().invalidate_all();
+    server.app().vault.forget_all();
+}
+
+async fn server_round_trip(backend: Backend) {
+    let mut moto = Moto::start();
+    let arn = moto.create_aliased_key("tokenvault").await;
+    let keys_config = moto.keys_config("alias/tokenvault", &[]);
+    let with = WithProvider::build(backend)
+        .config(move |config| config.keys = keys_config)
+        .start()
+        .await;
+    let server = &with.server;
+    let connection = connect(&with, "kim", &["mail.read"]).await;
+    let first = token(server, &connection).await.unwrap();
+    let usage = server.app().key_sql.kek_usage().await.unwrap();
+    assert!(
+        !usage.is_empty() && usage.iter().all(|(kek, _)| *kek == arn),
+        "{usage:?}"
+    );
+
+    // Cache miss: the data key is unwrapped by KMS again, the same token comes back.
+    clear_caches(server);
+    assert_eq!(token(server, &connection).await.unwrap(), first);
+
+    // KMS frozen: the cached token is still served; a miss needing an unwrap is UNAVAILABLE.
+    moto.pause();
+    assert_eq!(token(server, &connection).await.unwrap(), first);
+    clear_caches(server);
+    let error = token(server, &connection).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    assert!(error.message().contains("AWS KMS"), "{error:?}");
+    assert!(!error.message().contains(&first), "no token in the message");
+
+    // KMS back: works again.
+    moto.resume();
+    assert_eq!(token(server, &connection).await.unwrap(), first);
+
+    // A second connection, then KMS killed: cached served, a miss refused clearly.
+    let other = connect(&with, "lee", &["mail.read"]).await;
+    let other_token = token(server, &other).await.unwrap();
+    moto.kill();
+    assert_eq!(token(server, &other).await.unwrap(), other_token);
+    clear_caches(server);
+    let error = token(server, &other).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    assert!(error.message().contains("AWS KMS"), "{error:?}");
+
+    // Disconnect needs no KMS call: revoked at once.
+    server
+        .connections(keys::PLATFORM)
+        .disconnect(DisconnectRequest {
+            connection_id: connection.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        token(server, &connection).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    with.stop().await;
+}
+on_both!(kms_server_round_trip, server_round_trip);
