@@ -7,92 +7,12 @@
 
 use crate::on_both;
 use crate::support::fixture::WithProvider;
-use crate::support::provider::{connect, CatalogOptions};
-use crate::support::{eventually, keys, Backend, TestServer};
+use crate::support::provider::connect;
+use crate::support::revocation::*;
+use crate::support::Backend;
 use std::time::Duration;
 use tokenvault::proto::*;
-use tokenvault::store::OutboxEntry;
-use tokenvault::vault::VaultError;
-use tokenvault_testkit::fake_provider::{CatalogRevocation, Endpoint, FakeProviderConfig, Fault};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn disconnect(server: &TestServer, connection_id: &str) -> Connection {
-    server
-        .connections(keys::PLATFORM)
-        .disconnect(DisconnectRequest {
-            connection_id: connection_id.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .connection
-        .unwrap()
-}
-
-/// The connection as the platform reads it.
-async fn read(server: &TestServer, connection_id: &str) -> Connection {
-    server
-        .connections(keys::PLATFORM)
-        .get_connection(GetConnectionRequest {
-            connection_id: connection_id.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .connection
-        .unwrap()
-}
-
-fn state(connection: &Connection) -> ProviderRevocationState {
-    let reported = connection.provider_revocation.as_ref().expect("reported once revoked");
-    ProviderRevocationState::try_from(reported.state).unwrap()
-}
-
-async fn entry(server: &TestServer, connection_id: &str) -> OutboxEntry {
-    let mut entries = server
-        .app()
-        .store
-        .outbox_for_connection(connection_id.parse().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    entries.remove(0)
-}
-
-/// Waits until the entry has been attempted at least `n` times.
-async fn attempted(server: &TestServer, connection_id: &str, n: i64) -> OutboxEntry {
-    let store = server.app().store.clone();
-    let id: uuid::Uuid = connection_id.parse().unwrap();
-    let reached = eventually(WAIT, || {
-        let store = store.clone();
-        async move {
-            store
-                .outbox_for_connection(id)
-                .await
-                .unwrap()
-                .first()
-                .is_some_and(|e| e.attempts >= n)
-        }
-    })
-    .await;
-    assert!(reached, "entry not attempted {n} times");
-    entry(server, connection_id).await
-}
-
-async fn key_exists(server: &TestServer, dek: uuid::Uuid) -> bool {
-    !matches!(
-        server.app().vault.data_key(dek).await,
-        Err(VaultError::MissingDataKey(_))
-    )
-}
-
-fn github_style() -> CatalogOptions {
-    CatalogOptions {
-        revocation: CatalogRevocation::GithubGrant,
-        ..Default::default()
-    }
-}
+use tokenvault_testkit::fake_provider::{Endpoint, FakeProviderConfig, Fault};
 
 async fn configuration_errors_wait(backend: Backend) {
     let with = WithProvider::start(backend).await;
@@ -107,18 +27,18 @@ async fn configuration_errors_wait(backend: Backend) {
         })
         .await;
     let revoked = disconnect(&with.server, &connection).await;
-    assert_eq!(state(&revoked), ProviderRevocationState::Pending);
+    assert_eq!(reported_state(&revoked), ProviderRevocationState::Pending);
     let waiting = attempted(&with.server, &connection, 1).await;
     assert_eq!(waiting.status, "pending");
     assert_eq!(waiting.error_kind.as_deref(), Some("client_rejected"));
     // Far past the give-up time it still waits: a configuration error says nothing about the grant.
     with.server.clock.advance(chrono::Duration::days(30));
     with.server.app().lifecycle.outbox().process_due().await.unwrap();
-    let still = entry(&with.server, &connection).await;
+    let still = outbox_entry(&with.server, &connection).await;
     assert_eq!((still.status.as_str(), still.attempts), ("pending", 2));
     assert!(still.token.is_some() && key_exists(&with.server, still.dek_id).await);
     let shown = read(&with.server, &connection).await;
-    assert_eq!(state(&shown), ProviderRevocationState::Pending);
+    assert_eq!(reported_state(&shown), ProviderRevocationState::Pending);
     assert_eq!(
         shown.provider_revocation.as_ref().unwrap().last_error_kind,
         "client_rejected"
@@ -141,7 +61,7 @@ async fn configuration_errors_wait(backend: Backend) {
         .await;
     with.server.clock.advance(chrono::Duration::days(31));
     with.server.app().lifecycle.outbox().process_due().await.unwrap();
-    let done = entry(&with.server, &connection).await;
+    let done = outbox_entry(&with.server, &connection).await;
     assert_eq!(done.status, "done");
     assert!(with.fake.granted_scopes("user-1").is_empty(), "revoked at the provider");
     assert!(
@@ -149,7 +69,7 @@ async fn configuration_errors_wait(backend: Backend) {
         "the key goes at the final outcome"
     );
     assert_eq!(
-        state(&read(&with.server, &connection).await),
+        reported_state(&read(&with.server, &connection).await),
         ProviderRevocationState::Done
     );
     with.stop().await;
@@ -170,12 +90,12 @@ async fn rotation_kept(backend: Backend) {
     assert_eq!(with.fake.stats().refreshes, 1);
     assert!(!first.rotation_uncertain);
     let shown = read(&with.server, &connection).await;
-    assert_eq!(state(&shown), ProviderRevocationState::Pending);
+    assert_eq!(reported_state(&shown), ProviderRevocationState::Pending);
     assert_eq!(shown.provider_revocation.unwrap().last_error_kind, "unavailable");
 
     with.server.clock.advance(chrono::Duration::minutes(10));
     with.server.app().lifecycle.outbox().process_due().await.unwrap();
-    let done = entry(&with.server, &connection).await;
+    let done = outbox_entry(&with.server, &connection).await;
     assert_eq!(done.status, "done");
     let stats = with.fake.stats();
     // The second attempt presented the rotated refresh token, not the retired one.
@@ -187,7 +107,7 @@ async fn rotation_kept(backend: Backend) {
     assert!(deletions[0].was_active && deletions[0].client_authenticated);
     assert!(with.fake.granted_scopes("user-1").is_empty(), "the grant really ended");
     assert_eq!(
-        state(&read(&with.server, &connection).await),
+        reported_state(&read(&with.server, &connection).await),
         ProviderRevocationState::Done
     );
     with.stop().await;
@@ -212,7 +132,7 @@ async fn lost_refresh(backend: Backend) {
 
     with.server.clock.advance(chrono::Duration::minutes(10));
     with.server.app().lifecycle.outbox().process_due().await.unwrap();
-    let ended = entry(&with.server, &connection).await;
+    let ended = outbox_entry(&with.server, &connection).await;
     // The stored token was retired by the lost rotation: invalid_grant now is
     // no proof that the grant is gone, since the rotated token lives on.
     assert_eq!(with.fake.stats().retired_refresh_tokens_presented, 1);
@@ -222,7 +142,7 @@ async fn lost_refresh(backend: Backend) {
     );
     assert_eq!(ended.status, "gave_up", "{ended:?}");
     let shown = read(&with.server, &connection).await;
-    assert_eq!(state(&shown), ProviderRevocationState::Failed);
+    assert_eq!(reported_state(&shown), ProviderRevocationState::Failed);
     assert_eq!(shown.provider_revocation.unwrap().last_error_kind, "rotation_uncertain");
     with.stop().await;
 }
@@ -270,7 +190,7 @@ async fn two_replicas_revoke_each_entry_once() {
     tokens.dedup();
     assert_eq!(tokens.len(), 20);
     for connection in &connections {
-        let done = entry(&with.server, connection).await;
+        let done = outbox_entry(&with.server, connection).await;
         assert_eq!((done.status.as_str(), done.attempts), ("done", 2), "{done:?}");
     }
     let events = crate::support::inspect::audit(&with.server, "provider.revocation").await;

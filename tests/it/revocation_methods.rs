@@ -11,17 +11,14 @@ use crate::on_both;
 use crate::support::fixture::WithProvider;
 use crate::support::inspect::{audit, stored_connection};
 use crate::support::provider::{connect, CatalogOptions};
+use crate::support::revocation::*;
 use crate::support::{eventually, keys, Backend, TestServer};
-use std::time::Duration;
 use tokenvault::proto::*;
-use tokenvault::store::{AuditEvent, OutboxEntry};
-use tokenvault::vault::VaultError;
+use tokenvault::store::AuditEvent;
 use tokenvault_testkit::fake_provider::{
     CatalogRevocation, Endpoint, FakeProvider, FakeProviderConfig, Fault, GrantDeletionRecord, SlackRevocationRecord,
     SlackTokenKind, Stats, ACCESS_TOKEN_PREFIX, REFRESH_TOKEN_PREFIX, UNSUPPORTED_REASON,
 };
-
-const WAIT: Duration = Duration::from_secs(10);
 
 async fn token(server: &TestServer, connection_id: &str) -> GetAccessTokenResponse {
     server
@@ -33,21 +30,6 @@ async fn token(server: &TestServer, connection_id: &str) -> GetAccessTokenRespon
         .await
         .unwrap()
         .into_inner()
-}
-
-async fn disconnect(server: &TestServer, connection_id: &str) -> Connection {
-    let revoked = server
-        .connections(keys::PLATFORM)
-        .disconnect(DisconnectRequest {
-            connection_id: connection_id.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .connection
-        .unwrap();
-    assert_eq!(revoked.status, ConnectionStatus::Revoked as i32);
-    revoked
 }
 
 /// The `provider.revocation` events of one connection, once there is one.
@@ -71,13 +53,6 @@ async fn revocation_events(server: &TestServer, connection_id: &str) -> Vec<Audi
 async fn grant_deletions(fake: &FakeProvider, n: usize) -> Vec<GrantDeletionRecord> {
     eventually(WAIT, || async { fake.stats().grant_deletions.len() >= n }).await;
     fake.stats().grant_deletions
-}
-
-fn github_style() -> CatalogOptions {
-    CatalogOptions {
-        revocation: CatalogRevocation::GithubGrant,
-        ..Default::default()
-    }
 }
 
 async fn github_grant(backend: Backend) {
@@ -281,25 +256,6 @@ async fn an_issuer_supplies_the_revocation_endpoint_next_to_explicit_ones() {
     with.stop().await;
 }
 
-/// The connection as the platform reads it (GetConnection).
-async fn read(server: &TestServer, connection_id: &str) -> Connection {
-    server
-        .connections(keys::PLATFORM)
-        .get_connection(GetConnectionRequest {
-            connection_id: connection_id.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .connection
-        .unwrap()
-}
-
-fn reported_state(connection: &Connection) -> ProviderRevocationState {
-    let reported = connection.provider_revocation.as_ref().expect("reported once revoked");
-    ProviderRevocationState::try_from(reported.state).unwrap()
-}
-
 /// Waits until GetConnection reports `state`.
 async fn reported(server: &TestServer, connection_id: &str, state: ProviderRevocationState) -> Connection {
     let reached = eventually(WAIT, || async {
@@ -312,35 +268,6 @@ async fn reported(server: &TestServer, connection_id: &str, state: ProviderRevoc
     let shown = read(server, connection_id).await;
     assert!(reached, "never reported {state:?}: {:?}", shown.provider_revocation);
     shown
-}
-
-async fn key_exists(server: &TestServer, dek: uuid::Uuid) -> bool {
-    !matches!(
-        server.app().vault.data_key(dek).await,
-        Err(VaultError::MissingDataKey(_))
-    )
-}
-
-/// The connection's one outbox entry.
-async fn outbox_entry(server: &TestServer, connection_id: &str) -> OutboxEntry {
-    let mut entries = server
-        .app()
-        .store
-        .outbox_for_connection(connection_id.parse().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    entries.remove(0)
-}
-
-/// Waits until the connection's outbox entry has been attempted `n` times.
-async fn attempted(server: &TestServer, connection_id: &str, n: i64) -> OutboxEntry {
-    let reached = eventually(WAIT, || async {
-        outbox_entry(server, connection_id).await.attempts >= n
-    })
-    .await;
-    assert!(reached, "entry not attempted {n} times");
-    outbox_entry(server, connection_id).await
 }
 
 /// The revocation styles that present an access token the catalog's way,

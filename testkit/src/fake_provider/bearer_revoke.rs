@@ -23,11 +23,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderMap, StatusCode, Uri};
 
-use super::faults::{fault_response, Endpoint, Fault};
-use super::params::Params;
+use super::bearer::{injected_fault, BearerRequest};
+use super::faults::Endpoint;
 use super::state::Shared;
 use super::stats::BearerRevocationRecord;
 
@@ -39,30 +39,16 @@ pub(super) async fn bearer_revoke(
     body: Bytes,
 ) -> Response {
     shared.count(|s| s.bearer_revoke_endpoint_requests += 1);
-    for fault in shared.faults.take(Endpoint::BearerRevoke) {
-        match fault {
-            Fault::Delay(delay) => tokio::time::sleep(delay).await,
-            Fault::DelayAnswer(_) | Fault::ReduceScopes(_) => {}
-            other => return fault_response(&other),
-        }
+    if let Some(fault) = injected_fault(&shared, Endpoint::BearerRevoke).await {
+        return fault;
     }
 
-    let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
-        let (scheme, rest) = v.trim().split_once(' ')?;
-        Some((scheme.to_owned(), rest.trim().to_owned()))
-    });
-    let bearer_token = authorization
-        .as_ref()
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.clone())
-        .filter(|token| !token.is_empty());
+    let BearerRequest {
+        token: bearer_token,
+        client_credentials_sent,
+    } = BearerRequest::read(&uri, &headers, &body);
     let trimmed = body.trim_ascii();
     let body_empty = trimmed.is_empty() || trimmed == b"null";
-    let client_credentials_sent = authorization
-        .as_ref()
-        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
-        || names_client(uri.query().unwrap_or_default().as_bytes())
-        || names_client(&body);
 
     let mut state = shared.lock_state();
     let was_active = bearer_token
@@ -105,13 +91,4 @@ pub(super) async fn bearer_revoke(
     } else {
         (StatusCode::OK, Json(serde_json::Value::Null)).into_response()
     }
-}
-
-/// Whether a query string or body (form or JSON) carries `client_id` or `client_secret`.
-fn names_client(input: &[u8]) -> bool {
-    const KEYS: [&str; 2] = ["client_id", "client_secret"];
-    let form = Params::parse(input);
-    let json = serde_json::from_slice::<serde_json::Value>(input).ok();
-    KEYS.iter()
-        .any(|key| form.get(key).is_some() || json.as_ref().is_some_and(|v| v.get(key).is_some()))
 }

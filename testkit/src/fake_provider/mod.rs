@@ -36,6 +36,7 @@
 //! like) and the catalog entry ([`FakeProvider::catalog_toml`]).
 
 mod authorize;
+mod bearer;
 mod bearer_revoke;
 mod browser;
 mod catalog;

@@ -26,11 +26,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use http::header::AUTHORIZATION;
 use http::{HeaderMap, Uri};
 
-use super::faults::{fault_response, Endpoint, Fault};
-use super::params::Params;
+use super::bearer::{injected_fault, BearerRequest};
+use super::faults::Endpoint;
 use super::state::{Inner, Shared};
 use super::stats::{SlackRevocationRecord, SlackTokenKind};
 
@@ -42,29 +41,15 @@ pub(super) async fn slack_revoke(
     body: Bytes,
 ) -> Response {
     shared.count(|s| s.slack_revoke_endpoint_requests += 1);
-    for fault in shared.faults.take(Endpoint::SlackRevoke) {
-        match fault {
-            Fault::Delay(delay) => tokio::time::sleep(delay).await,
-            Fault::DelayAnswer(_) | Fault::ReduceScopes(_) => {}
-            other => return fault_response(&other),
-        }
+    if let Some(fault) = injected_fault(&shared, Endpoint::SlackRevoke).await {
+        return fault;
     }
 
-    let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
-        let (scheme, rest) = v.trim().split_once(' ')?;
-        Some((scheme.to_owned(), rest.trim().to_owned()))
-    });
-    let bearer_token = authorization
-        .as_ref()
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.clone())
-        .filter(|token| !token.is_empty());
+    let BearerRequest {
+        token: bearer_token,
+        client_credentials_sent,
+    } = BearerRequest::read(&uri, &headers, &body);
     let body_empty = body.trim_ascii().is_empty();
-    let client_credentials_sent = authorization
-        .as_ref()
-        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
-        || names_client(uri.query().unwrap_or_default().as_bytes())
-        || names_client(&body);
 
     let mut state = shared.lock_state();
     let kind = bearer_token
@@ -126,13 +111,4 @@ fn kind_of(state: &Inner, token: &str) -> SlackTokenKind {
     } else {
         SlackTokenKind::Unknown
     }
-}
-
-/// Whether a query string or body (form or JSON) carries `client_id` or `client_secret`.
-fn names_client(input: &[u8]) -> bool {
-    const KEYS: [&str; 2] = ["client_id", "client_secret"];
-    let form = Params::parse(input);
-    let json = serde_json::from_slice::<serde_json::Value>(input).ok();
-    KEYS.iter()
-        .any(|key| form.get(key).is_some() || json.as_ref().is_some_and(|v| v.get(key).is_some()))
 }

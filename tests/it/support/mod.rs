@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod kms;
 pub mod provider;
 pub mod proxy;
+pub mod revocation;
 pub mod server;
 
 pub use db::{pg_host_port, Backend, TestDb};
