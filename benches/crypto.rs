@@ -1,11 +1,19 @@
 //! Envelope-encryption costs on the token path: sealing and opening one
 //! access token under a connection's data key, and unwrapping a data key
-//! under the key-encryption key (what a data-key cache miss costs in CPU).
+//! under the key-encryption key (what a data-key cache miss costs in CPU),
+//! with the file keyring and, when `moto_server` is on PATH
+//! (`scripts/install-moto` prints where), with AWS KMS on moto over loopback.
 //!
-//! `cargo bench --bench crypto`
+//! `PATH="$(scripts/install-moto):$PATH" cargo bench --bench crypto`
 
-// criterion_group! generates an undocumented public function.
-#![allow(missing_docs)]
+// criterion_group! generates an undocumented public function; the moto
+// harness is the test suite's own (tests/it/support/kms.rs), which fails
+// loudly with unwrap/panic where it cannot set moto up.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/it/support/kms.rs"]
+#[allow(dead_code)]
+mod moto;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use secrecy::SecretString;
@@ -70,8 +78,30 @@ fn try_unwrap_data_key(c: &mut Criterion) -> Result<(), VaultError> {
     let keyring = LocalKeyring::new(vec![("kek-1".to_owned(), kek)], "kek-1")?;
     let mut group = c.benchmark_group("data_key");
     bench_keyring(&mut group, &runtime, "file", &keyring)?;
+    if moto_available() {
+        let server = moto::Moto::start();
+        let kms = runtime.block_on(async {
+            let arn = server.create_key().await;
+            let config = server.keys_config(&arn, &[]);
+            let kms = config.kms.as_ref().ok_or(VaultError::Crypto("no KMS configuration"))?;
+            tokenvault::vault::KmsKeyring::connect(kms).await
+        })?;
+        bench_keyring(&mut group, &runtime, "aws_kms_moto", &kms)?;
+    } else {
+        eprintln!("crypto bench: moto_server is not on PATH; the AWS KMS keyring is not measured (scripts/install-moto)");
+    }
     group.finish();
     Ok(())
+}
+
+/// Whether `moto_server` can be run.
+fn moto_available() -> bool {
+    std::process::Command::new("moto_server")
+        .arg("--help")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, VaultError> {
