@@ -88,7 +88,9 @@ fn try_unwrap_data_key(c: &mut Criterion) -> Result<(), VaultError> {
         })?;
         bench_keyring(&mut group, &runtime, "aws_kms_moto", &kms)?;
     } else {
-        eprintln!("crypto bench: moto_server is not on PATH; the AWS KMS keyring is not measured (scripts/install-moto)");
+        eprintln!(
+            "crypto bench: moto_server is not on PATH; the AWS KMS keyring is not measured (scripts/install-moto)"
+        );
     }
     group.finish();
     Ok(())
