@@ -87,10 +87,25 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
     }
     let mut config = config::load(config_path)?;
     let serving = matches!(action, Action::Serve { .. });
-    let dev = config::prepare_development_defaults(&mut config, serving)
-        .map_err(|e| CliError::Other(format!("development setup in {}: {e}", config.data_dir.display())))?;
+    let setup = config::Setup::of(&config);
+    let dev = match setup {
+        config::Setup::Development => config::prepare_development_defaults(&mut config, serving)
+            .map_err(|e| CliError::Other(format!("development setup in {}: {e}", config.data_dir.display())))?,
+        config::Setup::Production => {
+            let needs = if serving || matches!(action, Action::CheckConfig) {
+                config::Needs::Callers
+            } else {
+                config::Needs::Storage
+            };
+            config::check_production(&config, needs)?;
+            config::DevSetup::default()
+        }
+    };
     if serving || matches!(action, Action::Migrate | Action::KeysRotate | Action::Retention { .. }) {
         crate::telemetry::logging::init(&config).map_err(CliError::Other)?;
+    }
+    if setup == config::Setup::Production && config::key_table_is_shared(&config) {
+        tracing::warn!("{}", config::SHARED_KEY_TABLE_WARNING);
     }
     let clock: SharedClock = Arc::new(SystemClock);
     match action {
@@ -192,6 +207,9 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
         }
         Action::CheckConfig => {
             crate::app::keyring_from_config(&config).await?;
+            if setup == config::Setup::Production && config::key_table_is_shared(&config) {
+                eprintln!("warning: {}", config::SHARED_KEY_TABLE_WARNING);
+            }
             println!("configuration is valid");
             Ok(())
         }

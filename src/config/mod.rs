@@ -9,10 +9,12 @@
 mod dev;
 mod load;
 mod providers;
+mod setup;
 
 pub use dev::{dev_api_keys_path, prepare_development_defaults, write_private, DevSetup};
 pub use load::{load, ConfigError};
 pub use providers::{ProviderClientConfig, ProvidersConfig};
+pub use setup::{check_production, key_table_is_shared, Needs, Setup, SHARED_KEY_TABLE_WARNING};
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -23,9 +25,11 @@ use std::path::PathBuf;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// `postgres://…` or `sqlite://…`; unset means the embedded SQLite file in `data_dir`.
+    /// `postgres://…` or `sqlite://…`; unset means development: the embedded
+    /// SQLite file in `data_dir`, generated keys and API keys.
     pub database_url: Option<SecretString>,
-    /// Where the wrapped data keys live; unset means the main database.
+    /// Where the wrapped data keys live; unset means the main database (outside
+    /// development only with `keys.allow_shared_database`).
     pub key_database_url: Option<SecretString>,
     /// Directory for the development defaults (SQLite file, generated key files).
     pub data_dir: PathBuf,
@@ -223,6 +227,9 @@ pub struct KeysConfig {
     pub active: Option<String>,
     /// AWS KMS keys (with `backend = "aws-kms"`).
     pub kms: Option<KmsConfig>,
+    /// Accept the key table in the main database outside development (its
+    /// backups then hold both the wrapped data keys and the ciphertexts).
+    pub allow_shared_database: bool,
 }
 
 impl KeysConfig {

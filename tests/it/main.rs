@@ -27,6 +27,7 @@ mod replaced;
 mod retention;
 mod revocation_methods;
 mod server;
+mod startup;
 mod store;
 mod tls;
 mod vault;

@@ -239,6 +239,9 @@ run_migrations = false
 
 [keys]
 file = "/etc/tokenvault/keys/keys.toml"
+{{- if and $v.keys.allowSharedDatabase (not $v.database.keyDatabase.enabled) }}
+allow_shared_database = true
+{{- end }}
 {{- if $v.auth.apiKeys.existingSecret }}
 
 [auth]

@@ -6,7 +6,8 @@ use std::path::Path;
 use crate::fake_provider::{CatalogOptions, FakeProvider};
 
 /// Configuration of a server process on one database whose one provider is
-/// the fake (under [`CatalogOptions::default`]'s name).
+/// the fake (under [`CatalogOptions::default`]'s name). The key table shares
+/// that database (`keys.allow_shared_database = true`).
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessConfig<'a> {
     /// `database_url`.
@@ -37,6 +38,7 @@ format = "json"
 level = "{level}"
 [keys]
 inline = "{kek}"
+allow_shared_database = true
 [consent]
 allowed_return_origins = ["https://app.example.com"]
 [providers]

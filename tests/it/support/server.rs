@@ -49,6 +49,8 @@ pub fn base_config(db: &TestDb) -> Config {
     config.server.shutdown_grace_seconds = 5;
     config.database.max_connections = 8;
     config.keys.inline = Some(SecretString::from(random_kek("test-1")));
+    // The tests keep the key table in their one database (a production-shaped start needs this flag).
+    config.keys.allow_shared_database = true;
     config.lifecycle.sweep_interval_seconds = 0;
     config.auth.api_keys = vec![
         api_key("agent-acme", keys::AGENT, Role::Agent, keys::TENANT),

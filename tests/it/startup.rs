@@ -1,0 +1,206 @@
+//! Start-up of the real binary: a configuration naming a database is
+//! production-shaped and must name its keys, its callers and where the key
+//! table lives (`serve` and `check-config` refuse otherwise, with the
+//! documented messages); with no database named, development defaults still
+//! fill everything in.
+
+use crate::on_both;
+use crate::support::{keys, random_kek, Backend, TestDb};
+use secrecy::ExposeSecret;
+use std::path::Path;
+use std::process::Output;
+use tokenvault_testkit::server_process::ServerProcess;
+
+const NO_KEYS: &str = "no key-encryption keys are configured: set keys.file";
+const NO_CALLERS: &str = "no callers are configured: set auth.api_keys_file";
+const SHARED: &str = "the key table is in the main database";
+const SHARED_ACCEPTED: &str = "keys.allow_shared_database = true: the key table is in the main database";
+
+/// One `[[auth.api_keys]]` entry for the test tenant's agent key.
+fn agent_key_entry() -> String {
+    format!(
+        "[[auth.api_keys]]\nname = \"agent\"\nsha256 = \"{}\"\nroles = [\"agent\"]\ntenants = [\"{}\"]\n",
+        tokenvault::auth::hash_api_key(keys::AGENT),
+        keys::TENANT
+    )
+}
+
+/// `tokenvault <args> --config <dir>/tokenvault.toml` with `config`, no inherited `TOKENVAULT_*` variable.
+fn run(dir: &Path, config: &str, args: &[&str]) -> Output {
+    let path = dir.join("tokenvault.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+    for (variable, _) in std::env::vars_os() {
+        if variable.to_string_lossy().starts_with("TOKENVAULT_") {
+            command.env_remove(&variable);
+        }
+    }
+    command
+        .current_dir(dir)
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// Runs `serve` and `check-config` on `config`; both must fail, naming each of `expected` and none of `absent`.
+async fn both_refuse(dir: &Path, config: &str, expected: &[&str], absent: &[&str]) {
+    for args in [&["serve"][..], &["check-config"][..]] {
+        let output = tokio::task::spawn_blocking({
+            let (dir, config) = (dir.to_owned(), config.to_owned());
+            let args: Vec<&'static str> = args.to_vec();
+            move || run(&dir, &config, &args)
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        for text in expected {
+            assert!(stderr.contains(text), "{args:?}: `{text}` missing from: {stderr}");
+        }
+        for text in absent {
+            assert!(!stderr.contains(text), "{args:?}: `{text}` unexpected in: {stderr}");
+        }
+    }
+    assert!(
+        !dir.join("tokenvault-data").exists(),
+        "nothing is generated outside development"
+    );
+}
+
+async fn refuses_each_missing_part(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = db.url.expose_secret();
+    let kek = random_kek("k1");
+    // Nothing but the database.
+    both_refuse(
+        dir.path(),
+        &format!("database_url = \"{url}\"\n"),
+        &[NO_KEYS, NO_CALLERS, SHARED],
+        &[],
+    )
+    .await;
+    // Keys and callers, but the key table in the main database.
+    both_refuse(
+        dir.path(),
+        &format!(
+            "database_url = \"{url}\"\n[keys]\ninline = \"{kek}\"\n{}",
+            agent_key_entry()
+        ),
+        &[SHARED, "key_database_url", "keys.allow_shared_database = true"],
+        &[NO_KEYS, NO_CALLERS],
+    )
+    .await;
+    // No [keys].
+    both_refuse(
+        dir.path(),
+        &format!(
+            "database_url = \"{url}\"\n[keys]\nallow_shared_database = true\n{}",
+            agent_key_entry()
+        ),
+        &[NO_KEYS, "keys.inline", "aws-kms"],
+        &[NO_CALLERS, SHARED],
+    )
+    .await;
+    // An API-keys file with no key in it, and no client certificate.
+    let empty = dir.path().join("api-keys.toml");
+    std::fs::write(&empty, "# no keys yet\n").unwrap();
+    both_refuse(
+        dir.path(),
+        &format!(
+            "database_url = \"{url}\"\n[keys]\ninline = \"{kek}\"\nallow_shared_database = true\n[auth]\napi_keys_file = \"{}\"\n",
+            empty.display()
+        ),
+        &[NO_CALLERS],
+        &[NO_KEYS, SHARED],
+    )
+    .await;
+    assert!(
+        !dir.path().join("tokenvault-data").exists(),
+        "no development file was written"
+    );
+}
+on_both!(
+    production_shaped_configurations_missing_a_part_do_not_start,
+    refuses_each_missing_part
+);
+
+/// Starts `serve` on `config` (rendered for its two ports) and returns its log once healthy.
+async fn serve_log(dir: &Path, config: impl FnOnce(std::net::SocketAddr, std::net::SocketAddr) -> String) -> String {
+    let mut server = ServerProcess::spawn(Path::new(env!("CARGO_BIN_EXE_tokenvault")), dir, "server", config)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let _ = server.channel().await.expect("gRPC answers");
+    let log = server.log_text();
+    server.kill();
+    log
+}
+
+fn listeners(grpc: std::net::SocketAddr, http: std::net::SocketAddr) -> String {
+    format!("[server]\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\n")
+}
+
+async fn shared_key_table_with_the_flag_starts_loudly(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = db.url.expose_secret().to_owned();
+    let kek = random_kek("k1");
+    let log = serve_log(dir.path(), |grpc, http| {
+        format!(
+            "database_url = \"{url}\"\n{}[keys]\ninline = \"{kek}\"\nallow_shared_database = true\n{}",
+            listeners(grpc, http),
+            agent_key_entry()
+        )
+    })
+    .await;
+    assert!(log.contains(SHARED_ACCEPTED), "{log}");
+    assert!(!log.contains("DEVELOPMENT SETUP"), "{log}");
+    assert!(!dir.path().join("tokenvault-data").exists());
+}
+on_both!(
+    a_shared_key_table_with_the_flag_starts_with_a_warning,
+    shared_key_table_with_the_flag_starts_loudly
+);
+
+async fn separate_key_database_starts_quietly(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let key_db = db.sibling().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, key_url) = (db.url.expose_secret().to_owned(), key_db.url.expose_secret().to_owned());
+    let kek = random_kek("k1");
+    let log = serve_log(dir.path(), |grpc, http| {
+        format!(
+            "database_url = \"{url}\"\nkey_database_url = \"{key_url}\"\n{}[keys]\ninline = \"{kek}\"\n{}",
+            listeners(grpc, http),
+            agent_key_entry()
+        )
+    })
+    .await;
+    assert!(!log.contains(SHARED_ACCEPTED), "{log}");
+    assert!(!log.contains("DEVELOPMENT SETUP"), "{log}");
+}
+on_both!(
+    a_separate_key_database_starts_without_the_warning,
+    separate_key_database_starts_quietly
+);
+
+/// No database named (only listeners and the data directory): the development
+/// defaults fill in the SQLite file, the key file and the API keys, loudly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn development_without_a_database_still_starts_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_dir = data.clone();
+    let log = serve_log(dir.path(), move |grpc, http| {
+        format!("data_dir = \"{}\"\n{}", data_dir.display(), listeners(grpc, http))
+    })
+    .await;
+    assert!(log.contains("DEVELOPMENT SETUP"), "{log}");
+    for file in ["tokenvault.db", "keys.toml", "dev-api-keys.toml"] {
+        assert!(data.join(file).is_file(), "{file} missing: {log}");
+    }
+    assert!(!log.contains(SHARED_ACCEPTED), "{log}");
+}
