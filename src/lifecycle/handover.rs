@@ -9,7 +9,7 @@
 //! ([`Field::OutboxToken`]), and that key is crypto-shredded with the entry.
 
 use super::OutboxWorker;
-use crate::store::{Connection, OutboxEntry, Sealed};
+use crate::store::{Connection, OutboxEntry, Sealed, SealedCredential};
 use crate::vault::{Binding, Field, Vault, VaultError};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
@@ -106,27 +106,19 @@ impl Handover {
             },
             token,
         )?;
-        Ok(OutboxEntry {
+        Ok(OutboxEntry::pending(
             id,
-            connection_id: connection.id,
-            tenant_id: connection.tenant_id.clone(),
-            user_id: connection.user_id.clone(),
-            provider: connection.provider.clone(),
-            dek_id: key.id(),
-            token: Some(Sealed(sealed)),
-            token_type_hint: kind.hint().to_owned(),
-            binding_record: record,
-            attempts: 0,
-            next_attempt_at: now,
-            give_up_at: now + self.give_up_after,
-            status: "pending".to_owned(),
-            last_error: None,
-            created_at: now,
-            claim_token: None,
-            purpose: purpose.as_str().to_owned(),
-            rotation_uncertain: false,
-            error_kind: None,
-        })
+            connection,
+            SealedCredential {
+                token: Sealed(sealed),
+                token_type_hint: kind.hint(),
+                binding_record: record,
+                dek_id: key.id(),
+            },
+            purpose.as_str(),
+            now,
+            now + self.give_up_after,
+        ))
     }
 
     /// Destroys the key of an entry that was never stored (its transaction failed).

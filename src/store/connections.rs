@@ -14,8 +14,8 @@ use super::sql::{Backend, SqlStore};
 use super::trail::append_trail;
 use super::{
     access_token_record, scopes_to_text, AccessTokenRecord, Connection, ConnectionFilter, ConnectionStatus,
-    Invalidation, OutboxEntry, ProviderRevocation, RevocationPlan, RevocationState, ScopeSet, Sealed, StoreError,
-    TenantScope, Trail, TrailOf, UserStore,
+    Invalidation, OutboxEntry, ProviderRevocation, RevocationPlan, RevocationState, ScopeSet, Sealed, SealedCredential,
+    StoreError, TenantScope, Trail, TrailOf, UserStore,
 };
 use crate::clock::to_millis;
 use async_trait::async_trait;
@@ -352,7 +352,8 @@ impl ConnectionStore for SqlStore {
         delete_access_tokens(id).run(&mut *tx).await?;
         let outbox = match credential {
             Some(credential) => {
-                let entry = credential.outbox_entry(&connection, now, give_up_at);
+                let entry =
+                    OutboxEntry::pending(Uuid::now_v7(), &connection, credential, "revocation", now, give_up_at);
                 insert_outbox_entry(&mut tx, &entry).await?;
                 Some(entry)
             }
@@ -486,56 +487,17 @@ fn delete_access_tokens(connection_id: Uuid) -> AnyQuery<'static> {
     sqlx::query("DELETE FROM access_tokens WHERE connection_id = $1").bind(connection_id.to_string())
 }
 
-/// The credential to revoke at the provider, copied into the outbox.
-struct Credential {
-    /// The sealed token, as stored.
-    token: Sealed,
-    /// `refresh_token` or `access_token`.
-    hint: &'static str,
-    /// The record part of the token's sealing binding.
-    binding_record: String,
-    /// The data key that sealed it.
-    dek_id: Uuid,
-}
-
-impl Credential {
-    /// A pending outbox entry for revoking this credential of `connection`.
-    fn outbox_entry(self, connection: &Connection, now: DateTime<Utc>, give_up_at: DateTime<Utc>) -> OutboxEntry {
-        OutboxEntry {
-            id: Uuid::now_v7(),
-            connection_id: connection.id,
-            tenant_id: connection.tenant_id.clone(),
-            user_id: connection.user_id.clone(),
-            provider: connection.provider.clone(),
-            dek_id: self.dek_id,
-            token: Some(self.token),
-            token_type_hint: self.hint.to_owned(),
-            binding_record: self.binding_record,
-            attempts: 0,
-            next_attempt_at: now,
-            give_up_at,
-            status: "pending".to_owned(),
-            last_error: None,
-            created_at: now,
-            claim_token: None,
-            purpose: "revocation".to_owned(),
-            rotation_uncertain: false,
-            error_kind: None,
-        }
-    }
-}
-
 /// The credential to revoke at the provider: the refresh token, or for
 /// providers without one, the access token of the full grant.
 async fn revocation_credential(
     tx: &mut Transaction<'static, Any>,
     connection: &Connection,
-) -> Result<Option<Credential>, StoreError> {
+) -> Result<Option<SealedCredential>, StoreError> {
     let id = connection.id;
     Ok(match (&connection.refresh_token, connection.dek_id) {
-        (Some(token), Some(dek_id)) => Some(Credential {
+        (Some(token), Some(dek_id)) => Some(SealedCredential {
             token: token.clone(),
-            hint: "refresh_token",
+            token_type_hint: "refresh_token",
             binding_record: id.to_string(),
             dek_id,
         }),
@@ -546,9 +508,9 @@ async fn revocation_credential(
                     .fetch_optional(&mut **tx)
                     .await
                     .map_err(map_err)?;
-            token.map(|t| Credential {
+            token.map(|t| SealedCredential {
                 token: Sealed(t),
-                hint: "access_token",
+                token_type_hint: "access_token",
                 binding_record: access_token_record(id, ""),
                 dek_id,
             })

@@ -442,6 +442,54 @@ pub struct OutboxEntry {
     pub error_kind: Option<String>,
 }
 
+/// A sealed credential to copy into the outbox: what it is and what opens it.
+#[derive(Debug, Clone)]
+pub struct SealedCredential {
+    /// The sealed token.
+    pub token: Sealed,
+    /// `refresh_token` or `access_token`.
+    pub token_type_hint: &'static str,
+    /// The record part of the token's sealing binding.
+    pub binding_record: String,
+    /// The data key that sealed it.
+    pub dek_id: Uuid,
+}
+
+impl OutboxEntry {
+    /// A pending entry `id` revoking `credential` of `connection`, for
+    /// `purpose` (`revocation`, `replaced` or `orphan`), due now, given up at `give_up_at`.
+    pub fn pending(
+        id: Uuid,
+        connection: &Connection,
+        credential: SealedCredential,
+        purpose: &str,
+        now: DateTime<Utc>,
+        give_up_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            connection_id: connection.id,
+            tenant_id: connection.tenant_id.clone(),
+            user_id: connection.user_id.clone(),
+            provider: connection.provider.clone(),
+            dek_id: credential.dek_id,
+            token: Some(credential.token),
+            token_type_hint: credential.token_type_hint.to_owned(),
+            binding_record: credential.binding_record,
+            attempts: 0,
+            next_attempt_at: now,
+            give_up_at,
+            status: "pending".to_owned(),
+            last_error: None,
+            created_at: now,
+            claim_token: None,
+            purpose: purpose.to_owned(),
+            rotation_uncertain: false,
+            error_kind: None,
+        }
+    }
+}
+
 /// A wrapped data key as the key table holds it.
 #[derive(Clone)]
 pub struct WrappedDataKey {
