@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod aged_cache;
 pub mod api;
 pub mod app;
 pub mod audit;

@@ -2,13 +2,14 @@
 //! maximum age (from when it was cached) as a backstop behind explicit
 //! invalidation, and compact (see `BENCHMARKS.md` for the bytes per entry).
 
+use crate::aged_cache::AgedCache;
 use crate::store::ScopeSet;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Scopes as one shared, sorted, space-separated string (scope tokens hold
@@ -118,13 +119,6 @@ impl std::fmt::Debug for CachedToken {
 /// Cache key: connection and canonical scope key (empty for the full grant).
 pub type CacheKey = (Uuid, String);
 
-/// One cached token and when it was cached (its age is checked on every read).
-#[derive(Clone)]
-struct Slot {
-    token: Arc<CachedToken>,
-    cached_at: Instant,
-}
-
 /// The cache, plus an epoch that every invalidation advances: a reader that
 /// started before an invalidation must not insert what it read.
 ///
@@ -134,10 +128,9 @@ struct Slot {
 /// scan: its full-grant key directly, its narrowed scope keys (rare) through
 /// a small side index.
 pub struct TokenCache {
-    entries: Option<quick_cache::sync::Cache<CacheKey, Slot>>,
+    entries: Option<AgedCache<CacheKey, Arc<CachedToken>>>,
     narrowed: Mutex<HashMap<Uuid, Vec<String>>>,
     capacity: usize,
-    max_age: Duration,
     epoch: AtomicU64,
 }
 
@@ -145,7 +138,7 @@ impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenCache")
             .field("entries", &self.entries.as_ref().map(|c| c.len()))
-            .field("max_age", &self.max_age)
+            .field("max_age", &self.entries.as_ref().map(|c| c.max_age()))
             .finish()
     }
 }
@@ -155,23 +148,16 @@ impl TokenCache {
     pub fn new(capacity: u64, max_age: Duration) -> Self {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
         Self {
-            entries: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
+            entries: (capacity > 0).then(|| AgedCache::new(capacity, max_age)),
             narrowed: Mutex::new(HashMap::new()),
             capacity,
-            max_age,
             epoch: AtomicU64::new(0),
         }
     }
 
     /// The entry for `key`, if cached and younger than the maximum age.
     pub fn get(&self, key: &CacheKey) -> Option<Arc<CachedToken>> {
-        let entries = self.entries.as_ref()?;
-        let slot = entries.get(key)?;
-        if slot.cached_at.elapsed() > self.max_age {
-            entries.remove(key);
-            return None;
-        }
-        Some(slot.token)
+        self.entries.as_ref()?.get(key)
     }
 
     /// The current epoch; pass it to [`insert_if_current`](Self::insert_if_current).
@@ -182,18 +168,11 @@ impl TokenCache {
     /// Inserts unless an invalidation happened since `epoch` was read.
     pub fn insert_if_current(&self, epoch: u64, keys: &[CacheKey], token: Arc<CachedToken>) {
         let Some(entries) = &self.entries else { return };
-        let cached_at = Instant::now();
         for key in keys {
             if !key.1.is_empty() {
                 self.index_narrowed(key);
             }
-            entries.insert(
-                key.clone(),
-                Slot {
-                    token: token.clone(),
-                    cached_at,
-                },
-            );
+            entries.insert(key.clone(), token.clone());
         }
         if self.epoch() != epoch {
             // An invalidation raced with this insert: undo it.
@@ -238,7 +217,7 @@ impl TokenCache {
     pub fn invalidate_user(&self, tenant_id: &str, user_id: &str) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if let Some(entries) = &self.entries {
-            entries.retain(|_, slot| !(slot.token.tenant_id() == tenant_id && slot.token.user_id() == user_id));
+            entries.retain(|_, token| !(token.tenant_id() == tenant_id && token.user_id() == user_id));
         }
     }
 

@@ -4,11 +4,10 @@
 //! database; DEKs seal every secret with AES-256-GCM (see [`sealed`]).
 //! Destroying a DEK crypto-shreds everything sealed under it.
 
-mod key_cache;
 mod keyring;
 mod kms;
 pub mod sealed;
-use key_cache::KeyCache;
+use crate::aged_cache::AgedCache;
 
 pub use keyring::{Keyring, LocalKeyring, WRAPPED_LEN};
 pub use kms::{KmsKeyring, CONTEXT_KEY as KMS_CONTEXT_KEY};
@@ -83,7 +82,7 @@ pub struct RotationReport {
 pub struct Vault {
     keyring: Arc<dyn Keyring>,
     keys: Arc<dyn KeyStore>,
-    cache: Arc<KeyCache>,
+    cache: Arc<AgedCache<Uuid, Arc<DataKey>>>,
     /// Recently destroyed keys: a reader that raced with the destruction must not cache them again.
     destroyed: moka::sync::Cache<Uuid, ()>,
     clock: SharedClock,
@@ -110,7 +109,10 @@ impl Vault {
         Self {
             keyring,
             keys,
-            cache: Arc::new(KeyCache::new(cache_capacity, cache_ttl)),
+            cache: Arc::new(AgedCache::new(
+                usize::try_from(cache_capacity).unwrap_or(usize::MAX),
+                cache_ttl,
+            )),
             destroyed: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(cache_ttl.max(Duration::from_secs(60)))
@@ -138,7 +140,7 @@ impl Vault {
             })
             .await?;
         let key = Arc::new(key);
-        self.cache.insert(key.clone());
+        self.cache.insert(key.id(), key.clone());
         Ok(key)
     }
 
@@ -152,7 +154,7 @@ impl Vault {
         }
         let wrapped = self.keys.data_key(id).await?.ok_or(VaultError::MissingDataKey(id))?;
         let key = Arc::new(self.keyring.unwrap(&wrapped.kek_id, id, &wrapped.wrapped).await?);
-        self.cache.insert(key.clone());
+        self.cache.insert(key.id(), key.clone());
         if self.destroyed.contains_key(&id) {
             // Destroyed while we were reading it: do not keep it.
             self.cache.remove(&id);
