@@ -130,6 +130,11 @@ impl Verdict {
         self.detail = Some(detail.into());
         self
     }
+
+    fn kind(mut self, kind: &'static str) -> Self {
+        self.kind = Some(kind);
+        self
+    }
 }
 
 impl OutboxWorker {
@@ -386,7 +391,7 @@ impl OutboxWorker {
                 Ok(fresh.access_token)
             }
             Err(error) => {
-                if error.may_have_acted() && !error.surely_unprocessed() {
+                if error.may_have_acted() {
                     // The provider may have rotated the token without our hearing it.
                     if let Err(store_error) = self.store.keep_outbox_token(entry.id, claim, None, true).await {
                         tracing::warn!(error = %store_error, "outbox: cannot mark a rotation uncertain");
@@ -423,13 +428,6 @@ impl OutboxWorker {
                 .kind("unreadable")
         })?;
         Ok((key, token))
-    }
-}
-
-impl Verdict {
-    fn kind(mut self, kind: &'static str) -> Self {
-        self.kind = Some(kind);
-        self
     }
 }
 
