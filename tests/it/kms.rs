@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
 use tokenvault::clock::SystemClock;
-use tokenvault::proto::{DisconnectRequest, GetAccessTokenRequest};
+use tokenvault::proto::DisconnectRequest;
 use tokenvault::store::{KeyStore, SqlStore, Store, StoreOptions};
 use tokenvault::vault::{Binding, Field, Keyring, KmsKeyring, Vault, VaultError};
 use tonic::Code;
@@ -191,14 +191,7 @@ async fn start_up_checks_the_kms_keys() {
 }
 
 async fn token(server: &TestServer, connection_id: &str) -> Result<String, tonic::Status> {
-    server
-        .tokens(keys::AGENT)
-        .get_access_token(GetAccessTokenRequest {
-            connection_id: connection_id.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().access_token)
+    server.token_for(connection_id).await.map(|r| r.access_token)
 }
 
 /// Drops every cached token and data key: the next call reads the database and unwraps through KMS.

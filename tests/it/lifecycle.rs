@@ -15,14 +15,7 @@ use tokenvault_testkit::fake_provider::{Endpoint, Fault};
 use tonic::Code;
 
 async fn token(server: &TestServer, connection_id: &str) -> Result<GetAccessTokenResponse, tonic::Status> {
-    server
-        .tokens(keys::AGENT)
-        .get_access_token(GetAccessTokenRequest {
-            connection_id: connection_id.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
+    server.token_for(connection_id).await
 }
 
 /// Waits (bounded) until `n` audit events of `action` exist.

@@ -10,9 +10,9 @@ use crate::on_both;
 use crate::support::fixture::WithProvider;
 use crate::support::inspect::{audit, stored_connection, stored_refresh_token};
 use crate::support::provider::{connect, CatalogOptions};
-use crate::support::{eventually, keys, Backend, TestServer};
+use crate::support::{eventually, Backend, TestServer};
 use std::time::Duration;
-use tokenvault::proto::{GetAccessTokenRequest, GetAccessTokenResponse};
+use tokenvault::proto::GetAccessTokenResponse;
 use tokenvault::store::{AuditEvent, ConnectionStatus, OutboxEntry};
 use tokenvault::vault::VaultError;
 use tokenvault_testkit::fake_provider::{FakeProvider, FakeProviderConfig};
@@ -20,15 +20,7 @@ use tokenvault_testkit::fake_provider::{FakeProvider, FakeProviderConfig};
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn token(server: &TestServer, connection_id: &str) -> GetAccessTokenResponse {
-    server
-        .tokens(keys::AGENT)
-        .get_access_token(GetAccessTokenRequest {
-            connection_id: connection_id.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    server.token_for(connection_id).await.unwrap()
 }
 
 async fn outbox(server: &TestServer, connection_id: &str) -> Vec<OutboxEntry> {

@@ -21,15 +21,7 @@ use tokenvault_testkit::fake_provider::{
 };
 
 async fn token(server: &TestServer, connection_id: &str) -> GetAccessTokenResponse {
-    server
-        .tokens(keys::AGENT)
-        .get_access_token(GetAccessTokenRequest {
-            connection_id: connection_id.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    server.token_for(connection_id).await.unwrap()
 }
 
 /// The `provider.revocation` events of one connection, once there is one.

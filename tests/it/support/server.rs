@@ -146,6 +146,20 @@ impl TestServer {
         tokenvault::proto::token_service_client::TokenServiceClient::new(self.authed(Some(key)))
     }
 
+    /// `GetAccessToken` for the whole grant of `connection_id`, with the agent key.
+    pub async fn token_for(
+        &self,
+        connection_id: &str,
+    ) -> Result<tokenvault::proto::GetAccessTokenResponse, tonic::Status> {
+        self.tokens(super::keys::AGENT)
+            .get_access_token(tokenvault::proto::GetAccessTokenRequest {
+                connection_id: connection_id.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
     pub fn consent(&self, key: &str) -> tokenvault::proto::consent_service_client::ConsentServiceClient<Authed> {
         tokenvault::proto::consent_service_client::ConsentServiceClient::new(self.authed(Some(key)))
     }
