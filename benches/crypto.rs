@@ -84,7 +84,7 @@ fn try_unwrap_data_key(c: &mut Criterion) -> Result<(), VaultError> {
             let arn = server.create_key().await;
             let config = server.keys_config(&arn, &[]);
             let kms = config.kms.as_ref().ok_or(VaultError::Crypto("no KMS configuration"))?;
-            tokenvault::vault::KmsKeyring::connect(kms).await
+            tokenvault::vault::KmsKeyring::connect(kms, &[]).await
         })?;
         bench_keyring(&mut group, &runtime, "aws_kms_moto", &kms)?;
     } else {

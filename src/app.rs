@@ -13,7 +13,7 @@ use crate::lifecycle::{Handover, Lifecycle, OutboxWorker, Sweeper};
 use crate::provider::{ProviderHttp, Providers};
 use crate::store::{KeyStore, SqlStore, Store, StoreError, StoreOptions};
 use crate::telemetry::Metrics;
-use crate::vault::{Keyring, KmsKeyring, LocalKeyring, Vault, VaultError};
+use crate::vault::{EpochPolicy, Keyring, KmsKeyring, LocalKeyring, Vault, VaultError};
 use secrecy::SecretString;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -86,15 +86,18 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// Builds the keyring the configuration names (for AWS KMS, checks the keys with `DescribeKey`).
-pub async fn keyring_from_config(config: &Config) -> Result<Arc<dyn Keyring>, StartupError> {
+/// Builds the keyring the configuration names (for AWS KMS, checks the keys
+/// with `DescribeKey`). `epochs` are the live KEK epochs recorded in the key
+/// database, newest last (empty before the database is read, as in `check-config`).
+pub async fn keyring_from_config(config: &Config, epochs: &[String]) -> Result<Arc<dyn Keyring>, StartupError> {
+    let rotating = config.keys.rotation_days(crate::config::Setup::Production) > 0;
     if config.keys.backend == KeysBackend::AwsKms {
         let kms = config
             .keys
             .kms
             .as_ref()
             .ok_or_else(|| StartupError::Config("keys.backend = \"aws-kms\" needs [keys.kms]".to_owned()))?;
-        let keyring = KmsKeyring::connect(kms).await.map_err(|error| match error {
+        let keyring = KmsKeyring::connect(kms, epochs).await.map_err(|error| match error {
             VaultError::KmsUnavailable(reason) => StartupError::Config(format!(
                 "cannot check the AWS KMS key `{}`: the key service is unavailable: {reason}",
                 kms.key_id
@@ -102,7 +105,7 @@ pub async fn keyring_from_config(config: &Config) -> Result<Arc<dyn Keyring>, St
             other => StartupError::Vault(other),
         })?;
         tracing::info!(
-            active = keyring.active_id(),
+            active = %keyring.active_id(),
             keys = keyring.ids().len(),
             "key-encryption keys in AWS KMS"
         );
@@ -123,6 +126,9 @@ pub async fn keyring_from_config(config: &Config) -> Result<Arc<dyn Keyring>, St
             ));
         }
     };
+    if rotating {
+        keyring.check_manageable()?;
+    }
     Ok(Arc::new(keyring))
 }
 
@@ -146,7 +152,6 @@ impl App {
             .database_url
             .clone()
             .ok_or_else(|| StartupError::Config("database_url is not set".to_owned()))?;
-        let keyring = keyring_from_config(&config).await?;
         let sql = connect(&url, &config).await?;
         let key_sql = match &config.key_database_url {
             Some(key_url) => connect(key_url, &config).await?,
@@ -160,6 +165,15 @@ impl App {
         }
         let key_store: Arc<dyn KeyStore> = Arc::new(key_sql.clone());
         let key_store_for_sweeper = key_store.clone();
+        let live_epochs: Vec<String> = key_store
+            .kek_epochs()
+            .await?
+            .into_iter()
+            .filter(|epoch| epoch.destroyed_at.is_none())
+            .map(|epoch| epoch.kek_id)
+            .collect();
+        let keyring = keyring_from_config(&config, &live_epochs).await?;
+        let rotation_days = config.keys.rotation_days(crate::config::Setup::Production);
         let vault = Vault::new(
             keyring,
             key_store,
@@ -167,7 +181,9 @@ impl App {
             // Unwrapped data keys stay in memory even when the token cache is small or off.
             config.broker.cache_capacity.max(10_000),
             Duration::from_secs(300),
-        );
+        )
+        .with_epochs(EpochPolicy::from_config(&config.keys, rotation_days));
+        vault.sync_epochs().await?;
         vault.check_keyring_covers_store().await?;
         let metrics = Metrics::new();
         let store: Arc<dyn Store> = Arc::new(sql.clone());
@@ -297,6 +313,13 @@ impl App {
         let outbox = self.lifecycle.outbox().clone();
         let poll = Duration::from_secs(self.config.lifecycle.outbox_poll_seconds.max(1));
         tokio::spawn(outbox.run(stop.clone(), poll));
+        let epoch_every = Duration::from_secs(self.config.keys.epoch_check_seconds.max(1));
+        tokio::spawn(self.vault.clone().run_epochs(
+            stop.clone(),
+            epoch_every,
+            self.clock.clone(),
+            self.metrics.clone(),
+        ));
         if self.config.lifecycle.sweep_interval_seconds > 0 {
             let interval = Duration::from_secs(self.config.lifecycle.sweep_interval_seconds);
             tokio::spawn(self.sweeper.clone().run(stop.clone(), interval));

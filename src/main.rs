@@ -49,15 +49,24 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Re-wraps every data key under the active key-encryption key.
+    /// Starts a new KEK epoch now (when epochs are on and the keyring can create keys), then re-wraps every data key under the active key-encryption key.
     Rotate,
+    /// Runs one KEK epoch pass: starts an epoch if one is due, re-wraps, destroys retired keys that are due; exit status 2 when a step failed.
+    Run {
+        /// Treat this RFC 3339 time as now; a time in the future needs --force (it destroys keys early).
+        #[arg(long)]
+        now: Option<String>,
+        /// Accept a --now in the future.
+        #[arg(long)]
+        force: bool,
+    },
     /// Prints a new key file entry (a fresh random 256-bit key) to standard output.
     Generate {
         /// Id of the new key.
         #[arg(long)]
         id: String,
     },
-    /// Shows which key-encryption keys wrap how many data keys.
+    /// Shows the KEK epochs, what each still wraps, and when backups taken now stop opening tokens.
     Status,
 }
 
@@ -101,6 +110,7 @@ fn into_action(command: Command) -> tokenvault::cli::Action {
             KeysCommand::Rotate => Action::KeysRotate,
             KeysCommand::Generate { id } => Action::KeysGenerate { id },
             KeysCommand::Status => Action::KeysStatus,
+            KeysCommand::Run { now, force } => Action::KeysRun { now, force },
         },
         Command::ApiKey { command } => match command {
             ApiKeyCommand::Create { name, roles, tenants } => Action::ApiKeyCreate { name, roles, tenants },

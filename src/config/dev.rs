@@ -41,6 +41,8 @@ struct DevKey {
 /// key file and (when `with_api_keys`) API keys for each role.
 pub fn prepare_development_defaults(config: &mut Config, with_api_keys: bool) -> std::io::Result<DevSetup> {
     let mut setup = DevSetup::default();
+    // No KEK epochs in development unless asked for (the generated key file would support them).
+    config.keys.rotate_every_days.get_or_insert(0);
     let needs_dir = config.database_url.is_none()
         || !config.keys.is_configured()
         || (with_api_keys && config.auth.api_keys.is_empty() && config.auth.client_certs.is_empty());

@@ -167,6 +167,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     validate_keys(&config.keys, &mut problems);
+    validate_epochs(config, &mut problems);
     validate_callers(config, &mut problems);
     for origin in &config.consent.allowed_return_origins {
         if let Err(reason) = crate::consent::return_url::parse_origin(origin) {
@@ -226,6 +227,51 @@ fn validate_keys(keys: &super::KeysConfig, problems: &mut Vec<String>) {
             problems.push("[keys.kms] is set but keys.backend is not \"aws-kms\"".to_owned());
         }
         (super::KeysBackend::File, None) => {}
+    }
+}
+
+/// KEK epochs: the whole window (rotate + destroy + the keyring's own
+/// destruction delay) must fit in the promise `keys.shred_within_days`.
+fn validate_epochs(config: &Config, problems: &mut Vec<String>) {
+    let keys = &config.keys;
+    let rotate = keys.rotation_days(super::Setup::of(config));
+    if keys.epoch_check_seconds == 0 {
+        problems.push("keys.epoch_check_seconds must be at least 1".to_owned());
+    }
+    if rotate == 0 {
+        return;
+    }
+    if keys.active.is_some() {
+        problems.push(
+            "keys.active cannot be set with KEK epochs (keys.rotate_every_days > 0): the newest epoch is the active key"
+                .to_owned(),
+        );
+    }
+    if keys.destroy_retired_after_days == 0 {
+        problems.push(
+            "keys.destroy_retired_after_days must be at least 1 (a retired key is destroyed only after every data key was re-wrapped away from it)"
+                .to_owned(),
+        );
+    }
+    let delay = keys.destruction_delay_days();
+    let window = u64::from(rotate) + u64::from(keys.destroy_retired_after_days) + u64::from(delay);
+    if window > u64::from(keys.shred_within_days) {
+        let delay_part = if delay > 0 {
+            format!(" + keys.kms.deletion_pending_days ({delay})")
+        } else {
+            String::new()
+        };
+        problems.push(format!(
+            "KEK epochs would keep backups readable for up to {window} days after a token's data key is destroyed: \
+             keys.rotate_every_days ({rotate}) + keys.destroy_retired_after_days ({}){delay_part} must be at most \
+             keys.shred_within_days ({})",
+            keys.destroy_retired_after_days, keys.shred_within_days
+        ));
+    }
+    if let Some(kms) = &keys.kms {
+        if !(7..=30).contains(&kms.deletion_pending_days) {
+            problems.push("keys.kms.deletion_pending_days must be between 7 and 30 (AWS KMS's limits)".to_owned());
+        }
     }
 }
 

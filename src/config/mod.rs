@@ -14,7 +14,7 @@ mod setup;
 pub use dev::{dev_api_keys_path, prepare_development_defaults, write_private, DevSetup};
 pub use load::{load, ConfigError};
 pub use providers::{ProviderClientConfig, ProvidersConfig};
-pub use setup::{check_production, key_table_is_shared, Needs, Setup, SHARED_KEY_TABLE_WARNING};
+pub use setup::{check_production, key_table_is_shared, Needs, Setup, NO_EPOCHS_WARNING, SHARED_KEY_TABLE_WARNING};
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -213,8 +213,8 @@ impl Default for DatabaseConfig {
     }
 }
 
-/// Where the key-encryption keys come from.
-#[derive(Debug, Default, Deserialize)]
+/// Where the key-encryption keys come from, and their epochs.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
     /// Which keyring holds the KEKs: `file` (key file or inline keys, the default) or `aws-kms`.
@@ -230,9 +230,56 @@ pub struct KeysConfig {
     /// Accept the key table in the main database outside development (its
     /// backups then hold both the wrapped data keys and the ciphertexts).
     pub allow_shared_database: bool,
+    /// Days each KEK epoch lasts before a new KEK takes over (0: no epochs).
+    /// Unset: 7 outside development, 0 in development.
+    pub rotate_every_days: Option<u32>,
+    /// Days a retired KEK is kept (so recent backups still restore) before it is destroyed.
+    pub destroy_retired_after_days: u32,
+    /// The promise the epochs are checked against: no backup opens a token
+    /// more than this many days after its data key was destroyed (rotate +
+    /// destroy + the keyring's own destruction delay must fit in it).
+    pub shred_within_days: u32,
+    /// Seconds between epoch passes (each replica adopts new epochs; one re-wraps and destroys).
+    pub epoch_check_seconds: u64,
+    /// Most data keys re-wrapped per second in the background (0: no limit).
+    pub rewrap_per_second: u32,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            backend: KeysBackend::default(),
+            file: None,
+            inline: None,
+            active: None,
+            kms: None,
+            allow_shared_database: false,
+            rotate_every_days: None,
+            destroy_retired_after_days: 14,
+            shred_within_days: 30,
+            epoch_check_seconds: 60,
+            rewrap_per_second: 200,
+        }
+    }
 }
 
 impl KeysConfig {
+    /// The epoch length in days for this setup (0: no epochs).
+    pub fn rotation_days(&self, setup: setup::Setup) -> u32 {
+        self.rotate_every_days.unwrap_or(match setup {
+            setup::Setup::Development => 0,
+            setup::Setup::Production => 7,
+        })
+    }
+
+    /// Days after which a key the keyring was asked to destroy is gone (AWS KMS's pending window).
+    pub fn destruction_delay_days(&self) -> u32 {
+        match (self.backend, &self.kms) {
+            (KeysBackend::AwsKms, Some(kms)) => kms.deletion_pending_days,
+            _ => 0,
+        }
+    }
+
     /// Whether the configuration names its KEKs (else development generates a key file).
     pub fn is_configured(&self) -> bool {
         self.backend != KeysBackend::File || self.file.is_some() || self.inline.is_some()
@@ -265,6 +312,13 @@ pub struct KmsConfig {
     /// Another KMS endpoint (a VPC endpoint, or a local test server); default: the region's.
     #[serde(default)]
     pub endpoint_url: Option<url::Url>,
+    /// `PendingWindowInDays` when a retired epoch's key is scheduled for deletion (7–30).
+    #[serde(default = "default_kms_deletion_pending_days")]
+    pub deletion_pending_days: u32,
+}
+
+fn default_kms_deletion_pending_days() -> u32 {
+    7
 }
 
 /// A caller role; a key may hold several.

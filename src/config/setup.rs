@@ -52,6 +52,18 @@ pub const SHARED_KEY_TABLE_WARNING: &str = "keys.allow_shared_database = true: t
      database, so every backup of it holds both the wrapped data keys and the ciphertexts; a deleted user's \
      tokens stay readable from those backups until the backups expire";
 
+/// The message when a production-shaped configuration has KEK epochs on (the
+/// default) with keys tokenvault cannot create or destroy.
+pub const EPOCHS_NEED_MANAGED_KEYS: &str = "KEK epochs (keys.rotate_every_days, 7 unless set outside \
+     development) need a keyring that can create and destroy keys, and inline keys (keys.inline) cannot be: \
+     use keys.file (a key file tokenvault can rewrite), keys.backend = \"aws-kms\" or \"pkcs11\"; or set \
+     keys.rotate_every_days = 0, accepting that every backup keeps a deleted user's tokens readable for as long \
+     as the key-encryption key lives";
+
+/// The warning logged at every start with KEK epochs turned off outside development.
+pub const NO_EPOCHS_WARNING: &str = "keys.rotate_every_days = 0: KEK epochs are off, so a backup of any age \
+     opens a deleted user's tokens for as long as the key-encryption key lives";
+
 /// What a command needs besides a database and its keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {
@@ -83,6 +95,12 @@ pub fn check_production(config: &Config, needs: Needs) -> Result<(), ConfigError
     if key_table_is_shared(config) && !config.keys.allow_shared_database {
         problems.push(SHARED_KEY_TABLE.to_owned());
     }
+    if config.keys.rotation_days(Setup::Production) > 0
+        && config.keys.backend == super::KeysBackend::File
+        && config.keys.inline.is_some()
+    {
+        problems.push(EPOCHS_NEED_MANAGED_KEYS.to_owned());
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -103,6 +121,7 @@ mod tests {
             ..Config::default()
         };
         config.keys.inline = Some(SecretString::from("k:AAAA".to_owned()));
+        config.keys.rotate_every_days = Some(0);
         config.auth.api_keys.push(ApiKeyConfig {
             name: "a".into(),
             sha256: "00".repeat(32),
@@ -170,5 +189,15 @@ mod tests {
             tenants: vec!["t".into()],
         });
         assert!(problems(&config, Needs::Callers).is_empty());
+    }
+
+    #[test]
+    fn epochs_by_default_need_keys_tokenvault_can_manage() {
+        let mut config = complete();
+        config.keys.rotate_every_days = None;
+        assert_eq!(problems(&config, Needs::Storage), vec![EPOCHS_NEED_MANAGED_KEYS]);
+        config.keys.inline = None;
+        config.keys.file = Some("/etc/tokenvault/keys.toml".into());
+        assert!(problems(&config, Needs::Storage).is_empty());
     }
 }

@@ -335,7 +335,7 @@ impl Lifecycle {
     /// Re-wraps every data key under the active KEK, then audits it (after:
     /// see the module docs).
     pub async fn rotate_keys(&self, actor: &Actor<'_>) -> Result<RotationReport, LifecycleError> {
-        let report = self.vault.rotate().await?;
+        let report = self.vault.rotate(self.clock.now()).await?;
         let event = EventBuilder::new("keys.rotated", "success", actor.name, self.clock.now())
             .request_id(actor.request_id)
             .detail("active_kek", report.active_kek.clone())

@@ -490,6 +490,25 @@ impl OutboxEntry {
     }
 }
 
+/// One KEK epoch: a key-encryption key that has been (or is) the active one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KekEpoch {
+    /// The key-encryption key (its id in the keyring: key id, KMS ARN or PKCS#11 label).
+    pub kek_id: String,
+    /// The keyring backend that holds it (`file`, `aws-kms`, `pkcs11`).
+    pub backend: String,
+    /// When it became the active KEK.
+    pub activated_at: DateTime<Utc>,
+    /// When a newer epoch replaced it.
+    pub retired_at: Option<DateTime<Utc>>,
+    /// When tokenvault destroyed it (asked the keyring to).
+    pub destroyed_at: Option<DateTime<Utc>>,
+    /// When its material was gone for good (after AWS KMS's pending window).
+    pub gone_at: Option<DateTime<Utc>>,
+    /// Why the last attempt to destroy it did not happen, if it did not.
+    pub last_error: Option<String>,
+}
+
 /// A wrapped data key as the key table holds it.
 #[derive(Clone)]
 pub struct WrappedDataKey {

@@ -65,6 +65,10 @@ struct Inner {
     purged: Family<KindLabels, Counter>,
     retention_failures: Family<CategoryLabels, Counter>,
     consents: Family<OutcomeLabels, Counter>,
+    kek_rewrapped: Counter,
+    kek_rewrap_backlog: Gauge,
+    kek_epoch_failures: Family<KindLabels, Counter>,
+    kek_destroyed: Counter,
 }
 
 /// Handle to every metric; cheap to clone.
@@ -143,6 +147,26 @@ impl Metrics {
                 Family::default(),
             ),
             consents: r.add("consents", "Consent outcomes", Family::default()),
+            kek_rewrapped: r.add(
+                "kek_rewrapped",
+                "Data keys re-wrapped under the active key-encryption key",
+                Counter::default(),
+            ),
+            kek_rewrap_backlog: r.add(
+                "kek_rewrap_backlog",
+                "Data keys still wrapped by a retired key-encryption key (after the last epoch pass)",
+                Gauge::default(),
+            ),
+            kek_epoch_failures: r.add(
+                "kek_epoch_failures",
+                "KEK epoch steps that failed (kind: sync, rotate, rewrap, destroy, destroy_blocked); retried next pass",
+                Family::default(),
+            ),
+            kek_destroyed: r.add(
+                "kek_destroyed",
+                "Retired key-encryption keys destroyed",
+                Counter::default(),
+            ),
             registry: Registry::default(),
         };
         Self {
@@ -206,6 +230,24 @@ impl Metrics {
     /// Records rows purged by retention.
     pub fn purged(&self, kind: &'static str, count: u64) {
         self.inner.purged.get_or_create(&KindLabels { kind }).inc_by(count);
+    }
+
+    /// Records data keys re-wrapped by an epoch pass and how many still wait.
+    pub fn kek_rewrap(&self, rewrapped: u64, backlog: u64) {
+        self.inner.kek_rewrapped.inc_by(rewrapped);
+        self.inner
+            .kek_rewrap_backlog
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+    }
+
+    /// Records a failed KEK epoch step (`sync`, `rotate`, `rewrap`, `destroy`, `destroy_blocked`).
+    pub fn kek_epoch_failure(&self, kind: &'static str) {
+        self.inner.kek_epoch_failures.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Records a retired key-encryption key destroyed.
+    pub fn kek_destroyed(&self) {
+        self.inner.kek_destroyed.inc();
     }
 
     /// Records one retention failure (a user's purge, or a whole category) in `category`.

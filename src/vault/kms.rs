@@ -4,15 +4,16 @@
 //! (`{"tokenvault:dek": "<uuid>"}`), so a wrapped key moved to another data
 //! key id does not unwrap. The stored KEK id is the key ARN KMS answers with.
 
-use super::{DataKey, Keyring, VaultError};
+use super::{DataKey, KekDestroyed, Keyring, VaultError};
 use crate::config::KmsConfig;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::{KeyState, KeyUsageType};
+use aws_sdk_kms::types::{KeySpec, KeyState, KeyUsageType, Tag};
 use aws_sdk_kms::Client;
+use std::sync::RwLock;
 use std::time::Duration;
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -23,17 +24,24 @@ pub const CONTEXT_KEY: &str = "tokenvault:dek";
 /// KEKs held in AWS KMS, addressed by their ARNs.
 pub struct KmsKeyring {
     client: Client,
+    state: RwLock<State>,
+    /// `PendingWindowInDays` of `ScheduleKeyDeletion` (7–30).
+    deletion_pending_days: u32,
+}
+
+struct State {
     /// ARN of the key new data keys are wrapped with.
     active: String,
-    /// ARNs of every configured key (the active one first).
+    /// ARNs of every known key (the configured active one first).
     keys: Vec<String>,
 }
 
 impl std::fmt::Debug for KmsKeyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.read();
         f.debug_struct("KmsKeyring")
-            .field("active", &self.active)
-            .field("keys", &self.keys)
+            .field("active", &state.active)
+            .field("keys", &state.keys)
             .finish_non_exhaustive()
     }
 }
@@ -41,7 +49,11 @@ impl std::fmt::Debug for KmsKeyring {
 impl KmsKeyring {
     /// Connects to KMS as configured and checks every key with `DescribeKey`: the
     /// active one must exist, be enabled and be a symmetric encrypt/decrypt key.
-    pub async fn connect(config: &KmsConfig) -> Result<Self, VaultError> {
+    /// `epochs` are the ARNs of the live KEK epochs recorded in the key
+    /// database, newest last: when there are any, the newest is the active key
+    /// and the configured `key_id` (the first epoch, perhaps destroyed since)
+    /// need not be usable.
+    pub async fn connect(config: &KmsConfig, epochs: &[String]) -> Result<Self, VaultError> {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -63,14 +75,31 @@ impl KmsKeyring {
             loader = loader.endpoint_url(url.as_str().trim_end_matches('/'));
         }
         let client = Client::new(&loader.load().await);
-        Self::with_client(client, &config.key_id, &config.older_key_ids).await
+        Self::with_client(client, config, epochs).await
     }
 
-    /// A keyring over an existing client: `active` and `older` are key ids, ARNs or aliases.
-    pub async fn with_client(client: Client, active: &str, older: &[String]) -> Result<Self, VaultError> {
-        let active_arn = describe(&client, active, true).await?;
-        let mut keys = vec![active_arn.clone()];
-        for id in older {
+    /// A keyring over an existing client, with the keys of `config` (ids, ARNs
+    /// or aliases) and the live `epochs` (see [`KmsKeyring::connect`]).
+    pub async fn with_client(client: Client, config: &KmsConfig, epochs: &[String]) -> Result<Self, VaultError> {
+        let (active_arn, mut keys) = match epochs.split_last() {
+            Some((current, older_epochs)) => {
+                let active = describe(&client, current, true).await?;
+                let mut keys = vec![active.clone()];
+                for id in older_epochs.iter().chain([&config.key_id]) {
+                    match describe(&client, id, false).await {
+                        Ok(arn) if !keys.contains(&arn) => keys.push(arn),
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(key = %id, %error, "a retired AWS KMS key is not usable"),
+                    }
+                }
+                (active, keys)
+            }
+            None => {
+                let active = describe(&client, &config.key_id, true).await?;
+                (active.clone(), vec![active])
+            }
+        };
+        for id in &config.older_key_ids {
             let arn = describe(&client, id, false).await?;
             if !keys.contains(&arn) {
                 keys.push(arn);
@@ -78,9 +107,20 @@ impl KmsKeyring {
         }
         Ok(Self {
             client,
-            active: active_arn,
-            keys,
+            state: RwLock::new(State {
+                active: active_arn,
+                keys,
+            }),
+            deletion_pending_days: config.deletion_pending_days,
         })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -178,23 +218,127 @@ fn context_value(dek_id: Uuid) -> String {
 
 #[async_trait::async_trait]
 impl Keyring for KmsKeyring {
-    fn active_id(&self) -> &str {
-        &self.active
+    fn backend(&self) -> &'static str {
+        "aws-kms"
+    }
+
+    fn active_id(&self) -> String {
+        self.read().active.clone()
     }
 
     fn contains(&self, kek_id: &str) -> bool {
-        self.keys.iter().any(|key| key == kek_id)
+        self.read().keys.iter().any(|key| key == kek_id)
     }
 
     fn ids(&self) -> Vec<String> {
-        self.keys.clone()
+        self.read().keys.clone()
+    }
+
+    fn activate(&self, kek_id: &str) -> Result<(), VaultError> {
+        let mut state = self.write();
+        if !state.keys.iter().any(|key| key == kek_id) {
+            return Err(VaultError::UnknownKek(kek_id.to_owned()));
+        }
+        state.active = kek_id.to_owned();
+        Ok(())
+    }
+
+    fn manages_keys(&self) -> bool {
+        true
+    }
+
+    fn destruction_delay_days(&self) -> u32 {
+        self.deletion_pending_days
+    }
+
+    async fn create_key(&self, label: &str) -> Result<String, VaultError> {
+        let answer = self
+            .client
+            .create_key()
+            .description(format!("tokenvault key-encryption key, epoch {label}"))
+            .key_usage(KeyUsageType::EncryptDecrypt)
+            .key_spec(KeySpec::SymmetricDefault)
+            .tags(
+                Tag::builder()
+                    .tag_key("tokenvault:epoch")
+                    .tag_value(label)
+                    .build()
+                    .map_err(|error| VaultError::Keyring(format!("CreateKey tag: {error}")))?,
+            )
+            .send()
+            .await
+            .map_err(|error| classify("CreateKey", error, None))?;
+        let arn = answer
+            .key_metadata()
+            .and_then(|meta| meta.arn())
+            .map(str::to_owned)
+            .ok_or_else(|| VaultError::Keyring("CreateKey answered without a key ARN".to_owned()))?;
+        self.write().keys.push(arn.clone());
+        Ok(arn)
+    }
+
+    async fn load_key(&self, kek_id: &str) -> Result<(), VaultError> {
+        if self.contains(kek_id) {
+            return Ok(());
+        }
+        let arn = describe(&self.client, kek_id, true).await?;
+        let mut state = self.write();
+        if !state.keys.contains(&arn) {
+            state.keys.push(arn);
+        }
+        Ok(())
+    }
+
+    async fn destroy_key(&self, kek_id: &str) -> Result<KekDestroyed, VaultError> {
+        if self.active_id() == kek_id {
+            return Err(VaultError::Keyring(format!(
+                "AWS KMS key `{kek_id}` is active and cannot be destroyed"
+            )));
+        }
+        let answer = self
+            .client
+            .schedule_key_deletion()
+            .key_id(kek_id)
+            .pending_window_in_days(i32::try_from(self.deletion_pending_days).unwrap_or(30))
+            .send()
+            .await;
+        let gone_at = match answer {
+            Ok(answer) => answer
+                .deletion_date()
+                .and_then(|date| chrono::DateTime::from_timestamp(date.secs(), 0)),
+            // Already pending deletion (an earlier attempt whose answer was lost): ask when.
+            Err(SdkError::ServiceError(failure)) if failure.err().code() == Some("KMSInvalidStateException") => {
+                let meta = self
+                    .client
+                    .describe_key()
+                    .key_id(kek_id)
+                    .send()
+                    .await
+                    .map_err(|error| classify("DescribeKey", error, None))?;
+                let meta = meta.key_metadata();
+                if meta.and_then(|m| m.key_state()) != Some(&KeyState::PendingDeletion) {
+                    return Err(VaultError::KmsRefused(format!(
+                        "ScheduleKeyDeletion: key `{kek_id}` is in state {}",
+                        meta.and_then(|m| m.key_state()).map_or("unknown", KeyState::as_str)
+                    )));
+                }
+                meta.and_then(|m| m.deletion_date())
+                    .and_then(|date| chrono::DateTime::from_timestamp(date.secs(), 0))
+            }
+            Err(error) => return Err(classify("ScheduleKeyDeletion", error, None)),
+        };
+        self.write().keys.retain(|key| key != kek_id);
+        Ok(KekDestroyed {
+            gone_at: gone_at
+                .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::days(i64::from(self.deletion_pending_days))),
+        })
     }
 
     async fn wrap(&self, dek_id: Uuid, dek: &[u8; 32]) -> Result<(String, Vec<u8>), VaultError> {
         let answer = self
             .client
             .encrypt()
-            .key_id(&self.active)
+            .key_id(self.active_id())
             .plaintext(Blob::new(dek.as_slice()))
             .encryption_context(CONTEXT_KEY, context_value(dek_id))
             .send()
@@ -242,7 +386,7 @@ impl Keyring for KmsKeyring {
             .ciphertext_blob(Blob::new(wrapped))
             .source_key_id(kek_id)
             .source_encryption_context(CONTEXT_KEY, context_value(dek_id))
-            .destination_key_id(&self.active)
+            .destination_key_id(self.active_id())
             .destination_encryption_context(CONTEXT_KEY, context_value(dek_id))
             .send()
             .await

@@ -4,13 +4,17 @@
 //! database; DEKs seal every secret with AES-256-GCM (see [`sealed`]).
 //! Destroying a DEK crypto-shreds everything sealed under it.
 
+mod epochs;
 mod keyring;
 mod kms;
+mod local;
 pub mod sealed;
 use crate::aged_cache::AgedCache;
 
-pub use keyring::{Keyring, LocalKeyring, WRAPPED_LEN};
+pub use epochs::{EpochPolicy, EpochReport, EpochStatus, KeyStatus};
+pub use keyring::{KekDestroyed, Keyring};
 pub use kms::{KmsKeyring, CONTEXT_KEY as KMS_CONTEXT_KEY};
+pub use local::{LocalKeyring, WRAPPED_LEN};
 pub use sealed::{sealed_key_id, Binding, DataKey, Field};
 
 use crate::clock::SharedClock;
@@ -86,6 +90,8 @@ pub struct Vault {
     /// Recently destroyed keys: a reader that raced with the destruction must not cache them again.
     destroyed: moka::sync::Cache<Uuid, ()>,
     clock: SharedClock,
+    /// How KEK epochs run (see [`epochs`]).
+    epochs: EpochPolicy,
 }
 
 impl std::fmt::Debug for Vault {
@@ -118,7 +124,14 @@ impl Vault {
                 .time_to_live(cache_ttl.max(Duration::from_secs(60)))
                 .build(),
             clock,
+            epochs: EpochPolicy::default(),
         }
+    }
+
+    /// The same vault with KEK epochs run by `policy`.
+    pub fn with_epochs(mut self, policy: EpochPolicy) -> Self {
+        self.epochs = policy;
+        self
     }
 
     /// The keyring.
@@ -212,39 +225,5 @@ impl Vault {
                 missing.join(", ")
             )))
         }
-    }
-
-    /// Re-wraps every data key under the active KEK; token ciphertexts are untouched.
-    pub async fn rotate(&self) -> Result<RotationReport, VaultError> {
-        const PAGE: u32 = 500;
-        let active = self.keyring.active_id().to_owned();
-        let mut report = RotationReport {
-            active_kek: active.clone(),
-            ..RotationReport::default()
-        };
-        let mut after = None;
-        loop {
-            let page = self.keys.data_keys_page(after, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id);
-            for stored in &page {
-                if stored.kek_id == active {
-                    report.unchanged += 1;
-                    continue;
-                }
-                let (kek_id, wrapped) = self.keyring.rewrap(&stored.kek_id, stored.id, &stored.wrapped).await?;
-                let updated = WrappedDataKey {
-                    id: stored.id,
-                    kek_id,
-                    wrapped,
-                    created_at: stored.created_at,
-                };
-                // A key destroyed meanwhile simply stays destroyed.
-                if self.keys.rewrap_data_key(&updated, &stored.kek_id).await? {
-                    report.rewrapped += 1;
-                }
-            }
-        }
-        Ok(report)
     }
 }

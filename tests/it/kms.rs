@@ -29,7 +29,7 @@ fn binding(record: &str) -> Binding<'_> {
 
 async fn keyring(moto: &Moto, active: &str, older: &[&str]) -> Arc<KmsKeyring> {
     let config = moto.keys_config(active, older);
-    Arc::new(KmsKeyring::connect(config.kms.as_ref().unwrap()).await.unwrap())
+    Arc::new(KmsKeyring::connect(config.kms.as_ref().unwrap(), &[]).await.unwrap())
 }
 
 fn vault(keys: &SqlStore, ring: Arc<KmsKeyring>) -> Vault {
@@ -97,11 +97,15 @@ async fn vault_suite(backend: Backend) {
     let both = keyring(&moto, &second, &["alias/tokenvault-first"]).await;
     assert!(both.contains(&first) && both.contains(&second));
     let v2 = vault(&store, both);
-    let report = v2.rotate().await.unwrap();
+    let report = v2.rotate(chrono::Utc::now()).await.unwrap();
     assert_eq!((report.rewrapped, report.unchanged), (3, 0));
     assert_eq!(report.active_kek, second);
     assert_eq!(store.kek_usage().await.unwrap(), vec![(second.clone(), 3)]);
-    assert_eq!(v2.rotate().await.unwrap().rewrapped, 0, "nothing left to re-wrap");
+    assert_eq!(
+        v2.rotate(chrono::Utc::now()).await.unwrap().rewrapped,
+        0,
+        "nothing left to re-wrap"
+    );
     // The re-wrapped key is bound to its id too.
     let rewrapped = store.data_key(sealed[1].0).await.unwrap().unwrap();
     assert_eq!(rewrapped.kek_id, second);
@@ -156,20 +160,24 @@ async fn start_up_checks_the_kms_keys() {
     let client = moto.client().await;
 
     let config = moto.keys_config("alias/nothing-here", &[]);
-    let error = KmsKeyring::connect(config.kms.as_ref().unwrap()).await.unwrap_err();
+    let error = KmsKeyring::connect(config.kms.as_ref().unwrap(), &[])
+        .await
+        .unwrap_err();
     assert!(matches!(error, VaultError::Keyring(_)), "{error}");
     assert!(error.to_string().contains("alias/nothing-here"), "{error}");
 
     client.disable_key().key_id(bare_id(&key)).send().await.unwrap();
     let config = moto.keys_config(&key, &[]);
-    let error = KmsKeyring::connect(config.kms.as_ref().unwrap()).await.unwrap_err();
+    let error = KmsKeyring::connect(config.kms.as_ref().unwrap(), &[])
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("not enabled"), "{error}");
 
     // Access denied: moto answers a Decrypt that names another key than the
     // ciphertext's with AccessDeniedException (it does not enforce key state
     // or IAM on Decrypt): refused, FAILED_PRECONDITION, said clearly.
     let live = moto.create_key().await;
-    let ring = KmsKeyring::connect(moto.keys_config(&live, &[&key_two]).kms.as_ref().unwrap())
+    let ring = KmsKeyring::connect(moto.keys_config(&live, &[&key_two]).kms.as_ref().unwrap(), &[])
         .await
         .unwrap();
     let dek = Uuid::new_v4();
@@ -186,7 +194,9 @@ async fn start_up_checks_the_kms_keys() {
 
     // KMS out of reach at start: a clear start-up error.
     drop(moto);
-    let error = KmsKeyring::connect(config.kms.as_ref().unwrap()).await.unwrap_err();
+    let error = KmsKeyring::connect(config.kms.as_ref().unwrap(), &[])
+        .await
+        .unwrap_err();
     assert!(matches!(error, VaultError::KmsUnavailable(_)), "{error}");
 }
 

@@ -15,6 +15,8 @@ const NO_KEYS: &str = "no key-encryption keys are configured: set keys.file";
 const NO_CALLERS: &str = "no callers are configured: set auth.api_keys_file";
 const SHARED: &str = "the key table is in the main database";
 const SHARED_ACCEPTED: &str = "keys.allow_shared_database = true: the key table is in the main database";
+const EPOCHS_NEED_KEYS: &str = "KEK epochs (keys.rotate_every_days, 7 unless set outside development) need a keyring";
+const NO_EPOCHS: &str = "keys.rotate_every_days = 0: KEK epochs are off";
 
 /// One `[[auth.api_keys]]` entry for the test tenant's agent key.
 fn agent_key_entry() -> String {
@@ -94,6 +96,28 @@ async fn refuses_each_missing_part(backend: Backend) {
         &[NO_KEYS, NO_CALLERS],
     )
     .await;
+    // Inline keys with KEK epochs on (the default outside development): tokenvault cannot create keys there.
+    both_refuse(
+        dir.path(),
+        &format!(
+            "database_url = \"{url}\"\n[keys]\ninline = \"{kek}\"\nallow_shared_database = true\n{}",
+            agent_key_entry()
+        ),
+        &[EPOCHS_NEED_KEYS, "keys.rotate_every_days = 0"],
+        &[NO_KEYS, NO_CALLERS, SHARED],
+    )
+    .await;
+    // Epochs whose window does not fit in the promise.
+    both_refuse(
+        dir.path(),
+        &format!(
+            "database_url = \"{url}\"\n[keys]\nfile = \"/nonexistent/keys.toml\"\nallow_shared_database = true\nrotate_every_days = 20\ndestroy_retired_after_days = 14\n{}",
+            agent_key_entry()
+        ),
+        &["must be at most keys.shred_within_days (30)", "up to 34 days"],
+        &[NO_KEYS, NO_CALLERS, SHARED],
+    )
+    .await;
     // No [keys].
     both_refuse(
         dir.path(),
@@ -150,13 +174,14 @@ async fn shared_key_table_with_the_flag_starts_loudly(backend: Backend) {
     let kek = random_kek("k1");
     let log = serve_log(dir.path(), |grpc, http| {
         format!(
-            "database_url = \"{url}\"\n{}[keys]\ninline = \"{kek}\"\nallow_shared_database = true\n{}",
+            "database_url = \"{url}\"\n{}[keys]\ninline = \"{kek}\"\nallow_shared_database = true\nrotate_every_days = 0\n{}",
             listeners(grpc, http),
             agent_key_entry()
         )
     })
     .await;
     assert!(log.contains(SHARED_ACCEPTED), "{log}");
+    assert!(log.contains(NO_EPOCHS), "{log}");
     assert!(!log.contains("DEVELOPMENT SETUP"), "{log}");
     assert!(!dir.path().join("tokenvault-data").exists());
 }
@@ -170,16 +195,24 @@ async fn separate_key_database_starts_quietly(backend: Backend) {
     let key_db = db.sibling().await;
     let dir = tempfile::tempdir().unwrap();
     let (url, key_url) = (db.url.expose_secret().to_owned(), key_db.url.expose_secret().to_owned());
-    let kek = random_kek("k1");
+    // A key file tokenvault may rewrite: KEK epochs are on by default.
+    let key_file = dir.path().join("keys.toml");
+    std::fs::write(
+        &key_file,
+        tokenvault::vault::LocalKeyring::generate_file_text("k1").as_bytes(),
+    )
+    .unwrap();
     let log = serve_log(dir.path(), |grpc, http| {
         format!(
-            "database_url = \"{url}\"\nkey_database_url = \"{key_url}\"\n{}[keys]\ninline = \"{kek}\"\n{}",
+            "database_url = \"{url}\"\nkey_database_url = \"{key_url}\"\n{}[keys]\nfile = \"{}\"\n{}",
             listeners(grpc, http),
+            key_file.display(),
             agent_key_entry()
         )
     })
     .await;
     assert!(!log.contains(SHARED_ACCEPTED), "{log}");
+    assert!(!log.contains(NO_EPOCHS), "{log}");
     assert!(!log.contains("DEVELOPMENT SETUP"), "{log}");
 }
 on_both!(

@@ -52,13 +52,13 @@ async fn rotation(backend: Backend) {
     // Both keys configured, the new one active: rotation re-wraps every data key.
     let both = format!("{old},{new}");
     let v2 = vault(&store, &both, "new");
-    let report = v2.rotate().await.unwrap();
+    let report = v2.rotate(chrono::Utc::now()).await.unwrap();
     assert_eq!(
         (report.rewrapped, report.unchanged, report.active_kek.as_str()),
         (7, 0, "new")
     );
     assert_eq!(
-        v2.rotate().await.unwrap().rewrapped,
+        v2.rotate(chrono::Utc::now()).await.unwrap().rewrapped,
         0,
         "a second rotation has nothing to do"
     );

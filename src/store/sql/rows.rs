@@ -8,7 +8,7 @@ use super::error::map_err;
 use crate::clock::from_millis;
 use crate::store::{
     scopes_from_text, AccessTokenRecord, AuditEvent, Connection, ConnectionStatus, ConsentRecord, ConsentState,
-    OutboxEntry, ProviderRevocation, RevocationState, ScopeSet, Sealed, StoreError, User, WrappedDataKey,
+    KekEpoch, OutboxEntry, ProviderRevocation, RevocationState, ScopeSet, Sealed, StoreError, User, WrappedDataKey,
 };
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
@@ -253,6 +253,19 @@ impl FromAnyRow for OutboxEntry {
             rotation_uncertain: c.read::<i64>("rotation_uncertain")? != 0,
             error_kind,
         }))
+    }
+}
+
+/// The columns [`KekEpoch`] is read from.
+pub(in crate::store) const KEK_EPOCH_COLUMNS: &str =
+    "kek_id, backend, activated_at, retired_at, destroyed_at, gone_at, last_error";
+
+impl FromAnyRow for KekEpoch {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let c = Columns(row);
+        Ok(
+            from_columns!(c => KekEpoch { kek_id, backend, activated_at, retired_at, destroyed_at, gone_at, last_error }),
+        )
     }
 }
 

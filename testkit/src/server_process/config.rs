@@ -39,6 +39,7 @@ level = "{level}"
 [keys]
 inline = "{kek}"
 allow_shared_database = true
+rotate_every_days = 0
 [consent]
 allowed_return_origins = ["https://app.example.com"]
 [providers]

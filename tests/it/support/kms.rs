@@ -61,7 +61,10 @@ impl Moto {
                 older_key_ids: older.iter().map(|id| id.to_string()).collect(),
                 region: REGION.to_owned(),
                 endpoint_url: Some(self.url().parse().unwrap()),
+                deletion_pending_days: 7,
             }),
+            // No KEK epochs unless a test turns them on.
+            rotate_every_days: Some(0),
             ..Default::default()
         }
     }

@@ -51,6 +51,8 @@ pub fn base_config(db: &TestDb) -> Config {
     config.keys.inline = Some(SecretString::from(random_kek("test-1")));
     // The tests keep the key table in their one database (a production-shaped start needs this flag).
     config.keys.allow_shared_database = true;
+    // Inline keys cannot be rotated by tokenvault: no KEK epochs unless a test turns them on.
+    config.keys.rotate_every_days = Some(0);
     config.lifecycle.sweep_interval_seconds = 0;
     config.auth.api_keys = vec![
         api_key("agent-acme", keys::AGENT, Role::Agent, keys::TENANT),

@@ -8,6 +8,8 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
+mod keys;
+
 /// A parsed subcommand.
 #[derive(Debug)]
 pub enum Action {
@@ -34,6 +36,13 @@ pub enum Action {
     },
     /// `keys status`.
     KeysStatus,
+    /// `keys run`.
+    KeysRun {
+        /// RFC 3339 time to use as now.
+        now: Option<String>,
+        /// Accept a future `now`.
+        force: bool,
+    },
     /// `api-key create`.
     ApiKeyCreate {
         /// Caller name.
@@ -101,11 +110,19 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
             config::DevSetup::default()
         }
     };
-    if serving || matches!(action, Action::Migrate | Action::KeysRotate | Action::Retention { .. }) {
+    if serving
+        || matches!(
+            action,
+            Action::Migrate | Action::KeysRotate | Action::KeysRun { .. } | Action::Retention { .. }
+        )
+    {
         crate::telemetry::logging::init(&config).map_err(CliError::Other)?;
     }
     if setup == config::Setup::Production && config::key_table_is_shared(&config) {
         tracing::warn!("{}", config::SHARED_KEY_TABLE_WARNING);
+    }
+    if setup == config::Setup::Production && config.keys.rotation_days(setup) == 0 {
+        tracing::warn!("{}", config::NO_EPOCHS_WARNING);
     }
     let clock: SharedClock = Arc::new(SystemClock);
     match action {
@@ -134,13 +151,7 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
             Ok(())
         }
         Action::Retention { now, dry_run } => {
-            let now = now
-                .map(|text| {
-                    chrono::DateTime::parse_from_rfc3339(&text)
-                        .map(|t| t.with_timezone(&chrono::Utc))
-                        .map_err(|e| CliError::Other(format!("--now `{text}` is not an RFC 3339 time: {e}")))
-                })
-                .transpose()?;
+            let now = parse_now(now.as_deref())?;
             let app = App::build(config, clock, false).await?;
             let result = app.sweeper.run_once(now, dry_run).await;
             app.audit.shutdown().await;
@@ -194,19 +205,25 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
         }
         Action::KeysStatus => {
             let app = App::build(config, clock, false).await?;
-            let usage = app
+            let status = app
                 .vault
-                .check_keyring_covers_store()
+                .key_status(app.clock.now())
                 .await
                 .map_err(StartupError::from)?;
-            println!("active key-encryption key: {}", app.vault.keyring().active_id());
-            for (kek, count) in usage {
-                println!("  {kek}: {count} data keys");
-            }
+            print!("{}", keys::render_status(&status, app.clock.now()));
             Ok(())
         }
+        Action::KeysRun { now, force } => {
+            let now = parse_now(now.as_deref())?;
+            keys::check_future_now(now, force)?;
+            let app = App::build(config, clock, false).await?;
+            let at = now.unwrap_or_else(|| app.clock.now());
+            let result = app.vault.epoch_pass(at).await;
+            app.audit.shutdown().await;
+            keys::report_pass(result)
+        }
         Action::CheckConfig => {
-            crate::app::keyring_from_config(&config).await?;
+            crate::app::keyring_from_config(&config, &[]).await?;
             if setup == config::Setup::Production && config::key_table_is_shared(&config) {
                 eprintln!("warning: {}", config::SHARED_KEY_TABLE_WARNING);
             }
@@ -215,6 +232,16 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
         }
         Action::KeysGenerate { .. } | Action::ApiKeyCreate { .. } | Action::ApiKeyHash => Ok(()),
     }
+}
+
+/// Parses `--now` (RFC 3339).
+fn parse_now(text: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, CliError> {
+    text.map(|text| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|e| CliError::Other(format!("--now `{text}` is not an RFC 3339 time: {e}")))
+    })
+    .transpose()
 }
 
 fn keys_generate(id: &str) -> Result<(), CliError> {
