@@ -154,6 +154,7 @@ sweep_interval_seconds = 0
             log_level: "info",
             catalog: &catalog,
             fake: &self.fake,
+            keys_extra: "",
             extra: &extra,
         };
         let server = ServerProcess::spawn(

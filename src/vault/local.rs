@@ -505,4 +505,44 @@ mod tests {
         let error = LocalKeyring::from_inline(&SecretString::from("nocolon".to_owned()), None).unwrap_err();
         assert!(error.to_string().contains("id:base64key"));
     }
+
+    #[tokio::test]
+    async fn a_managed_key_file_gains_and_loses_keys_and_another_process_sees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        std::fs::write(&path, LocalKeyring::generate_file_text("k1").as_bytes()).unwrap();
+        let ring = LocalKeyring::from_file(&path, None).unwrap();
+        ring.check_manageable().unwrap();
+        let other = LocalKeyring::from_file(&path, None).unwrap();
+
+        let new = ring.create_key("k2").await.unwrap();
+        assert!(ring.create_key("k2").await.is_err(), "ids are unique");
+        ring.activate(&new).unwrap();
+        let dek_id = Uuid::new_v4();
+        let (kek, wrapped) = ring.wrap(dek_id, &[9u8; 32]).await.unwrap();
+        assert_eq!(kek, "k2");
+        // The other keyring learns the new key from the file.
+        assert!(!other.contains("k2"));
+        other.load_key("k2").await.unwrap();
+        assert!(other.unwrap("k2", dek_id, &wrapped).await.is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "the rewritten key file stays private");
+        }
+
+        assert!(ring.destroy_key("k2").await.is_err(), "the active key is not destroyed");
+        ring.destroy_key("k1").await.unwrap();
+        assert_eq!(ring.ids(), vec!["k2".to_owned()]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("id = \"k1\""), "{text}");
+        assert!(LocalKeyring::from_file(&path, Some("k1")).is_err());
+
+        let inline =
+            LocalKeyring::from_inline(&SecretString::from(format!("a:{}", BASE64.encode([1u8; 32]))), None).unwrap();
+        assert!(!inline.manages_keys());
+        assert!(inline.check_manageable().is_err());
+        assert!(inline.create_key("b").await.is_err());
+    }
 }

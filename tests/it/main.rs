@@ -16,6 +16,7 @@ mod abuse;
 mod audit;
 mod broker;
 mod consent;
+mod epochs;
 mod export;
 mod faults;
 mod kms;

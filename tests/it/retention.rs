@@ -394,6 +394,7 @@ async fn cli_exit_status_says_what_failed() {
         log_level: "warn",
         catalog: &catalog,
         fake: &fake,
+        keys_extra: "",
         extra: "",
     }
     .render("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap());

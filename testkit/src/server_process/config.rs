@@ -12,7 +12,8 @@ use crate::fake_provider::{CatalogOptions, FakeProvider};
 pub struct ProcessConfig<'a> {
     /// `database_url`.
     pub database_url: &'a str,
-    /// `keys.inline` (`id:base64`).
+    /// `keys.inline` (`id:base64`), or a key file tokenvault may rewrite
+    /// (`keys.file`, KEK epochs on) when it starts with `file:`.
     pub kek: &'a str,
     /// `log.level` (the format is JSON).
     pub log_level: &'a str,
@@ -20,6 +21,8 @@ pub struct ProcessConfig<'a> {
     pub catalog: &'a Path,
     /// The fake, for its client credentials.
     pub fake: &'a FakeProvider,
+    /// Lines added to the `[keys]` section (for example KEK epoch settings).
+    pub keys_extra: &'a str,
     /// TOML appended as is: `[[auth.api_keys]]` entries and any other sections.
     pub extra: &'a str,
 }
@@ -37,9 +40,9 @@ shutdown_grace_seconds = 2
 format = "json"
 level = "{level}"
 [keys]
-inline = "{kek}"
+{keys}
 allow_shared_database = true
-rotate_every_days = 0
+{keys_extra}
 [consent]
 allowed_return_origins = ["https://app.example.com"]
 [providers]
@@ -50,7 +53,11 @@ client_secret = "{client_secret}"
 {extra}"#,
             db = self.database_url,
             level = self.log_level,
-            kek = self.kek,
+            keys = match self.kek.strip_prefix("file:") {
+                Some(path) => format!("file = \"{path}\""),
+                None => format!("inline = \"{}\"\nrotate_every_days = 0", self.kek),
+            },
+            keys_extra = self.keys_extra,
             catalog = self.catalog.display(),
             provider = CatalogOptions::default().name,
             client_id = self.fake.config().client_id,

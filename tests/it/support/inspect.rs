@@ -63,21 +63,35 @@ pub async fn stored_connection(server: &TestServer, connection_id: &str) -> Conn
 /// The refresh token the store holds for a connection, decrypted.
 pub async fn stored_refresh_token(server: &TestServer, connection_id: &str) -> String {
     let app = server.app();
-    let connection = stored_connection(server, connection_id).await;
-    let key = app.vault.data_key(connection.dek_id.unwrap()).await.unwrap();
-    let record = connection.id.to_string();
-    let token = key
-        .open_string(
-            &Binding {
-                tenant_id: &connection.tenant_id,
-                user_id: &connection.user_id,
-                record: &record,
-                field: Field::RefreshToken,
-            },
-            connection.refresh_token.unwrap().as_bytes(),
-        )
+    let token = open_refresh_token(app.store.as_ref(), &app.vault, connection_id.parse().unwrap())
+        .await
         .unwrap();
     token.expose_secret().to_owned()
+}
+
+/// Opens the refresh token `store` holds for a connection with `vault`'s keys
+/// (the connection's data key read from `vault`'s key table): the error says
+/// why it does not open.
+pub async fn open_refresh_token(
+    store: &dyn tokenvault::store::Store,
+    vault: &tokenvault::vault::Vault,
+    connection_id: uuid::Uuid,
+) -> Result<SecretString, tokenvault::vault::VaultError> {
+    let connection = store
+        .connection(&TenantScope::All, connection_id)
+        .await?
+        .expect("the connection is in that database");
+    let key = vault.data_key(connection.dek_id.expect("a data key")).await?;
+    let record = connection.id.to_string();
+    key.open_string(
+        &Binding {
+            tenant_id: &connection.tenant_id,
+            user_id: &connection.user_id,
+            record: &record,
+            field: Field::RefreshToken,
+        },
+        connection.refresh_token.expect("a refresh token").as_bytes(),
+    )
 }
 
 /// The audit events of `action` (at most 100), after flushing the batched ones.

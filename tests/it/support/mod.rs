@@ -9,6 +9,7 @@ pub mod db;
 pub mod fixture;
 pub mod inspect;
 pub mod kms;
+pub mod process;
 pub mod provider;
 pub mod proxy;
 pub mod revocation;
