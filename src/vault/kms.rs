@@ -212,6 +212,14 @@ where
     }
 }
 
+/// The key id at the end of a key ARN (`arn:aws:kms:…:key/<id>`); anything else as it is.
+fn bare_key_id(kek_id: &str) -> &str {
+    match kek_id.split_once(":key/") {
+        Some((_, id)) if kek_id.starts_with("arn:") => id,
+        _ => kek_id,
+    }
+}
+
 fn context_value(dek_id: Uuid) -> String {
     dek_id.to_string()
 }
@@ -298,7 +306,8 @@ impl Keyring for KmsKeyring {
         let answer = self
             .client
             .schedule_key_deletion()
-            .key_id(kek_id)
+            // ScheduleKeyDeletion works only in the caller's own account: the bare key id says the same as the ARN.
+            .key_id(bare_key_id(kek_id))
             .pending_window_in_days(i32::try_from(self.deletion_pending_days).unwrap_or(30))
             .send()
             .await;

@@ -269,3 +269,96 @@ async fn server_round_trip(backend: Backend) {
     with.stop().await;
 }
 on_both!(kms_server_round_trip, server_round_trip);
+
+/// KEK epochs in AWS KMS: a new epoch is a new KMS key (CreateKey), data
+/// keys are re-wrapped to it with ReEncrypt, and a retired key is scheduled
+/// for deletion (ScheduleKeyDeletion, pending window 7 days) once due; a
+/// restart adopts the newest epoch even though the configured key is pending deletion.
+async fn kms_epochs(backend: Backend) {
+    let moto = Moto::start();
+    let first = moto.create_aliased_key("tokenvault-epochs").await;
+    let db = TestDb::new(backend).await;
+    let store = SqlStore::connect(&db.url, &StoreOptions::default()).await.unwrap();
+    store.migrate().await.unwrap();
+    let policy = tokenvault::vault::EpochPolicy {
+        rotate_every: Some(chrono::Duration::days(7)),
+        destroy_retired_after: chrono::Duration::days(14),
+        rewrap_per_second: 0,
+    };
+    let ring = keyring(&moto, "alias/tokenvault-epochs", &[]).await;
+    let v = vault(&store, ring.clone()).with_epochs(policy);
+    let mut sealed = Vec::new();
+    for i in 0..3 {
+        let key = v.create_data_key().await.unwrap();
+        let record = format!("c{i}");
+        sealed.push((key.id(), record.clone(), key.seal(&binding(&record), b"token").unwrap()));
+    }
+    let day0 = chrono::Utc::now();
+    assert_eq!(v.epoch_pass(day0).await.unwrap().unwrap().started, None);
+    let report = v.epoch_pass(day0 + chrono::Duration::days(7)).await.unwrap().unwrap();
+    let second = report.started.clone().expect("a new KMS key");
+    assert!(second.starts_with("arn:aws:kms:") && second != first, "{second}");
+    assert_eq!(report.rewrapped, 3);
+    assert_eq!(store.kek_usage().await.unwrap(), vec![(second.clone(), 3)]);
+    let client = moto.client().await;
+    let tags = client
+        .list_resource_tags()
+        .key_id(bare_id(&second))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tags.tags().iter().any(|t| t.tag_key() == "tokenvault:epoch"),
+        "the epoch's key is tagged"
+    );
+
+    // Day 21: the first key is due; it is scheduled for deletion, not deleted at once.
+    let report = v.epoch_pass(day0 + chrono::Duration::days(21)).await.unwrap().unwrap();
+    assert_eq!(report.destroyed, vec![first.clone()], "{report:?}");
+    let described = client.describe_key().key_id(&first).send().await.unwrap();
+    let meta = described.key_metadata().unwrap();
+    assert_eq!(meta.key_state(), Some(&aws_sdk_kms::types::KeyState::PendingDeletion));
+    let epoch = store
+        .kek_epochs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kek_id == first)
+        .unwrap();
+    let gone = epoch.gone_at.unwrap();
+    assert!(
+        gone >= chrono::Utc::now() + chrono::Duration::days(6),
+        "gone after the pending window: {gone}"
+    );
+    let status = v.key_status(day0 + chrono::Duration::days(21)).await.unwrap();
+    assert!(status.backups_unreadable_after.is_some());
+
+    // A restart: the configured key is pending deletion, the newest epoch is active.
+    let live: Vec<String> = store
+        .kek_epochs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.destroyed_at.is_none())
+        .map(|e| e.kek_id)
+        .collect();
+    let config = moto.keys_config("alias/tokenvault-epochs", &[]);
+    let restarted = Arc::new(KmsKeyring::connect(config.kms.as_ref().unwrap(), &live).await.unwrap());
+    assert_eq!(restarted.active_id(), live.last().unwrap().clone());
+    let v2 = vault(&store, restarted).with_epochs(policy);
+    v2.sync_epochs().await.unwrap();
+    for (dek, record, ciphertext) in &sealed {
+        assert!(v2
+            .data_key(*dek)
+            .await
+            .unwrap()
+            .open(&binding(record), ciphertext)
+            .is_ok());
+    }
+    // Without the epochs, the configured key alone refuses to start: it is pending deletion.
+    let error = KmsKeyring::connect(config.kms.as_ref().unwrap(), &[])
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("not enabled"), "{error}");
+}
+on_both!(kms_key_epochs, kms_epochs);
