@@ -73,6 +73,7 @@ pub async fn stored_refresh_token(server: &TestServer, connection_id: &str) -> S
                 user_id: &connection.user_id,
                 record: &record,
                 field: Field::RefreshToken,
+                version: connection.token_version,
             },
             connection.refresh_token.unwrap().as_bytes(),
         )
