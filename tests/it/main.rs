@@ -26,6 +26,7 @@ mod refresh;
 mod replaced;
 mod retention;
 mod revocation_methods;
+mod sealed;
 mod server;
 mod startup;
 mod store;
