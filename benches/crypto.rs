@@ -31,6 +31,7 @@ fn binding(record: &str) -> Binding<'_> {
         user_id: "user-42",
         record,
         field: Field::AccessToken,
+        version: 0,
     }
 }
 

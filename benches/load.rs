@@ -33,8 +33,8 @@ use tokenvault::clock::{SharedClock, SystemClock};
 use tokenvault::proto::token_service_client::TokenServiceClient;
 use tokenvault::proto::GetAccessTokenRequest;
 use tokenvault::store::{
-    access_token_record, AccessTokenRecord, ConnectionStore, ConsentGrant, RefreshClaim, RefreshStore, Sealed,
-    SqlStore, Store, StoreOptions, TenantScope, Trail,
+    access_token_record, next_token_version, AccessTokenRecord, ConnectionStore, ConsentGrant, RefreshClaim,
+    RefreshStore, Sealed, SqlStore, Store, StoreOptions, TenantScope, Trail,
 };
 use tokenvault::vault::{Binding, Field, LocalKeyring, Vault};
 use tokenvault_testkit::fake_provider::{CatalogOptions, FakeProvider, FakeProviderConfig};
@@ -239,6 +239,8 @@ impl Seeder {
         let key = self.vault.create_data_key().await.context("data key")?;
         let record = connection.id.to_string();
         let access_record = access_token_record(connection.id, "");
+        // The version the grant gives the connection: what its tokens are sealed for.
+        let version = next_token_version(connection.token_version);
         let refresh = key
             .seal_str(
                 &Binding {
@@ -246,6 +248,7 @@ impl Seeder {
                     user_id: &user,
                     record: &record,
                     field: Field::RefreshToken,
+                    version,
                 },
                 &SecretString::from(grant.refresh_token),
             )
@@ -257,6 +260,7 @@ impl Seeder {
                     user_id: &user,
                     record: &access_record,
                     field: Field::AccessToken,
+                    version,
                 },
                 &SecretString::from(grant.access_token),
             )
@@ -278,7 +282,7 @@ impl Seeder {
                         token_type: "Bearer".to_owned(),
                         scopes,
                         expires_at,
-                        token_version: connection.token_version + 1,
+                        token_version: version,
                         issued_at: now,
                     },
                     consent_id: None,

@@ -1,5 +1,6 @@
 //! The stored ciphertext format: arbitrary bytes never open (or panic), and
-//! anything sealed opens to itself and only under its own binding.
+//! anything sealed opens to itself and only under its own binding (record
+//! version included).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         user_id: "u",
         record: "r",
         field: Field::RefreshToken,
+        version: 0,
     };
     let _ = sealed_key_id(data);
     assert!(key.open(&binding, data).is_err(), "arbitrary bytes must not authenticate");
@@ -20,6 +22,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(secrecy::ExposeSecret::expose_secret(&opened), data);
     let other = Binding { record: "s", ..binding };
     assert!(key.open(&other, &sealed).is_err());
+    let older = Binding { version: -1, ..binding };
+    assert!(key.open(&older, &sealed).is_err(), "a value opens only at its own record version");
 });
 
 fn uuid_from(data: &[u8]) -> uuid::Uuid {

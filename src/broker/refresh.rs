@@ -25,8 +25,8 @@ use crate::consent::catalog::RefreshRotation;
 use crate::lifecycle::{CredentialKind, Purpose};
 use crate::provider::{ProviderClient, ProviderError, TokenSet};
 use crate::store::{
-    AccessTokenRecord, AuditEvent, Connection, ConnectionStatus, InterruptedRefresh, RefreshClaim, RefreshCommit,
-    RefreshWrite, ScopeSet, StoreError, TenantScope, Trail,
+    version_after_refresh, AccessTokenRecord, AuditEvent, Connection, ConnectionStatus, InterruptedRefresh,
+    RefreshClaim, RefreshCommit, RefreshWrite, ScopeSet, StoreError, TenantScope, Trail,
 };
 use crate::vault::DataKey;
 use secrecy::SecretString;
@@ -615,7 +615,8 @@ fn refreshed_scopes(tokens: &TokenSet, connection: &Connection) -> ScopeSet {
 }
 
 /// The refresh's result sealed for the store: the rotated refresh token (if
-/// any) and the new access token under `effective`.
+/// any) and the new access token under `effective`, both for the token
+/// version the commit gives the connection ([`version_after_refresh`]).
 fn sealed_write(
     key: &DataKey,
     connection: &Connection,
@@ -623,18 +624,19 @@ fn sealed_write(
     tokens: &TokenSet,
     scopes: &ScopeSet,
 ) -> Result<RefreshWrite, BrokerError> {
+    let version = version_after_refresh(connection.token_version, tokens.refresh_token.is_some());
     let new_refresh_token = match &tokens.refresh_token {
-        Some(rotated) => Some(seal_refresh(key, connection, rotated)?),
+        Some(rotated) => Some(seal_refresh(key, connection, rotated, version)?),
         None => None,
     };
     let access_token = AccessTokenRecord {
         connection_id: connection.id,
         scope_key: effective.to_owned(),
-        token: seal_access(key, connection, effective, &tokens.access_token)?,
+        token: seal_access(key, connection, effective, &tokens.access_token, version)?,
         token_type: tokens.token_type.clone(),
         scopes: scopes.clone(),
         expires_at: tokens.expires_at,
-        token_version: connection.token_version,
+        token_version: version,
         issued_at: tokens.issued_at,
     };
     Ok(RefreshWrite {

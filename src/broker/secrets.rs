@@ -9,35 +9,47 @@ use crate::vault::{Binding, DataKey, Field, VaultError};
 use secrecy::SecretString;
 use std::sync::Arc;
 
-/// What a sealed field of `connection` is bound to: its owner, `record` and `field`.
-fn binding<'a>(connection: &'a Connection, record: &'a str, field: Field) -> Binding<'a> {
+/// What a sealed field of `connection` is bound to: its owner, `record`,
+/// `field` and the token version it is stored at.
+fn binding<'a>(connection: &'a Connection, record: &'a str, field: Field, version: i64) -> Binding<'a> {
     Binding {
         tenant_id: &connection.tenant_id,
         user_id: &connection.user_id,
         record,
         field,
+        version,
     }
 }
 
-/// Seals `token` as the connection's access token for `scope_key`.
+/// Seals `token` as the connection's access token for `scope_key`, to be
+/// stored with token version `version`.
 pub(super) fn seal_access(
     key: &DataKey,
     connection: &Connection,
     scope_key: &str,
     token: &SecretString,
+    version: i64,
 ) -> Result<Sealed, VaultError> {
     let record = access_token_record(connection.id, scope_key);
-    Ok(Sealed(
-        key.seal_str(&binding(connection, &record, Field::AccessToken), token)?,
-    ))
+    Ok(Sealed(key.seal_str(
+        &binding(connection, &record, Field::AccessToken, version),
+        token,
+    )?))
 }
 
-/// Seals `token` as the connection's refresh token.
-pub(super) fn seal_refresh(key: &DataKey, connection: &Connection, token: &SecretString) -> Result<Sealed, VaultError> {
+/// Seals `token` as the connection's refresh token, to be stored with
+/// token version `version` (the connection's once the write is committed).
+pub(super) fn seal_refresh(
+    key: &DataKey,
+    connection: &Connection,
+    token: &SecretString,
+    version: i64,
+) -> Result<Sealed, VaultError> {
     let record = connection.id.to_string();
-    Ok(Sealed(
-        key.seal_str(&binding(connection, &record, Field::RefreshToken), token)?,
-    ))
+    Ok(Sealed(key.seal_str(
+        &binding(connection, &record, Field::RefreshToken, version),
+        token,
+    )?))
 }
 
 impl Broker {
@@ -55,7 +67,7 @@ impl Broker {
     ) -> Result<CachedToken, BrokerError> {
         let key = self.data_key(connection).await?;
         let binding_record = access_token_record(connection.id, &record.scope_key);
-        let binding = binding(connection, &binding_record, Field::AccessToken);
+        let binding = binding(connection, &binding_record, Field::AccessToken, record.token_version);
         let token = self
             .open_or_report(&key, &binding, connection, "access_token", record.token.as_bytes())
             .await?;
@@ -82,7 +94,7 @@ impl Broker {
             ));
         };
         let record = connection.id.to_string();
-        let binding = binding(connection, &record, Field::RefreshToken);
+        let binding = binding(connection, &record, Field::RefreshToken, connection.token_version);
         self.open_or_report(key, &binding, connection, "refresh_token", sealed.as_bytes())
             .await
     }

@@ -18,8 +18,8 @@ use crate::consent::catalog::{CatalogError, ProviderSpec};
 use crate::lifecycle::{CredentialKind, Handover, Purpose};
 use crate::provider::{new_pkce, ProviderError, Providers, TokenSet};
 use crate::store::{
-    access_token_record, AccessTokenRecord, AuditEvent, Connection, ConnectionStatus, ConsentGrant, ConsentRecord,
-    ConsentState, OutboxEntry, ScopeSet, Sealed, Store, StoreError, TenantScope, Trail,
+    access_token_record, next_token_version, AccessTokenRecord, AuditEvent, Connection, ConnectionStatus, ConsentGrant,
+    ConsentRecord, ConsentState, OutboxEntry, ScopeSet, Sealed, Store, StoreError, TenantScope, Trail,
 };
 use crate::telemetry::Metrics;
 use crate::vault::{Binding, DataKey, Field, Vault, VaultError};
@@ -203,12 +203,50 @@ fn new_state() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// What a consent request's PKCE verifier is bound to (version 0: it is written once).
 fn consent_binding<'a>(consent: &'a ConsentRecord, record: &'a str) -> Binding<'a> {
     Binding {
         tenant_id: &consent.tenant_id,
         user_id: &consent.user_id,
         record,
         field: Field::PkceVerifier,
+        version: 0,
+    }
+}
+
+/// What a token of `consent`'s connection is bound to, at token version `version`.
+fn grant_binding<'a>(consent: &'a ConsentRecord, record: &'a str, field: Field, version: i64) -> Binding<'a> {
+    Binding {
+        tenant_id: &consent.tenant_id,
+        user_id: &consent.user_id,
+        record,
+        field,
+        version,
+    }
+}
+
+/// The refresh token `connection` keeps through a grant that brings none,
+/// sealed again for the grant's `binding` (its new token version; a
+/// format-1 value becomes format 2). One that does not open at the
+/// connection's current version is kept as it is: it fails its integrity
+/// check, and is reported, when a refresh presents it, as it would have.
+fn kept_refresh_token(
+    key: &DataKey,
+    connection: &Connection,
+    old: &Sealed,
+    binding: &Binding<'_>,
+) -> Result<Sealed, VaultError> {
+    let current = Binding {
+        version: connection.token_version,
+        ..*binding
+    };
+    match key.open_string(&current, old.as_bytes()) {
+        Ok(token) => Ok(Sealed(key.seal_str(binding, &token)?)),
+        Err(error) => {
+            tracing::warn!(%error, connection_id = %connection.id,
+                "the refresh token an incremental grant keeps does not open; kept unchanged");
+            Ok(old.clone())
+        }
     }
 }
 
@@ -544,19 +582,15 @@ impl ConsentFlow {
                 None => self.vault.create_data_key().await?,
             };
             let connection_record = connection.id.to_string();
+            // The version the store gives the connection with this grant: what its tokens are sealed for.
+            let version = next_token_version(connection.token_version);
+            let refresh_binding = grant_binding(consent, &connection_record, Field::RefreshToken, version);
             let refresh_token = match (&tokens.refresh_token, &connection.refresh_token, connection.dek_id) {
-                (Some(new), _, _) => Some(Sealed(key.seal_str(
-                    &Binding {
-                        tenant_id: &consent.tenant_id,
-                        user_id: &consent.user_id,
-                        record: &connection_record,
-                        field: Field::RefreshToken,
-                    },
-                    new,
-                )?)),
-                // An incremental grant without a new refresh token keeps the old one.
+                (Some(new), _, _) => Some(Sealed(key.seal_str(&refresh_binding, new)?)),
+                // An incremental grant without a new refresh token keeps the old one,
+                // sealed again for the new version.
                 (None, Some(old), Some(_)) if connection.stored_status != ConnectionStatus::Revoked => {
-                    Some(old.clone())
+                    Some(kept_refresh_token(&key, &connection, old, &refresh_binding)?)
                 }
                 _ => None,
             };
@@ -565,19 +599,14 @@ impl ConsentFlow {
                 connection_id: connection.id,
                 scope_key: String::new(),
                 token: Sealed(key.seal_str(
-                    &Binding {
-                        tenant_id: &consent.tenant_id,
-                        user_id: &consent.user_id,
-                        record: &access_record,
-                        field: Field::AccessToken,
-                    },
+                    &grant_binding(consent, &access_record, Field::AccessToken, version),
                     &tokens.access_token,
                 )?),
                 token_type: tokens.token_type.clone(),
                 issued_at: tokens.issued_at,
                 scopes: granted.clone(),
                 expires_at: tokens.expires_at,
-                token_version: connection.token_version + 1,
+                token_version: version,
             };
             let replacement = self
                 .replaced_credential(client.spec(), &connection, &key, &tokens, now)
@@ -639,12 +668,13 @@ impl ConsentFlow {
         }
         let connection_record = connection.id.to_string();
         let access_record = access_token_record(connection.id, "");
-        let (sealed, record, field, kind, new) = match &connection.refresh_token {
+        let (sealed, record, field, version, kind, new) = match &connection.refresh_token {
             Some(_) if tokens.refresh_token.is_none() => return Ok(Replacement::Nothing("kept")),
             Some(old) => (
                 old.clone(),
                 &connection_record,
                 Field::RefreshToken,
+                connection.token_version,
                 CredentialKind::RefreshToken,
                 tokens.refresh_token.as_ref(),
             ),
@@ -661,6 +691,7 @@ impl ConsentFlow {
                     old.token,
                     &access_record,
                     Field::AccessToken,
+                    old.token_version,
                     CredentialKind::AccessToken,
                     Some(&tokens.access_token),
                 )
@@ -677,6 +708,7 @@ impl ConsentFlow {
             user_id: &connection.user_id,
             record,
             field,
+            version,
         };
         let old = match key.open_string(&binding, sealed.as_bytes()) {
             Ok(old) => old,

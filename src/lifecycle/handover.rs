@@ -103,6 +103,7 @@ impl Handover {
                 user_id: &connection.user_id,
                 record: &record,
                 field: Field::OutboxToken,
+                version: 0,
             },
             token,
         )?;
@@ -113,6 +114,7 @@ impl Handover {
                 token: Sealed(sealed),
                 token_type_hint: kind.hint(),
                 binding_record: record,
+                binding_version: 0,
                 dek_id: key.id(),
             },
             purpose.as_str(),

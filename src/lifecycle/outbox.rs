@@ -432,7 +432,8 @@ impl OutboxWorker {
 }
 
 /// What the entry's credential is sealed to: its connection's refresh or
-/// access token, or (for an entry with its own key) the entry itself.
+/// access token at the version it was copied at, or (for an entry with its
+/// own key) the entry itself, at version 0.
 fn binding(entry: &OutboxEntry) -> Binding<'_> {
     let field = if super::is_handed_over(entry) {
         Field::OutboxToken
@@ -446,6 +447,7 @@ fn binding(entry: &OutboxEntry) -> Binding<'_> {
         user_id: &entry.user_id,
         record: &entry.binding_record,
         field,
+        version: entry.binding_version,
     }
 }
 

@@ -41,7 +41,16 @@ pub struct RevokeResult {
     pub changed: bool,
 }
 
-/// The new tokens a consent stores on its connection.
+/// The `token_version` a connection at `version` has once a write that
+/// replaces its refresh token is stored (a re-consent, a rotating refresh):
+/// the version the new sealed values bind ([`crate::vault::Binding::version`]).
+/// The store writes exactly this value, fenced on `version`.
+pub fn next_token_version(version: i64) -> i64 {
+    version.saturating_add(1)
+}
+
+/// The new tokens a consent stores on its connection, sealed for
+/// [`next_token_version`] of `expected_version`.
 #[derive(Debug, Clone)]
 pub struct ConsentGrant {
     /// Connection id (from [`ConnectionStore::get_or_create_connection`]).
@@ -246,15 +255,18 @@ impl ConnectionStore for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        // The version the grant's tokens are sealed for.
+        let version = next_token_version(grant.expected_version);
         let updated = sqlx::query(
             "UPDATE connections SET granted_scopes = $1, status = 'active', status_reason = NULL, dek_id = $2, \
-             refresh_token = $3, token_version = token_version + 1, updated_at = $4, refreshed_at = $4, \
+             refresh_token = $3, token_version = $4, updated_at = $5, refreshed_at = $5, \
              refresh_owner = NULL, refresh_started_at = NULL, refresh_lease_until = NULL \
-             WHERE id = $5 AND token_version = $6",
+             WHERE id = $6 AND token_version = $7",
         )
         .bind(scopes_to_text(&grant.granted_scopes))
         .bind(grant.dek_id.to_string())
         .bind(grant.refresh_token.as_ref().map(|t| t.0.clone()))
+        .bind(version)
         .bind(to_millis(now))
         .bind(grant.connection_id.to_string())
         .bind(grant.expected_version)
@@ -266,7 +278,7 @@ impl ConnectionStore for SqlStore {
         }
         delete_access_tokens(grant.connection_id).run(&mut *tx).await?;
         let mut record = grant.access_token.clone();
-        record.token_version = grant.expected_version + 1;
+        record.token_version = version;
         upsert_access_token(&record, now).run(&mut *tx).await?;
         if let Some(consent_id) = grant.consent_id {
             complete_consent(consent_id, grant.connection_id, now)
@@ -499,19 +511,22 @@ async fn revocation_credential(
             token: token.clone(),
             token_type_hint: "refresh_token",
             binding_record: id.to_string(),
+            binding_version: connection.token_version,
             dek_id,
         }),
         (None, Some(dek_id)) => {
-            let token: Option<Vec<u8>> =
-                sqlx::query_scalar("SELECT token FROM access_tokens WHERE connection_id = $1 AND scope_key = ''")
-                    .bind(id.to_string())
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .map_err(map_err)?;
-            token.map(|t| SealedCredential {
-                token: Sealed(t),
+            let row: Option<(Vec<u8>, i64)> = sqlx::query_as(
+                "SELECT token, token_version FROM access_tokens WHERE connection_id = $1 AND scope_key = ''",
+            )
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(map_err)?;
+            row.map(|(token, version)| SealedCredential {
+                token: Sealed(token),
                 token_type_hint: "access_token",
                 binding_record: access_token_record(id, ""),
+                binding_version: version,
                 dek_id,
             })
         }

@@ -44,14 +44,14 @@ mod trail;
 mod users;
 
 pub use audit::AuditStore;
-pub use connections::{ConnectionStore, ConsentGrant, RevokeResult};
+pub use connections::{next_token_version, ConnectionStore, ConsentGrant, RevokeResult};
 pub use consents::ConsentStore;
 pub use keys::KeyStore;
 pub use leader::{LeaderGuard, LeaderStore};
 pub use model::*;
 pub use notify::NotifyStore;
 pub use outbox::{OutboxOutcome, OutboxStore};
-pub use refresh::{InterruptedRefresh, RefreshClaim, RefreshCommit, RefreshStore, RefreshWrite};
+pub use refresh::{version_after_refresh, InterruptedRefresh, RefreshClaim, RefreshCommit, RefreshStore, RefreshWrite};
 pub use sql::{SqlStore, StoreOptions};
 pub use trail::{Trail, TrailOf};
 pub use users::{RestoreOutcome, UserStore};

@@ -417,6 +417,10 @@ pub struct OutboxEntry {
     pub token_type_hint: String,
     /// The record part of the token's binding.
     pub binding_record: String,
+    /// The version part of the token's binding: the connection's (or its
+    /// access token's) token version when the copy was taken; 0 for a
+    /// credential sealed to the entry itself.
+    pub binding_version: i64,
     /// Attempts so far.
     pub attempts: i64,
     /// When to try next.
@@ -451,6 +455,8 @@ pub struct SealedCredential {
     pub token_type_hint: &'static str,
     /// The record part of the token's sealing binding.
     pub binding_record: String,
+    /// The version part of the token's sealing binding.
+    pub binding_version: i64,
     /// The data key that sealed it.
     pub dek_id: Uuid,
 }
@@ -476,6 +482,7 @@ impl OutboxEntry {
             token: Some(credential.token),
             token_type_hint: credential.token_type_hint.to_owned(),
             binding_record: credential.binding_record,
+            binding_version: credential.binding_version,
             attempts: 0,
             next_attempt_at: now,
             give_up_at,

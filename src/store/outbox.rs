@@ -250,7 +250,7 @@ pub(super) async fn insert_outbox_entry(
 ) -> Result<(), StoreError> {
     sqlx::query(&format!(
         "INSERT INTO revocation_outbox ({OUTBOX_COLUMNS}) VALUES ({})",
-        placeholders(1, 19)
+        placeholders(1, 20)
     ))
     .bind(entry.id.to_string())
     .bind(entry.connection_id.to_string())
@@ -271,6 +271,7 @@ pub(super) async fn insert_outbox_entry(
     .bind(entry.purpose.clone())
     .bind(i64::from(entry.rotation_uncertain))
     .bind(entry.error_kind.clone())
+    .bind(entry.binding_version)
     .run(&mut **tx)
     .await?;
     Ok(())

@@ -7,7 +7,7 @@
 //! died is reported to the next claimer as an interrupted attempt. The commit
 //! and the failure append their [`Trail`] in the same transaction.
 
-use super::connections::upsert_access_token;
+use super::connections::{next_token_version, upsert_access_token};
 use super::notify::commit_notifying;
 use super::sql::error::map_err;
 use super::sql::query::Fetch;
@@ -20,7 +20,20 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
-/// What a refresh stores.
+/// The `token_version` a connection at `version` has once a refresh is
+/// committed: the next one when the refresh rotated the refresh token, else
+/// the same. The refresh's sealed values bind it
+/// ([`crate::vault::Binding::version`]); [`RefreshStore::commit_refresh`]
+/// writes exactly this value.
+pub fn version_after_refresh(version: i64, rotated: bool) -> i64 {
+    if rotated {
+        next_token_version(version)
+    } else {
+        version
+    }
+}
+
+/// What a refresh stores, sealed for [`version_after_refresh`].
 #[derive(Debug, Clone)]
 pub struct RefreshWrite {
     /// A rotated refresh token, sealed; `None` when the provider kept the old one.
@@ -84,8 +97,9 @@ pub trait RefreshStore: Send + Sync {
     /// Extends `owner`'s lease to `until`; `false` when it is no longer `owner`'s.
     async fn renew_refresh(&self, id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Stores a refresh's result if the connection is still active at
-    /// `version` (whoever holds the lease), and ends the lease and its
-    /// journal, appending `trail` in the same transaction (only when stored).
+    /// `version` (whoever holds the lease), setting its token version (and
+    /// the access token's) to [`version_after_refresh`], and ends the lease
+    /// and its journal, appending `trail` in the same transaction (only when stored).
     async fn commit_refresh(
         &self,
         id: Uuid,
@@ -213,15 +227,16 @@ impl RefreshStore for SqlStore {
     ) -> Result<RefreshCommit, StoreError> {
         let mut tx = self.begin().await?;
         let scopes = write.granted_scopes.as_ref().map(scopes_to_text);
-        let rotated = write.new_refresh_token.is_some();
+        // The version the write's tokens are sealed for.
+        let written = version_after_refresh(version, write.new_refresh_token.is_some());
         let updated = sqlx::query(
             "UPDATE connections SET refresh_token = COALESCE($1, refresh_token), \
-             token_version = token_version + $2, granted_scopes = COALESCE($3, granted_scopes), updated_at = $4, \
+             token_version = $2, granted_scopes = COALESCE($3, granted_scopes), updated_at = $4, \
              refreshed_at = $4, refresh_owner = NULL, refresh_started_at = NULL, refresh_lease_until = NULL \
              WHERE id = $5 AND token_version = $6 AND status = 'active'",
         )
         .bind(write.new_refresh_token.as_ref().map(|t| t.0.clone()))
-        .bind(i64::from(rotated))
+        .bind(written)
         .bind(scopes)
         .bind(to_millis(now))
         .bind(id.to_string())
@@ -233,7 +248,7 @@ impl RefreshStore for SqlStore {
             return Ok(RefreshCommit::Superseded);
         }
         let mut record = write.access_token.clone();
-        record.token_version = version + i64::from(rotated);
+        record.token_version = written;
         upsert_access_token(&record, now).run(&mut *tx).await?;
         append_trail(&mut tx, trail).await?;
         // Other replicas drop their cached token of the old version.

@@ -1,16 +1,30 @@
 //! Data keys (DEKs) and the stored form of every sealed secret.
 //!
-//! Stored form, version 1:
+//! Stored form (formats 1 and 2 have the same layout):
 //!
 //! ```text
-//! +------+----------------+-------------+------------------------+
-//! | 0x01 | DEK id (16 B)  | nonce (12 B)| AES-256-GCM ct || tag  |
-//! +------+----------------+-------------+------------------------+
+//! +--------+----------------+-------------+------------------------+
+//! | format | DEK id (16 B)  | nonce (12 B)| AES-256-GCM ct || tag  |
+//! +--------+----------------+-------------+------------------------+
 //! ```
 //!
-//! The additional authenticated data binds the ciphertext to its header and
-//! to `tenant/user/record/field`, so a ciphertext copied into another row,
-//! another field or under another key does not open.
+//! The additional authenticated data (AAD) binds the ciphertext to its
+//! header (format byte and DEK id) and to `tenant/user/record/field`, so a
+//! ciphertext copied into another row, another field or under another key
+//! does not open. Format 2 (`0x02`, what every new value is sealed in) binds
+//! the record's version too ([`Binding::version`]): for a connection's
+//! refresh token its `token_version`, which every rotation and re-consent
+//! increases, so an older ciphertext of the same row put back under the
+//! current `token_version` does not open either. Putting back an old value
+//! *and* its old version restores an old state, which authenticates: the AAD
+//! cannot tell it from the past. Which record version each field binds is
+//! documented on [`Field`].
+//!
+//! Format 1 (`0x01`) binds no record version. Values in it still open (the
+//! format byte chooses the AAD; a format-1 value opens under any record
+//! version) and are replaced by format 2 when their field is next written.
+//! Until then a format-1 ciphertext put back into its own row opens whatever
+//! the row's version, as before format 2 existed.
 
 use super::VaultError;
 use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
@@ -20,22 +34,33 @@ use secrecy::{SecretBox, SecretString};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-/// The version byte in front of every sealed secret.
+/// The version byte of format 1: the AAD binds the header and
+/// `tenant/user/record/field`. Opened, never written.
 pub const FORMAT_V1: u8 = 1;
+/// The version byte of format 2: format 1's AAD plus the record version.
+/// Every new value is sealed in it.
+pub const FORMAT_V2: u8 = 2;
 const HEADER_LEN: usize = 1 + 16;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
-/// Which secret of a record a ciphertext holds.
+/// Which secret of a record a ciphertext holds, and which record version
+/// ([`Binding::version`]) a format-2 value of it binds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Field {
-    /// A connection's refresh token.
+    /// A connection's refresh token. Version: the connection's
+    /// `token_version` once the value is written (a rotation or re-consent
+    /// writes the current version + 1); in the revocation outbox, the
+    /// version the copy was taken at (`revocation_outbox.binding_version`).
     RefreshToken,
     /// A connection's access token (record id includes the scope set).
+    /// Version: the `token_version` of its `access_tokens` row (the
+    /// connection's version when it was stored).
     AccessToken,
-    /// A consent request's PKCE code verifier.
+    /// A consent request's PKCE code verifier. Version: 0 (written once).
     PkceVerifier,
-    /// A refresh token waiting in the provider-revocation outbox.
+    /// A credential handed over to the provider-revocation outbox under the
+    /// entry's own key and id. Version: 0 (`binding_version` of the entry).
     OutboxToken,
 }
 
@@ -61,19 +86,31 @@ pub struct Binding<'a> {
     pub record: &'a str,
     /// The field within the record.
     pub field: Field,
+    /// The record's version the value is stored at (see [`Field`] for which
+    /// one each field uses). Bound by format 2; format 1 ignores it.
+    pub version: i64,
 }
 
 impl Binding<'_> {
+    /// The AAD for a value with `header` (whose first byte is the format).
     fn aad(&self, header: &[u8]) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(64 + self.tenant_id.len() + self.user_id.len() + self.record.len());
-        aad.extend_from_slice(b"tokenvault.v1");
-        for part in [
+        let format = header.first().copied();
+        let mut aad = Vec::with_capacity(80 + self.tenant_id.len() + self.user_id.len() + self.record.len());
+        let version = self.version.to_be_bytes();
+        let (label, version): (&[u8], Option<&[u8]>) = if format == Some(FORMAT_V1) {
+            (b"tokenvault.v1", None)
+        } else {
+            (b"tokenvault.v2", Some(&version))
+        };
+        aad.extend_from_slice(label);
+        let parts = [
             header,
             self.tenant_id.as_bytes(),
             self.user_id.as_bytes(),
             self.record.as_bytes(),
             self.field.as_str().as_bytes(),
-        ] {
+        ];
+        for part in parts.into_iter().chain(version) {
             // Length prefixes keep ("ab","c") and ("a","bc") apart.
             aad.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
             aad.extend_from_slice(part);
@@ -128,10 +165,21 @@ impl DataKey {
         self.id
     }
 
-    /// Seals `plaintext` for `binding` with a fresh random nonce.
+    /// Seals `plaintext` for `binding` (in format 2) with a fresh random nonce.
     pub fn seal(&self, binding: &Binding<'_>, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        self.seal_as(FORMAT_V2, binding, plaintext)
+    }
+
+    /// Seals `plaintext` in format 1, which tokenvault no longer writes: for
+    /// tests of reading and upgrading values stored before format 2.
+    #[doc(hidden)]
+    pub fn seal_v1(&self, binding: &Binding<'_>, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        self.seal_as(FORMAT_V1, binding, plaintext)
+    }
+
+    fn seal_as(&self, format: u8, binding: &Binding<'_>, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
         let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + plaintext.len() + TAG_LEN);
-        out.push(FORMAT_V1);
+        out.push(format);
         out.extend_from_slice(self.id.as_bytes());
         let aad = binding.aad(&out);
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
@@ -155,7 +203,8 @@ impl DataKey {
         self.seal(binding, secrecy::ExposeSecret::expose_secret(plaintext).as_bytes())
     }
 
-    /// Opens a sealed secret; fails if it was altered, moved, or sealed under another key.
+    /// Opens a sealed secret (format 1 or 2); fails if it was altered, moved,
+    /// sealed under another key or (format 2) for another record version.
     pub fn open(&self, binding: &Binding<'_>, sealed: &[u8]) -> Result<SecretBox<[u8]>, VaultError> {
         let (header, nonce, ciphertext) = split(sealed)?;
         if header_key_id(header) != self.id {
@@ -191,7 +240,7 @@ fn split(sealed: &[u8]) -> Result<Parts<'_>, VaultError> {
     if sealed.len() < HEADER_LEN + NONCE_LEN + TAG_LEN {
         return Err(VaultError::Malformed("sealed value is too short"));
     }
-    if sealed.first() != Some(&FORMAT_V1) {
+    if !matches!(sealed.first(), Some(&(FORMAT_V1 | FORMAT_V2))) {
         return Err(VaultError::Malformed("unknown sealed-value version"));
     }
     let (header, rest) = sealed.split_at(HEADER_LEN);
@@ -220,12 +269,23 @@ mod tests {
     use proptest::prelude::*;
     use secrecy::ExposeSecret;
 
+    /// See [`a_value_stored_before_format_2_opens`].
+    const FORMAT_1_VECTOR: &str = "0100000000000000000000000000000001842efd4b79f04c6ff819befc670dcd3fed9fd8692ae5236236040692f0dada96ee5c335d1aa06e25563131f6e3eaeb14cd510e";
+
     fn binding(record: &str) -> Binding<'_> {
         Binding {
             tenant_id: "acme",
             user_id: "u1",
             record,
             field: Field::RefreshToken,
+            version: 7,
+        }
+    }
+
+    fn at_version(record: &str, version: i64) -> Binding<'_> {
+        Binding {
+            version,
+            ..binding(record)
         }
     }
 
@@ -233,7 +293,7 @@ mod tests {
     fn round_trip() {
         let (key, _) = DataKey::generate();
         let sealed = key.seal(&binding("c1"), b"refresh-token-value").unwrap();
-        assert_eq!(sealed[0], FORMAT_V1);
+        assert_eq!(sealed[0], FORMAT_V2, "new values are sealed in format 2");
         assert_eq!(sealed_key_id(&sealed).unwrap(), key.id());
         assert!(!sealed.windows(7).any(|w| w == b"refresh"), "plaintext visible");
         let opened = key.open(&binding("c1"), &sealed).unwrap();
@@ -241,16 +301,84 @@ mod tests {
     }
 
     #[test]
+    fn format_2_binds_the_record_version() {
+        let (key, _) = DataKey::generate();
+        let sealed = key.seal(&at_version("c1", 7), b"secret").unwrap();
+        for other in [0, 6, 8, -7, i64::MAX] {
+            assert!(
+                matches!(key.open(&at_version("c1", other), &sealed), Err(VaultError::OpenFailed)),
+                "opened at version {other}"
+            );
+        }
+        assert!(key.open(&at_version("c1", 7), &sealed).is_ok());
+    }
+
+    #[test]
+    fn format_1_still_opens_whatever_the_version() {
+        let (key, _) = DataKey::generate();
+        let sealed = key.seal_v1(&at_version("c1", 3), b"legacy").unwrap();
+        assert_eq!(sealed[0], FORMAT_V1);
+        assert_eq!(sealed_key_id(&sealed).unwrap(), key.id());
+        for version in [0, 3, 4, 1000] {
+            let opened = key.open(&at_version("c1", version), &sealed).unwrap();
+            assert_eq!(opened.expose_secret(), b"legacy");
+        }
+        // Format 1 still binds the rest.
+        assert!(matches!(key.open(&binding("c2"), &sealed), Err(VaultError::OpenFailed)));
+        let other_field = Binding {
+            field: Field::AccessToken,
+            ..binding("c1")
+        };
+        assert!(matches!(key.open(&other_field, &sealed), Err(VaultError::OpenFailed)));
+    }
+
+    /// A value sealed by the format-1 code as it was before format 2 (commit
+    /// 2c706e7; key bytes `[7; 32]`, key id `00…01`, binding
+    /// acme/u1/c1/refresh_token): the format-1 AAD is unchanged.
+    #[test]
+    fn a_value_stored_before_format_2_opens() {
+        let key = DataKey::from_bytes(Uuid::from_u128(1), &[7u8; 32]);
+        let sealed = hex::decode(FORMAT_1_VECTOR).unwrap();
+        assert_eq!(sealed[0], FORMAT_V1);
+        let opened = key.open(&binding("c1"), &sealed).unwrap();
+        assert_eq!(opened.expose_secret(), b"refresh-token-before-v2");
+        assert!(key.open(&binding("c2"), &sealed).is_err());
+    }
+
+    #[test]
+    fn the_version_byte_cannot_be_swapped() {
+        let (key, _) = DataKey::generate();
+        // Claiming format 1 for a format-2 value would drop the version from the AAD.
+        let mut downgraded = key.seal(&binding("c1"), b"secret").unwrap();
+        downgraded[0] = FORMAT_V1;
+        assert!(matches!(
+            key.open(&binding("c1"), &downgraded),
+            Err(VaultError::OpenFailed)
+        ));
+        let mut upgraded = key.seal_v1(&binding("c1"), b"secret").unwrap();
+        upgraded[0] = FORMAT_V2;
+        assert!(matches!(
+            key.open(&binding("c1"), &upgraded),
+            Err(VaultError::OpenFailed)
+        ));
+    }
+
+    #[test]
     fn every_bit_flip_is_detected() {
         let (key, _) = DataKey::generate();
-        let sealed = key.seal(&binding("c1"), b"secret").unwrap();
-        for i in 0..sealed.len() * 8 {
-            let mut tampered = sealed.clone();
-            tampered[i / 8] ^= 1 << (i % 8);
-            assert!(
-                key.open(&binding("c1"), &tampered).is_err(),
-                "bit {i} flip went unnoticed"
-            );
+        for sealed in [
+            key.seal(&binding("c1"), b"secret").unwrap(),
+            key.seal_v1(&binding("c1"), b"secret").unwrap(),
+        ] {
+            for i in 0..sealed.len() * 8 {
+                let mut tampered = sealed.clone();
+                tampered[i / 8] ^= 1 << (i % 8);
+                assert!(
+                    key.open(&binding("c1"), &tampered).is_err(),
+                    "format {}: bit {i} flip went unnoticed",
+                    sealed[0]
+                );
+            }
         }
     }
 
@@ -301,6 +429,14 @@ mod tests {
             let sealed = key.seal(&b, &plain).unwrap();
             let opened = key.open(&b, &sealed).unwrap();
             prop_assert_eq!(opened.expose_secret(), &plain[..]);
+        }
+
+        #[test]
+        fn only_the_sealed_version_opens(version in any::<i64>(), other in any::<i64>()) {
+            let (key, _) = DataKey::generate();
+            let sealed = key.seal(&at_version("c", version), b"x").unwrap();
+            prop_assert!(key.open(&at_version("c", version), &sealed).is_ok());
+            prop_assert_eq!(key.open(&at_version("c", other), &sealed).is_ok(), other == version);
         }
 
         #[test]

@@ -27,6 +27,7 @@ mod refresh;
 mod replaced;
 mod retention;
 mod revocation_methods;
+mod sealed;
 mod server;
 mod startup;
 mod store;

@@ -16,6 +16,7 @@ fn binding(record: &str) -> Binding<'_> {
         user_id: "u1",
         record,
         field: Field::RefreshToken,
+        version: 0,
     }
 }
 

@@ -242,7 +242,7 @@ impl FromAnyRow for AuditEvent {
 /// The columns [`OutboxEntry`] is read from (and inserted in this order).
 pub(in crate::store) const OUTBOX_COLUMNS: &str = "id, connection_id, tenant_id, user_id, provider, dek_id, token, \
      token_type_hint, binding_record, attempts, next_attempt_at, give_up_at, status, last_error, created_at, \
-     claim_token, purpose, rotation_uncertain, error_kind";
+     claim_token, purpose, rotation_uncertain, error_kind, binding_version";
 
 impl FromAnyRow for OutboxEntry {
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
@@ -251,7 +251,7 @@ impl FromAnyRow for OutboxEntry {
             id, connection_id, tenant_id, user_id, provider, dek_id, token, token_type_hint, binding_record,
             attempts, next_attempt_at, give_up_at, status, last_error, created_at, claim_token, purpose,
             rotation_uncertain: c.read::<i64>("rotation_uncertain")? != 0,
-            error_kind,
+            error_kind, binding_version,
         }))
     }
 }

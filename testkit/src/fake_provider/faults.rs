@@ -53,6 +53,10 @@ pub enum Fault {
     /// scopes. On `Authorize`, the issued code grants exactly these scopes.
     /// Ignored on `Revoke`.
     ReduceScopes(Vec<String>),
+    /// The token response carries no refresh token: a code exchange issues
+    /// none (what a provider does on an incremental grant that keeps the
+    /// refresh token issued before), a refresh does not rotate. Token endpoint only.
+    OmitRefreshToken,
 }
 
 #[derive(Debug, Default)]
@@ -130,7 +134,9 @@ pub(super) fn fault_response(fault: &Fault) -> Response {
         Fault::GarbageJson => (StatusCode::OK, [(CONTENT_TYPE, "application/json")], "{not json").into_response(),
         Fault::HugeBody(size) => huge_body(*size),
         // Not terminating; callers handle them, but answer sanely anyway.
-        Fault::Delay(_) | Fault::DelayAnswer(_) | Fault::ReduceScopes(_) => StatusCode::OK.into_response(),
+        Fault::Delay(_) | Fault::DelayAnswer(_) | Fault::ReduceScopes(_) | Fault::OmitRefreshToken => {
+            StatusCode::OK.into_response()
+        }
     }
 }
 

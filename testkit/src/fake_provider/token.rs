@@ -35,11 +35,13 @@ pub(super) async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     });
     let mut reduce_scopes = None;
     let mut answer_after = None;
+    let mut refresh_token = true;
     for fault in shared.faults.take(Endpoint::Token) {
         match fault {
             Fault::Delay(delay) => tokio::time::sleep(delay).await,
             Fault::DelayAnswer(delay) => answer_after = Some(delay),
             Fault::ReduceScopes(scopes) => reduce_scopes = Some(dedup(scopes)),
+            Fault::OmitRefreshToken => refresh_token = false,
             other => return fault_response(&other),
         }
     }
@@ -56,8 +58,8 @@ pub(super) async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     };
     let answer = match params.get("grant_type") {
         None => oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is missing"),
-        Some("authorization_code") => exchange_code(&shared, &client_id, &params, reduce_scopes),
-        Some("refresh_token") => refresh(&shared, &client_id, &params, reduce_scopes),
+        Some("authorization_code") => exchange_code(&shared, &client_id, &params, reduce_scopes, refresh_token),
+        Some("refresh_token") => refresh(&shared, &client_id, &params, reduce_scopes, refresh_token),
         Some(_) => oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -71,7 +73,14 @@ pub(super) async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     answer
 }
 
-fn exchange_code(shared: &Shared, client_id: &str, params: &Params, reduce_scopes: Option<Vec<String>>) -> Response {
+/// The code exchange; `issue_refresh_token` false: the answer carries none.
+fn exchange_code(
+    shared: &Shared,
+    client_id: &str,
+    params: &Params,
+    reduce_scopes: Option<Vec<String>>,
+    issue_refresh_token: bool,
+) -> Response {
     let config = &shared.config;
     let (Some(code), Some(redirect_uri), Some(verifier)) = (
         params.get("code"),
@@ -123,11 +132,11 @@ fn exchange_code(shared: &Shared, client_id: &str, params: &Params, reduce_scope
     let (ttl, expires_in, refresh_token) = if config.non_expiring_access_tokens {
         (Duration::MAX, None, None)
     } else {
-        let refresh_token = state.issue_refresh_token(grant_id);
+        let refresh_token = issue_refresh_token.then(|| state.issue_refresh_token(grant_id));
         (
             config.access_token_ttl,
             Some(config.access_token_ttl.as_secs()),
-            Some(refresh_token),
+            refresh_token,
         )
     };
     let access_token = state.issue_access_token(grant_id, scopes.clone(), ttl);
@@ -142,7 +151,14 @@ fn exchange_code(shared: &Shared, client_id: &str, params: &Params, reduce_scope
     })
 }
 
-fn refresh(shared: &Shared, client_id: &str, params: &Params, reduce_scopes: Option<Vec<String>>) -> Response {
+/// The refresh grant; `may_rotate` false: the refresh token is not rotated.
+fn refresh(
+    shared: &Shared,
+    client_id: &str,
+    params: &Params,
+    reduce_scopes: Option<Vec<String>>,
+    may_rotate: bool,
+) -> Response {
     let config = &shared.config;
     let Some(refresh_token) = params.get("refresh_token") else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "refresh_token is required");
@@ -185,7 +201,7 @@ fn refresh(shared: &Shared, client_id: &str, params: &Params, reduce_scopes: Opt
         scopes = reduced;
     }
 
-    let new_refresh_token = if config.rotate_refresh_tokens {
+    let new_refresh_token = if config.rotate_refresh_tokens && may_rotate {
         if let Some(old) = state.refresh_tokens.get_mut(refresh_token) {
             old.active = false;
         }

@@ -89,6 +89,7 @@ pub async fn open_refresh_token(
             user_id: &connection.user_id,
             record: &record,
             field: Field::RefreshToken,
+            version: connection.token_version,
         },
         connection.refresh_token.expect("a refresh token").as_bytes(),
     )
