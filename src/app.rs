@@ -132,6 +132,26 @@ pub async fn keyring_from_config(config: &Config, epochs: &[String]) -> Result<A
     Ok(Arc::new(keyring))
 }
 
+/// Applies pending migrations to the main database and, when it is separate,
+/// the key database; touches no key (`tokenvault migrate` needs no keyring, so
+/// the chart's migration Job needs no route to AWS KMS or the HSM).
+pub async fn migrate_databases(config: &Config) -> Result<&'static str, StartupError> {
+    let url = config
+        .database_url
+        .clone()
+        .ok_or_else(|| StartupError::Config("database_url is not set".to_owned()))?;
+    let sql = connect(&url, config).await?;
+    sql.migrate().await?;
+    if let Some(key_url) = &config.key_database_url {
+        let keys = connect(key_url, config).await?;
+        keys.migrate().await?;
+        keys.close().await;
+    }
+    let backend = sql.backend_name();
+    sql.close().await;
+    Ok(backend)
+}
+
 async fn connect(url: &SecretString, config: &Config) -> Result<SqlStore, StartupError> {
     let options = StoreOptions {
         max_connections: config.database.max_connections,

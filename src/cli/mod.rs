@@ -145,9 +145,9 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
             Ok(())
         }
         Action::Migrate => {
-            let app = App::build(config, clock, true).await?;
-            tracing::info!(backend = app.sql.backend_name(), "migrations applied");
-            println!("migrations applied ({})", app.sql.backend_name());
+            let backend = crate::app::migrate_databases(&config).await?;
+            tracing::info!(backend, "migrations applied");
+            println!("migrations applied ({backend})");
             Ok(())
         }
         Action::Retention { now, dry_run } => {

@@ -515,8 +515,13 @@ async fn two_processes_rotate_under_traffic_and_an_interrupted_rewrap_completes(
         .args(["keys", "run", "--now", &later])
         .output()
         .unwrap();
-    assert_eq!(refused.status.code(), Some(1), "a future --now needs --force");
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    let refusal = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "a future --now needs --force: {refusal}"
+    );
+    assert!(refusal.contains("--force"), "{refusal}");
     let ran = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvault"))
         .args(["--config"])
         .arg(&config_path)
