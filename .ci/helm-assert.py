@@ -7,6 +7,10 @@ objects fit together the way tokenvault needs them to:
 - no Secret is ever rendered (every secret comes from an existing Secret);
 - config.toml parses, holds only the keys the binary knows, no secret, and
   every file it names is mounted into the container that reads it;
+- the keyring is one tokenvault starts with: its [keys.kms] / [keys.pkcs11]
+  table matches keys.backend, KEK epochs fit in keys.shred_within_days, a
+  key file is never asked to rotate while it comes from a read-only mount,
+  and the key table shares the main database only with allow_shared_database;
 - server and migration pods are hardened, bounded, and get no API token;
 - the migration Job is a pre-install/pre-upgrade hook whose ConfigMap and
   ServiceAccount are hooks with a lower weight (they must exist before it);
@@ -34,7 +38,8 @@ KNOWN = {
     "tls": {"cert_file", "key_file", "client_ca_file"},
     "log": {"format", "level"},
     "database": {"max_connections", "run_migrations"},
-    "keys": {"file"},
+    "keys": {"backend", "file", "allow_shared_database", "rotate_every_days", "destroy_retired_after_days",
+             "shred_within_days", "epoch_check_seconds", "rewrap_per_second", "kms", "pkcs11"},
     "auth": {"api_keys_file"},
     "consent": {"allowed_return_origins"},
     "providers": None,  # catalog_file + one table per provider, checked below
@@ -42,6 +47,12 @@ KNOWN = {
     "lifecycle": {"purge_after_days", "audit_retention_days", "sweep_interval_seconds"},
 }
 TOP_LEVEL_SECRETS = {"database_url", "key_database_url"}
+# Sub-tables of [keys], one per keyring backend (secrets such as `inline` or
+# `pkcs11.pin` are left out on purpose: the chart must never render them).
+KEYRING_TABLES = {
+    "aws-kms": ("kms", {"key_id", "older_key_ids", "region", "endpoint_url", "deletion_pending_days"}),
+    "pkcs11": ("pkcs11", {"module", "token_label", "slot", "pin_file", "key_label", "older_key_labels", "max_sessions"}),
+}
 
 
 class Failed(Exception):
@@ -119,11 +130,60 @@ def check_config(c, cm_name, text, for_migration):
         c.ok(isinstance(p, dict) and "client_id" in p and "client_secret_file" in p,
              f"{cm_name}: [providers.{name}] needs client_id and client_secret_file")
         c.ok("client_secret" not in p, f"{cm_name}: [providers.{name}] holds a client secret in clear")
+    check_keys(c, cm_name, cfg["keys"])
     c.ok(cfg["database"]["run_migrations"] is False, f"{cm_name}: run_migrations must be false (the hook Job migrates)")
     c.ok(cfg["log"]["format"] in ("json", "pretty"), f"{cm_name}: bad log format")
     if for_migration:
         c.ok("tls" not in cfg, f"{cm_name}: the migration config must not need TLS files (cert-manager's Secret may not exist yet)")
     return cfg
+
+
+def check_keys(c, cm_name, keys):
+    """The [keys] section: what load.rs validate_keys / validate_epochs and setup.rs check_production demand."""
+    backend = keys.get("backend", "file")
+    c.ok(backend in ("file", "aws-kms", "pkcs11"), f"{cm_name}: unknown keys.backend {backend!r}")
+    c.ok("inline" not in keys and "active" not in keys, f"{cm_name}: [keys] must not carry inline keys or `active`")
+    c.ok(("file" in keys) == (backend == "file"), f"{cm_name}: keys.file must be set when, and only when, backend = \"file\"")
+    for other, (table, allowed) in KEYRING_TABLES.items():
+        if other != backend:
+            c.ok(table not in keys, f"{cm_name}: [keys.{table}] is set but keys.backend is {backend!r}")
+            continue
+        sub = keys.get(table)
+        c.ok(isinstance(sub, dict), f"{cm_name}: keys.backend = {backend!r} needs [keys.{table}]")
+        unknown = set(sub) - allowed
+        c.ok(not unknown, f"{cm_name}: unknown keys in [keys.{table}]: {sorted(unknown)}")
+    if backend == "aws-kms":
+        kms = keys["kms"]
+        c.ok(kms.get("key_id") and kms.get("region"), f"{cm_name}: [keys.kms] needs key_id and region")
+        c.ok(7 <= kms.get("deletion_pending_days", 7) <= 30, f"{cm_name}: keys.kms.deletion_pending_days outside 7..30")
+    if backend == "pkcs11":
+        hsm = keys["pkcs11"]
+        for field in ("module", "token_label", "key_label", "pin_file"):
+            c.ok(hsm.get(field), f"{cm_name}: [keys.pkcs11] needs {field}")
+        c.ok(hsm["module"].startswith("/"), f"{cm_name}: keys.pkcs11.module must be an absolute path")
+    # The chart always says how long epochs are: unset would mean 7 outside development.
+    c.ok("rotate_every_days" in keys, f"{cm_name}: keys.rotate_every_days must be explicit")
+    rotate = keys["rotate_every_days"]
+    if rotate > 0:
+        delay = keys["kms"].get("deletion_pending_days", 7) if backend == "aws-kms" else 0
+        window = rotate + keys.get("destroy_retired_after_days", 14) + delay
+        c.ok(keys.get("destroy_retired_after_days", 14) >= 1, f"{cm_name}: destroy_retired_after_days must be >= 1 with epochs")
+        c.ok(window <= keys.get("shred_within_days", 30),
+             f"{cm_name}: KEK epochs window {window} days exceeds shred_within_days {keys.get('shred_within_days', 30)}")
+
+
+def check_key_storage(c, where, ctr, volumes, keys):
+    """A key file that must rotate needs a writable mount; a shared key table needs the flag."""
+    env = {e["name"] for e in ctr.get("env", [])}
+    c.ok("TOKENVAULT_KEY_DATABASE_URL" in env or keys.get("allow_shared_database") is True,
+         f"{where}: the key table is in the main database but keys.allow_shared_database is not true (tokenvault refuses to start)")
+    if keys.get("backend", "file") == "file" and keys["rotate_every_days"] > 0:
+        path = keys["file"]
+        for m in ctr.get("volumeMounts", []):
+            if path.startswith(m["mountPath"].rstrip("/") + "/"):
+                vol = volumes[m["name"]]
+                c.ok(not m.get("readOnly") and not ({"secret", "configMap", "projected"} & vol.keys()),
+                     f"{where}: KEK epochs rewrite {path}, but it is mounted read-only (tokenvault refuses to start)")
 
 
 def check_pod(c, kind, name, spec, cfg):
@@ -165,6 +225,7 @@ def check_pod(c, kind, name, spec, cfg):
                     files = volume_files(vol)
                     found |= files is None or rel in files
             c.ok(found, f"{cwhere}: {path} (named in config.toml) is not mounted")
+        check_key_storage(c, cwhere, ctr, volumes, cfg["keys"])
         # Secrets come from Secrets, never from values rendered here.
         for v in volumes.values():
             if "secret" in v:

@@ -155,7 +155,7 @@ httpGet:
 
 {{- define "tokenvault.validate" -}}
 {{- $_ := required "database.existingSecret is required: name an existing Secret holding the PostgreSQL URL under the key database.urlKey (see README, \"Secrets\")" .Values.database.existingSecret }}
-{{- $_ = required "keys.existingSecret is required: name an existing Secret holding the key-encryption-key file under the key keys.key (see README, \"Secrets\")" .Values.keys.existingSecret }}
+{{- include "tokenvault.validateKeys" . }}
 {{- if .Values.tls.enabled }}
 {{- if and .Values.tls.certManager.enabled .Values.tls.existingSecret }}
 {{- fail "tls: set either tls.existingSecret or tls.certManager.enabled, not both" }}
@@ -186,6 +186,42 @@ httpGet:
 {{- end }}
 {{- if and .Values.preStop.sleepEnabled (semverCompare "<1.30-0" .Capabilities.KubeVersion.Version) }}
 {{- fail (printf "preStop.sleepEnabled needs Kubernetes >= 1.30 (lifecycle.preStop.sleep); this cluster is %s: set preStop.sleepEnabled=false" .Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The keyring, KEK epochs and the key table. tokenvault refuses each of these
+at start; the chart refuses them at render time, with what to set.
+*/}}
+{{- define "tokenvault.validateKeys" -}}
+{{- $k := .Values.keys }}
+{{- $rotate := int $k.rotateEveryDays }}
+{{- if eq $k.backend "file" }}
+{{- $_ := required "keys.existingSecret is required with keys.backend=file: name an existing Secret holding the key-encryption-key file under the key keys.key (see README, \"Secrets\"), or choose keys.backend=aws-kms or pkcs11" $k.existingSecret }}
+{{- if gt $rotate 0 }}
+{{- fail (printf "keys.backend=file with keys.rotateEveryDays=%d cannot work: the key file comes from the read-only Secret keys.existingSecret, so tokenvault cannot rotate it (KEK epochs add and remove keys in that file) and would refuse to start. Choose keys.backend=aws-kms (keys.kms.keyId, keys.kms.region) or keys.backend=pkcs11 (keys.pkcs11.*), whose keys tokenvault can create and destroy; or set keys.rotateEveryDays: 0, accepting that every backup keeps a deleted user's tokens readable for as long as the key-encryption key lives" $rotate) }}
+{{- end }}
+{{- else if eq $k.backend "aws-kms" }}
+{{- $_ := required "keys.kms.keyId is required with keys.backend=aws-kms: the active KMS key (key id, key ARN, alias/name or alias ARN)" $k.kms.keyId }}
+{{- $_ = required "keys.kms.region is required with keys.backend=aws-kms: the AWS region of the keys, e.g. eu-west-1" $k.kms.region }}
+{{- else if eq $k.backend "pkcs11" }}
+{{- $_ := required "keys.pkcs11.module is required with keys.backend=pkcs11: the path of the vendor's PKCS#11 library inside the container (add it to the image or mount it with extraVolumes)" $k.pkcs11.module }}
+{{- $_ = required "keys.pkcs11.tokenLabel is required with keys.backend=pkcs11: the label of the HSM token holding the keys" $k.pkcs11.tokenLabel }}
+{{- $_ = required "keys.pkcs11.keyLabel is required with keys.backend=pkcs11: the label of the active AES key object on the token" $k.pkcs11.keyLabel }}
+{{- $_ = required "keys.pkcs11.pinSecret.existingSecret is required with keys.backend=pkcs11: an existing Secret holding the token's user PIN under the key keys.pkcs11.pinSecret.key (mounted as keys.pkcs11.pin_file)" $k.pkcs11.pinSecret.existingSecret }}
+{{- end }}
+{{- if gt $rotate 0 }}
+{{- if lt (int $k.destroyRetiredAfterDays) 1 }}
+{{- fail "keys.destroyRetiredAfterDays must be at least 1 with KEK epochs (keys.rotateEveryDays > 0): a retired key is destroyed only after every data key was re-wrapped away from it" }}
+{{- end }}
+{{- $delay := ternary (int $k.kms.deletionPendingDays) 0 (eq $k.backend "aws-kms") }}
+{{- $window := add $rotate (int $k.destroyRetiredAfterDays) $delay }}
+{{- if gt $window (int $k.shredWithinDays) }}
+{{- fail (printf "KEK epochs would keep backups readable for up to %d days after a token's data key is destroyed: keys.rotateEveryDays (%d) + keys.destroyRetiredAfterDays (%d)%s must be at most keys.shredWithinDays (%d); shorten the epochs or the retention of retired keys, or raise keys.shredWithinDays if that is the promise you make" $window $rotate (int $k.destroyRetiredAfterDays) (ternary (printf " + keys.kms.deletionPendingDays (%d)" $delay) "" (eq $k.backend "aws-kms")) (int $k.shredWithinDays)) }}
+{{- end }}
+{{- end }}
+{{- if and (not .Values.database.keyDatabase.enabled) (not $k.allowSharedDatabase) }}
+{{- fail "the key table would be in the main database (database.keyDatabase.enabled is false): every backup of that database then holds both the wrapped data keys and the ciphertexts they open, so a deleted user's tokens stay readable from any backup while the key-encryption key lives, and tokenvault refuses to start that way. Set database.keyDatabase.enabled: true with a separate database whose backups expire within the deletion window (database.keyDatabase.existingSecret/urlKey), or accept the risk with keys.allowSharedDatabase: true" }}
 {{- end }}
 {{- end }}
 
@@ -238,9 +274,39 @@ max_connections = {{ int64 $v.database.maxConnections }}
 run_migrations = false
 
 [keys]
+{{- $k := $v.keys }}
+backend = {{ $k.backend | toJson }}
+{{- if eq $k.backend "file" }}
 file = "/etc/tokenvault/keys/keys.toml"
-{{- if and $v.keys.allowSharedDatabase (not $v.database.keyDatabase.enabled) }}
+{{- end }}
+rotate_every_days = {{ int64 $k.rotateEveryDays }}
+destroy_retired_after_days = {{ int64 $k.destroyRetiredAfterDays }}
+shred_within_days = {{ int64 $k.shredWithinDays }}
+{{- if and $k.allowSharedDatabase (not $v.database.keyDatabase.enabled) }}
 allow_shared_database = true
+{{- end }}
+{{- if eq $k.backend "aws-kms" }}
+
+[keys.kms]
+key_id = {{ $k.kms.keyId | toJson }}
+region = {{ $k.kms.region | toJson }}
+{{- with $k.kms.olderKeyIds }}
+older_key_ids = {{ toJson . }}
+{{- end }}
+{{- with $k.kms.endpointUrl }}
+endpoint_url = {{ toJson . }}
+{{- end }}
+deletion_pending_days = {{ int64 $k.kms.deletionPendingDays }}
+{{- else if eq $k.backend "pkcs11" }}
+
+[keys.pkcs11]
+module = {{ $k.pkcs11.module | toJson }}
+token_label = {{ $k.pkcs11.tokenLabel | toJson }}
+pin_file = "/etc/tokenvault/pkcs11/pin"
+key_label = {{ $k.pkcs11.keyLabel | toJson }}
+{{- with $k.pkcs11.olderKeyLabels }}
+older_key_labels = {{ toJson . }}
+{{- end }}
 {{- end }}
 {{- if $v.auth.apiKeys.existingSecret }}
 
@@ -320,9 +386,15 @@ sweep_interval_seconds = {{ int64 $v.lifecycle.sweepIntervalSeconds }}
   mountPath: /etc/tokenvault/catalog
   readOnly: true
 {{- end }}
+{{- if eq $v.keys.backend "file" }}
 - name: keys
   mountPath: /etc/tokenvault/keys
   readOnly: true
+{{- else if eq $v.keys.backend "pkcs11" }}
+- name: pkcs11-pin
+  mountPath: /etc/tokenvault/pkcs11
+  readOnly: true
+{{- end }}
 {{- if $v.auth.apiKeys.existingSecret }}
 - name: api-keys
   mountPath: /etc/tokenvault/auth
@@ -362,6 +434,7 @@ sweep_interval_seconds = {{ int64 $v.lifecycle.sweepIntervalSeconds }}
       - key: {{ ternary $v.providerCatalog.key "providers.toml" (not (empty $v.providerCatalog.existingConfigMap)) }}
         path: providers.toml
 {{- end }}
+{{- if eq $v.keys.backend "file" }}
 - name: keys
   secret:
     secretName: {{ $v.keys.existingSecret }}
@@ -369,6 +442,15 @@ sweep_interval_seconds = {{ int64 $v.lifecycle.sweepIntervalSeconds }}
     items:
       - key: {{ $v.keys.key }}
         path: keys.toml
+{{- else if eq $v.keys.backend "pkcs11" }}
+- name: pkcs11-pin
+  secret:
+    secretName: {{ $v.keys.pkcs11.pinSecret.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $v.keys.pkcs11.pinSecret.key }}
+        path: pin
+{{- end }}
 {{- if $v.auth.apiKeys.existingSecret }}
 - name: api-keys
   secret:
