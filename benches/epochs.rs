@@ -19,7 +19,7 @@ use sqlx::Connection;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokenvault::clock::SystemClock;
-use tokenvault::store::{SqlStore, StoreOptions};
+use tokenvault::store::{SqlStore, Store, StoreOptions};
 use tokenvault::vault::{EpochPolicy, Keyring, LocalKeyring, Vault};
 use uuid::Uuid;
 
