@@ -41,6 +41,10 @@ impl From<VaultError> for Status {
                 tracing::warn!(%error, "key service unavailable");
                 Status::unavailable(format!("{error}; cached tokens are still served, retry later"))
             }
+            VaultError::EpochBehind(_) => {
+                tracing::error!(%error, "new data key refused: the current KEK epoch does not load on this replica");
+                Status::unavailable(format!("{error}; retry later (another replica may serve it)"))
+            }
             VaultError::KmsRefused(_) => {
                 tracing::error!(%error, "key service refused a data-key operation");
                 Status::failed_precondition(format!(

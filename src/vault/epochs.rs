@@ -121,11 +121,14 @@ impl Vault {
         for epoch in epochs.iter().filter(|e| e.destroyed_at.is_none()) {
             if let Err(error) = self.keyring.load_key(&epoch.kek_id).await {
                 if epoch.retired_at.is_none() {
+                    // Wrapping on under the retired key would lose those data keys when it is destroyed.
+                    *self.behind.lock().unwrap_or_else(|p| p.into_inner()) = Some(epoch.kek_id.clone());
                     return Err(error);
                 }
                 tracing::warn!(kek = %epoch.kek_id, %error, "a retired KEK epoch cannot be loaded; data keys it still wraps do not open here");
             }
         }
+        *self.behind.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(current) = current_epoch(&epochs) {
             if self.keyring.active_id() != current.kek_id {
                 self.keyring.activate(&current.kek_id)?;

@@ -53,6 +53,10 @@ pub enum VaultError {
     /// The key service refused: access denied, key disabled, pending deletion or not found.
     #[error("the key service (AWS KMS) refused: {0}")]
     KmsRefused(String),
+    /// This replica cannot use the current KEK epoch (its key did not load):
+    /// new data keys are refused rather than wrapped under a key due for destruction.
+    #[error("this replica cannot use the current key-encryption key epoch `{0}`; new data keys wait until it loads")]
+    EpochBehind(String),
     /// The cipher refused (should not happen).
     #[error("cryptographic failure: {0}")]
     Crypto(&'static str),
@@ -92,6 +96,8 @@ pub struct Vault {
     clock: SharedClock,
     /// How KEK epochs run (see [`epochs`]).
     epochs: EpochPolicy,
+    /// The current epoch's KEK when this replica could not load it (new data keys are refused meanwhile).
+    behind: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -125,6 +131,7 @@ impl Vault {
                 .build(),
             clock,
             epochs: EpochPolicy::default(),
+            behind: Arc::default(),
         }
     }
 
@@ -141,6 +148,9 @@ impl Vault {
 
     /// Creates, wraps and stores a new data key.
     pub async fn create_data_key(&self) -> Result<Arc<DataKey>, VaultError> {
+        if let Some(kek) = self.behind.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(VaultError::EpochBehind(kek));
+        }
         let (key, bytes) = DataKey::generate();
         let (kek_id, wrapped) = self.keyring.wrap(key.id(), &bytes).await?;
         drop(bytes);

@@ -218,6 +218,49 @@ on_both!(
     destruction_waits_for_the_rewrap
 );
 
+/// A replica that cannot load the current epoch's key (its key file is not
+/// the shared one) refuses new data keys with UNAVAILABLE instead of wrapping
+/// them under a retired key that will be destroyed; once the key loads, it serves again.
+async fn a_replica_behind_the_epoch_refuses_new_data_keys(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = key_file(dir.path());
+    let with = server_with_epochs(backend, &path, None).await;
+    let app = with.server.app();
+    app.vault.epoch_pass(with.server.clock.now()).await.unwrap().unwrap();
+    // Another host's copy of the key file, taken before the next epoch.
+    let copy = dir.path().join("copy.toml");
+    std::fs::copy(&path, &copy).unwrap();
+    let new = app.vault.start_epoch(with.server.clock.now()).await.unwrap();
+    let behind = Vault::new(
+        Arc::new(LocalKeyring::from_file(&copy, None).unwrap()),
+        Arc::new(app.key_sql.clone()),
+        Arc::new(SystemClock),
+        10,
+        Duration::from_secs(60),
+    );
+    let error = behind.sync_epochs().await.unwrap_err();
+    assert!(
+        matches!(error, VaultError::UnknownKek(ref kek) if *kek == new),
+        "{error}"
+    );
+    let error = behind.create_data_key().await.unwrap_err();
+    assert!(
+        matches!(error, VaultError::EpochBehind(ref kek) if *kek == new),
+        "{error}"
+    );
+    assert_eq!(tonic::Status::from(error).code(), tonic::Code::Unavailable);
+    // The key file catches up: the replica adopts the epoch and wraps under it.
+    std::fs::copy(&path, &copy).unwrap();
+    behind.sync_epochs().await.unwrap();
+    let key = behind.create_data_key().await.unwrap();
+    assert_eq!(app.key_sql.data_key(key.id()).await.unwrap().unwrap().kek_id, new);
+    with.stop().await;
+}
+on_both!(
+    a_replica_that_cannot_load_the_current_epoch_refuses_new_data_keys,
+    a_replica_behind_the_epoch_refuses_new_data_keys
+);
+
 /// A database backup: PostgreSQL `pg_dump`/`pg_restore` into a fresh
 /// database, or SQLite `VACUUM INTO` a new file. Returns the restored copy.
 async fn backup(db_url: &str, backend: Backend, dir: &Path, name: &str) -> TestDb {
