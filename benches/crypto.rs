@@ -79,7 +79,7 @@ fn try_unwrap_data_key(c: &mut Criterion) -> Result<(), VaultError> {
     let keyring = LocalKeyring::new(vec![("kek-1".to_owned(), kek)], "kek-1")?;
     let mut group = c.benchmark_group("data_key");
     bench_keyring(&mut group, &runtime, "file", &keyring)?;
-    if moto_available() {
+    if moto::Moto::available() {
         let server = moto::Moto::start();
         let kms = runtime.block_on(async {
             let arn = server.create_key().await;
@@ -95,16 +95,6 @@ fn try_unwrap_data_key(c: &mut Criterion) -> Result<(), VaultError> {
     }
     group.finish();
     Ok(())
-}
-
-/// Whether `moto_server` can be run.
-fn moto_available() -> bool {
-    std::process::Command::new("moto_server")
-        .arg("--help")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, VaultError> {

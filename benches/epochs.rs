@@ -118,15 +118,6 @@ async fn measure(name: &str, keyring: Arc<dyn Keyring>, count: usize) {
     drop_database(&admin, &url).await;
 }
 
-fn moto_available() -> bool {
-    std::process::Command::new("moto_server")
-        .arg("--help")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn main() {
     let keys = arg("--keys", 100_000);
     let kms_keys = arg("--kms-keys", 10_000);
@@ -139,7 +130,7 @@ fn main() {
         let path = dir.path().join("keys.toml");
         std::fs::write(&path, LocalKeyring::generate_file_text("k1").as_bytes()).unwrap();
         measure("file", Arc::new(LocalKeyring::from_file(&path, None).unwrap()), keys).await;
-        if moto_available() {
+        if moto::Moto::available() {
             let server = moto::Moto::start();
             let arn = server.create_key().await;
             let config = server.keys_config(&arn, &[]);

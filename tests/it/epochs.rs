@@ -32,6 +32,18 @@ fn key_file(dir: &Path) -> PathBuf {
     path
 }
 
+/// A vault of its own over `path` (another replica's view, or a backup's
+/// reader) and the key table `keys`; `active` overrides the file's.
+fn file_vault(path: &Path, active: Option<&str>, keys: SqlStore) -> Vault {
+    Vault::new(
+        Arc::new(LocalKeyring::from_file(path, active).unwrap()),
+        Arc::new(keys),
+        Arc::new(SystemClock),
+        10,
+        Duration::from_secs(60),
+    )
+}
+
 /// The key ids the key file holds now.
 fn file_key_ids(path: &Path) -> Vec<String> {
     LocalKeyring::from_file(path, None)
@@ -163,13 +175,7 @@ async fn destruction_waits_for_the_rewrap(backend: Backend) {
     let second = vault.start_epoch(clock.now()).await.unwrap();
     assert!(vault.epoch_pass(clock.now()).await.unwrap().unwrap().rewrapped > 0);
     // A replica that has not yet adopted the new epoch still wraps under k1.
-    let stale = Vault::new(
-        Arc::new(LocalKeyring::from_file(&path, Some("k1")).unwrap()),
-        Arc::new(app.key_sql.clone()),
-        Arc::new(SystemClock),
-        10,
-        Duration::from_secs(60),
-    );
+    let stale = file_vault(&path, Some("k1"), app.key_sql.clone());
     let late = stale.create_data_key().await.unwrap();
     // And one key under k1 that cannot be re-wrapped (its wrapping was damaged).
     let damaged = uuid::Uuid::new_v4();
@@ -231,13 +237,7 @@ async fn a_replica_behind_the_epoch_refuses_new_data_keys(backend: Backend) {
     let copy = dir.path().join("copy.toml");
     std::fs::copy(&path, &copy).unwrap();
     let new = app.vault.start_epoch(with.server.clock.now()).await.unwrap();
-    let behind = Vault::new(
-        Arc::new(LocalKeyring::from_file(&copy, None).unwrap()),
-        Arc::new(app.key_sql.clone()),
-        Arc::new(SystemClock),
-        10,
-        Duration::from_secs(60),
-    );
+    let behind = file_vault(&copy, None, app.key_sql.clone());
     let error = behind.sync_epochs().await.unwrap_err();
     assert!(
         matches!(error, VaultError::UnknownKek(ref kek) if *kek == new),
@@ -324,14 +324,7 @@ impl Backup {
         let keys = SqlStore::connect(&self.keys.url, &StoreOptions::default())
             .await
             .unwrap();
-        let vault = Vault::new(
-            Arc::new(LocalKeyring::from_file(key_file, None).unwrap()),
-            Arc::new(keys),
-            Arc::new(SystemClock),
-            10,
-            Duration::from_secs(60),
-        )
-        .with_epochs(EpochPolicy::default());
+        let vault = file_vault(key_file, None, keys).with_epochs(EpochPolicy::default());
         let store: &dyn Store = &main;
         open_refresh_token(store, &vault, connection_id.parse().unwrap())
             .await
@@ -436,13 +429,7 @@ async fn two_processes_rotate_under_traffic_and_an_interrupted_rewrap_completes(
     let db = with.into_db().await;
     // Enough data keys that the re-wrap takes a while: 3,000 more, under k1.
     let keys = SqlStore::connect(&db.url, &StoreOptions::default()).await.unwrap();
-    let seeding = Vault::new(
-        Arc::new(LocalKeyring::from_file(&path, None).unwrap()),
-        Arc::new(keys.clone()),
-        Arc::new(SystemClock),
-        10,
-        Duration::from_secs(60),
-    );
+    let seeding = file_vault(&path, None, keys.clone());
     for _ in 0..3000 {
         seeding.create_data_key().await.unwrap();
     }

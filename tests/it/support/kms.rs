@@ -17,6 +17,16 @@ pub struct Moto {
 }
 
 impl Moto {
+    /// Whether `moto_server` can be run (the benches measure AWS KMS only then).
+    pub fn available() -> bool {
+        Command::new("moto_server")
+            .arg("--help")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// Starts `moto_server` on a free loopback port and waits until it answers.
     pub fn start() -> Self {
         // moto accepts any credentials; the SDK's environment provider reads these.
