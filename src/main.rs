@@ -32,6 +32,9 @@ enum Command {
         /// Count what would be purged; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Accept a --now in the future without --dry-run (it purges before purge_at).
+        #[arg(long)]
+        force: bool,
     },
     /// Key-encryption key operations.
     Keys {
@@ -105,7 +108,7 @@ fn into_action(command: Command) -> tokenvault::cli::Action {
     match command {
         Command::Serve { no_migrate } => Action::Serve { migrate: !no_migrate },
         Command::Migrate => Action::Migrate,
-        Command::Retention { now, dry_run } => Action::Retention { now, dry_run },
+        Command::Retention { now, dry_run, force } => Action::Retention { now, dry_run, force },
         Command::Keys { command } => match command {
             KeysCommand::Rotate => Action::KeysRotate,
             KeysCommand::Generate { id } => Action::KeysGenerate { id },

@@ -70,7 +70,8 @@ impl Authenticator {
                         tracing::warn!(%peer, "authentication failures over the limit; refusing this peer for a while");
                     }
                 }
-                tracing::info!(peer = ?peer, reason, "authentication failed");
+                let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+                tracing::info!(%peer, reason, "authentication failed");
                 return Err(Status::unauthenticated(match reason {
                     "missing" => "missing credentials: send `authorization: Bearer <api key>`",
                     "malformed" => "malformed authorization header: expected `Bearer <api key>`",

@@ -6,12 +6,12 @@ use crate::vault::{EpochReport, KeyStatus, VaultError};
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::fmt::Write as _;
 
-/// Refuses a `--now` in the future without `--force`: a pass then destroys keys before they are due.
-pub(super) fn check_future_now(now: Option<DateTime<Utc>>, force: bool) -> Result<(), CliError> {
+/// Refuses a `--now` in the future without `--force`: a pass at that time `consequence`.
+pub(super) fn check_future_now(now: Option<DateTime<Utc>>, force: bool, consequence: &str) -> Result<(), CliError> {
     match now {
         Some(at) if at > Utc::now() && !force => Err(CliError::Other(format!(
-            "--now {} is in the future: a pass at that time destroys retired keys before they are due \
-             (backups taken since become unreadable early); add --force if that is what you want",
+            "--now {} is in the future: a pass at that time {consequence}; add --force if that is what you want \
+             (or --dry-run to count only, where the command has it)",
             at.to_rfc3339_opts(SecondsFormat::Secs, true)
         ))),
         _ => Ok(()),

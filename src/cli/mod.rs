@@ -26,6 +26,8 @@ pub enum Action {
         now: Option<String>,
         /// Count only.
         dry_run: bool,
+        /// Accept a future `now` without `dry_run`.
+        force: bool,
     },
     /// `keys rotate`.
     KeysRotate,
@@ -150,8 +152,15 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
             println!("migrations applied ({backend})");
             Ok(())
         }
-        Action::Retention { now, dry_run } => {
+        Action::Retention { now, dry_run, force } => {
             let now = parse_now(now.as_deref())?;
+            if !dry_run {
+                keys::check_future_now(
+                    now,
+                    force,
+                    "purges users, connections and data keys before they are due",
+                )?;
+            }
             let app = App::build(config, clock, false).await?;
             let result = app.sweeper.run_once(now, dry_run).await;
             app.audit.shutdown().await;
@@ -215,7 +224,11 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
         }
         Action::KeysRun { now, force } => {
             let now = parse_now(now.as_deref())?;
-            keys::check_future_now(now, force)?;
+            keys::check_future_now(
+                now,
+                force,
+                "destroys retired keys before they are due (backups taken since become unreadable early)",
+            )?;
             let app = App::build(config, clock, false).await?;
             let at = now.unwrap_or_else(|| app.clock.now());
             let result = app.vault.epoch_pass(at).await;
@@ -268,14 +281,16 @@ fn api_key_create(name: &str, roles: &[String], tenants: &[String]) -> Result<()
     let key = crate::auth::generate_api_key();
     let hash = crate::auth::hash_api_key(key.expose_secret());
     let quote = |items: &[String]| items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
-    eprintln!("# The key is shown once. Give it to the caller; store only the entry below.");
-    println!("{}", key.expose_secret());
-    eprintln!();
-    eprintln!(
-        "[[api_keys]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nroles = [{}]\ntenants = [{}]",
+    let fields = format!(
+        "name = \"{name}\"\nsha256 = \"{hash}\"\nroles = [{}]\ntenants = [{}]",
         quote(roles),
         quote(tenants)
     );
+    eprintln!("# The key is shown once. Give it to the caller; store only one of the entries below.");
+    println!("{}", key.expose_secret());
+    eprintln!();
+    eprintln!("# In the API keys file (auth.api_keys_file):\n[[api_keys]]\n{fields}\n");
+    eprintln!("# Or in the main configuration file:\n[[auth.api_keys]]\n{fields}");
     Ok(())
 }
 

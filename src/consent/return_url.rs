@@ -67,9 +67,12 @@ impl ReturnUrlPolicy {
         if self.origins.contains(&candidate) {
             Ok(url)
         } else {
+            // The port is part of the origin: name it whenever the URL gave one.
+            let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
             Err(format!(
-                "return_url origin {}://{} is not in consent.allowed_return_origins",
-                candidate.scheme, candidate.host
+                "return_url origin {}://{}{port} is not in consent.allowed_return_origins",
+                candidate.scheme,
+                url.host_str().unwrap_or_default()
             ))
         }
     }
@@ -106,5 +109,14 @@ mod tests {
         ] {
             assert!(policy.check(bad).is_err(), "{bad} must be refused");
         }
+    }
+
+    #[test]
+    fn a_refusal_names_the_whole_origin_port_included() {
+        let policy = ReturnUrlPolicy::new(&["http://localhost:3000".to_owned()]).unwrap();
+        let error = policy.check("http://localhost:8080/done").unwrap_err();
+        assert!(error.contains("http://localhost:8080 is not in"), "{error}");
+        let error = policy.check("https://app.example.com/x").unwrap_err();
+        assert!(error.contains("https://app.example.com is not in"), "{error}");
     }
 }

@@ -401,7 +401,7 @@ async fn cli_exit_status_says_what_failed() {
     let config_file = dir.path().join("tokenvault.toml");
     std::fs::write(&config_file, config).unwrap();
     let later = (chrono::Utc::now() + chrono::Duration::days(31)).to_rfc3339();
-    let run = move || {
+    let run_with = move |force: bool| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvault"));
         // The binary reads every `TOKENVAULT_*` variable as configuration (such as `TOKENVAULT_TEST_PG`).
         for (variable, _) in std::env::vars_os() {
@@ -413,9 +413,24 @@ async fn cli_exit_status_says_what_failed() {
             .arg("--config")
             .arg(&config_file)
             .args(["retention", "--now", &later])
+            .args(force.then_some("--force"))
             .output()
             .unwrap()
     };
+    // A future --now without --dry-run purges before purge_at: refused unless --force says so.
+    let refused = tokio::task::spawn_blocking({
+        let run_with = run_with.clone();
+        move || run_with(false)
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is in the future") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    let run = move || run_with(true);
     let first = tokio::task::spawn_blocking(run.clone()).await.unwrap();
     let stdout = String::from_utf8_lossy(&first.stdout);
     let stderr = String::from_utf8_lossy(&first.stderr);
