@@ -539,12 +539,7 @@ async fn two_processes_rotate_under_traffic_and_an_interrupted_rewrap_completes(
     )
     .unwrap();
     let later = (chrono::Utc::now() + Days::days(15)).to_rfc3339();
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvault"))
-        .args(["--config"])
-        .arg(&config_path)
-        .args(["keys", "run", "--now", &later])
-        .output()
-        .unwrap();
+    let refused = tokenvault_cli(&config_path, &["keys", "run", "--now", &later]);
     let refusal = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(
         refused.status.code(),
@@ -552,22 +547,12 @@ async fn two_processes_rotate_under_traffic_and_an_interrupted_rewrap_completes(
         "a future --now needs --force: {refusal}"
     );
     assert!(refusal.contains("--force"), "{refusal}");
-    let ran = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvault"))
-        .args(["--config"])
-        .arg(&config_path)
-        .args(["keys", "run", "--force", "--now", &later])
-        .output()
-        .unwrap();
+    let ran = tokenvault_cli(&config_path, &["keys", "run", "--force", "--now", &later]);
     let out = String::from_utf8_lossy(&ran.stdout);
     assert!(ran.status.success(), "{out}{}", String::from_utf8_lossy(&ran.stderr));
     assert!(out.contains("destroyed retired key: k1"), "{out}");
     assert!(!file_key_ids(&path).contains(&"k1".to_owned()));
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvault"))
-        .args(["--config"])
-        .arg(&config_path)
-        .args(["keys", "status"])
-        .output()
-        .unwrap();
+    let status = tokenvault_cli(&config_path, &["keys", "status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{text}");
     assert!(text.contains("k1") && text.contains("destroyed"), "{text}");
@@ -588,4 +573,14 @@ async fn two_processes_rotate_under_traffic_and_an_interrupted_rewrap_completes(
             .unwrap_or_else(|e| panic!("{id}: {e:?}"));
     }
     second.stop();
+}
+
+/// `tokenvault --config <config> <args>`, as an operator runs it, without the test's `TOKENVAULT_*` variables.
+fn tokenvault_cli(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    tokenvault_testkit::server_process::clean_command(std::path::Path::new(env!("CARGO_BIN_EXE_tokenvault")))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
 }

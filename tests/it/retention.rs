@@ -402,13 +402,8 @@ async fn cli_exit_status_says_what_failed() {
     std::fs::write(&config_file, config).unwrap();
     let later = (chrono::Utc::now() + chrono::Duration::days(31)).to_rfc3339();
     let run_with = move |force: bool| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvault"));
-        // The binary reads every `TOKENVAULT_*` variable as configuration (such as `TOKENVAULT_TEST_PG`).
-        for (variable, _) in std::env::vars_os() {
-            if variable.to_string_lossy().starts_with("TOKENVAULT_") {
-                command.env_remove(&variable);
-            }
-        }
+        let mut command =
+            tokenvault_testkit::server_process::clean_command(std::path::Path::new(env!("CARGO_BIN_EXE_tokenvault")));
         command
             .arg("--config")
             .arg(&config_file)

@@ -31,18 +31,11 @@ fn agent_key_entry() -> String {
 fn run(dir: &Path, config: &str, args: &[&str]) -> Output {
     let path = dir.join("tokenvault.toml");
     std::fs::write(&path, config).unwrap();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvault"));
-    for (variable, _) in std::env::vars_os() {
-        if variable.to_string_lossy().starts_with("TOKENVAULT_") {
-            command.env_remove(&variable);
-        }
-    }
-    command
+    tokenvault_testkit::server_process::clean_command(Path::new(env!("CARGO_BIN_EXE_tokenvault")))
         .current_dir(dir)
         .arg("--config")
         .arg(&path)
         .args(args)
-        .env_remove("RUST_LOG")
         .output()
         .unwrap()
 }

@@ -21,6 +21,21 @@ use tonic_health::pb::HealthCheckRequest;
 /// How long a server may take to answer its first health check.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A command for the `tokenvault` binary at `binary` that inherits none of
+/// the caller's `TOKENVAULT_*` variables (the binary reads each as
+/// configuration, and a test's own, such as `TOKENVAULT_TEST_PG`, would be
+/// refused as an unknown field) and no `RUST_LOG`.
+pub fn clean_command(binary: &Path) -> Command {
+    let mut command = Command::new(binary);
+    for (variable, _) in std::env::vars_os() {
+        if variable.to_string_lossy().starts_with("TOKENVAULT_") {
+            command.env_remove(&variable);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    command
+}
+
 /// Why a server process did not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -128,18 +143,9 @@ impl ServerProcess {
         std::fs::write(&config_path, config(grpc, http)).map_err(io_error("write the server configuration"))?;
         let log = dir.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log).map_err(io_error("create the server log"))?;
-        let mut command = Command::new(binary);
-        // The server reads every `TOKENVAULT_*` variable as configuration; the
-        // caller's own (such as `TOKENVAULT_TEST_PG`) must not reach it.
-        for (variable, _) in std::env::vars_os() {
-            if variable.to_string_lossy().starts_with("TOKENVAULT_") {
-                command.env_remove(&variable);
-            }
-        }
-        let child = command
+        let child = clean_command(binary)
             .args(["serve", "--config"])
             .arg(&config_path)
-            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
