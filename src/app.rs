@@ -13,7 +13,7 @@ use crate::lifecycle::{Handover, Lifecycle, OutboxWorker, Sweeper};
 use crate::provider::{ProviderHttp, Providers};
 use crate::store::{KeyStore, SqlStore, Store, StoreError, StoreOptions};
 use crate::telemetry::Metrics;
-use crate::vault::{EpochPolicy, Keyring, KmsKeyring, LocalKeyring, Vault, VaultError};
+use crate::vault::{EpochPolicy, Keyring, KmsKeyring, LocalKeyring, Pkcs11Keyring, Vault, VaultError};
 use secrecy::SecretString;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -111,6 +111,27 @@ pub async fn keyring_from_config(config: &Config, epochs: &[String]) -> Result<A
         );
         return Ok(Arc::new(keyring));
     }
+    if config.keys.backend == KeysBackend::Pkcs11 {
+        let hsm = config
+            .keys
+            .pkcs11
+            .as_ref()
+            .ok_or_else(|| StartupError::Config("keys.backend = \"pkcs11\" needs [keys.pkcs11]".to_owned()))?;
+        let keyring = Pkcs11Keyring::connect(hsm, epochs).await.map_err(|error| match error {
+            VaultError::HsmUnavailable(reason) => StartupError::Config(format!(
+                "cannot check the PKCS#11 key `{}` on token `{}`: the HSM is unavailable: {reason}",
+                hsm.key_label, hsm.token_label
+            )),
+            other => StartupError::Vault(other),
+        })?;
+        tracing::info!(
+            token = %hsm.token_label,
+            active = %keyring.active_id(),
+            keys = keyring.ids().len(),
+            "key-encryption keys in a PKCS#11 token"
+        );
+        return Ok(Arc::new(keyring));
+    }
     let active = config.keys.active.as_deref();
     let keyring = match (&config.keys.file, &config.keys.inline) {
         (Some(path), None) => LocalKeyring::from_file(path, active)?,
@@ -122,7 +143,7 @@ pub async fn keyring_from_config(config: &Config, epochs: &[String]) -> Result<A
         }
         (None, None) => {
             return Err(StartupError::Config(
-                "no key-encryption keys: set keys.file or keys.inline (TOKENVAULT_KEYS__INLINE), or keys.backend = \"aws-kms\"".to_owned(),
+                "no key-encryption keys: set keys.file or keys.inline (TOKENVAULT_KEYS__INLINE), or keys.backend = \"aws-kms\" or \"pkcs11\"".to_owned(),
             ));
         }
     };

@@ -71,6 +71,8 @@ enum KeysCommand {
     },
     /// Shows the KEK epochs, what each still wraps, and when backups taken now stop opening tokens.
     Status,
+    /// Creates the AES key keys.pkcs11.key_label on the PKCS#11 token unless it is there (backend pkcs11).
+    InitHsm,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +115,7 @@ fn into_action(command: Command) -> tokenvault::cli::Action {
             KeysCommand::Rotate => Action::KeysRotate,
             KeysCommand::Generate { id } => Action::KeysGenerate { id },
             KeysCommand::Status => Action::KeysStatus,
+            KeysCommand::InitHsm => Action::KeysInitHsm,
             KeysCommand::Run { now, force } => Action::KeysRun { now, force },
         },
         Command::ApiKey { command } => match command {

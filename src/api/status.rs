@@ -37,7 +37,7 @@ impl From<VaultError> for Status {
                     "a stored secret failed its integrity check (reference {reference}); the platform must re-consent"
                 ))
             }
-            VaultError::KmsUnavailable(_) => {
+            VaultError::KmsUnavailable(_) | VaultError::HsmUnavailable(_) => {
                 tracing::warn!(%error, "key service unavailable");
                 Status::unavailable(format!("{error}; cached tokens are still served, retry later"))
             }

@@ -38,6 +38,8 @@ pub enum Action {
     },
     /// `keys status`.
     KeysStatus,
+    /// `keys init-hsm`.
+    KeysInitHsm,
     /// `keys run`.
     KeysRun {
         /// RFC 3339 time to use as now.
@@ -234,6 +236,28 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
             let result = app.vault.epoch_pass(at).await;
             app.audit.shutdown().await;
             keys::report_pass(result)
+        }
+        Action::KeysInitHsm => {
+            let hsm = match (config.keys.backend, &config.keys.pkcs11) {
+                (config::KeysBackend::Pkcs11, Some(hsm)) => hsm,
+                _ => {
+                    return Err(CliError::Other(
+                        "keys init-hsm needs keys.backend = \"pkcs11\" with [keys.pkcs11]".to_owned(),
+                    ))
+                }
+            };
+            let created = crate::vault::Pkcs11Keyring::create_configured_key(hsm)
+                .await
+                .map_err(|e| CliError::Other(format!("keys init-hsm: {e}")))?;
+            if created {
+                println!(
+                    "created AES-256 key `{}` on token `{}` (sensitive, not extractable)",
+                    hsm.key_label, hsm.token_label
+                );
+            } else {
+                println!("key `{}` is already on token `{}`", hsm.key_label, hsm.token_label);
+            }
+            Ok(())
         }
         Action::CheckConfig => {
             crate::app::keyring_from_config(&config, &[]).await?;

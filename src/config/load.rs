@@ -205,28 +205,63 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 }
 
 fn validate_keys(keys: &super::KeysConfig, problems: &mut Vec<String>) {
-    match (keys.backend, &keys.kms) {
-        (super::KeysBackend::AwsKms, None) => {
-            problems.push("keys.backend = \"aws-kms\" needs [keys.kms] with key_id and region".to_owned());
-        }
-        (super::KeysBackend::AwsKms, Some(kms)) => {
-            if keys.file.is_some() || keys.inline.is_some() || keys.active.is_some() {
-                problems.push(
-                    "keys.file, keys.inline and keys.active belong to backend = \"file\"; with aws-kms set keys.kms.key_id"
-                        .to_owned(),
-                );
+    use super::KeysBackend;
+    let file_fields = keys.file.is_some() || keys.inline.is_some() || keys.active.is_some();
+    match keys.backend {
+        KeysBackend::AwsKms => match &keys.kms {
+            None => problems.push("keys.backend = \"aws-kms\" needs [keys.kms] with key_id and region".to_owned()),
+            Some(kms) => {
+                if file_fields {
+                    problems.push(
+                        "keys.file, keys.inline and keys.active belong to backend = \"file\"; with aws-kms set keys.kms.key_id"
+                            .to_owned(),
+                    );
+                }
+                if kms.key_id.trim().is_empty() || kms.older_key_ids.iter().any(|id| id.trim().is_empty()) {
+                    problems.push("keys.kms.key_id and keys.kms.older_key_ids must not be empty".to_owned());
+                }
+                if kms.region.trim().is_empty() {
+                    problems.push("keys.kms.region must be set (for example \"eu-west-1\")".to_owned());
+                }
             }
-            if kms.key_id.trim().is_empty() || kms.older_key_ids.iter().any(|id| id.trim().is_empty()) {
-                problems.push("keys.kms.key_id and keys.kms.older_key_ids must not be empty".to_owned());
+        },
+        KeysBackend::Pkcs11 => match &keys.pkcs11 {
+            None => problems.push(
+                "keys.backend = \"pkcs11\" needs [keys.pkcs11] with module, token_label, pin_file and key_label"
+                    .to_owned(),
+            ),
+            Some(hsm) => {
+                if file_fields {
+                    problems.push(
+                        "keys.file, keys.inline and keys.active belong to backend = \"file\"; with pkcs11 set keys.pkcs11.key_label"
+                            .to_owned(),
+                    );
+                }
+                if !hsm.module.is_absolute() {
+                    problems.push(format!(
+                        "keys.pkcs11.module must be the absolute path of the PKCS#11 library (got {})",
+                        hsm.module.display()
+                    ));
+                }
+                if hsm.token_label.trim().is_empty() || hsm.token_label.len() > 32 {
+                    problems.push("keys.pkcs11.token_label must be 1-32 characters (a PKCS#11 token label)".to_owned());
+                }
+                for label in std::iter::once(&hsm.key_label).chain(&hsm.older_key_labels) {
+                    if !crate::vault::is_valid_key_id(label) {
+                        problems.push(format!(
+                            "keys.pkcs11 key label `{label}` must be 1-64 of A-Z a-z 0-9 . _ -"
+                        ));
+                    }
+                }
             }
-            if kms.region.trim().is_empty() {
-                problems.push("keys.kms.region must be set (for example \"eu-west-1\")".to_owned());
-            }
-        }
-        (super::KeysBackend::File, Some(_)) => {
-            problems.push("[keys.kms] is set but keys.backend is not \"aws-kms\"".to_owned());
-        }
-        (super::KeysBackend::File, None) => {}
+        },
+        KeysBackend::File => {}
+    }
+    if keys.backend != KeysBackend::AwsKms && keys.kms.is_some() {
+        problems.push("[keys.kms] is set but keys.backend is not \"aws-kms\"".to_owned());
+    }
+    if keys.backend != KeysBackend::Pkcs11 && keys.pkcs11.is_some() {
+        problems.push("[keys.pkcs11] is set but keys.backend is not \"pkcs11\"".to_owned());
     }
 }
 

@@ -217,7 +217,7 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
-    /// Which keyring holds the KEKs: `file` (key file or inline keys, the default) or `aws-kms`.
+    /// Which keyring holds the KEKs: `file` (key file or inline keys, the default), `aws-kms` or `pkcs11`.
     pub backend: KeysBackend,
     /// A TOML key file: `active = "id"` and `[[keys]]` entries with `id` and base64 `key`.
     pub file: Option<PathBuf>,
@@ -227,6 +227,8 @@ pub struct KeysConfig {
     pub active: Option<String>,
     /// AWS KMS keys (with `backend = "aws-kms"`).
     pub kms: Option<KmsConfig>,
+    /// PKCS#11 (HSM) keys (with `backend = "pkcs11"`).
+    pub pkcs11: Option<Pkcs11Config>,
     /// Accept the key table in the main database outside development (its
     /// backups then hold both the wrapped data keys and the ciphertexts).
     pub allow_shared_database: bool,
@@ -253,6 +255,7 @@ impl Default for KeysConfig {
             inline: None,
             active: None,
             kms: None,
+            pkcs11: None,
             allow_shared_database: false,
             rotate_every_days: None,
             destroy_retired_after_days: 14,
@@ -295,6 +298,25 @@ pub enum KeysBackend {
     File,
     /// KEKs in AWS KMS (`[keys.kms]`); they never leave it.
     AwsKms,
+    /// KEKs in a PKCS#11 token, an HSM (`[keys.pkcs11]`); they never leave it.
+    Pkcs11,
+}
+
+/// `[keys.pkcs11]`: AES-256 key objects in a PKCS#11 token, found by label.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// Absolute path of the vendor's PKCS#11 library (`/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// Label of the initialised token holding the keys.
+    pub token_label: String,
+    /// File holding the token's user PIN (surrounding whitespace ignored).
+    pub pin_file: PathBuf,
+    /// Label of the active AES key (with KEK epochs: the first epoch's key).
+    pub key_label: String,
+    /// Labels of older keys still needed to unwrap data keys not yet re-wrapped.
+    #[serde(default)]
+    pub older_key_labels: Vec<String>,
 }
 
 /// `[keys.kms]`: the AWS KMS keys. Credentials come from the standard AWS

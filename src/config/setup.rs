@@ -33,7 +33,7 @@ impl Setup {
 /// The message when a production-shaped configuration names no key-encryption keys.
 pub const NO_KEYS: &str = "no key-encryption keys are configured: set keys.file (a key file; `tokenvault keys \
      generate --id ID` prints an entry), keys.inline (TOKENVAULT_KEYS__INLINE=\"id:base64\"), or \
-     keys.backend = \"aws-kms\" with [keys.kms]; a key is generated only in development (no database_url)";
+     keys.backend = \"aws-kms\" with [keys.kms] or \"pkcs11\" with [keys.pkcs11]; a key is generated only in development (no database_url)";
 
 /// The message when a production-shaped `serve` configuration names no caller.
 pub const NO_CALLERS: &str = "no callers are configured: set auth.api_keys_file (a file of [[api_keys]]; \

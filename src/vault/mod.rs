@@ -8,6 +8,7 @@ mod epochs;
 mod keyring;
 mod kms;
 mod local;
+mod pkcs11;
 pub mod sealed;
 use crate::aged_cache::AgedCache;
 
@@ -15,6 +16,7 @@ pub use epochs::{EpochPolicy, EpochReport, EpochStatus, KeyStatus};
 pub use keyring::{KekDestroyed, Keyring};
 pub use kms::{KmsKeyring, CONTEXT_KEY as KMS_CONTEXT_KEY};
 pub use local::{LocalKeyring, WRAPPED_LEN};
+pub use pkcs11::{Pkcs11Keyring, PKCS11_WRAPPED_LEN};
 pub use sealed::{sealed_key_id, Binding, DataKey, Field};
 
 use crate::clock::SharedClock;
@@ -53,6 +55,9 @@ pub enum VaultError {
     /// The key service refused: access denied, key disabled, pending deletion or not found.
     #[error("the key service (AWS KMS) refused: {0}")]
     KmsRefused(String),
+    /// The HSM (PKCS#11 token) is out of reach or failing: retry later.
+    #[error("the HSM (PKCS#11 token) is unavailable: {0}")]
+    HsmUnavailable(String),
     /// This replica cannot use the current KEK epoch (its key did not load):
     /// new data keys are refused rather than wrapped under a key due for destruction.
     #[error("this replica cannot use the current key-encryption key epoch `{0}`; new data keys wait until it loads")]

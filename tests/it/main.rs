@@ -19,6 +19,7 @@ mod consent;
 mod epochs;
 mod export;
 mod faults;
+mod hsm;
 mod kms;
 mod lifecycle;
 mod outbox;

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod db;
 pub mod fixture;
+pub mod hsm;
 pub mod inspect;
 pub mod kms;
 pub mod process;
