@@ -292,11 +292,15 @@ fn key_template(label: &str) -> Vec<Attribute> {
     ]
 }
 
-/// The one AES key labelled `label` on the token.
+/// The one AES key labelled `label` on the token. The keyring knows the key
+/// (it was there at start-up or when it was created): a token that no longer
+/// shows it is failing, not a configuration error.
 fn find_key(session: &Session, label: &str) -> Result<ObjectHandle, Failure> {
     let mut found = session.find_objects(&key_template(label))?;
     match found.len() {
-        0 => Err(Failure::Vault(VaultError::UnknownKek(label.to_owned()))),
+        0 => Err(Failure::Vault(VaultError::HsmUnavailable(format!(
+            "key `{label}` is no longer visible on the token"
+        )))),
         1 => Ok(found.remove(0)),
         n => Err(Failure::Vault(VaultError::Keyring(format!(
             "{n} AES keys on the PKCS#11 token are labelled `{label}`; labels must be unique"

@@ -294,6 +294,31 @@ async fn server_round_trip(backend: Backend) {
     server.app().vault.forget_all();
     assert_eq!(token(server, &connection).await.unwrap(), first);
 
+    // The token fails (its storage gone): the cached token is still served; a
+    // cache miss that needs an unwrap, and a new consent that needs a new data
+    // key, are UNAVAILABLE and say so; nothing was written for the consent.
+    let before = crate::support::dump_database(server.app().sql.pool()).await;
+    hsm.lose_storage();
+    assert_eq!(token(server, &connection).await.unwrap(), first);
+    server.app().broker.cache().invalidate_all();
+    server.app().vault.forget_all();
+    let error = token(server, &connection).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    assert!(error.message().contains("HSM"), "{error:?}");
+    assert!(!error.message().contains(&first), "no token in the message");
+    let error = server
+        .consent(keys::PLATFORM)
+        .start_consent(crate::support::provider::start_request("noor", &["mail.read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    assert!(error.message().contains("HSM"), "{error:?}");
+    assert_eq!(
+        crate::support::dump_database(server.app().sql.pool()).await,
+        before,
+        "the refused consent left nothing behind"
+    );
+
     server
         .connections(keys::PLATFORM)
         .disconnect(DisconnectRequest {

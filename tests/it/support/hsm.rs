@@ -58,15 +58,29 @@ fn which(program: &str) -> bool {
 pub struct SoftHsm {
     /// The token's label.
     pub token_label: String,
+    /// The token's own directory in SoftHSM2's token directory.
+    storage: PathBuf,
     /// Holds the PIN file.
     dir: tempfile::TempDir,
+}
+
+fn token_dirs(tokens: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(tokens)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect()
 }
 
 impl SoftHsm {
     /// Initialises a new token with a unique label and the test PIN.
     pub fn new() -> Self {
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let conf = configuration();
+        let tokens = conf.parent().unwrap().join("tokens");
         let token_label = format!("tv-{:08x}", rand::random::<u32>());
+        // One initialisation at a time, so the directory that appears is this token's.
+        let _one = INIT.lock().unwrap_or_else(|p| p.into_inner());
+        let before = token_dirs(&tokens);
         let out = Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", conf)
             .args([
@@ -87,9 +101,25 @@ impl SoftHsm {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let storage = token_dirs(&tokens)
+            .into_iter()
+            .find(|d| !before.contains(d))
+            .expect("the new token's directory");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pin"), format!("{PIN}\n")).unwrap();
-        Self { token_label, dir }
+        Self {
+            token_label,
+            storage,
+            dir,
+        }
+    }
+
+    /// Takes the token's storage away under the running library (as a failing
+    /// device would): from now on the token shows none of its keys.
+    pub fn lose_storage(&self) {
+        let mut away = self.storage.clone().into_os_string();
+        away.push(".lost");
+        std::fs::rename(&self.storage, away).unwrap();
     }
 
     /// The PIN file (the PIN and a trailing newline, as a mounted Secret often has).
