@@ -2,7 +2,9 @@
 //! access token under a connection's data key, and unwrapping a data key
 //! under the key-encryption key (what a data-key cache miss costs in CPU),
 //! with the file keyring and, when `moto_server` is on PATH
-//! (`scripts/install-moto` prints where), with AWS KMS on moto over loopback.
+//! (`scripts/install-moto` prints where), with AWS KMS on moto over loopback,
+//! and, when SoftHSM2 is installed (`scripts/install-softhsm`), with the
+//! PKCS#11 keyring on a SoftHSM2 token.
 //!
 //! `PATH="$(scripts/install-moto):$PATH" cargo bench --bench crypto`
 
@@ -14,6 +16,10 @@
 #[path = "../tests/it/support/kms.rs"]
 #[allow(dead_code)]
 mod moto;
+
+#[path = "../tests/it/support/hsm.rs"]
+#[allow(dead_code)]
+mod hsm;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use secrecy::SecretString;
@@ -91,6 +97,18 @@ fn try_unwrap_data_key(c: &mut Criterion) -> Result<(), VaultError> {
     } else {
         eprintln!(
             "crypto bench: moto_server is not on PATH; the AWS KMS keyring is not measured (scripts/install-moto)"
+        );
+    }
+    if hsm::available() {
+        let token = hsm::SoftHsm::new();
+        let ring = runtime.block_on(async {
+            token.create_key("bench-kek").await;
+            tokenvault::vault::Pkcs11Keyring::connect(&token.pkcs11_config("bench-kek", &[]), &[]).await
+        })?;
+        bench_keyring(&mut group, &runtime, "pkcs11_softhsm2", &ring)?;
+    } else {
+        eprintln!(
+            "crypto bench: SoftHSM2 is not installed; the PKCS#11 keyring is not measured (scripts/install-softhsm)"
         );
     }
     group.finish();

@@ -3,7 +3,9 @@
 //! at a time), and how long one epoch's re-wrap of every data key takes.
 //!
 //! `PATH="$(scripts/install-moto):$PATH" cargo bench --bench epochs`
-//! (`-- --keys 100000 --kms-keys 10000` are the defaults; the key table is a
+//! (`-- --keys 100000 --kms-keys 10000 --hsm-keys 10000` are the defaults;
+//! AWS KMS is measured on moto when `moto_server` is on PATH, PKCS#11 on a
+//! SoftHSM2 token when SoftHSM2 is installed; the key table is a
 //! fresh PostgreSQL database on `TOKENVAULT_TEST_PG`, default
 //! postgres://postgres@127.0.0.1:5432/postgres, dropped afterwards.)
 
@@ -12,6 +14,10 @@
 #[path = "../tests/it/support/kms.rs"]
 #[allow(dead_code)]
 mod moto;
+
+#[path = "../tests/it/support/hsm.rs"]
+#[allow(dead_code)]
+mod hsm;
 
 use futures::stream::{self, StreamExt};
 use secrecy::SecretString;
@@ -121,6 +127,7 @@ async fn measure(name: &str, keyring: Arc<dyn Keyring>, count: usize) {
 fn main() {
     let keys = arg("--keys", 100_000);
     let kms_keys = arg("--kms-keys", 10_000);
+    let hsm_keys = arg("--hsm-keys", 10_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -140,6 +147,16 @@ fn main() {
             measure("aws_kms_moto", Arc::new(kms), kms_keys).await;
         } else {
             eprintln!("epochs bench: moto_server is not on PATH; AWS KMS is not measured (scripts/install-moto)");
+        }
+        if hsm::available() {
+            let token = hsm::SoftHsm::new();
+            token.create_key("bench-kek").await;
+            let ring = tokenvault::vault::Pkcs11Keyring::connect(&token.pkcs11_config("bench-kek", &[]), &[])
+                .await
+                .unwrap();
+            measure("pkcs11_softhsm2", Arc::new(ring), hsm_keys).await;
+        } else {
+            eprintln!("epochs bench: SoftHSM2 is not installed; PKCS#11 is not measured (scripts/install-softhsm)");
         }
     });
 }

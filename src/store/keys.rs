@@ -26,6 +26,10 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn data_keys_page(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<WrappedDataKey>, StoreError>;
     /// Replaces a key's wrapping if it is still under `expected_kek`.
     async fn rewrap_data_key(&self, key: &WrappedDataKey, expected_kek: &str) -> Result<bool, StoreError>;
+    /// [`KeyStore::rewrap_data_key`] for a batch `(key, expected_kek)` in one
+    /// transaction; returns how many were replaced (a key destroyed or
+    /// re-wrapped elsewhere meanwhile is left as it is).
+    async fn rewrap_data_keys(&self, keys: &[(WrappedDataKey, String)]) -> Result<u64, StoreError>;
     /// Each KEK id in use and how many data keys it wraps.
     async fn kek_usage(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// A page of keys not wrapped by `kek_id`, ordered by id.
@@ -110,6 +114,25 @@ impl KeyStore for SqlStore {
             .run(&self.pool)
             .await?;
         Ok(rewrapped == 1)
+    }
+
+    async fn rewrap_data_keys(&self, keys: &[(WrappedDataKey, String)]) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        let mut rewrapped = 0;
+        for (key, expected_kek) in keys {
+            rewrapped += sqlx::query("UPDATE data_keys SET kek_id = $1, wrapped = $2 WHERE id = $3 AND kek_id = $4")
+                .bind(key.kek_id.clone())
+                .bind(key.wrapped.clone())
+                .bind(key.id.to_string())
+                .bind(expected_kek.clone())
+                .run(&mut *tx)
+                .await?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(rewrapped)
     }
 
     async fn kek_usage(&self) -> Result<Vec<(String, u64)>, StoreError> {

@@ -106,6 +106,8 @@ pub struct KeyStatus {
 
 /// Page size of the re-wrap pass.
 const REWRAP_PAGE: u32 = 200;
+/// Keyring calls in flight at once while re-wrapping (AWS KMS and HSMs answer over a network).
+const REWRAP_CONCURRENCY: usize = 8;
 
 impl Vault {
     /// The epoch policy.
@@ -275,29 +277,37 @@ impl Vault {
             let page = self.keys.data_keys_not_under(&active, after, REWRAP_PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id);
-            for stored in &page {
-                match self.rewrap_one(stored).await {
-                    Ok(true) => progress.rewrapped += 1,
-                    Ok(false) => {}
-                    Err(error) => {
-                        progress.failed += 1;
-                        progress.first_error.get_or_insert(error);
+            // Paced in steps of one keyring batch: the n-th re-wrap no earlier than n / per_second after the start.
+            let mut batch = Vec::with_capacity(page.len());
+            for chunk in page.chunks(REWRAP_CONCURRENCY) {
+                let results = futures::future::join_all(chunk.iter().cloned().map(|stored| {
+                    let vault = self.clone();
+                    async move { vault.rewrap_one(&stored).await }
+                }))
+                .await;
+                for result in results {
+                    match result {
+                        Ok(pair) => batch.push(pair),
+                        Err(error) => {
+                            progress.failed += 1;
+                            progress.first_error.get_or_insert(error);
+                        }
                     }
                 }
                 if per_second > 0 {
-                    // Pace: the n-th re-wrap no earlier than n / per_second after the start.
-                    let due = started
-                        + std::time::Duration::from_secs_f64(
-                            (progress.rewrapped + progress.failed) as f64 / f64::from(per_second),
-                        );
+                    let done = batch.len() as u64 + progress.rewrapped + progress.failed;
+                    let due = started + std::time::Duration::from_secs_f64(done as f64 / f64::from(per_second));
                     tokio::time::sleep_until(due).await;
                 }
             }
+            // One transaction per page; a key destroyed or re-wrapped by another process meanwhile stays as it is.
+            progress.rewrapped += self.keys.rewrap_data_keys(&batch).await?;
         }
         Ok(progress)
     }
 
-    async fn rewrap_one(&self, stored: &WrappedDataKey) -> Result<bool, VaultError> {
+    /// The data key re-wrapped under the active KEK, with the KEK it was under.
+    async fn rewrap_one(&self, stored: &WrappedDataKey) -> Result<(WrappedDataKey, String), VaultError> {
         let (kek_id, wrapped) = self.keyring.rewrap(&stored.kek_id, stored.id, &stored.wrapped).await?;
         let updated = WrappedDataKey {
             id: stored.id,
@@ -305,8 +315,7 @@ impl Vault {
             wrapped,
             created_at: stored.created_at,
         };
-        // A key destroyed or re-wrapped by another process meanwhile stays as it is.
-        Ok(self.keys.rewrap_data_key(&updated, &stored.kek_id).await?)
+        Ok((updated, stored.kek_id.clone()))
     }
 
     /// `keys rotate` / `RotateKeys`: with a keyring that manages its keys and

@@ -848,6 +848,19 @@ async fn key_table(backend: Backend) {
     assert!(!store.rewrap_data_key(&moved, "wrong").await.unwrap());
     assert!(store.rewrap_data_key(&moved, "old").await.unwrap());
     assert_eq!(store.data_key(ids[0]).await.unwrap().unwrap().wrapped, vec![9; 60]);
+    // A batch in one transaction: only the keys still under their expected KEK change.
+    let mut batch = Vec::new();
+    for (id, expected) in [(ids[1], "old"), (ids[2], "stale"), (ids[3], "new")] {
+        let mut key = store.data_key(id).await.unwrap().unwrap();
+        key.kek_id = "newer".into();
+        key.wrapped = vec![7; 60];
+        batch.push((key, expected.to_owned()));
+    }
+    assert_eq!(store.rewrap_data_keys(&batch).await.unwrap(), 2);
+    assert_eq!(store.rewrap_data_keys(&[]).await.unwrap(), 0);
+    assert_eq!(store.data_key(ids[1]).await.unwrap().unwrap().kek_id, "newer");
+    assert_eq!(store.data_key(ids[2]).await.unwrap().unwrap().kek_id, "old");
+    assert_eq!(store.data_key(ids[3]).await.unwrap().unwrap().wrapped, vec![7; 60]);
     assert_eq!(store.delete_data_keys(&ids[..2]).await.unwrap(), 2);
     assert!(store.data_key(ids[0]).await.unwrap().is_none());
     assert_eq!(store.delete_data_keys(&ids[..2]).await.unwrap(), 0);

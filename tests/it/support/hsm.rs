@@ -25,7 +25,7 @@ fn configuration() -> &'static Path {
     static CONF: OnceLock<PathBuf> = OnceLock::new();
     CONF.get_or_init(|| {
         assert!(
-            Path::new(MODULE).exists() && which("softhsm2-util"),
+            available(),
             "the PKCS#11 tests need SoftHSM2 ({MODULE} and softhsm2-util): \
              `apt-get install softhsm2` (scripts/test runs scripts/install-softhsm)"
         );
@@ -52,6 +52,11 @@ fn which(program: &str) -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|out| out.status.success() || !out.stdout.is_empty())
+}
+
+/// Whether SoftHSM2 is installed (the benches measure the PKCS#11 keyring only then).
+pub fn available() -> bool {
+    Path::new(MODULE).exists() && which("softhsm2-util")
 }
 
 /// A fresh SoftHSM2 token.
