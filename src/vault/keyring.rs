@@ -76,3 +76,77 @@ pub trait Keyring: Send + Sync + 'static {
         )))
     }
 }
+
+/// The KEK ids a remote keyring (AWS KMS, PKCS#11) knows and which is active,
+/// shared between requests and the epoch job.
+#[derive(Debug)]
+pub(super) struct KekSet {
+    state: std::sync::RwLock<KekIds>,
+}
+
+#[derive(Debug)]
+struct KekIds {
+    active: String,
+    known: Vec<String>,
+}
+
+impl KekSet {
+    /// `active` first, then `older` (duplicates dropped).
+    pub(super) fn new(active: String, older: Vec<String>) -> Self {
+        let mut known = vec![active.clone()];
+        for id in older {
+            if !known.contains(&id) {
+                known.push(id);
+            }
+        }
+        Self {
+            state: std::sync::RwLock::new(KekIds { active, known }),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KekIds> {
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, KekIds> {
+        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The active KEK id.
+    pub(super) fn active(&self) -> String {
+        self.read().active.clone()
+    }
+
+    /// Whether `id` is known.
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.read().known.iter().any(|known| known == id)
+    }
+
+    /// Every known id.
+    pub(super) fn ids(&self) -> Vec<String> {
+        self.read().known.clone()
+    }
+
+    /// Makes a known `id` the active one.
+    pub(super) fn activate(&self, id: &str) -> Result<(), VaultError> {
+        let mut state = self.write();
+        if !state.known.iter().any(|known| known == id) {
+            return Err(VaultError::UnknownKek(id.to_owned()));
+        }
+        state.active = id.to_owned();
+        Ok(())
+    }
+
+    /// Adds `id` unless it is known.
+    pub(super) fn add(&self, id: String) {
+        let mut state = self.write();
+        if !state.known.contains(&id) {
+            state.known.push(id);
+        }
+    }
+
+    /// Forgets `id` (destroyed).
+    pub(super) fn remove(&self, id: &str) {
+        self.write().known.retain(|known| known != id);
+    }
+}

@@ -4,6 +4,7 @@
 //! (`{"tokenvault:dek": "<uuid>"}`), so a wrapped key moved to another data
 //! key id does not unwrap. The stored KEK id is the key ARN KMS answers with.
 
+use super::keyring::KekSet;
 use super::{DataKey, KekDestroyed, Keyring, VaultError};
 use crate::config::KmsConfig;
 use aws_config::retry::RetryConfig;
@@ -13,7 +14,6 @@ use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyState, KeyUsageType, Tag};
 use aws_sdk_kms::Client;
-use std::sync::RwLock;
 use std::time::Duration;
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -24,24 +24,17 @@ pub const CONTEXT_KEY: &str = "tokenvault:dek";
 /// KEKs held in AWS KMS, addressed by their ARNs.
 pub struct KmsKeyring {
     client: Client,
-    state: RwLock<State>,
+    /// Key ARNs, the active one first at start-up.
+    keys: KekSet,
     /// `PendingWindowInDays` of `ScheduleKeyDeletion` (7–30).
     deletion_pending_days: u32,
 }
 
-struct State {
-    /// ARN of the key new data keys are wrapped with.
-    active: String,
-    /// ARNs of every known key (the configured active one first).
-    keys: Vec<String>,
-}
-
 impl std::fmt::Debug for KmsKeyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = self.read();
         f.debug_struct("KmsKeyring")
-            .field("active", &state.active)
-            .field("keys", &state.keys)
+            .field("active", &self.keys.active())
+            .field("keys", &self.keys.ids())
             .finish_non_exhaustive()
     }
 }
@@ -107,20 +100,9 @@ impl KmsKeyring {
         }
         Ok(Self {
             client,
-            state: RwLock::new(State {
-                active: active_arn,
-                keys,
-            }),
+            keys: KekSet::new(active_arn, keys),
             deletion_pending_days: config.deletion_pending_days,
         })
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -231,24 +213,19 @@ impl Keyring for KmsKeyring {
     }
 
     fn active_id(&self) -> String {
-        self.read().active.clone()
+        self.keys.active()
     }
 
     fn contains(&self, kek_id: &str) -> bool {
-        self.read().keys.iter().any(|key| key == kek_id)
+        self.keys.contains(kek_id)
     }
 
     fn ids(&self) -> Vec<String> {
-        self.read().keys.clone()
+        self.keys.ids()
     }
 
     fn activate(&self, kek_id: &str) -> Result<(), VaultError> {
-        let mut state = self.write();
-        if !state.keys.iter().any(|key| key == kek_id) {
-            return Err(VaultError::UnknownKek(kek_id.to_owned()));
-        }
-        state.active = kek_id.to_owned();
-        Ok(())
+        self.keys.activate(kek_id)
     }
 
     fn manages_keys(&self) -> bool {
@@ -281,7 +258,7 @@ impl Keyring for KmsKeyring {
             .and_then(|meta| meta.arn())
             .map(str::to_owned)
             .ok_or_else(|| VaultError::Keyring("CreateKey answered without a key ARN".to_owned()))?;
-        self.write().keys.push(arn.clone());
+        self.keys.add(arn.clone());
         Ok(arn)
     }
 
@@ -290,10 +267,7 @@ impl Keyring for KmsKeyring {
             return Ok(());
         }
         let arn = describe(&self.client, kek_id, true).await?;
-        let mut state = self.write();
-        if !state.keys.contains(&arn) {
-            state.keys.push(arn);
-        }
+        self.keys.add(arn);
         Ok(())
     }
 
@@ -336,7 +310,7 @@ impl Keyring for KmsKeyring {
             }
             Err(error) => return Err(classify("ScheduleKeyDeletion", error, None)),
         };
-        self.write().keys.retain(|key| key != kek_id);
+        self.keys.remove(kek_id);
         Ok(KekDestroyed {
             gone_at: gone_at
                 .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::days(i64::from(self.deletion_pending_days))),

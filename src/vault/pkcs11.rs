@@ -14,6 +14,7 @@
 //! the call tried once more. The token out of reach is
 //! [`VaultError::HsmUnavailable`].
 
+use super::keyring::KekSet;
 use super::{is_valid_key_id, DataKey, KekDestroyed, Keyring, VaultError};
 use crate::config::Pkcs11Config;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -27,7 +28,7 @@ use cryptoki::types::AuthPin;
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -45,14 +46,8 @@ const IDLE_SESSIONS: usize = 8;
 /// KEKs held in a PKCS#11 token, addressed by their labels.
 pub struct Pkcs11Keyring {
     token: Arc<Token>,
-    state: RwLock<State>,
-}
-
-struct State {
-    /// Label of the key new data keys are wrapped with.
-    active: String,
-    /// Labels of every known key (the active one first at start-up).
-    keys: Vec<String>,
+    /// Key labels, the active one first at start-up.
+    keys: KekSet,
 }
 
 /// The token: the loaded library, its slot, the user PIN and idle sessions.
@@ -66,11 +61,10 @@ struct Token {
 
 impl std::fmt::Debug for Pkcs11Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = self.read();
         f.debug_struct("Pkcs11Keyring")
             .field("token", &self.token.label)
-            .field("active", &state.active)
-            .field("keys", &state.keys)
+            .field("active", &self.keys.active())
+            .field("keys", &self.keys.ids())
             .finish_non_exhaustive()
     }
 }
@@ -159,8 +153,10 @@ impl Pkcs11Keyring {
             }
             keys.push(label.clone());
         }
-        *keyring.write() = State { active, keys };
-        Ok(keyring)
+        Ok(Self {
+            token: keyring.token,
+            keys: KekSet::new(active, keys),
+        })
     }
 
     /// Creates the configured `key_label` on the token unless it is there
@@ -184,19 +180,8 @@ impl Pkcs11Keyring {
             .map_err(|error| VaultError::Keyring(format!("PKCS#11 start-up task failed: {error}")))??;
         Ok(Self {
             token: Arc::new(token),
-            state: RwLock::new(State {
-                active: String::new(),
-                keys: Vec::new(),
-            }),
+            keys: KekSet::new(String::new(), Vec::new()),
         })
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether an AES key labelled `label` is on the token.
@@ -483,24 +468,19 @@ impl Keyring for Pkcs11Keyring {
     }
 
     fn active_id(&self) -> String {
-        self.read().active.clone()
+        self.keys.active()
     }
 
     fn contains(&self, kek_id: &str) -> bool {
-        self.read().keys.iter().any(|key| key == kek_id)
+        self.keys.contains(kek_id)
     }
 
     fn ids(&self) -> Vec<String> {
-        self.read().keys.clone()
+        self.keys.ids()
     }
 
     fn activate(&self, kek_id: &str) -> Result<(), VaultError> {
-        let mut state = self.write();
-        if !state.keys.iter().any(|key| key == kek_id) {
-            return Err(VaultError::UnknownKek(kek_id.to_owned()));
-        }
-        state.active = kek_id.to_owned();
-        Ok(())
+        self.keys.activate(kek_id)
     }
 
     fn manages_keys(&self) -> bool {
@@ -537,7 +517,7 @@ impl Keyring for Pkcs11Keyring {
                 Ok(())
             })
             .await?;
-        self.write().keys.push(label.to_owned());
+        self.keys.add(label.to_owned());
         Ok(label.to_owned())
     }
 
@@ -548,10 +528,7 @@ impl Keyring for Pkcs11Keyring {
         if !self.exists(kek_id).await? {
             return Err(VaultError::UnknownKek(kek_id.to_owned()));
         }
-        let mut state = self.write();
-        if !state.keys.iter().any(|key| key == kek_id) {
-            state.keys.push(kek_id.to_owned());
-        }
+        self.keys.add(kek_id.to_owned());
         Ok(())
     }
 
@@ -571,7 +548,7 @@ impl Keyring for Pkcs11Keyring {
                 Ok(())
             })
             .await?;
-        self.write().keys.retain(|key| key != kek_id);
+        self.keys.remove(kek_id);
         Ok(KekDestroyed {
             gone_at: chrono::Utc::now(),
         })

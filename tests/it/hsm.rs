@@ -5,29 +5,17 @@
 //! whose keys are generated on and destroyed from the token.
 
 use crate::on_both;
-use crate::support::fixture::WithProvider;
 use crate::support::hsm::SoftHsm;
-use crate::support::provider::connect;
+use crate::support::suite::{
+    assert_all_open, assert_missing_named_and_shredding, connected_with_keys, disconnect_and_stop, migrated, seal_some,
+};
 use crate::support::{keys, Backend, TestDb, TestServer};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
-use std::time::Duration;
-use tokenvault::clock::SystemClock;
-use tokenvault::proto::DisconnectRequest;
-use tokenvault::store::{KeyStore, SqlStore, Store, StoreOptions};
-use tokenvault::vault::{Binding, Field, Keyring, Pkcs11Keyring, Vault, VaultError, PKCS11_WRAPPED_LEN};
+use tokenvault::store::{KeyStore, SqlStore};
+use tokenvault::vault::{Keyring, Pkcs11Keyring, Vault, VaultError, PKCS11_WRAPPED_LEN};
 use tonic::Code;
 use uuid::Uuid;
-
-fn binding(record: &str) -> Binding<'_> {
-    Binding {
-        tenant_id: "acme",
-        user_id: "u1",
-        record,
-        field: Field::RefreshToken,
-        version: 0,
-    }
-}
 
 async fn keyring(hsm: &SoftHsm, active: &str, older: &[&str]) -> Arc<Pkcs11Keyring> {
     Arc::new(
@@ -38,44 +26,7 @@ async fn keyring(hsm: &SoftHsm, active: &str, older: &[&str]) -> Arc<Pkcs11Keyri
 }
 
 fn vault(keys: &SqlStore, ring: Arc<Pkcs11Keyring>) -> Vault {
-    Vault::new(
-        ring,
-        Arc::new(keys.clone()),
-        Arc::new(SystemClock),
-        100,
-        Duration::from_secs(60),
-    )
-}
-
-async fn migrated(db: &TestDb) -> SqlStore {
-    let store = SqlStore::connect(&db.url, &StoreOptions::default()).await.unwrap();
-    store.migrate().await.unwrap();
-    store
-}
-
-/// Seals `n` tokens, each under a new data key; returns (data key, record, ciphertext).
-async fn seal_some(v: &Vault, n: usize) -> Vec<(Uuid, String, Vec<u8>)> {
-    let mut sealed = Vec::new();
-    for i in 0..n {
-        let key = v.create_data_key().await.unwrap();
-        let record = format!("c{i}");
-        let ciphertext = key.seal(&binding(&record), format!("token-{i}").as_bytes()).unwrap();
-        sealed.push((key.id(), record, ciphertext));
-    }
-    sealed
-}
-
-async fn assert_all_open(v: &Vault, sealed: &[(Uuid, String, Vec<u8>)]) {
-    v.forget_all();
-    for (dek, record, ciphertext) in sealed {
-        let plain = v
-            .data_key(*dek)
-            .await
-            .unwrap()
-            .open(&binding(record), ciphertext)
-            .unwrap();
-        assert!(plain.expose_secret().starts_with(b"token-"));
-    }
+    crate::support::suite::vault_over(keys, ring)
 }
 
 async fn vault_suite(backend: Backend) {
@@ -149,16 +100,7 @@ async fn vault_suite(backend: Backend) {
     v3.check_keyring_covers_store().await.unwrap();
     assert_all_open(&v3, &sealed).await;
     let stale = vault(&store, keyring(&hsm, "kek-1", &[]).await);
-    let error = stale.check_keyring_covers_store().await.unwrap_err();
-    assert!(error.to_string().contains("`kek-2` (3 data keys)"), "{error}");
-    assert!(matches!(stale.data_key(sealed[0].0).await, Err(VaultError::UnknownKek(id)) if id == "kek-2"));
-
-    // Destroying a data key crypto-shreds what it sealed.
-    v3.destroy_data_keys(&[sealed[0].0]).await.unwrap();
-    assert!(matches!(
-        v3.data_key(sealed[0].0).await,
-        Err(VaultError::MissingDataKey(_))
-    ));
+    assert_missing_named_and_shredding(&stale, &v3, &sealed, "kek-2", 3).await;
 }
 on_both!(hsm_vault_suite, vault_suite);
 
@@ -276,19 +218,9 @@ async fn token(server: &TestServer, connection_id: &str) -> Result<String, tonic
 async fn server_round_trip(backend: Backend) {
     let hsm = SoftHsm::new();
     hsm.create_key("tokenvault").await;
-    let keys_config = hsm.keys_config("tokenvault", &[]);
-    let with = WithProvider::build(backend)
-        .config(move |config| config.keys = keys_config)
-        .start()
-        .await;
+    let (with, connection, first) =
+        connected_with_keys(backend, hsm.keys_config("tokenvault", &[]), "tokenvault").await;
     let server = &with.server;
-    let connection = connect(&with, "kim", &["mail.read"]).await;
-    let first = token(server, &connection).await.unwrap();
-    let usage = server.app().key_sql.kek_usage().await.unwrap();
-    assert!(
-        !usage.is_empty() && usage.iter().all(|(kek, _)| kek == "tokenvault"),
-        "{usage:?}"
-    );
     // Cache miss: the data key is unwrapped on the token again, the same token comes back.
     server.app().broker.cache().invalidate_all();
     server.app().vault.forget_all();
@@ -319,18 +251,7 @@ async fn server_round_trip(backend: Backend) {
         "the refused consent left nothing behind"
     );
 
-    server
-        .connections(keys::PLATFORM)
-        .disconnect(DisconnectRequest {
-            connection_id: connection.clone(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        token(server, &connection).await.unwrap_err().code(),
-        Code::FailedPrecondition
-    );
-    with.stop().await;
+    disconnect_and_stop(with, &connection).await;
 }
 on_both!(hsm_server_round_trip, server_round_trip);
 

@@ -4,29 +4,18 @@
 //! `backend = "aws-kms"`, including a KMS outage and its end.
 
 use crate::on_both;
-use crate::support::fixture::WithProvider;
 use crate::support::kms::Moto;
 use crate::support::provider::connect;
-use crate::support::{keys, Backend, TestDb, TestServer};
+use crate::support::suite::{
+    assert_all_open, assert_missing_named_and_shredding, binding, connected_with_keys, disconnect_and_stop, seal_some,
+};
+use crate::support::{Backend, TestDb, TestServer};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
-use std::time::Duration;
-use tokenvault::clock::SystemClock;
-use tokenvault::proto::DisconnectRequest;
 use tokenvault::store::{KeyStore, SqlStore, Store, StoreOptions};
-use tokenvault::vault::{Binding, Field, Keyring, KmsKeyring, Vault, VaultError};
+use tokenvault::vault::{Keyring, KmsKeyring, Vault, VaultError};
 use tonic::Code;
 use uuid::Uuid;
-
-fn binding(record: &str) -> Binding<'_> {
-    Binding {
-        tenant_id: "acme",
-        user_id: "u1",
-        record,
-        field: Field::RefreshToken,
-        version: 0,
-    }
-}
 
 async fn keyring(moto: &Moto, active: &str, older: &[&str]) -> Arc<KmsKeyring> {
     let config = moto.keys_config(active, older);
@@ -34,13 +23,7 @@ async fn keyring(moto: &Moto, active: &str, older: &[&str]) -> Arc<KmsKeyring> {
 }
 
 fn vault(keys: &SqlStore, ring: Arc<KmsKeyring>) -> Vault {
-    Vault::new(
-        ring,
-        Arc::new(keys.clone()),
-        Arc::new(SystemClock),
-        100,
-        Duration::from_secs(60),
-    )
+    crate::support::suite::vault_over(keys, ring)
 }
 
 async fn vault_suite(backend: Backend) {
@@ -55,24 +38,9 @@ async fn vault_suite(backend: Backend) {
     let ring = keyring(&moto, "alias/tokenvault-first", &[]).await;
     assert_eq!(ring.active_id(), first);
     let v1 = vault(&store, ring.clone());
-    let mut sealed = Vec::new();
-    for i in 0..3 {
-        let key = v1.create_data_key().await.unwrap();
-        let record = format!("c{i}");
-        let ciphertext = key.seal(&binding(&record), format!("token-{i}").as_bytes()).unwrap();
-        sealed.push((key.id(), record, ciphertext));
-    }
+    let sealed = seal_some(&v1, 3).await;
     assert_eq!(store.kek_usage().await.unwrap(), vec![(first.clone(), 3)]);
-    v1.forget_all();
-    for (dek, record, ciphertext) in &sealed {
-        let plain = v1
-            .data_key(*dek)
-            .await
-            .unwrap()
-            .open(&binding(record), ciphertext)
-            .unwrap();
-        assert!(plain.expose_secret().starts_with(b"token-"));
-    }
+    assert_all_open(&v1, &sealed).await;
 
     // A tampered wrapped key, or one presented under another data key id
     // (the encryption context), does not unwrap: KMS says so, we say DATA_LOSS.
@@ -130,21 +98,9 @@ async fn vault_suite(backend: Backend) {
             .unwrap();
         assert!(plain.expose_secret().starts_with(b"token-"));
     }
-    // With only the first, the store names the missing key.
+    // With only the first, the store names the missing key; destroying a data key shreds.
     let stale = vault(&store, keyring(&moto, &first, &[]).await);
-    let error = stale.check_keyring_covers_store().await.unwrap_err();
-    assert!(
-        error.to_string().contains(&format!("`{second}` (3 data keys)")),
-        "{error}"
-    );
-    assert!(matches!(stale.data_key(sealed[0].0).await, Err(VaultError::UnknownKek(id)) if id == second));
-
-    // Destroying a data key crypto-shreds what it sealed.
-    v3.destroy_data_keys(&[sealed[0].0]).await.unwrap();
-    assert!(matches!(
-        v3.data_key(sealed[0].0).await,
-        Err(VaultError::MissingDataKey(_))
-    ));
+    assert_missing_named_and_shredding(&stale, &v3, &sealed, &second, 3).await;
 }
 on_both!(kms_vault_suite, vault_suite);
 
@@ -214,19 +170,8 @@ fn clear_caches(server: &TestServer) {
 async fn server_round_trip(backend: Backend) {
     let mut moto = Moto::start();
     let arn = moto.create_aliased_key("tokenvault").await;
-    let keys_config = moto.keys_config("alias/tokenvault", &[]);
-    let with = WithProvider::build(backend)
-        .config(move |config| config.keys = keys_config)
-        .start()
-        .await;
+    let (with, connection, first) = connected_with_keys(backend, moto.keys_config("alias/tokenvault", &[]), &arn).await;
     let server = &with.server;
-    let connection = connect(&with, "kim", &["mail.read"]).await;
-    let first = token(server, &connection).await.unwrap();
-    let usage = server.app().key_sql.kek_usage().await.unwrap();
-    assert!(
-        !usage.is_empty() && usage.iter().all(|(kek, _)| *kek == arn),
-        "{usage:?}"
-    );
 
     // Cache miss: the data key is unwrapped by KMS again, the same token comes back.
     clear_caches(server);
@@ -256,18 +201,7 @@ async fn server_round_trip(backend: Backend) {
     assert!(error.message().contains("AWS KMS"), "{error:?}");
 
     // Disconnect needs no KMS call: revoked at once.
-    server
-        .connections(keys::PLATFORM)
-        .disconnect(DisconnectRequest {
-            connection_id: connection.clone(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        token(server, &connection).await.unwrap_err().code(),
-        Code::FailedPrecondition
-    );
-    with.stop().await;
+    disconnect_and_stop(with, &connection).await;
 }
 on_both!(kms_server_round_trip, server_round_trip);
 

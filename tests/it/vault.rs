@@ -1,34 +1,19 @@
 //! The vault over a real key table: rotation, missing keys, a separate key database.
 
 use crate::on_both;
+use crate::support::suite::binding;
 use crate::support::{base_config, random_kek, Backend, TestDb};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
-use std::time::Duration;
+
 use tokenvault::app::{App, StartupError};
 use tokenvault::clock::SystemClock;
 use tokenvault::store::{SqlStore, Store, StoreOptions};
-use tokenvault::vault::{Binding, Field, LocalKeyring, Vault, VaultError};
-
-fn binding(record: &str) -> Binding<'_> {
-    Binding {
-        tenant_id: "acme",
-        user_id: "u1",
-        record,
-        field: Field::RefreshToken,
-        version: 0,
-    }
-}
+use tokenvault::vault::{LocalKeyring, Vault};
 
 fn vault(keys: &SqlStore, spec: &str, active: &str) -> Vault {
     let ring = LocalKeyring::from_inline(&SecretString::from(spec.to_owned()), Some(active)).unwrap();
-    Vault::new(
-        Arc::new(ring),
-        Arc::new(keys.clone()),
-        Arc::new(SystemClock),
-        100,
-        Duration::from_secs(60),
-    )
+    crate::support::suite::vault_over(keys, Arc::new(ring))
 }
 
 async fn rotation(backend: Backend) {
@@ -73,18 +58,9 @@ async fn rotation(backend: Backend) {
         assert!(plain.expose_secret().starts_with(b"token-"));
     }
 
-    // With only the old key, the store names the missing one.
+    // With only the old key, the store names the missing one; destroying a data key shreds.
     let stale = vault(&store, &old, "old");
-    let error = stale.check_keyring_covers_store().await.unwrap_err();
-    assert!(error.to_string().contains("`new` (7 data keys)"), "{error}");
-    assert!(matches!(stale.data_key(sealed[0].0).await, Err(VaultError::UnknownKek(id)) if id == "new"));
-
-    // Destroying a data key crypto-shreds what it sealed.
-    v3.destroy_data_keys(&[sealed[0].0]).await.unwrap();
-    assert!(matches!(
-        v3.data_key(sealed[0].0).await,
-        Err(VaultError::MissingDataKey(_))
-    ));
+    crate::support::suite::assert_missing_named_and_shredding(&stale, &v3, &sealed, "new", 7).await;
 }
 on_both!(rotation_keeps_data_readable, rotation);
 

@@ -15,6 +15,7 @@ pub mod provider;
 pub mod proxy;
 pub mod revocation;
 pub mod server;
+pub mod suite;
 
 pub use db::{pg_host_port, Backend, TestDb};
 pub use inspect::{contains, dump_database};
