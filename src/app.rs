@@ -153,6 +153,40 @@ pub async fn keyring_from_config(config: &Config, epochs: &[String]) -> Result<A
     Ok(Arc::new(keyring))
 }
 
+/// The KEK ids of the epochs not yet destroyed, oldest first (the newest is the active key).
+async fn live_epoch_keks(keys: &dyn KeyStore) -> Result<Vec<String>, StartupError> {
+    Ok(keys
+        .kek_epochs()
+        .await?
+        .into_iter()
+        .filter(|epoch| epoch.destroyed_at.is_none())
+        .map(|epoch| epoch.kek_id)
+        .collect())
+}
+
+/// The live KEK epochs as `check-config` can see them (AWS KMS and PKCS#11
+/// only): read from the key database when it answers and is migrated, else
+/// none (the configured key is then checked alone) with the reason.
+pub async fn epochs_for_check(config: &Config) -> (Vec<String>, Option<String>) {
+    // Only the KMS and HSM keyrings take their active key from the epochs.
+    if config.keys.backend == KeysBackend::File {
+        return (Vec::new(), None);
+    }
+    let Some(url) = config.key_database_url.as_ref().or(config.database_url.as_ref()) else {
+        return (Vec::new(), None);
+    };
+    let keys = match connect(url, config).await {
+        Ok(keys) => keys,
+        Err(error) => return (Vec::new(), Some(format!("the key database did not answer ({error})"))),
+    };
+    let found = live_epoch_keks(&keys).await;
+    keys.close().await;
+    match found {
+        Ok(epochs) => (epochs, None),
+        Err(error) => (Vec::new(), Some(format!("the KEK epochs could not be read ({error})"))),
+    }
+}
+
 /// Applies pending migrations to the main database and, when it is separate,
 /// the key database; touches no key (`tokenvault migrate` needs no keyring, so
 /// the chart's migration Job needs no route to AWS KMS or the HSM).
@@ -206,13 +240,7 @@ impl App {
         }
         let key_store: Arc<dyn KeyStore> = Arc::new(key_sql.clone());
         let key_store_for_sweeper = key_store.clone();
-        let live_epochs: Vec<String> = key_store
-            .kek_epochs()
-            .await?
-            .into_iter()
-            .filter(|epoch| epoch.destroyed_at.is_none())
-            .map(|epoch| epoch.kek_id)
-            .collect();
+        let live_epochs = live_epoch_keks(key_store.as_ref()).await?;
         let keyring = keyring_from_config(&config, &live_epochs).await?;
         let rotation_days = config.keys.rotation_days(crate::config::Setup::Production);
         let vault = Vault::new(

@@ -260,7 +260,12 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
             Ok(())
         }
         Action::CheckConfig => {
-            crate::app::keyring_from_config(&config, &[]).await?;
+            // With KEK epochs the active key is the newest epoch's, not always the configured one.
+            let (epochs, unread) = crate::app::epochs_for_check(&config).await;
+            if let Some(reason) = unread {
+                eprintln!("note: {reason}; checking the configured key-encryption key alone");
+            }
+            crate::app::keyring_from_config(&config, &epochs).await?;
             if setup == config::Setup::Production && config::key_table_is_shared(&config) {
                 eprintln!("warning: {}", config::SHARED_KEY_TABLE_WARNING);
             }

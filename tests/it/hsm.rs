@@ -209,6 +209,24 @@ async fn keys_init_hsm_creates_the_configured_key() {
     let (ok, out) = tokenvault(dir.path(), &config, &["check-config"]);
     assert!(ok && out.contains("configuration is valid"), "{out}");
     assert!(!out.contains(crate::support::hsm::PIN), "no PIN in the output");
+
+    // With epochs, a new epoch's key takes over and the configured one is
+    // destroyed from the token; check-config reads the epochs and still passes.
+    let config = config.replace("rotate_every_days = 0", "rotate_every_days = 7");
+    let (ok, out) = tokenvault(dir.path(), &config, &["migrate"]);
+    assert!(ok, "{out}");
+    let (ok, out) = tokenvault(dir.path(), &config, &["keys", "rotate"]);
+    assert!(ok, "{out}");
+    let later = (chrono::Utc::now() + chrono::Duration::days(15)).to_rfc3339();
+    let (ok, out) = tokenvault(dir.path(), &config, &["keys", "run", "--force", "--now", &later]);
+    assert!(ok && out.contains("destroyed retired key: tokenvault-kek"), "{out}");
+    let labels = hsm.key_labels();
+    assert!(
+        !labels.is_empty() && labels.iter().all(|l| l.starts_with("tv-")),
+        "only epoch keys remain: {labels:?}"
+    );
+    let (ok, out) = tokenvault(dir.path(), &config, &["check-config"]);
+    assert!(ok && out.contains("configuration is valid"), "{out}");
 }
 
 async fn token(server: &TestServer, connection_id: &str) -> Result<String, tonic::Status> {
