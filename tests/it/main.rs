@@ -22,6 +22,7 @@ mod faults;
 mod kms;
 mod lifecycle;
 mod outbox;
+mod presets;
 mod process;
 mod refresh;
 mod replaced;
