@@ -1347,10 +1347,10 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, Vec<CatalogE
     let api_hosts = validate_api_hosts(&mut problems, base, &raw);
     let account = validate_account(&mut problems, base, &raw);
 
-    if !problems.reasons.is_empty() {
-        return Err(problems.into_errors());
-    }
-    let revocation = revocation.expect("no problem recorded, so the revocation decision is valid");
+    let revocation = match revocation {
+        Some(revocation) if problems.reasons.is_empty() => revocation,
+        _ => return Err(problems.into_errors()),
+    };
     Ok(ProviderSpec {
         name: name.clone(),
         display_name: raw.display_name,
