@@ -48,6 +48,27 @@ enum Command {
     },
     /// Loads and validates the configuration, then exits.
     CheckConfig,
+    /// The provider catalog: check it, list it, show what registering an app needs.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Checks a catalog for completeness and consistency and prints every problem; exit status 1 on any.
+    Check {
+        /// An operator catalog file (default: the built-in catalog).
+        file: Option<PathBuf>,
+    },
+    /// Lists the providers of the catalog the server runs with (built-in plus providers.catalog_file).
+    List,
+    /// Shows what registering an app with a provider needs: redirect URI, scopes, registration page.
+    Show {
+        /// The provider's catalog name (see `catalog list`).
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,5 +144,10 @@ fn into_action(command: Command) -> tokenvault::cli::Action {
             ApiKeyCommand::Hash => Action::ApiKeyHash,
         },
         Command::CheckConfig => Action::CheckConfig,
+        Command::Catalog { command } => match command {
+            CatalogCommand::Check { file } => Action::CatalogCheck { file },
+            CatalogCommand::List => Action::CatalogList,
+            CatalogCommand::Show { name } => Action::CatalogShow { name },
+        },
     }
 }

@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
+mod catalog;
 mod keys;
 
 /// A parsed subcommand.
@@ -60,6 +61,18 @@ pub enum Action {
     ApiKeyHash,
     /// `check-config`.
     CheckConfig,
+    /// `catalog check [FILE]`.
+    CatalogCheck {
+        /// An operator catalog file; the built-in catalog when absent.
+        file: Option<std::path::PathBuf>,
+    },
+    /// `catalog list`.
+    CatalogList,
+    /// `catalog show NAME`.
+    CatalogShow {
+        /// The provider's catalog name.
+        name: String,
+    },
 }
 
 /// Why a command failed.
@@ -96,6 +109,9 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
         Action::KeysGenerate { id } => return keys_generate(&id),
         Action::ApiKeyCreate { name, roles, tenants } => return api_key_create(&name, &roles, &tenants),
         Action::ApiKeyHash => return api_key_hash(),
+        Action::CatalogCheck { file } => return catalog::check(file.as_deref()),
+        Action::CatalogList => return catalog::list(config_path),
+        Action::CatalogShow { name } => return catalog::show(config_path, &name),
         _ => {}
     }
     let mut config = config::load(config_path)?;
@@ -272,7 +288,12 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
             println!("configuration is valid");
             Ok(())
         }
-        Action::KeysGenerate { .. } | Action::ApiKeyCreate { .. } | Action::ApiKeyHash => Ok(()),
+        Action::KeysGenerate { .. }
+        | Action::ApiKeyCreate { .. }
+        | Action::ApiKeyHash
+        | Action::CatalogCheck { .. }
+        | Action::CatalogList
+        | Action::CatalogShow { .. } => Ok(()),
     }
 }
 

@@ -17,6 +17,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use url::{Host, Url};
 
+mod account;
+pub mod check;
+
+pub use account::{AccountError, AccountIdentity, AccountMethod, AccountSource, SUBJECT_SEPARATOR};
+
 /// The built-in catalog (`catalog/providers.toml`) as compiled into the binary.
 pub const BUILTIN_CATALOG: &str = include_str!("../../catalog/providers.toml");
 
@@ -313,6 +318,20 @@ pub struct ProviderSpec {
     pub allowed_scopes: BTreeSet<String>,
     /// Capability name → the scopes that serve it.
     pub capabilities: BTreeMap<String, BTreeSet<String>>,
+    /// The provider's page where an operator registers the OAuth app.
+    pub registration_url: Option<Url>,
+    /// The base URL the entry's `{base_url}` placeholders were filled from
+    /// (self-managed GitLab); `None` for a fixed provider.
+    pub base_url: Option<Url>,
+    /// Whether the entry states `refresh_rotation` itself rather than taking
+    /// the default (the catalog checker requires it).
+    pub refresh_rotation_explicit: bool,
+    /// Hosts the provider's API is served from (for the credential-injecting
+    /// proxy, a later issue): host names, `host:port`, or `*.domain` for every
+    /// subdomain (Salesforce instances).
+    pub api_hosts: Vec<String>,
+    /// Where the upstream account of a grant comes from.
+    pub account: Option<AccountSource>,
 }
 
 impl ProviderSpec {
@@ -578,6 +597,10 @@ struct RawProvider {
     allowed_scopes: BTreeSet<String>,
     #[serde(default)]
     capabilities: BTreeMap<String, BTreeSet<String>>,
+    registration_url: Option<String>,
+    base_url: Option<String>,
+    api_hosts: Option<Vec<String>>,
+    account: Option<account::RawAccount>,
 }
 
 fn default_scope_separator() -> String {
@@ -596,14 +619,89 @@ fn default_token_types() -> BTreeSet<String> {
     BTreeSet::from(["bearer".to_owned()])
 }
 
-fn parse(text: &str, origin: &str) -> Result<Catalog, CatalogError> {
-    let raw: RawCatalog = toml::from_str(text).map_err(|source| CatalogError::Parse {
+/// The key of an operator entry that starts from a built-in preset.
+pub const PRESET_KEY: &str = "preset";
+
+/// The built-in catalog's entry `name` as TOML, for `preset = "name"`.
+fn builtin_entry(name: &str) -> Option<toml::Table> {
+    let builtin: toml::Table = toml::from_str(BUILTIN_CATALOG).ok()?;
+    match builtin.get("providers")?.get(name)? {
+        toml::Value::Table(entry) => Some(entry.clone()),
+        _ => None,
+    }
+}
+
+/// Resolves `preset = "<built-in name>"` in one entry: the built-in entry,
+/// with every key the operator entry sets replacing the built-in one whole
+/// (a table such as `capabilities` included). `Ok(None)` when the entry has
+/// no preset.
+fn resolve_preset(entry: &toml::Table) -> Result<Option<toml::Table>, String> {
+    let Some(preset) = entry.get(PRESET_KEY) else {
+        return Ok(None);
+    };
+    let Some(preset) = preset.as_str() else {
+        return Err(format!("`{PRESET_KEY}` must be the name of a built-in provider"));
+    };
+    let mut resolved =
+        builtin_entry(preset).ok_or_else(|| format!("`{PRESET_KEY}`: there is no built-in provider `{preset}`"))?;
+    for (key, value) in entry {
+        if key != PRESET_KEY {
+            resolved.insert(key.clone(), value.clone());
+        }
+    }
+    Ok(Some(resolved))
+}
+
+/// One entry as written (its preset resolved), for the checker; the error in words.
+fn raw_catalog_entry(fields: &toml::Table) -> Result<RawProvider, String> {
+    let resolved = resolve_preset(fields)?.unwrap_or_else(|| fields.clone());
+    toml::Value::Table(resolved)
+        .try_into()
+        .map_err(|error: toml::de::Error| error.message().to_owned())
+}
+
+fn parse_error(origin: &str, source: toml::de::Error) -> CatalogError {
+    CatalogError::Parse {
         origin: origin.to_owned(),
         source: Box::new(source),
-    })?;
+    }
+}
+
+/// The catalog as written, with presets resolved. Without presets the text
+/// is deserialized directly, so that errors keep their line and column.
+fn raw_catalog(text: &str, origin: &str) -> Result<RawCatalog, CatalogError> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_error(origin, e))?;
+    let mut resolved_any = false;
+    if let Some(toml::Value::Table(providers)) = table.get_mut("providers") {
+        for (name, entry) in providers.iter_mut() {
+            let toml::Value::Table(fields) = entry else { continue };
+            match resolve_preset(fields) {
+                Ok(None) => {}
+                Ok(Some(resolved)) => {
+                    *fields = resolved;
+                    resolved_any = true;
+                }
+                Err(reason) => {
+                    return Err(CatalogError::Invalid {
+                        provider: name.clone(),
+                        reason,
+                    })
+                }
+            }
+        }
+    }
+    if resolved_any {
+        toml::Value::Table(table).try_into().map_err(|e| parse_error(origin, e))
+    } else {
+        toml::from_str(text).map_err(|e| parse_error(origin, e))
+    }
+}
+
+fn parse(text: &str, origin: &str) -> Result<Catalog, CatalogError> {
+    let raw = raw_catalog(text, origin)?;
     let mut providers = BTreeMap::new();
     for (name, provider) in raw.providers {
-        let spec = validate(name.clone(), provider)?;
+        let spec = validate(name.clone(), provider).map_err(|mut errors| errors.remove(0))?;
         providers.insert(name, spec);
     }
     Ok(Catalog { providers })
@@ -712,14 +810,11 @@ impl Check<'_> {
     fn revocation(
         &self,
         raw: &RawProvider,
+        user_page: Option<&str>,
         url: Option<&Url>,
         has_issuer: bool,
     ) -> Result<RevocationDecision, CatalogError> {
-        let user_page = self.url(
-            "revocation_user_page",
-            raw.revocation_user_page.as_deref(),
-            UrlRole::Docs,
-        )?;
+        let user_page = self.url("revocation_user_page", user_page, UrlRole::Docs)?;
         let method = raw.revocation_method.unwrap_or_default();
         let placeholder = url.is_some_and(|url| url.path().contains(CLIENT_ID_PLACEHOLDER_ENCODED));
         if method != RevocationMethod::Unsupported && raw.revocation_unsupported_reason.is_some() {
@@ -840,164 +935,428 @@ fn is_header_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 
-fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, CatalogError> {
-    let check = Check { provider: &name };
+/// Collects every problem of one provider entry instead of stopping at the
+/// first, so that `tokenvault catalog check` can report them all at once.
+struct Problems<'a> {
+    check: Check<'a>,
+    reasons: Vec<String>,
+}
+
+impl<'a> Problems<'a> {
+    fn new(provider: &'a str) -> Self {
+        Problems {
+            check: Check { provider },
+            reasons: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, reason: impl Into<String>) {
+        self.reasons.push(reason.into());
+    }
+
+    /// The value of `result`, or `None` with its problem recorded.
+    fn keep<T>(&mut self, result: Result<T, CatalogError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(CatalogError::Invalid { reason, .. }) => {
+                self.reasons.push(reason);
+                None
+            }
+            Err(other) => {
+                self.reasons.push(other.to_string());
+                None
+            }
+        }
+    }
+
+    fn into_errors(self) -> Vec<CatalogError> {
+        let provider = self.check.provider.to_owned();
+        self.reasons
+            .into_iter()
+            .map(|reason| CatalogError::Invalid {
+                provider: provider.clone(),
+                reason,
+            })
+            .collect()
+    }
+}
+
+/// The placeholder a URL field carries where the entry's `base_url` goes
+/// (self-managed GitLab: `{base_url}/oauth/authorize`).
+pub const BASE_URL_PLACEHOLDER: &str = "{base_url}";
+
+/// The placeholder an `api_hosts` entry carries where the host of `base_url` goes.
+pub const BASE_HOST_PLACEHOLDER: &str = "{base_host}";
+
+/// `base_url` and its host, once validated.
+struct Base {
+    url: Url,
+    prefix: String,
+    host: String,
+}
+
+impl Base {
+    fn substitute(&self, text: &str) -> String {
+        text.replace(BASE_URL_PLACEHOLDER, &self.prefix)
+            .replace(BASE_HOST_PLACEHOLDER, &self.host)
+    }
+}
+
+/// Fills `{base_url}` into a field, or records that the entry has no base URL.
+fn substitute(problems: &mut Problems<'_>, base: Option<&Base>, field: &str, value: Option<&str>) -> Option<String> {
+    let value = value?;
+    if !value.contains(BASE_URL_PLACEHOLDER) && !value.contains(BASE_HOST_PLACEHOLDER) {
+        return Some(value.to_owned());
+    }
+    match base {
+        Some(base) => Some(base.substitute(value)),
+        None => {
+            problems.push(format!(
+                "`{field}` uses `{BASE_URL_PLACEHOLDER}` but the entry has no valid `base_url`"
+            ));
+            None
+        }
+    }
+}
+
+fn validate_base(problems: &mut Problems<'_>, raw: &RawProvider) -> Option<Base> {
+    let text = raw.base_url.as_deref()?;
+    let url = problems.keep(problems.check.url("base_url", Some(text), UrlRole::Issuer))??;
+    let host = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    };
+    let prefix = url.as_str().trim_end_matches('/').to_owned();
+    Some(Base { url, prefix, host })
+}
+
+fn validate_api_hosts(problems: &mut Problems<'_>, base: Option<&Base>, raw: &RawProvider) -> Vec<String> {
+    let mut hosts = Vec::new();
+    for entry in raw.api_hosts.iter().flatten() {
+        let Some(host) = substitute(problems, base, "api_hosts", Some(entry)) else {
+            continue;
+        };
+        let bare = host.strip_prefix("*.").unwrap_or(&host);
+        let (name, port) = match bare.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (bare, None),
+        };
+        let name_ok = !name.is_empty()
+            && name.len() <= 253
+            && (name.contains('.') || name == "localhost")
+            && name
+                .split('.')
+                .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            && name == name.to_ascii_lowercase()
+            // An IP address is not a host name (the proxy connects to names only).
+            && !name.rsplit('.').next().unwrap_or_default().chars().all(|c| c.is_ascii_digit());
+        let port_ok = port.is_none_or(|port| port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !name_ok || !port_ok {
+            problems.push(format!(
+                "`api_hosts`: `{host}` is not a lower-case host name (optionally `*.` for its subdomains, `:port`; no IP address)"
+            ));
+            continue;
+        }
+        if hosts.contains(&host) {
+            problems.push(format!("`api_hosts`: `{host}` is listed twice"));
+            continue;
+        }
+        hosts.push(host);
+    }
+    hosts
+}
+
+fn validate_account(problems: &mut Problems<'_>, base: Option<&Base>, raw: &RawProvider) -> Option<AccountSource> {
+    let account = raw.account.as_ref()?;
+    let mut ok = true;
+    let mut pointers = |problems: &mut Problems<'_>, field: &str, list: &[String]| {
+        for pointer in list {
+            if !account::is_json_pointer(pointer) {
+                problems.push(format!(
+                    "`account.{field}`: `{pointer}` is not a JSON pointer (RFC 6901, e.g. \"/user/id\")"
+                ));
+                ok = false;
+            }
+        }
+    };
+    pointers(problems, "subject", &account.subject);
+    pointers(problems, "display", account.display.as_slice());
+    let source = match account.source {
+        account::RawAccountKind::IdToken => {
+            if account.url.is_some() || account.body.is_some() || !account.subject.is_empty() {
+                problems.push(
+                    "`account`: source \"id_token\" takes its subject from `iss` and `sub`; `url`, `body` and \
+                     `subject` make no sense",
+                );
+                ok = false;
+            }
+            let display = match &account.display {
+                None => "email".to_owned(),
+                Some(pointer) => pointer.trim_start_matches('/').replace("~1", "/").replace("~0", "~"),
+            };
+            AccountSource::IdToken { display }
+        }
+        account::RawAccountKind::Endpoint => {
+            let url = substitute(problems, base, "account.url", account.url.as_deref());
+            let url = match url {
+                Some(url) => problems
+                    .keep(problems.check.url("account.url", Some(&url), UrlRole::Endpoint))
+                    .flatten(),
+                None => {
+                    if account.url.is_none() {
+                        problems.push("`account`: source \"endpoint\" needs `url`");
+                    }
+                    None
+                }
+            };
+            if account.subject.is_empty() {
+                problems.push("`account`: source \"endpoint\" needs `subject` (JSON pointers into the answer)");
+                ok = false;
+            }
+            if let Some(body) = &account.body {
+                if account.method != AccountMethod::Post {
+                    problems.push("`account.body` is set but `account.method` is not \"POST\"");
+                    ok = false;
+                } else if serde_json::from_str::<serde_json::Value>(body).is_err() {
+                    problems.push("`account.body` is not JSON");
+                    ok = false;
+                }
+            }
+            AccountSource::Endpoint {
+                url: url?,
+                method: account.method,
+                body: account.body.clone(),
+                subject: account.subject.clone(),
+                display: account.display.clone(),
+            }
+        }
+        account::RawAccountKind::TokenResponse => {
+            if account.url.is_some() || account.body.is_some() {
+                problems.push(
+                    "`account`: source \"token_response\" reads the token response; `url` and `body` make no sense",
+                );
+                ok = false;
+            }
+            if account.subject.is_empty() {
+                problems.push(
+                    "`account`: source \"token_response\" needs `subject` (JSON pointers into the token response)",
+                );
+                ok = false;
+            }
+            AccountSource::TokenResponse {
+                subject: account.subject.clone(),
+                display: account.display.clone(),
+            }
+        }
+    };
+    ok.then_some(source)
+}
+
+fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, Vec<CatalogError>> {
+    let mut problems = Problems::new(&name);
 
     if !is_valid_name(&name, &['_', '-']) {
-        return Err(check.invalid("the provider name must be 1 to 64 characters of a-z, 0-9, `_` and `-`".to_owned()));
+        problems.push("the provider name must be 1 to 64 characters of a-z, 0-9, `_` and `-`");
     }
     if raw.display_name.trim().is_empty() {
-        return Err(check.invalid("`display_name` is empty".to_owned()));
+        problems.push("`display_name` is empty");
     }
 
-    let docs_url = check.url("docs_url", raw.docs_url.as_deref(), UrlRole::Docs)?;
-    let issuer = check.url("issuer", raw.issuer.as_deref(), UrlRole::Issuer)?;
-    let authorization_url = check.url("authorization_url", raw.authorization_url.as_deref(), UrlRole::Endpoint)?;
-    let token_url = check.url("token_url", raw.token_url.as_deref(), UrlRole::Endpoint)?;
-    let revocation_url = check.url("revocation_url", raw.revocation_url.as_deref(), UrlRole::Endpoint)?;
-    if issuer.is_none() {
-        if authorization_url.is_none() {
-            return Err(check.invalid("`authorization_url` is required unless `issuer` is set".to_owned()));
+    let base = validate_base(&mut problems, &raw);
+    let base = base.as_ref();
+    let url_field = |problems: &mut Problems<'_>, field: &str, value: Option<&str>, role: UrlRole| {
+        let value = substitute(problems, base, field, value);
+        problems
+            .keep(problems.check.url(field, value.as_deref(), role))
+            .flatten()
+    };
+    let docs_url = url_field(&mut problems, "docs_url", raw.docs_url.as_deref(), UrlRole::Docs);
+    let registration_url = url_field(
+        &mut problems,
+        "registration_url",
+        raw.registration_url.as_deref(),
+        UrlRole::Docs,
+    );
+    let issuer = url_field(&mut problems, "issuer", raw.issuer.as_deref(), UrlRole::Issuer);
+    let authorization_url = url_field(
+        &mut problems,
+        "authorization_url",
+        raw.authorization_url.as_deref(),
+        UrlRole::Endpoint,
+    );
+    let token_url = url_field(&mut problems, "token_url", raw.token_url.as_deref(), UrlRole::Endpoint);
+    let revocation_text = substitute(&mut problems, base, "revocation_url", raw.revocation_url.as_deref());
+    let revocation_url = problems
+        .keep(
+            problems
+                .check
+                .url("revocation_url", revocation_text.as_deref(), UrlRole::Endpoint),
+        )
+        .flatten();
+    let user_page_text = substitute(
+        &mut problems,
+        base,
+        "revocation_user_page",
+        raw.revocation_user_page.as_deref(),
+    );
+    if issuer.is_none() && raw.issuer.is_none() {
+        if raw.authorization_url.is_none() {
+            problems.push("`authorization_url` is required unless `issuer` is set");
         }
-        if token_url.is_none() {
-            return Err(check.invalid("`token_url` is required unless `issuer` is set".to_owned()));
+        if raw.token_url.is_none() {
+            problems.push("`token_url` is required unless `issuer` is set");
         }
     }
-    let revocation = check.revocation(&raw, revocation_url.as_ref(), issuer.is_some())?;
+    let revocation = problems.keep(problems.check.revocation(
+        &raw,
+        user_page_text.as_deref(),
+        revocation_url.as_ref(),
+        raw.issuer.is_some(),
+    ));
 
-    let separator = raw.scope_separator;
+    let separator = raw.scope_separator.clone();
     if separator.is_empty() {
-        return Err(check.invalid("`scope_separator` is empty".to_owned()));
+        problems.push("`scope_separator` is empty");
     }
-    check.param_name("scope_param", &raw.scope_param)?;
+    problems.keep(problems.check.param_name("scope_param", &raw.scope_param));
     if raw.scope_param != "scope" && RESERVED_AUTHORIZATION_PARAMS.contains(&raw.scope_param.as_str()) {
-        return Err(check.invalid(format!(
+        problems.push(format!(
             "`scope_param`: `{}` is a parameter tokenvault sets itself",
             raw.scope_param
-        )));
+        ));
     }
     if let Some(object) = &raw.token_response_object {
         let ok = !object.is_empty() && object.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
-            return Err(check.invalid(format!(
+            problems.push(format!(
                 "`token_response_object`: `{object}` is not a JSON member name of letters, digits and `_`"
-            )));
+            ));
         }
     }
 
     for (header, value) in &raw.request_headers {
         if !is_header_name(header) {
-            return Err(check.invalid(format!("`request_headers`: `{header}` is not a valid header name")));
-        }
-        if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
-            return Err(check.invalid(format!(
+            problems.push(format!("`request_headers`: `{header}` is not a valid header name"));
+        } else if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+            problems.push(format!(
                 "`request_headers`: `{header}` is set by tokenvault and cannot be configured"
-            )));
+            ));
         }
         if value.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(check.invalid(format!(
+            problems.push(format!(
                 "`request_headers`: the value of `{header}` contains a control character"
-            )));
+            ));
         }
     }
 
     for key in raw.authorization_params.keys() {
-        check.param_name("authorization_params", key)?;
-        if RESERVED_AUTHORIZATION_PARAMS.contains(&key.as_str()) || *key == raw.scope_param {
-            return Err(check.invalid(format!(
+        if problems
+            .keep(problems.check.param_name("authorization_params", key))
+            .is_some()
+            && (RESERVED_AUTHORIZATION_PARAMS.contains(&key.as_str()) || *key == raw.scope_param)
+        {
+            problems.push(format!(
                 "`authorization_params`: `{key}` is a parameter tokenvault sets itself"
-            )));
+            ));
         }
     }
     if let Some(incremental) = &raw.incremental_authorization {
-        check.param_name("incremental_authorization.param", &incremental.param)?;
+        problems.keep(
+            problems
+                .check
+                .param_name("incremental_authorization.param", &incremental.param),
+        );
         if RESERVED_AUTHORIZATION_PARAMS.contains(&incremental.param.as_str())
             || incremental.param == raw.scope_param
             || raw.authorization_params.contains_key(&incremental.param)
         {
-            return Err(check.invalid(format!(
+            problems.push(format!(
                 "`incremental_authorization.param`: `{}` clashes with another authorization parameter",
                 incremental.param
-            )));
+            ));
         }
         if incremental.value.is_empty() {
-            return Err(check.invalid("`incremental_authorization.value` is empty".to_owned()));
+            problems.push("`incremental_authorization.value` is empty");
         }
     }
 
     if !raw.issues_refresh_tokens && raw.refresh_rotation.is_some_and(|r| r != RefreshRotation::None) {
-        return Err(check.invalid("`refresh_rotation` is set but `issues_refresh_tokens` is false".to_owned()));
+        problems.push("`refresh_rotation` is set but `issues_refresh_tokens` is false");
     }
     if !raw.issues_refresh_tokens && raw.refresh_idle_expiry_days.is_some() {
-        return Err(check.invalid("`refresh_idle_expiry_days` is set but `issues_refresh_tokens` is false".to_owned()));
+        problems.push("`refresh_idle_expiry_days` is set but `issues_refresh_tokens` is false");
     }
     if raw.refresh_idle_expiry_days == Some(0) {
-        return Err(check.invalid("`refresh_idle_expiry_days` must be at least 1".to_owned()));
+        problems.push("`refresh_idle_expiry_days` must be at least 1");
     }
     if raw.token_types.is_empty() {
-        return Err(check.invalid(
-            "`token_types` is empty: name the token_type the provider sends (usually \"bearer\")".to_owned(),
-        ));
+        problems.push("`token_types` is empty: name the token_type the provider sends (usually \"bearer\")");
     }
     if !raw.issues_refresh_tokens && raw.access_token_expires.is_none() {
-        return Err(check.invalid(
+        problems.push(
             "`issues_refresh_tokens` is false: say whether access tokens expire with `access_token_expires` \
-             (false when they live until revoked, as GitHub OAuth-app tokens do)"
-                .to_owned(),
-        ));
+             (false when they live until revoked, as GitHub OAuth-app tokens do)",
+        );
     }
     if raw.refresh_scope_narrowing && !raw.issues_refresh_tokens {
-        return Err(check.invalid("`refresh_scope_narrowing` is true but `issues_refresh_tokens` is false".to_owned()));
+        problems.push("`refresh_scope_narrowing` is true but `issues_refresh_tokens` is false");
     }
 
     for scope in &raw.allowed_scopes {
-        check.scope("allowed_scopes", scope, &separator)?;
+        if !separator.is_empty() {
+            problems.keep(problems.check.scope("allowed_scopes", scope, &separator));
+        }
     }
     for scope in &raw.required_scopes {
         if !raw.allowed_scopes.contains(scope) {
-            return Err(check.invalid(format!("`required_scopes`: `{scope}` is not in `allowed_scopes`")));
+            problems.push(format!("`required_scopes`: `{scope}` is not in `allowed_scopes`"));
         }
     }
     for (capability, scopes) in &raw.capabilities {
         if !is_valid_name(capability, &['_', '.', '-']) {
-            return Err(check.invalid(format!(
+            problems.push(format!(
                 "`capabilities`: `{capability}` is not a valid capability name (1 to 64 characters of a-z, 0-9, `_`, `.` and `-`)"
-            )));
+            ));
         }
         if raw.uses_scopes && scopes.is_empty() {
-            return Err(check.invalid(format!("`capabilities.\"{capability}\"` maps to no scope")));
+            problems.push(format!("`capabilities.\"{capability}\"` maps to no scope"));
         }
         for scope in scopes {
             if !raw.allowed_scopes.contains(scope) {
-                return Err(check.invalid(format!(
+                problems.push(format!(
                     "`capabilities.\"{capability}\"`: scope `{scope}` is not in `allowed_scopes`"
-                )));
+                ));
             }
         }
     }
 
     if !raw.uses_scopes {
         if !raw.allowed_scopes.is_empty() || !raw.required_scopes.is_empty() {
-            return Err(check
-                .invalid("`uses_scopes` is false but `allowed_scopes` or `required_scopes` is not empty".to_owned()));
+            problems.push("`uses_scopes` is false but `allowed_scopes` or `required_scopes` is not empty");
         }
         if raw.incremental_authorization.is_some() || raw.refresh_scope_narrowing {
-            return Err(check.invalid(
-                "`uses_scopes` is false: `incremental_authorization` and `refresh_scope_narrowing` make no sense"
-                    .to_owned(),
-            ));
+            problems.push(
+                "`uses_scopes` is false: `incremental_authorization` and `refresh_scope_narrowing` make no sense",
+            );
         }
     }
     if raw.capabilities.is_empty() && raw.allowed_scopes.is_empty() {
-        return Err(
-            check.invalid("neither `capabilities` nor `allowed_scopes`: nothing could ever be requested".to_owned())
-        );
+        problems.push("neither `capabilities` nor `allowed_scopes`: nothing could ever be requested");
     }
 
+    let api_hosts = validate_api_hosts(&mut problems, base, &raw);
+    let account = validate_account(&mut problems, base, &raw);
+
+    let revocation = match revocation {
+        Some(revocation) if problems.reasons.is_empty() => revocation,
+        _ => return Err(problems.into_errors()),
+    };
     Ok(ProviderSpec {
         name: name.clone(),
         display_name: raw.display_name,
         docs_url,
+        registration_url,
+        base_url: base.map(|base| base.url.clone()),
         issuer,
         authorization_url,
         token_url,
@@ -1024,11 +1383,14 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, CatalogError
         } else {
             RefreshRotation::None
         },
+        refresh_rotation_explicit: raw.refresh_rotation.is_some(),
         refresh_idle_expiry_days: raw.refresh_idle_expiry_days,
         token_types: raw.token_types.iter().map(|t| t.to_ascii_lowercase()).collect(),
         required_scopes: raw.required_scopes,
         allowed_scopes: raw.allowed_scopes,
         capabilities: raw.capabilities,
+        api_hosts,
+        account,
     })
 }
 

@@ -23,6 +23,7 @@ mod hsm;
 mod kms;
 mod lifecycle;
 mod outbox;
+mod presets;
 mod process;
 mod refresh;
 mod replaced;

@@ -31,22 +31,35 @@ allowed_scopes = ["read", "write"]
 "things.read" = ["read"]
 "#;
 
+/// The built-in presets, in name order.
+const PRESETS: [&str; 20] = [
+    "airtable",
+    "asana",
+    "atlassian",
+    "bitbucket",
+    "box",
+    "calendly",
+    "digitalocean",
+    "discord",
+    "dropbox",
+    "figma",
+    "github",
+    "gitlab",
+    "google",
+    "hubspot",
+    "linear",
+    "microsoft",
+    "notion",
+    "salesforce",
+    "slack",
+    "zoom",
+];
+
 #[test]
-fn builtin_catalog_has_the_seven_providers() {
+fn builtin_catalog_has_the_twenty_presets() {
     let catalog = builtin();
-    assert_eq!(
-        catalog.names().collect::<Vec<_>>(),
-        [
-            "atlassian",
-            "dropbox",
-            "github",
-            "google",
-            "microsoft",
-            "notion",
-            "slack"
-        ]
-    );
-    assert_eq!(catalog.len(), 7);
+    assert_eq!(catalog.names().collect::<Vec<_>>(), PRESETS);
+    assert_eq!(catalog.len(), 20);
     for provider in catalog.providers() {
         let docs = provider.docs_url.as_ref().expect("every built-in has docs_url");
         assert_eq!(docs.scheme(), "https", "{}", provider.name);
@@ -183,7 +196,10 @@ fn every_builtin_provider_decides_its_revocation() {
         .filter(|p| p.revocation_unsupported().is_some())
         .map(|p| p.name.as_str())
         .collect();
-    assert_eq!(unsupported, ["atlassian", "microsoft"]);
+    assert_eq!(
+        unsupported,
+        ["airtable", "atlassian", "bitbucket", "figma", "hubspot", "microsoft"]
+    );
     let page = |name: &str| {
         catalog
             .require(name)
@@ -211,14 +227,27 @@ fn builtin_reconsent_revocation() {
     assert_eq!(
         facts,
         [
+            ("airtable", RevocationScope::Token, false),
+            ("asana", RevocationScope::Token, true),
             ("atlassian", RevocationScope::Token, false),
+            ("bitbucket", RevocationScope::Token, false),
+            ("box", RevocationScope::Token, true),
+            ("calendly", RevocationScope::Token, true),
+            ("digitalocean", RevocationScope::Token, true),
+            ("discord", RevocationScope::Token, true),
             ("dropbox", RevocationScope::Token, true),
+            ("figma", RevocationScope::Token, false),
             // Grant-wide, and the new token shares the grant: revoking the old one would end it.
             ("github", RevocationScope::Grant, false),
+            ("gitlab", RevocationScope::Token, true),
             ("google", RevocationScope::Grant, false),
+            ("hubspot", RevocationScope::Token, false),
+            ("linear", RevocationScope::Token, true),
             ("microsoft", RevocationScope::Token, false),
             ("notion", RevocationScope::Token, true),
+            ("salesforce", RevocationScope::Token, true),
             ("slack", RevocationScope::Token, true),
+            ("zoom", RevocationScope::Token, true),
         ]
     );
     // Grant-wide alone is not enough: a re-consent that opens a new grant may revoke the old one.
@@ -823,13 +852,26 @@ fn builtin_refresh_properties() {
     assert_eq!(
         facts,
         [
+            ("airtable", RefreshRotation::Strict, Some(60)),
+            ("asana", RefreshRotation::None, None),
             ("atlassian", RefreshRotation::Rotating, Some(90)),
+            ("bitbucket", RefreshRotation::None, None),
+            ("box", RefreshRotation::Strict, Some(60)),
+            ("calendly", RefreshRotation::Strict, None),
+            ("digitalocean", RefreshRotation::Strict, None),
+            ("discord", RefreshRotation::Strict, None),
             ("dropbox", RefreshRotation::None, None),
+            ("figma", RefreshRotation::None, None),
             ("github", RefreshRotation::Strict, None),
+            ("gitlab", RefreshRotation::Strict, None),
             ("google", RefreshRotation::None, Some(180)),
+            ("hubspot", RefreshRotation::None, None),
+            ("linear", RefreshRotation::Strict, None),
             ("microsoft", RefreshRotation::Rotating, Some(90)),
             ("notion", RefreshRotation::Strict, None),
+            ("salesforce", RefreshRotation::None, None),
             ("slack", RefreshRotation::Rotating, None),
+            ("zoom", RefreshRotation::Strict, None),
         ]
     );
     assert_eq!(
@@ -1129,7 +1171,7 @@ allowed_scopes = ["read"]
 
     catalog.merge(overrides);
 
-    assert_eq!(catalog.len(), 8);
+    assert_eq!(catalog.len(), PRESETS.len() + 1);
     let github = catalog.require("github").expect("github");
     assert_eq!(github.display_name, "GitHub Enterprise");
     assert_eq!(
@@ -1175,4 +1217,448 @@ fn empty_text_is_an_empty_catalog() {
     let catalog = Catalog::from_toml_str("").expect("valid");
     assert!(catalog.is_empty());
     assert_eq!(catalog, Catalog::default());
+}
+
+// ---------------------------------------------------------------------------
+// New presets, account identity, API hosts, base URLs and the checker.
+
+fn fixture(name: &str) -> serde_json::Value {
+    let path = format!("{}/tests/fixtures/providers/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Each preset's documented account: the subject and display read from its
+/// recorded sample (the endpoint answer, or the token response).
+const ACCOUNTS: &[(&str, &str, Option<&str>)] = &[
+    ("airtable", "usrL2PNC5o3H4lBEi", Some("foo@bar.com")),
+    ("asana", "4673218951", Some("gsanchez@example.com")),
+    ("atlassian", "112233:aaaa-bbbb", Some("ada@example.com")),
+    ("bitbucket", "{d301aafa-d676-4ee0-88be-962be7417567}", Some("evzijst")),
+    ("box", "11446498", Some("ceo@example.com")),
+    ("calendly", "https://api.calendly.com/users/EBHAAFHDCAEQTSEZ", None),
+    (
+        "digitalocean",
+        "e028b1b918853eca7fba208a9d7e9d29a6e93c57",
+        Some("sammy@digitalocean.com"),
+    ),
+    ("discord", "80351110224678912", Some("nelly")),
+    ("dropbox", "dbid:AAH4f99T0taONIb-OurWxbNQ6ywGRopQngc", None),
+    ("figma", "123456", None),
+    ("github", "1", Some("octocat")),
+    ("gitlab", "1", Some("john_smith")),
+    ("google", "110169484474386276334", Some("ada@example.com")),
+    ("hubspot", "62515/123456", Some("ada@example.com")),
+    (
+        "linear",
+        "8c7d6e5f-4a3b-2c1d-0e9f-8a7b6c5d4e3f/2f3e9a64-8b1c-4f3b-9f5e-0e1d2c3b4a59",
+        Some("ada@example.com"),
+    ),
+    (
+        "microsoft",
+        "87d349ed-44d7-43e1-9a83-5f2406dee5bd",
+        Some("ada@contoso.com"),
+    ),
+    (
+        "notion",
+        "j565j4d7x3-2882-61bs-564a-jj9d9ui-c36hxfr7x/4a7b6b41-20a1-4c0e-a0b0-2c4b8b1e8f4b",
+        Some("Ada Lovelace"),
+    ),
+    (
+        "salesforce",
+        "https://login.salesforce.com/id/00Dxx0000001gPLEAY/005xx000001SwiUAAS",
+        None,
+    ),
+    ("slack", "T9TK3CUKW/U1234", None),
+    (
+        "zoom",
+        "Lis74jnRQbaVa_vWaSH3gQ/KDcuGIm1QgePTO8WbOqwIQ",
+        Some("ada@example.com"),
+    ),
+];
+
+#[test]
+fn every_preset_reads_its_account_from_the_documented_sample() {
+    let catalog = builtin();
+    assert_eq!(
+        ACCOUNTS.iter().map(|(name, ..)| *name).collect::<Vec<_>>(),
+        PRESETS,
+        "one sample per preset"
+    );
+    for (name, subject, display) in ACCOUNTS {
+        let provider = catalog.require(name).expect("preset");
+        let source = provider
+            .account
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no account source"));
+        let document = match source {
+            AccountSource::Endpoint { .. } => fixture(&format!("{name}.account.json")),
+            AccountSource::TokenResponse { .. } => fixture(&format!("{name}.token.json")),
+            AccountSource::IdToken { .. } => panic!("{name}: no preset uses the ID token yet"),
+        };
+        let identity = source.extract(&document).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(identity.subject, *subject, "{name}");
+        assert_eq!(identity.display.as_deref(), *display, "{name}");
+        // The subject is what makes the account: without it, a clear error.
+        let pointer = source.subject_pointers()[0].clone();
+        let mut broken = document.clone();
+        let (parent, last) = pointer.rsplit_once('/').expect("a pointer");
+        let holder = if parent.is_empty() {
+            Some(&mut broken)
+        } else {
+            broken.pointer_mut(parent)
+        };
+        holder.and_then(|v| v.as_object_mut()).expect("an object").remove(last);
+        let error = source.extract(&broken).expect_err("no subject");
+        assert!(
+            error.to_string().contains(&pointer) && error.to_string().contains(source.document()),
+            "{name}: {error}"
+        );
+    }
+}
+
+#[test]
+fn every_preset_is_complete() {
+    let catalog = builtin();
+    for provider in catalog.providers() {
+        let name = &provider.name;
+        assert!(!provider.api_hosts.is_empty(), "{name}: api_hosts");
+        assert!(provider.account.is_some(), "{name}: account");
+        let registration = provider.registration_url.as_ref().expect("registration_url");
+        assert_eq!(registration.scheme(), "https", "{name}");
+        assert!(provider.refresh_rotation_explicit, "{name}: refresh_rotation");
+        for url in [
+            &provider.authorization_url,
+            &provider.token_url,
+            &provider.revocation_url,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert_eq!(url.scheme(), "https", "{name}: {url}");
+        }
+    }
+    let gitlab = catalog.require("gitlab").expect("gitlab");
+    assert_eq!(gitlab.base_url.as_ref().map(Url::as_str), Some("https://gitlab.com/"));
+    assert_eq!(
+        gitlab.authorization_url.as_ref().map(Url::as_str),
+        Some("https://gitlab.com/oauth/authorize")
+    );
+    assert_eq!(gitlab.api_hosts, ["gitlab.com"]);
+    assert_eq!(
+        catalog.require("salesforce").expect("salesforce").api_hosts,
+        ["*.my.salesforce.com"]
+    );
+}
+
+#[test]
+fn self_managed_gitlab_is_a_preset_with_a_base_url() {
+    let mut catalog = builtin();
+    let operator = Catalog::from_toml_str(
+        r#"
+[providers.gitlab_acme]
+preset = "gitlab"
+display_name = "GitLab (Acme)"
+base_url = "https://git.acme.example:8443/gitlab"
+"#,
+    )
+    .expect("a preset with a base URL is valid");
+    catalog.merge(operator);
+    let acme = catalog.require("gitlab_acme").expect("gitlab_acme");
+    let gitlab = catalog.require("gitlab").expect("gitlab");
+    assert_eq!(acme.display_name, "GitLab (Acme)");
+    assert_eq!(
+        acme.token_url.as_ref().map(Url::as_str),
+        Some("https://git.acme.example:8443/gitlab/oauth/token")
+    );
+    assert_eq!(
+        acme.revocation_url.as_ref().map(Url::as_str),
+        Some("https://git.acme.example:8443/gitlab/oauth/revoke")
+    );
+    assert_eq!(acme.api_hosts, ["git.acme.example:8443"]);
+    match &acme.account {
+        Some(AccountSource::Endpoint { url, .. }) => {
+            assert_eq!(url.as_str(), "https://git.acme.example:8443/gitlab/api/v4/user")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Everything else is the preset's.
+    assert_eq!(acme.capabilities, gitlab.capabilities);
+    assert_eq!(acme.allowed_scopes, gitlab.allowed_scopes);
+    assert_eq!(acme.refresh_rotation, gitlab.refresh_rotation);
+
+    // A preset that does not exist, and a placeholder without a base URL.
+    let (provider, reason) = invalid_reason("[providers.x]\npreset = \"nope\"\n");
+    assert_eq!(provider, "x");
+    assert!(reason.contains("no built-in provider `nope`"), "{reason}");
+    let (_, reason) = invalid_reason(&MINIMAL.replace(
+        "token_url = \"https://id.acme.example/token\"",
+        "token_url = \"{base_url}/token\"",
+    ));
+    assert!(reason.contains("`token_url` uses `{base_url}`"), "{reason}");
+    let (_, reason) = invalid_reason(&MINIMAL.replace(
+        "display_name = \"Acme\"",
+        "display_name = \"Acme\"\nbase_url = \"http://gitlab.example\"",
+    ));
+    assert!(reason.contains("`base_url` must use https"), "{reason}");
+}
+
+#[test]
+fn account_and_api_hosts_are_validated() {
+    let with = |extra: &str| {
+        MINIMAL.replace(
+            "[providers.acme.capabilities]",
+            &format!("{extra}\n[providers.acme.capabilities]"),
+        )
+    };
+    let cases: &[(&str, &str)] = &[
+        ("api_hosts = [\"API.Example.com\"]", "lower-case host name"),
+        ("api_hosts = [\"https://api.example.com\"]", "lower-case host name"),
+        ("api_hosts = [\"api.example.com\", \"api.example.com\"]", "listed twice"),
+        ("api_hosts = [\"api.example.com:99999\"]", "lower-case host name"),
+        ("[providers.acme.account]\nsource = \"endpoint\"\nsubject = [\"/id\"]", "needs `url`"),
+        (
+            "[providers.acme.account]\nsource = \"endpoint\"\nurl = \"https://api.example.com/me\"",
+            "needs `subject`",
+        ),
+        (
+            "[providers.acme.account]\nsource = \"endpoint\"\nurl = \"http://api.example.com/me\"\nsubject = [\"/id\"]",
+            "`account.url` must use https",
+        ),
+        (
+            "[providers.acme.account]\nsource = \"token_response\"\nsubject = [\"user.id\"]",
+            "not a JSON pointer",
+        ),
+        ("[providers.acme.account]\nsource = \"token_response\"", "needs `subject`"),
+        (
+            "[providers.acme.account]\nsource = \"id_token\"\nsubject = [\"/sub\"]",
+            "source \"id_token\" takes its subject",
+        ),
+        (
+            "[providers.acme.account]\nsource = \"endpoint\"\nurl = \"https://api.example.com/graphql\"\nbody = \"{}\"\nsubject = [\"/id\"]",
+            "`account.method` is not \"POST\"",
+        ),
+        (
+            "[providers.acme.account]\nsource = \"endpoint\"\nmethod = \"POST\"\nurl = \"https://api.example.com/graphql\"\nbody = \"{not json\"\nsubject = [\"/id\"]",
+            "`account.body` is not JSON",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let (_, reason) = invalid_reason(&with(extra));
+        assert!(reason.contains(expected), "{extra}: {expected:?} not in {reason:?}");
+    }
+    let text = with("api_hosts = [\"*.my.example.com\", \"127.0.0.1:8080\", \"localhost\"]\n[providers.acme.account]\nsource = \"id_token\"");
+    assert!(
+        Catalog::from_toml_str(&text).is_err(),
+        "an IP address is not a host name"
+    );
+    let text = with("api_hosts = [\"*.my.example.com\", \"api.example.com:8443\", \"localhost\"]\n[providers.acme.account]\nsource = \"id_token\"");
+    let catalog = Catalog::from_toml_str(&text).expect("valid");
+    let acme = catalog.require("acme").expect("acme");
+    assert_eq!(
+        acme.api_hosts,
+        ["*.my.example.com", "api.example.com:8443", "localhost"]
+    );
+    assert_eq!(
+        acme.account,
+        Some(AccountSource::IdToken {
+            display: "email".to_owned()
+        })
+    );
+}
+
+#[test]
+fn checker_passes_the_builtin_catalog() {
+    let report = check::check_builtin();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.providers, PRESETS);
+    assert!(report.to_string().contains("20 providers, no problems"), "{report}");
+}
+
+/// A complete operator entry, as the checker wants it.
+const COMPLETE: &str = r#"
+[providers.acme]
+display_name = "Acme"
+docs_url = "https://id.acme.example/docs"
+registration_url = "https://id.acme.example/apps"
+authorization_url = "https://id.acme.example/authorize"
+token_url = "https://id.acme.example/token"
+revocation_url = "https://id.acme.example/revoke"
+refresh_rotation = "rotating"
+api_hosts = ["api.acme.example"]
+allowed_scopes = ["read", "write"]
+[providers.acme.account]
+source = "endpoint"
+url = "https://api.acme.example/me"
+subject = ["/id"]
+[providers.acme.capabilities]
+"things.read" = ["read"]
+"#;
+
+fn problems(text: &str) -> Vec<String> {
+    let report = check::check_text(text, "(test)");
+    report.problems.iter().map(|p| p.to_string()).collect()
+}
+
+#[test]
+fn checker_rejects_each_kind_of_incomplete_entry() {
+    assert!(problems(COMPLETE).is_empty(), "{:?}", problems(COMPLETE));
+    let cases: &[(&str, &str, &str)] = &[
+        // (text to replace in COMPLETE, replacement, expected words)
+        (
+            "docs_url = \"https://id.acme.example/docs\"\n",
+            "",
+            "provider `acme`: `docs_url` is missing",
+        ),
+        (
+            "registration_url = \"https://id.acme.example/apps\"\n",
+            "",
+            "provider `acme`: `registration_url` is missing",
+        ),
+        (
+            "api_hosts = [\"api.acme.example\"]\n",
+            "",
+            "provider `acme`: `api_hosts` is missing",
+        ),
+        (
+            "[providers.acme.account]\nsource = \"endpoint\"\nurl = \"https://api.acme.example/me\"\nsubject = [\"/id\"]\n",
+            "",
+            "provider `acme`: `account` is missing",
+        ),
+        (
+            "refresh_rotation = \"rotating\"\n",
+            "",
+            "provider `acme`: `refresh_rotation` is not stated",
+        ),
+        (
+            "revocation_url = \"https://id.acme.example/revoke\"\n",
+            "",
+            "provider `acme`: no revocation decision",
+        ),
+        (
+            "token_url = \"https://id.acme.example/token\"",
+            "token_url = \"http://127.0.0.1:9/token\"",
+            "provider `acme`: `token_url` must use https in a catalog meant for production",
+        ),
+        (
+            "token_url = \"https://id.acme.example/token\"",
+            "token_url = \"http://id.acme.example/token\"",
+            "provider `acme`: `token_url` must use https",
+        ),
+        (
+            "display_name = \"Acme\"",
+            "display_name = \"Acme\"\nclient_secret = \"hunter2\"",
+            "provider `acme`: `client_secret`: client credentials are not catalog data",
+        ),
+        (
+            "display_name = \"Acme\"",
+            "display_name = \"Acme\"\nclient_id = \"abc\"",
+            "provider `acme`: `client_id`: client credentials are not catalog data",
+        ),
+        (
+            "\"things.read\" = [\"read\"]",
+            "\"things.read\" = [\"admin\"]",
+            "provider `acme`: `capabilities.\"things.read\"`: scope `admin` is not in `allowed_scopes`",
+        ),
+        (
+            "display_name = \"Acme\"",
+            "display_name = \"Acme\"\nscopes = [\"read\"]",
+            "provider `acme`: unknown field `scopes`",
+        ),
+        (
+            "display_name = \"Acme\"",
+            "display_name = \"Acme\"\npreset = \"nope\"",
+            "provider `acme`: `preset`: there is no built-in provider `nope`",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(COMPLETE.contains(from), "case does not apply: {from}");
+        let found = problems(&COMPLETE.replace(from, to));
+        assert!(
+            found.iter().any(|p| p.contains(expected)),
+            "{expected:?} not in {found:?}"
+        );
+    }
+    // The secret is reported and never echoed.
+    let found = problems(&COMPLETE.replace(
+        "display_name = \"Acme\"",
+        "display_name = \"Acme\"\nclient_secret = \"hunter2\"",
+    ));
+    assert!(found.iter().all(|p| !p.contains("hunter2")), "{found:?}");
+}
+
+#[test]
+fn checker_reports_every_problem_at_once() {
+    let text = format!(
+        "{}\n{}",
+        COMPLETE
+            .replace("docs_url = \"https://id.acme.example/docs\"\n", "")
+            .replace(
+                "\"things.read\" = [\"read\"]",
+                "\"things.read\" = [\"admin\"]\n\"Bad Name\" = [\"read\"]"
+            )
+            .replace(
+                "token_url = \"https://id.acme.example/token\"",
+                "token_url = \"ftp://id.acme.example/token\""
+            ),
+        r#"
+[providers.globex]
+display_name = ""
+client_secret = "s"
+authorization_url = "https://globex.example/authorize"
+token_url = "https://globex.example/token"
+revocation_method = "unsupported"
+allowed_scopes = ["a"]
+
+[providers.initech]
+display_name = "Initech"
+unknown_thing = 1
+"#
+    );
+    let report = check::check_text(&text, "(test)");
+    assert_eq!(report.providers, ["acme", "globex", "initech"]);
+    let acme: Vec<String> = report.problems_of("acme").map(|p| p.message.clone()).collect();
+    assert!(
+        acme.iter().any(|m| m.contains("`token_url` must use https")),
+        "{acme:?}"
+    );
+    assert!(
+        acme.iter()
+            .any(|m| m.contains("scope `admin` is not in `allowed_scopes`")),
+        "{acme:?}"
+    );
+    assert!(
+        acme.iter()
+            .any(|m| m.contains("`Bad Name` is not a valid capability name")),
+        "{acme:?}"
+    );
+    let globex: Vec<String> = report.problems_of("globex").map(|p| p.message.clone()).collect();
+    for expected in [
+        "`client_secret`",
+        "`display_name` is empty",
+        "`revocation_unsupported_reason` is required",
+    ] {
+        assert!(
+            globex.iter().any(|m| m.contains(expected)),
+            "{expected} not in {globex:?}"
+        );
+    }
+    let initech: Vec<String> = report.problems_of("initech").map(|p| p.message.clone()).collect();
+    assert!(
+        initech.iter().any(|m| m.contains("unknown field `unknown_thing`")),
+        "{initech:?}"
+    );
+    assert!(!report.is_ok());
+    assert!(report
+        .to_string()
+        .ends_with(&format!("(test): {} problems in 3 providers\n", report.problems.len())));
+
+    // Problems of the file itself.
+    let report = check::check_text("colour = 1\n[providers]\n", "(test)");
+    assert_eq!(report.problems.len(), 1, "{report}");
+    assert!(report.problems[0]
+        .to_string()
+        .contains("unknown top-level key `colour`"));
+    let report = check::check_text("[providers.x\n", "(test)");
+    assert!(report.problems[0].message.starts_with("not a TOML catalog"), "{report}");
 }
