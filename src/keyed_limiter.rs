@@ -136,6 +136,6 @@ mod tests {
             let _ = limiter.check_at(&key, now);
         }
         assert!(limiter.len() as u64 <= limiter.capacity(), "{}", limiter.len());
-        assert!(limiter.len() > 0);
+        assert!(!limiter.is_empty());
     }
 }
