@@ -1,8 +1,9 @@
 //! The assembled service: configuration, stores, vault, audit, metrics and
 //! callers, built once and shared by the gRPC and HTTP listeners.
 
+use crate::api::TenantRateLimit;
 use crate::audit::AuditLog;
-use crate::auth::{Authenticator, CallerRegistry};
+use crate::auth::{Authenticator, CallerRegistry, FailureAudit, FailureLimits};
 use crate::broker::Broker;
 use crate::clock::SharedClock;
 use crate::config::{Config, KeysBackend};
@@ -64,6 +65,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Caller authentication.
     pub authenticator: Arc<Authenticator>,
+    /// `StartConsent` calls per tenant (`consent.max_starts_per_minute`).
+    pub consent_starts: TenantRateLimit,
     /// Configured providers.
     pub providers: Arc<Providers>,
     /// The consent flow.
@@ -258,11 +261,19 @@ impl App {
         let store: Arc<dyn Store> = Arc::new(sql.clone());
         let audit = AuditLog::start(store.clone(), metrics.clone(), 100_000);
         let registry = CallerRegistry::from_config(&config.auth).map_err(StartupError::Config)?;
-        let authenticator = Arc::new(Authenticator::new(
-            registry,
-            config.auth.max_failures_per_minute,
+        let limits = FailureLimits {
+            per_peer_per_minute: config.auth.max_failures_per_minute,
+            global_per_second: config.auth.max_failures_per_second,
+            tracked_peers: config.auth.failure_tracked_addresses,
+        };
+        let failure_audit = FailureAudit::new(
+            audit.clone(),
+            clock.clone(),
             metrics.clone(),
-        ));
+            config.auth.failure_audit_per_second,
+        );
+        let authenticator = Arc::new(Authenticator::new(registry, limits, metrics.clone()).with_audit(failure_audit));
+        let consent_starts = TenantRateLimit::new("StartConsent", config.consent.max_starts_per_minute);
         let mut catalog = Catalog::builtin().map_err(|e| StartupError::Config(e.to_string()))?;
         if let Some(path) = &config.providers.catalog_file {
             catalog.merge(Catalog::from_file(path).map_err(|e| StartupError::Config(e.to_string()))?);
@@ -358,6 +369,7 @@ impl App {
             audit,
             metrics,
             authenticator,
+            consent_starts,
         })
     }
 }

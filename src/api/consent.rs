@@ -99,6 +99,8 @@ impl ConsentService for ConsentApi {
         let capabilities = capability_names(&body.capabilities)?;
         let scopes = validate::scopes("scopes", &body.scopes)?;
         validate::may_act_for(&context.caller, &body.tenant_id)?;
+        // Counted only once the caller may act for the tenant: no one spends another tenant's allowance.
+        self.app.consent_starts.check(&body.tenant_id)?;
         let started = self
             .app
             .consent

@@ -13,6 +13,7 @@ mod export;
 pub mod http;
 pub mod server;
 pub mod status;
+mod tenant_limit;
 mod token;
 pub mod validate;
 
@@ -21,4 +22,5 @@ pub use connection::ConnectionApi;
 pub use consent::ConsentApi;
 pub use context::CallContext;
 pub use server::{start, ServerHandle};
+pub use tenant_limit::TenantRateLimit;
 pub use token::TokenApi;

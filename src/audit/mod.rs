@@ -33,6 +33,12 @@
 //!   unreachable the writer holds its batch and retries, so the window then
 //!   extends back to when the database went away (at most the queue's
 //!   capacity, after which issuers wait).
+//! - **Queued if there is room** ([`AuditLog::try_enqueue`]): `auth.failure`,
+//!   the authentication layer's refusals, which a flood of bad credentials
+//!   causes at will. They are rate-limited before they get here and never
+//!   wait for the queue: one that finds it full is counted as suppressed
+//!   (see `auth::FailureAudit`). They carry no tenant (the caller is not
+//!   known), so only a caller allowed every tenant lists them.
 
 use crate::store::{AuditEvent, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -156,6 +162,17 @@ impl AuditLog {
         }
         self.metrics
             .audit_queue_depth(self.sender.max_capacity() - self.sender.capacity());
+    }
+
+    /// Queues an event for the next batch if there is room now, without
+    /// waiting: `false` when the queue is full or the writer has stopped (the
+    /// caller counts it as suppressed). For events a flood can cause
+    /// (`auth.failure`), which must never slow the server down.
+    pub fn try_enqueue(&self, event: AuditEvent) -> bool {
+        let queued = self.sender.try_send(Message::Event(Box::new(event))).is_ok();
+        self.metrics
+            .audit_queue_depth(self.sender.max_capacity() - self.sender.capacity());
+        queued
     }
 
     /// Waits until everything queued so far is written (or the writer gave up).

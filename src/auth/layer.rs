@@ -3,10 +3,11 @@
 //! certificate), checks the role the service needs, and attaches the
 //! [`Caller`] to the request. Health and reflection stay open.
 
-use super::rate_limit::FailureLimiter;
+use super::failure_audit::{FailureAudit, Refusal};
+use super::rate_limit::{FailureLimiter, FailureLimits, FailureVerdict};
 use super::{digest_api_key, Caller, CallerRegistry};
 use crate::config::Role;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, RequestId};
 use crate::transport::{certificate_identity, peer_ip};
 use futures::future::{Either, Ready};
 use std::sync::Arc;
@@ -27,60 +28,103 @@ pub fn required_role(path: &str) -> Option<Option<Role>> {
     })
 }
 
+/// Why a credential did not resolve to a caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Failure {
+    /// `missing`, `malformed` or `unknown`.
+    reason: &'static str,
+    /// The kind of credential presented.
+    credential: &'static str,
+}
+
 /// Everything the layer needs, shared by all connections.
 #[derive(Debug)]
 pub struct Authenticator {
     registry: CallerRegistry,
     limiter: FailureLimiter,
     metrics: Metrics,
+    audit: Option<FailureAudit>,
 }
 
 impl Authenticator {
-    /// An authenticator over `registry`, refusing peers after `max_failures_per_minute` failures.
-    pub fn new(registry: CallerRegistry, max_failures_per_minute: u32, metrics: Metrics) -> Self {
+    /// An authenticator over `registry`, throttling failures by `limits`.
+    pub fn new(registry: CallerRegistry, limits: FailureLimits, metrics: Metrics) -> Self {
         Self {
             registry,
-            limiter: FailureLimiter::new(max_failures_per_minute),
+            limiter: FailureLimiter::new(limits),
             metrics,
+            audit: None,
         }
     }
 
-    /// Resolves and authorizes the caller of a request to `path`.
+    /// Records every refusal as an `auth.failure` audit event through `audit`.
+    pub fn with_audit(mut self, audit: FailureAudit) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Resolves and authorizes the caller of a request to `rpc`.
+    ///
+    /// The credential is always checked first (one SHA-256 and one map probe
+    /// for an API key), so a valid one is served whatever its address or the
+    /// whole server has failed lately; only failures are throttled.
     pub fn authenticate(
         &self,
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
         role: Role,
+        rpc: &str,
     ) -> Result<Arc<Caller>, Status> {
         let peer = peer_ip(extensions);
-        if let Some(peer) = peer {
-            if self.limiter.is_blocked(peer) {
-                self.metrics.auth_failure("rate_limited");
-                return Err(Status::resource_exhausted(
-                    "too many failed authentication attempts from this address; try again later",
-                ));
-            }
-        }
+        let request_id = extensions.get::<RequestId>().map(|r| r.0.as_str());
+        let mut refusal = Refusal {
+            reason: "",
+            cause: None,
+            credential: "none",
+            actor: None,
+            peer,
+            rpc,
+            request_id,
+        };
         let caller = match self.resolve(headers, extensions) {
             Ok(caller) => caller,
-            Err(reason) => {
-                self.metrics.auth_failure(reason);
-                if let Some(peer) = peer {
-                    if self.limiter.record_failure(peer) {
-                        tracing::warn!(%peer, "authentication failures over the limit; refusing this peer for a while");
+            Err(failure) => {
+                refusal.credential = failure.credential;
+                let status = match self.limiter.failure(peer) {
+                    FailureVerdict::Counted => {
+                        refusal.reason = failure.reason;
+                        Status::unauthenticated(match failure.reason {
+                            "missing" => "missing credentials: send `authorization: Bearer <api key>`",
+                            "malformed" => "malformed authorization header: expected `Bearer <api key>`",
+                            _ => "unknown API key or client certificate",
+                        })
                     }
-                }
-                let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-                tracing::info!(%peer, reason, "authentication failed");
-                return Err(Status::unauthenticated(match reason {
-                    "missing" => "missing credentials: send `authorization: Bearer <api key>`",
-                    "malformed" => "malformed authorization header: expected `Bearer <api key>`",
-                    _ => "unknown API key or client certificate",
-                }));
+                    FailureVerdict::PeerLimited => {
+                        refusal.reason = "peer_limit";
+                        refusal.cause = Some(failure.reason);
+                        Status::resource_exhausted(
+                            "too many failed authentication attempts from this address; \
+                             a valid credential is still served, failures are refused for a while",
+                        )
+                    }
+                    FailureVerdict::GlobalLimited => {
+                        refusal.reason = "global_limit";
+                        refusal.cause = Some(failure.reason);
+                        Status::resource_exhausted(
+                            "too many failed authentication attempts at this server; \
+                             a valid credential is still served, failures are refused for a while",
+                        )
+                    }
+                };
+                self.refuse(&refusal);
+                return Err(status);
             }
         };
         if !caller.has_role(role) {
-            self.metrics.auth_failure("wrong_role");
+            refusal.reason = "wrong_role";
+            refusal.credential = credential_kind(headers);
+            refusal.actor = Some(&caller.name);
+            self.refuse(&refusal);
             return Err(Status::permission_denied(format!(
                 "caller `{}` lacks the `{}` role this service needs",
                 caller.name,
@@ -90,28 +134,71 @@ impl Authenticator {
         Ok(caller)
     }
 
-    fn resolve(&self, headers: &http::HeaderMap, extensions: &http::Extensions) -> Result<Arc<Caller>, &'static str> {
+    /// Counts, logs and audits one refusal.
+    fn refuse(&self, refusal: &Refusal<'_>) {
+        self.metrics.auth_failure(match refusal.reason {
+            "missing" => "missing",
+            "malformed" => "malformed",
+            "wrong_role" => "wrong_role",
+            "peer_limit" => "peer_limit",
+            "global_limit" => "global_limit",
+            _ => "unknown",
+        });
+        let peer = refusal.peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        if refusal.cause.is_some() {
+            tracing::debug!(%peer, reason = refusal.reason, rpc = refusal.rpc, "authentication failure throttled");
+        } else {
+            tracing::info!(%peer, reason = refusal.reason, rpc = refusal.rpc, "authentication failed");
+        }
+        if let Some(audit) = &self.audit {
+            audit.record(refusal);
+        }
+    }
+
+    fn resolve(&self, headers: &http::HeaderMap, extensions: &http::Extensions) -> Result<Arc<Caller>, Failure> {
         match headers.get(http::header::AUTHORIZATION) {
             Some(value) => {
-                let text = value.to_str().map_err(|_| "malformed")?;
+                let malformed = Failure {
+                    reason: "malformed",
+                    credential: "api_key",
+                };
+                let text = value.to_str().map_err(|_| malformed)?;
                 let key = text
                     .strip_prefix("Bearer ")
                     .or_else(|| text.strip_prefix("bearer "))
                     .map(str::trim)
                     .filter(|k| !k.is_empty() && k.len() <= 512)
-                    .ok_or("malformed")?;
+                    .ok_or(malformed)?;
                 // Unknown and wrong keys take exactly the same path: one hash, one lookup.
-                self.registry.by_key_digest(&digest_api_key(key)).ok_or("unknown")
+                self.registry.by_key_digest(&digest_api_key(key)).ok_or(Failure {
+                    reason: "unknown",
+                    credential: "api_key",
+                })
             }
             None => {
-                let identity = certificate_identity(extensions).ok_or("missing")?;
+                let identity = certificate_identity(extensions).ok_or(Failure {
+                    reason: "missing",
+                    credential: "none",
+                })?;
                 identity
                     .subjects
                     .iter()
                     .find_map(|subject| self.registry.by_cert_subject(subject))
-                    .ok_or("unknown")
+                    .ok_or(Failure {
+                        reason: "unknown",
+                        credential: "client_cert",
+                    })
             }
         }
+    }
+}
+
+/// The kind of credential a request carries (for audit events).
+fn credential_kind(headers: &http::HeaderMap) -> &'static str {
+    if headers.contains_key(http::header::AUTHORIZATION) {
+        "api_key"
+    } else {
+        "client_cert"
     }
 }
 
@@ -166,7 +253,7 @@ where
         };
         match self
             .authenticator
-            .authenticate(request.headers(), request.extensions(), role)
+            .authenticate(request.headers(), request.extensions(), role, request.uri().path())
         {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
@@ -204,7 +291,7 @@ mod tests {
         assert_eq!(required_role("/other.Service/X"), None);
     }
 
-    fn cert_authenticator(max_failures_per_minute: u32) -> Authenticator {
+    fn cert_authenticator(per_peer_per_minute: u32) -> Authenticator {
         let auth = crate::config::AuthConfig {
             client_certs: vec![crate::config::ClientCertConfig {
                 name: "agent-worker".into(),
@@ -212,12 +299,18 @@ mod tests {
                 roles: vec![Role::Agent],
                 tenants: vec!["*".into()],
             }],
-            max_failures_per_minute,
             ..Default::default()
         };
         let registry = CallerRegistry::from_config(&auth).unwrap();
-        Authenticator::new(registry, max_failures_per_minute, Metrics::new())
+        let limits = FailureLimits {
+            per_peer_per_minute,
+            global_per_second: 0,
+            tracked_peers: 100,
+        };
+        Authenticator::new(registry, limits, Metrics::new())
     }
+
+    const RPC: &str = "/tokenvault.v1.TokenService/GetAccessToken";
 
     fn tls_info(subjects: Option<&[&str]>) -> http::Extensions {
         let mut extensions = http::Extensions::new();
@@ -235,15 +328,17 @@ mod tests {
         let authenticator = cert_authenticator(20);
         let headers = http::HeaderMap::new();
         let extensions = tls_info(Some(&["agent-7", "agent.internal", "spiffe://tokenvault/agent/7"]));
-        let caller = authenticator.authenticate(&headers, &extensions, Role::Agent).unwrap();
+        let caller = authenticator
+            .authenticate(&headers, &extensions, Role::Agent, RPC)
+            .unwrap();
         assert_eq!(&*caller.name, "agent-worker");
         let denied = authenticator
-            .authenticate(&headers, &extensions, Role::Admin)
+            .authenticate(&headers, &extensions, Role::Admin, RPC)
             .unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
 
         let anonymous = authenticator
-            .authenticate(&headers, &tls_info(None), Role::Agent)
+            .authenticate(&headers, &tls_info(None), Role::Agent, RPC)
             .unwrap_err();
         assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
         assert!(
@@ -258,13 +353,20 @@ mod tests {
         let authenticator = cert_authenticator(2);
         let headers = http::HeaderMap::new();
         let unknown = tls_info(Some(&["someone-else"]));
-        for _ in 0..3 {
-            let status = authenticator.authenticate(&headers, &unknown, Role::Agent).unwrap_err();
+        for _ in 0..2 {
+            let status = authenticator
+                .authenticate(&headers, &unknown, Role::Agent, RPC)
+                .unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unauthenticated);
         }
-        // The peer from TlsConnectInfo is now refused, even with a good certificate.
-        let good = tls_info(Some(&["spiffe://tokenvault/agent/7"]));
-        let refused = authenticator.authenticate(&headers, &good, Role::Agent).unwrap_err();
+        // The peer from TlsConnectInfo is now over its allowance: its failures are refused...
+        let refused = authenticator
+            .authenticate(&headers, &unknown, Role::Agent, RPC)
+            .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        // ...but a good certificate from it is still served.
+        let good = tls_info(Some(&["spiffe://tokenvault/agent/7"]));
+        let caller = authenticator.authenticate(&headers, &good, Role::Agent, RPC).unwrap();
+        assert_eq!(&*caller.name, "agent-worker");
     }
 }

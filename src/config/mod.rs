@@ -404,8 +404,18 @@ pub struct AuthConfig {
     pub api_keys_file: Option<PathBuf>,
     /// Client-certificate identities (mutual TLS).
     pub client_certs: Vec<ClientCertConfig>,
-    /// Failed authentications one peer address may make per minute before it is refused.
+    /// Failed authentications one peer address (an IPv6 /64) may make per
+    /// minute before its further failures are refused (a valid credential is
+    /// always served); 0 turns the per-address limit off.
     pub max_failures_per_minute: u32,
+    /// Failed authentications over all addresses per second before every
+    /// further failure is refused at once; 0 turns the ceiling off.
+    pub max_failures_per_second: u32,
+    /// Addresses whose failures are tracked at once (the memory bound; the
+    /// least useful are evicted first).
+    pub failure_tracked_addresses: usize,
+    /// `auth.failure` audit events written per second at most (the rest are counted as suppressed).
+    pub failure_audit_per_second: u32,
 }
 
 impl Default for AuthConfig {
@@ -415,6 +425,9 @@ impl Default for AuthConfig {
             api_keys_file: None,
             client_certs: Vec::new(),
             max_failures_per_minute: 20,
+            max_failures_per_second: 100,
+            failure_tracked_addresses: 100_000,
+            failure_audit_per_second: 20,
         }
     }
 }
@@ -427,6 +440,9 @@ pub struct ConsentConfig {
     pub allowed_return_origins: Vec<String>,
     /// How long a consent request stays usable.
     pub ttl_seconds: u64,
+    /// `StartConsent` calls one tenant may make per minute (each creates a
+    /// data key and a row); 0 turns the limit off.
+    pub max_starts_per_minute: u32,
 }
 
 impl Default for ConsentConfig {
@@ -434,6 +450,7 @@ impl Default for ConsentConfig {
         Self {
             allowed_return_origins: Vec::new(),
             ttl_seconds: 600,
+            max_starts_per_minute: 600,
         }
     }
 }

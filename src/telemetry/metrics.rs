@@ -60,6 +60,7 @@ struct Inner {
     refresh_duration: Histogram,
     upstream_errors: Family<ProviderLabels, Counter>,
     audit_dropped: Counter,
+    auth_audit_suppressed: Counter,
     audit_queue: Gauge,
     revocations: Family<OutcomeLabels, Counter>,
     purged: Family<KindLabels, Counter>,
@@ -124,6 +125,11 @@ impl Metrics {
             audit_dropped: r.add(
                 "audit_events_dropped",
                 "Audit events that could not be queued",
+                Counter::default(),
+            ),
+            auth_audit_suppressed: r.add(
+                "auth_failure_audit_suppressed",
+                "auth.failure audit events not written (over auth.failure_audit_per_second, or the queue full)",
                 Counter::default(),
             ),
             audit_queue: r.add(
@@ -215,6 +221,11 @@ impl Metrics {
     /// Records an audit event that was dropped.
     pub fn audit_dropped(&self) {
         self.inner.audit_dropped.inc();
+    }
+
+    /// Counts an `auth.failure` audit event not written.
+    pub fn auth_audit_suppressed(&self) {
+        self.inner.auth_audit_suppressed.inc();
     }
 
     /// Sets the audit queue depth.

@@ -22,6 +22,7 @@ mod faults;
 mod hsm;
 mod kms;
 mod lifecycle;
+mod lockout;
 mod outbox;
 mod presets;
 mod process;
