@@ -35,3 +35,4 @@ mod startup;
 mod store;
 mod tls;
 mod vault;
+mod workload;
