@@ -3,7 +3,7 @@
 
 use crate::api::TenantRateLimit;
 use crate::audit::AuditLog;
-use crate::auth::{Authenticator, CallerRegistry, FailureAudit, FailureLimits};
+use crate::auth::{Authenticator, CallerRegistry, FailureAudit, FailureLimits, WorkloadVerifier};
 use crate::broker::Broker;
 use crate::clock::SharedClock;
 use crate::config::{Config, KeysBackend};
@@ -272,7 +272,12 @@ impl App {
             metrics.clone(),
             config.auth.failure_audit_per_second,
         );
-        let authenticator = Arc::new(Authenticator::new(registry, limits, metrics.clone()).with_audit(failure_audit));
+        let mut authenticator = Authenticator::new(registry, limits, metrics.clone()).with_audit(failure_audit);
+        if let Some(identity) = &config.auth.workload_identity {
+            authenticator = authenticator
+                .with_workload_identity(WorkloadVerifier::from_config(identity).map_err(StartupError::Config)?);
+        }
+        let authenticator = Arc::new(authenticator);
         let consent_starts = TenantRateLimit::new("StartConsent", config.consent.max_starts_per_minute);
         let mut catalog = Catalog::builtin().map_err(|e| StartupError::Config(e.to_string()))?;
         if let Some(path) = &config.providers.catalog_file {

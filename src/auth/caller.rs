@@ -1,4 +1,4 @@
-//! Who is calling: the identity an API key or client certificate maps to.
+//! Who is calling: the identity an API key, client certificate or workload token maps to.
 
 use crate::config::{AuthConfig, Role};
 use crate::store::TenantScope;
@@ -41,11 +41,12 @@ impl Caller {
     }
 }
 
-/// Every configured caller, indexed by key digest and by certificate subject.
+/// Every configured caller, indexed by key digest, certificate subject and workload subject.
 #[derive(Debug, Default)]
 pub struct CallerRegistry {
     by_key_digest: HashMap<[u8; 32], Arc<Caller>>,
     by_cert_subject: HashMap<String, Arc<Caller>>,
+    by_workload_subject: HashMap<String, Arc<Caller>>,
 }
 
 impl CallerRegistry {
@@ -68,7 +69,19 @@ impl CallerRegistry {
                 Arc::new(Caller::from_grant(&cert.name, &cert.roles, &cert.tenants)),
             );
         }
+        for workload in &auth.workloads {
+            let name = workload.name.as_deref().unwrap_or(&workload.subject);
+            registry.by_workload_subject.insert(
+                workload.subject.clone(),
+                Arc::new(Caller::from_grant(name, &workload.roles, &workload.tenants)),
+            );
+        }
         Ok(registry)
+    }
+
+    /// The caller a verified workload identity (a token's `sub`) maps to.
+    pub fn by_workload_subject(&self, subject: &str) -> Option<Arc<Caller>> {
+        self.by_workload_subject.get(subject).cloned()
     }
 
     /// The caller whose key hashes to `digest`. Unknown and wrong keys take the same path.

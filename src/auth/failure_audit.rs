@@ -28,6 +28,8 @@ pub struct Refusal<'a> {
     pub credential: &'a str,
     /// The caller's name when it authenticated but was refused (wrong role); else unknown.
     pub actor: Option<&'a str>,
+    /// A verified workload identity's subject that no entry maps (not a secret).
+    pub subject: Option<&'a str>,
     /// The peer address, if the transport knows it.
     pub peer: Option<IpAddr>,
     /// The gRPC method called.
@@ -88,6 +90,9 @@ impl FailureAudit {
             refusal.peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
         )
         .detail("suppressed", suppressed);
+        if let Some(subject) = refusal.subject {
+            event = event.detail("subject", subject);
+        }
         if let Some(cause) = refusal.cause {
             event = event.detail("cause", cause);
         }

@@ -1,15 +1,18 @@
 //! The authentication layer in front of every gRPC service: it resolves the
-//! caller from `authorization: Bearer <key>` (or a verified client
-//! certificate), checks the role the service needs, and attaches the
+//! caller from `authorization: Bearer <key>`, a workload token
+//! (`Bearer <jwt>`, verified asynchronously, see [`super::workload`]) or a
+//! verified client certificate, checks the role the service needs, and attaches the
 //! [`Caller`] to the request. Health and reflection stay open.
 
 use super::failure_audit::{FailureAudit, Refusal};
 use super::rate_limit::{FailureLimiter, FailureLimits, FailureVerdict};
+use super::workload::{looks_like_jwt, WorkloadError, WorkloadVerifier};
 use super::{digest_api_key, Caller, CallerRegistry};
 use crate::config::Role;
 use crate::telemetry::{Metrics, RequestId};
 use crate::transport::{certificate_identity, peer_ip};
-use futures::future::{Either, Ready};
+use futures::future::{BoxFuture, Either, Ready};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::Status;
@@ -28,13 +31,68 @@ pub fn required_role(path: &str) -> Option<Option<Role>> {
     })
 }
 
+/// What a refused credential gets back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// `UNAUTHENTICATED` with this message (or `RESOURCE_EXHAUSTED` past the failure limits).
+    Unauthenticated(Cow<'static, str>),
+    /// `UNAVAILABLE`: the credential could not be checked (the issuer is away); not the caller's failure.
+    Unavailable(String),
+    /// `PERMISSION_DENIED`: a verified workload identity no `[[auth.workloads]]` entry maps.
+    Unmapped(String),
+}
+
 /// Why a credential did not resolve to a caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Failure {
-    /// `missing`, `malformed` or `unknown`.
+    /// `missing`, `malformed`, `unknown`, or a workload token's reason.
     reason: &'static str,
     /// The kind of credential presented.
     credential: &'static str,
+    answer: Answer,
+}
+
+impl Failure {
+    fn api_key(reason: &'static str) -> Self {
+        let message = match reason {
+            "missing" => "missing credentials: send `authorization: Bearer <api key or workload token>`",
+            "malformed" => "malformed authorization header: expected `Bearer <api key or workload token>`",
+            _ => "unknown API key or client certificate",
+        };
+        Self {
+            reason,
+            credential: if reason == "missing" { "none" } else { "api_key" },
+            answer: Answer::Unauthenticated(Cow::Borrowed(message)),
+        }
+    }
+}
+
+/// The first step of authentication: done at once, or a workload token to verify.
+#[derive(Debug)]
+pub enum Begin {
+    /// The caller, or the status to answer.
+    Done(Result<Arc<Caller>, Status>),
+    /// A workload token (JWT) to verify with [`Authenticator::authenticate_workload`].
+    Workload(String),
+}
+
+/// What the audit event of a refusal needs from the request, owned (for the workload path).
+#[derive(Debug, Clone)]
+pub struct RequestFacts {
+    peer: Option<std::net::IpAddr>,
+    rpc: String,
+    request_id: Option<String>,
+}
+
+impl RequestFacts {
+    /// The facts of a request to `rpc`.
+    pub fn of(extensions: &http::Extensions, rpc: &str) -> Self {
+        Self {
+            peer: peer_ip(extensions),
+            rpc: rpc.to_owned(),
+            request_id: extensions.get::<RequestId>().map(|r| r.0.clone()),
+        }
+    }
 }
 
 /// Everything the layer needs, shared by all connections.
@@ -44,6 +102,7 @@ pub struct Authenticator {
     limiter: FailureLimiter,
     metrics: Metrics,
     audit: Option<FailureAudit>,
+    workload: Option<WorkloadVerifier>,
 }
 
 impl Authenticator {
@@ -54,6 +113,7 @@ impl Authenticator {
             limiter: FailureLimiter::new(limits),
             metrics,
             audit: None,
+            workload: None,
         }
     }
 
@@ -63,57 +123,122 @@ impl Authenticator {
         self
     }
 
-    /// Resolves and authorizes the caller of a request to `rpc`.
+    /// Accepts workload tokens verified by `verifier`.
+    pub fn with_workload_identity(mut self, verifier: WorkloadVerifier) -> Self {
+        self.workload = Some(verifier);
+        self
+    }
+
+    /// Resolves and authorizes the caller of a request to `rpc`: at once for
+    /// API keys and client certificates, or hands back a workload token to verify.
     ///
     /// The credential is always checked first (one SHA-256 and one map probe
     /// for an API key), so a valid one is served whatever its address or the
     /// whole server has failed lately; only failures are throttled.
-    pub fn authenticate(
-        &self,
-        headers: &http::HeaderMap,
-        extensions: &http::Extensions,
-        role: Role,
-        rpc: &str,
-    ) -> Result<Arc<Caller>, Status> {
-        let peer = peer_ip(extensions);
-        let request_id = extensions.get::<RequestId>().map(|r| r.0.as_str());
-        let mut refusal = Refusal {
+    pub fn begin(&self, headers: &http::HeaderMap, extensions: &http::Extensions, role: Role, rpc: &str) -> Begin {
+        let resolved = match self.resolve(headers, extensions) {
+            Ok(Resolved::Caller(caller)) => Ok(caller),
+            Ok(Resolved::Workload(token)) => return Begin::Workload(token),
+            Err(failure) => Err(failure),
+        };
+        let facts = Refusal {
             reason: "",
             cause: None,
-            credential: "none",
+            credential: credential_kind(headers),
             actor: None,
-            peer,
+            subject: None,
+            peer: peer_ip(extensions),
             rpc,
-            request_id,
+            request_id: extensions.get::<RequestId>().map(|r| r.0.as_str()),
         };
-        let caller = match self.resolve(headers, extensions) {
+        Begin::Done(self.conclude(resolved, facts, role))
+    }
+
+    /// Verifies a workload token from [`begin`](Self::begin) and authorizes its caller.
+    pub async fn authenticate_workload(
+        &self,
+        token: &str,
+        facts: &RequestFacts,
+        role: Role,
+    ) -> Result<Arc<Caller>, Status> {
+        let resolved = match &self.workload {
+            Some(verifier) => match verifier.verify(token).await {
+                Ok(subject) => self.registry.by_workload_subject(&subject).ok_or(Failure {
+                    reason: "unmapped",
+                    credential: "workload_token",
+                    answer: Answer::Unmapped(subject),
+                }),
+                Err(error) => Err(Failure {
+                    reason: error.reason(),
+                    credential: "workload_token",
+                    answer: match &error {
+                        WorkloadError::Unavailable(_) => Answer::Unavailable(error.to_string()),
+                        _ => Answer::Unauthenticated(Cow::Owned(error.to_string())),
+                    },
+                }),
+            },
+            None => Err(Failure::api_key("unknown")),
+        };
+        let refusal = Refusal {
+            reason: "",
+            cause: None,
+            credential: "workload_token",
+            actor: None,
+            subject: None,
+            peer: facts.peer,
+            rpc: &facts.rpc,
+            request_id: facts.request_id.as_deref(),
+        };
+        self.conclude(resolved, refusal, role)
+    }
+
+    /// Throttles and audits a failure, or checks the caller's role.
+    fn conclude(
+        &self,
+        resolved: Result<Arc<Caller>, Failure>,
+        mut refusal: Refusal<'_>,
+        role: Role,
+    ) -> Result<Arc<Caller>, Status> {
+        let caller = match resolved {
             Ok(caller) => caller,
             Err(failure) => {
                 refusal.credential = failure.credential;
-                let status = match self.limiter.failure(peer) {
-                    FailureVerdict::Counted => {
-                        refusal.reason = failure.reason;
-                        Status::unauthenticated(match failure.reason {
-                            "missing" => "missing credentials: send `authorization: Bearer <api key>`",
-                            "malformed" => "malformed authorization header: expected `Bearer <api key>`",
-                            _ => "unknown API key or client certificate",
-                        })
+                refusal.reason = failure.reason;
+                let status = match failure.answer {
+                    Answer::Unauthenticated(message) => match self.limiter.failure(refusal.peer) {
+                        FailureVerdict::Counted => Status::unauthenticated(message),
+                        FailureVerdict::PeerLimited => {
+                            refusal.reason = "peer_limit";
+                            refusal.cause = Some(failure.reason);
+                            Status::resource_exhausted(
+                                "too many failed authentication attempts from this address; \
+                                 a valid credential is still served, failures are refused for a while",
+                            )
+                        }
+                        FailureVerdict::GlobalLimited => {
+                            refusal.reason = "global_limit";
+                            refusal.cause = Some(failure.reason);
+                            Status::resource_exhausted(
+                                "too many failed authentication attempts at this server; \
+                                 a valid credential is still served, failures are refused for a while",
+                            )
+                        }
+                    },
+                    Answer::Unavailable(message) => {
+                        self.refuse(&refusal);
+                        return Err(Status::unavailable(format!(
+                            "{message}; API keys and client certificates still work, retry later"
+                        )));
                     }
-                    FailureVerdict::PeerLimited => {
-                        refusal.reason = "peer_limit";
-                        refusal.cause = Some(failure.reason);
-                        Status::resource_exhausted(
-                            "too many failed authentication attempts from this address; \
-                             a valid credential is still served, failures are refused for a while",
-                        )
-                    }
-                    FailureVerdict::GlobalLimited => {
-                        refusal.reason = "global_limit";
-                        refusal.cause = Some(failure.reason);
-                        Status::resource_exhausted(
-                            "too many failed authentication attempts at this server; \
-                             a valid credential is still served, failures are refused for a while",
-                        )
+                    Answer::Unmapped(subject) => {
+                        self.refuse(&Refusal {
+                            subject: Some(&subject),
+                            ..refusal
+                        });
+                        return Err(Status::permission_denied(format!(
+                            "workload identity `{subject}` is verified but not mapped to a caller: \
+                             add it to [[auth.workloads]]"
+                        )));
                     }
                 };
                 self.refuse(&refusal);
@@ -121,10 +246,11 @@ impl Authenticator {
             }
         };
         if !caller.has_role(role) {
-            refusal.reason = "wrong_role";
-            refusal.credential = credential_kind(headers);
-            refusal.actor = Some(&caller.name);
-            self.refuse(&refusal);
+            self.refuse(&Refusal {
+                reason: "wrong_role",
+                actor: Some(&caller.name),
+                ..refusal
+            });
             return Err(Status::permission_denied(format!(
                 "caller `{}` lacks the `{}` role this service needs",
                 caller.name,
@@ -142,7 +268,10 @@ impl Authenticator {
             "wrong_role" => "wrong_role",
             "peer_limit" => "peer_limit",
             "global_limit" => "global_limit",
-            _ => "unknown",
+            "unknown" => "unknown",
+            "unmapped" => "workload_unmapped",
+            "issuer_unavailable" => "issuer_unavailable",
+            _ => "workload_invalid",
         });
         let peer = refusal.peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
         if refusal.cause.is_some() {
@@ -155,42 +284,49 @@ impl Authenticator {
         }
     }
 
-    fn resolve(&self, headers: &http::HeaderMap, extensions: &http::Extensions) -> Result<Arc<Caller>, Failure> {
+    fn resolve(&self, headers: &http::HeaderMap, extensions: &http::Extensions) -> Result<Resolved, Failure> {
         match headers.get(http::header::AUTHORIZATION) {
             Some(value) => {
-                let malformed = Failure {
-                    reason: "malformed",
-                    credential: "api_key",
-                };
-                let text = value.to_str().map_err(|_| malformed)?;
-                let key = text
+                let text = value.to_str().map_err(|_| Failure::api_key("malformed"))?;
+                let credential = text
                     .strip_prefix("Bearer ")
                     .or_else(|| text.strip_prefix("bearer "))
                     .map(str::trim)
-                    .filter(|k| !k.is_empty() && k.len() <= 512)
-                    .ok_or(malformed)?;
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(|| Failure::api_key("malformed"))?;
+                if self.workload.is_some() && looks_like_jwt(credential) {
+                    return Ok(Resolved::Workload(credential.to_owned()));
+                }
+                if credential.len() > 512 {
+                    return Err(Failure::api_key("malformed"));
+                }
                 // Unknown and wrong keys take exactly the same path: one hash, one lookup.
-                self.registry.by_key_digest(&digest_api_key(key)).ok_or(Failure {
-                    reason: "unknown",
-                    credential: "api_key",
-                })
+                self.registry
+                    .by_key_digest(&digest_api_key(credential))
+                    .map(Resolved::Caller)
+                    .ok_or_else(|| Failure::api_key("unknown"))
             }
             None => {
-                let identity = certificate_identity(extensions).ok_or(Failure {
-                    reason: "missing",
-                    credential: "none",
-                })?;
+                let identity = certificate_identity(extensions).ok_or_else(|| Failure::api_key("missing"))?;
                 identity
                     .subjects
                     .iter()
                     .find_map(|subject| self.registry.by_cert_subject(subject))
+                    .map(Resolved::Caller)
                     .ok_or(Failure {
                         reason: "unknown",
                         credential: "client_cert",
+                        answer: Answer::Unauthenticated(Cow::Borrowed("unknown API key or client certificate")),
                     })
             }
         }
     }
+}
+
+/// A credential resolved at once, or a workload token still to verify.
+enum Resolved {
+    Caller(Arc<Caller>),
+    Workload(String),
 }
 
 /// The kind of credential a request carries (for audit events).
@@ -235,12 +371,17 @@ pub struct AuthService<S> {
 
 impl<S, B, ResBody> tower::Service<http::Request<B>> for AuthService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
     ResBody: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
+    type Future = Either<
+        Either<Ready<Result<S::Response, S::Error>>, S::Future>,
+        BoxFuture<'static, Result<S::Response, S::Error>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -249,17 +390,33 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let Some(Some(role)) = required_role(request.uri().path()) else {
             // Open services, and unknown paths (answered UNIMPLEMENTED by the router).
-            return Either::Right(self.inner.call(request));
+            return Either::Left(Either::Right(self.inner.call(request)));
         };
         match self
             .authenticator
-            .authenticate(request.headers(), request.extensions(), role, request.uri().path())
+            .begin(request.headers(), request.extensions(), role, request.uri().path())
         {
-            Ok(caller) => {
+            Begin::Done(Ok(caller)) => {
                 request.extensions_mut().insert(caller);
-                Either::Right(self.inner.call(request))
+                Either::Left(Either::Right(self.inner.call(request)))
             }
-            Err(status) => Either::Left(futures::future::ready(Ok(status.into_http()))),
+            Begin::Done(Err(status)) => Either::Left(Either::Left(futures::future::ready(Ok(status.into_http())))),
+            Begin::Workload(token) => {
+                // The inner service was made ready for this call: take it, leave a clone.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let authenticator = self.authenticator.clone();
+                let facts = RequestFacts::of(request.extensions(), request.uri().path());
+                Either::Right(Box::pin(async move {
+                    match authenticator.authenticate_workload(&token, &facts, role).await {
+                        Ok(caller) => {
+                            request.extensions_mut().insert(caller);
+                            inner.call(request).await
+                        }
+                        Err(status) => Ok(status.into_http()),
+                    }
+                }))
+            }
         }
     }
 }
@@ -311,6 +468,21 @@ mod tests {
     }
 
     const RPC: &str = "/tokenvault.v1.TokenService/GetAccessToken";
+
+    impl Authenticator {
+        fn authenticate(
+            &self,
+            headers: &http::HeaderMap,
+            extensions: &http::Extensions,
+            role: Role,
+            rpc: &str,
+        ) -> Result<Arc<Caller>, Status> {
+            match self.begin(headers, extensions, role, rpc) {
+                Begin::Done(result) => result,
+                Begin::Workload(_) => panic!("no workload identity configured"),
+            }
+        }
+    }
 
     fn tls_info(subjects: Option<&[&str]>) -> http::Extensions {
         let mut extensions = http::Extensions::new();

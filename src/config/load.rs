@@ -340,6 +340,74 @@ fn validate_callers(config: &Config, problems: &mut Vec<String>) {
     if !config.auth.client_certs.is_empty() && config.tls.as_ref().and_then(|t| t.client_ca_file.as_ref()).is_none() {
         problems.push("auth.client_certs needs tls.client_ca_file (mutual TLS)".to_owned());
     }
+    let mut subjects = HashSet::new();
+    for workload in &config.auth.workloads {
+        let name = workload.name.as_deref().unwrap_or(&workload.subject);
+        if !names.insert(name) {
+            problems.push(format!("auth: caller name `{name}` is used twice"));
+        }
+        if workload.subject.trim().is_empty() {
+            problems.push(format!("auth.workloads `{name}`: subject is empty"));
+        }
+        if !subjects.insert(workload.subject.as_str()) {
+            problems.push(format!(
+                "auth.workloads: subject `{}` is mapped twice",
+                workload.subject
+            ));
+        }
+        check_grant(name, &workload.roles, &workload.tenants, problems);
+    }
+    match &config.auth.workload_identity {
+        None if !config.auth.workloads.is_empty() => {
+            problems.push("auth.workloads needs [auth.workload_identity] (the issuer and audience)".to_owned());
+        }
+        None => {}
+        Some(identity) => validate_workload_identity(identity, problems),
+    }
+}
+
+fn validate_workload_identity(identity: &super::WorkloadIdentityConfig, problems: &mut Vec<String>) {
+    let issuer = &identity.issuer;
+    let loopback = match issuer.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    };
+    if issuer.scheme() != "https" && !(issuer.scheme() == "http" && loopback) {
+        problems.push(format!(
+            "auth.workload_identity.issuer `{issuer}` must be an https URL (http only on loopback)"
+        ));
+    }
+    if issuer.query().is_some() || issuer.fragment().is_some() {
+        problems.push("auth.workload_identity.issuer must have no query or fragment".to_owned());
+    }
+    if identity.audience.trim().is_empty() {
+        problems.push("auth.workload_identity.audience is empty".to_owned());
+    }
+    if !(256..=65536).contains(&identity.max_token_bytes) {
+        problems.push("auth.workload_identity.max_token_bytes must be between 256 and 65536".to_owned());
+    }
+    if identity.leeway_seconds > 300 {
+        problems.push("auth.workload_identity.leeway_seconds is at most 300".to_owned());
+    }
+    if identity.timeout_seconds == 0 || identity.refresh_interval_seconds == 0 {
+        problems
+            .push("auth.workload_identity.timeout_seconds and refresh_interval_seconds must be at least 1".to_owned());
+    }
+    for (what, path) in [
+        ("ca_file", &identity.ca_file),
+        ("issuer_token_file", &identity.issuer_token_file),
+    ] {
+        if let Some(path) = path {
+            if !path.is_file() {
+                problems.push(format!(
+                    "auth.workload_identity.{what} `{}` is not a readable file",
+                    path.display()
+                ));
+            }
+        }
+    }
 }
 
 fn check_grant(name: &str, roles: &[super::Role], tenants: &[String], problems: &mut Vec<String>) {

@@ -394,6 +394,72 @@ pub struct ClientCertConfig {
     pub tenants: Vec<String>,
 }
 
+/// `[auth.workload_identity]`: the issuer whose JWTs (Kubernetes projected
+/// service-account tokens, SPIFFE JWT-SVIDs) identify workloads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadIdentityConfig {
+    /// The issuer URL: the tokens' `iss`; its keys are found at
+    /// `{issuer}/.well-known/openid-configuration` → `jwks_uri`.
+    pub issuer: url::Url,
+    /// The audience tokens must be issued for (`aud`), e.g. `tokenvault`.
+    pub audience: String,
+    /// PEM CA certificates trusted for the issuer's TLS (in Kubernetes:
+    /// `/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A bearer token file sent with the discovery and JWKS requests (in
+    /// Kubernetes the API server serves them to service accounts), re-read at each fetch.
+    #[serde(default)]
+    pub issuer_token_file: Option<PathBuf>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway_seconds")]
+    pub leeway_seconds: u64,
+    /// Largest token accepted.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Least seconds between two fetches of the issuer's keys (an unknown `kid` refreshes them).
+    #[serde(default = "default_refresh_interval_seconds")]
+    pub refresh_interval_seconds: u64,
+    /// Keys older than this are fetched again before use.
+    #[serde(default = "default_keys_max_age_seconds")]
+    pub keys_max_age_seconds: u64,
+    /// Timeout of one request to the issuer.
+    #[serde(default = "default_issuer_timeout_seconds")]
+    pub timeout_seconds: u64,
+}
+
+fn default_leeway_seconds() -> u64 {
+    30
+}
+fn default_max_token_bytes() -> usize {
+    8192
+}
+fn default_refresh_interval_seconds() -> u64 {
+    30
+}
+fn default_keys_max_age_seconds() -> u64 {
+    3600
+}
+fn default_issuer_timeout_seconds() -> u64 {
+    5
+}
+
+/// One `[[auth.workloads]]` entry: a workload identity and what it may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadConfig {
+    /// Name recorded in audit events as the actor (default: the subject).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The token's `sub`: `system:serviceaccount:<namespace>:<name>` or a SPIFFE ID.
+    pub subject: String,
+    /// What the workload may do.
+    pub roles: Vec<Role>,
+    /// Tenants it may act for; `"*"` means all.
+    pub tenants: Vec<String>,
+}
+
 /// Callers.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -404,6 +470,10 @@ pub struct AuthConfig {
     pub api_keys_file: Option<PathBuf>,
     /// Client-certificate identities (mutual TLS).
     pub client_certs: Vec<ClientCertConfig>,
+    /// The issuer of workload identity tokens, if they are accepted.
+    pub workload_identity: Option<WorkloadIdentityConfig>,
+    /// Workload identities (subjects of tokens from `workload_identity`).
+    pub workloads: Vec<WorkloadConfig>,
     /// Failed authentications one peer address (an IPv6 /64) may make per
     /// minute before its further failures are refused (a valid credential is
     /// always served); 0 turns the per-address limit off.
@@ -424,6 +494,8 @@ impl Default for AuthConfig {
             api_keys: Vec::new(),
             api_keys_file: None,
             client_certs: Vec::new(),
+            workload_identity: None,
+            workloads: Vec::new(),
             max_failures_per_minute: 20,
             max_failures_per_second: 100,
             failure_tracked_addresses: 100_000,

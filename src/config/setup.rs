@@ -37,8 +37,8 @@ pub const NO_KEYS: &str = "no key-encryption keys are configured: set keys.file 
 
 /// The message when a production-shaped `serve` configuration names no caller.
 pub const NO_CALLERS: &str = "no callers are configured: set auth.api_keys_file (a file of [[api_keys]]; \
-     `tokenvault api-key create` prints an entry), auth.api_keys, or auth.client_certs with \
-     tls.client_ca_file; API keys are generated only in development (no database_url)";
+     `tokenvault api-key create` prints an entry), auth.api_keys, auth.client_certs with \
+     tls.client_ca_file, or auth.workloads with [auth.workload_identity]; API keys are generated only in development (no database_url)";
 
 /// The message when the key table would share the main database without `keys.allow_shared_database`.
 pub const SHARED_KEY_TABLE: &str = "the key table is in the main database (key_database_url is not set, or \
@@ -89,7 +89,11 @@ pub fn check_production(config: &Config, needs: Needs) -> Result<(), ConfigError
     if !config.keys.is_configured() {
         problems.push(NO_KEYS.to_owned());
     }
-    if needs == Needs::Callers && config.auth.api_keys.is_empty() && config.auth.client_certs.is_empty() {
+    if needs == Needs::Callers
+        && config.auth.api_keys.is_empty()
+        && config.auth.client_certs.is_empty()
+        && config.auth.workloads.is_empty()
+    {
         problems.push(NO_CALLERS.to_owned());
     }
     if key_table_is_shared(config) && !config.keys.allow_shared_database {

@@ -70,7 +70,24 @@ pub struct ProviderHttp {
 impl ProviderHttp {
     /// A client with a per-request `timeout` and a response body limit.
     pub fn new(timeout: Duration, max_body: usize) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+        Self::with_root_ca(timeout, max_body, None)
+    }
+
+    /// Like [`new`](Self::new), also trusting the PEM certificates in
+    /// `extra_roots` (a private issuer's CA, such as a cluster's).
+    pub fn with_root_ca(timeout: Duration, max_body: usize, extra_roots: Option<&[u8]>) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = extra_roots {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("cannot read the CA certificates: {e}"))?;
+            if certificates.is_empty() {
+                return Err("the CA file holds no PEM certificate".to_owned());
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let client = builder
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
@@ -114,7 +131,16 @@ impl ProviderHttp {
 
     /// A plain GET returning the body (discovery documents).
     pub async fn get_json(&self, url: &str) -> Result<serde_json::Value, HttpError> {
-        let response = self.client.get(url).send().await.map_err(classify)?;
+        self.get_json_authorized(url, None).await
+    }
+
+    /// A GET with an optional `authorization: Bearer` token, returning the JSON body.
+    pub async fn get_json_authorized(&self, url: &str, bearer: Option<&str>) -> Result<serde_json::Value, HttpError> {
+        let mut request = self.client.get(url);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(classify)?;
         let status = response.status();
         if !status.is_success() {
             return Err(HttpError::Status(status.as_u16()));

@@ -36,3 +36,4 @@ mod startup;
 mod store;
 mod tls;
 mod vault;
+mod workload;

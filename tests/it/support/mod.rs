@@ -9,6 +9,7 @@ pub mod db;
 pub mod fixture;
 pub mod hsm;
 pub mod inspect;
+pub mod jwt_issuer;
 pub mod kms;
 pub mod process;
 pub mod provider;
