@@ -24,11 +24,10 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn delete_data_keys(&self, ids: &[Uuid]) -> Result<u64, StoreError>;
     /// A page of keys ordered by id.
     async fn data_keys_page(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<WrappedDataKey>, StoreError>;
-    /// Replaces a key's wrapping if it is still under `expected_kek`.
-    async fn rewrap_data_key(&self, key: &WrappedDataKey, expected_kek: &str) -> Result<bool, StoreError>;
-    /// [`KeyStore::rewrap_data_key`] for a batch `(key, expected_kek)` in one
-    /// transaction; returns how many were replaced (a key destroyed or
-    /// re-wrapped elsewhere meanwhile is left as it is).
+    /// Replaces the wrapping of each key of a batch `(key, expected_kek)` that
+    /// is still under its `expected_kek`, in one transaction; returns how many
+    /// were replaced (a key destroyed or re-wrapped elsewhere meanwhile is left
+    /// as it is).
     async fn rewrap_data_keys(&self, keys: &[(WrappedDataKey, String)]) -> Result<u64, StoreError>;
     /// Each KEK id in use and how many data keys it wraps.
     async fn kek_usage(&self) -> Result<Vec<(String, u64)>, StoreError>;
@@ -103,17 +102,6 @@ impl KeyStore for SqlStore {
         .bind(i64::from(limit))
         .records(&self.pool)
         .await
-    }
-
-    async fn rewrap_data_key(&self, key: &WrappedDataKey, expected_kek: &str) -> Result<bool, StoreError> {
-        let rewrapped = sqlx::query("UPDATE data_keys SET kek_id = $1, wrapped = $2 WHERE id = $3 AND kek_id = $4")
-            .bind(key.kek_id.clone())
-            .bind(key.wrapped.clone())
-            .bind(key.id.to_string())
-            .bind(expected_kek.to_owned())
-            .run(&self.pool)
-            .await?;
-        Ok(rewrapped == 1)
     }
 
     async fn rewrap_data_keys(&self, keys: &[(WrappedDataKey, String)]) -> Result<u64, StoreError> {

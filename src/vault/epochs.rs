@@ -280,11 +280,7 @@ impl Vault {
             // Paced in steps of one keyring batch: the n-th re-wrap no earlier than n / per_second after the start.
             let mut batch = Vec::with_capacity(page.len());
             for chunk in page.chunks(REWRAP_CONCURRENCY) {
-                let results = futures::future::join_all(chunk.iter().cloned().map(|stored| {
-                    let vault = self.clone();
-                    async move { vault.rewrap_one(&stored).await }
-                }))
-                .await;
+                let results = futures::future::join_all(chunk.iter().map(|stored| self.rewrap_one(stored))).await;
                 for result in results {
                     match result {
                         Ok(pair) => batch.push(pair),

@@ -228,7 +228,7 @@ impl Pkcs11Keyring {
         let (kek, sealed) = (kek.to_owned(), sealed.to_vec());
         let plain = self
             .token
-            .call("C_Decrypt", move |session| {
+            .run("C_Decrypt", move |session| {
                 let key = find_key(session, &kek)?;
                 let mut iv = iv;
                 let aad = additional_data(&kek, dek_id);
@@ -250,8 +250,7 @@ impl Pkcs11Keyring {
                     Err(error) => Err(error.into()),
                 }
             })
-            .await
-            .map_err(Failure::into_vault)?;
+            .await?;
         let bytes: [u8; 32] = plain
             .as_slice()
             .try_into()
@@ -418,7 +417,7 @@ impl Token {
 
     /// Runs `operation` with a session on the blocking pool; a lost session
     /// is replaced and the operation tried once more.
-    async fn call<T, F>(self: &Arc<Self>, name: &'static str, operation: F) -> Result<T, Failure>
+    async fn run<T, F>(self: &Arc<Self>, name: &'static str, operation: F) -> Result<T, VaultError>
     where
         T: Send + 'static,
         F: Fn(&Session) -> Result<T, Failure> + Send + 'static,
@@ -441,23 +440,12 @@ impl Token {
                         // The token forgot our sessions (reset, reinserted): start again from none.
                         token.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     }
-                    other => return other,
+                    other => return other.map_err(Failure::into_vault),
                 }
             }
         })
         .await
-        .map_err(|error| Failure::Vault(VaultError::HsmUnavailable(format!("{name}: task failed: {error}"))))?
-    }
-}
-
-impl Token {
-    /// `call` with the failure already a [`VaultError`].
-    async fn run<T, F>(self: &Arc<Self>, name: &'static str, operation: F) -> Result<T, VaultError>
-    where
-        T: Send + 'static,
-        F: Fn(&Session) -> Result<T, Failure> + Send + 'static,
-    {
-        self.call(name, operation).await.map_err(Failure::into_vault)
+        .map_err(|error| VaultError::HsmUnavailable(format!("{name}: task failed: {error}")))?
     }
 }
 

@@ -845,8 +845,20 @@ async fn key_table(backend: Backend) {
     let mut moved = store.data_key(ids[0]).await.unwrap().unwrap();
     moved.kek_id = "new".into();
     moved.wrapped = vec![9; 60];
-    assert!(!store.rewrap_data_key(&moved, "wrong").await.unwrap());
-    assert!(store.rewrap_data_key(&moved, "old").await.unwrap());
+    assert_eq!(
+        store
+            .rewrap_data_keys(&[(moved.clone(), "wrong".to_owned())])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .rewrap_data_keys(&[(moved.clone(), "old".to_owned())])
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(store.data_key(ids[0]).await.unwrap().unwrap().wrapped, vec![9; 60]);
     // A batch in one transaction: only the keys still under their expected KEK change.
     let mut batch = Vec::new();

@@ -1,9 +1,9 @@
 //! The vault over a real key table: rotation, missing keys, a separate key database.
 
 use crate::on_both;
-use crate::support::suite::binding;
+use crate::support::suite::{assert_all_open, seal_some};
 use crate::support::{base_config, random_kek, Backend, TestDb};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use std::sync::Arc;
 
 use tokenvault::app::{App, StartupError};
@@ -24,16 +24,7 @@ async fn rotation(backend: Backend) {
     let new = random_kek("new");
 
     let v1 = vault(&store, &old, "old");
-    let mut sealed = Vec::new();
-    for i in 0..7 {
-        let key = v1.create_data_key().await.unwrap();
-        let record = format!("c{i}");
-        sealed.push((
-            key.id(),
-            record.clone(),
-            key.seal(&binding(&record), format!("token-{i}").as_bytes()).unwrap(),
-        ));
-    }
+    let sealed = seal_some(&v1, 7).await;
 
     // Both keys configured, the new one active: rotation re-wraps every data key.
     let both = format!("{old},{new}");
@@ -52,11 +43,7 @@ async fn rotation(backend: Backend) {
     // The old key can now be removed: everything still opens.
     let v3 = vault(&store, &new, "new");
     v3.check_keyring_covers_store().await.unwrap();
-    for (dek, record, ciphertext) in &sealed {
-        let key = v3.data_key(*dek).await.unwrap();
-        let plain = key.open(&binding(record), ciphertext).unwrap();
-        assert!(plain.expose_secret().starts_with(b"token-"));
-    }
+    assert_all_open(&v3, &sealed).await;
 
     // With only the old key, the store names the missing one; destroying a data key shreds.
     let stale = vault(&store, &old, "old");
