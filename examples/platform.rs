@@ -8,9 +8,10 @@
 //! ```
 //!
 //! With no argument it calls `StartConsent`, prints the authorization URL the
-//! user's browser must open, then polls `GetConsent` until the consent is
-//! completed, failed or expired, and prints the connection id (a platform that
-//! receives the `return_url` redirect gets it from there instead of polling).
+//! user's browser must open, and serves the `return_url` page itself: when the
+//! browser comes back with `status=approved` and a one-time `completion_code`,
+//! it calls `ConfirmConsent` for the same user (the step that binds the grant
+//! to the user signed in at the platform) and prints the connection id.
 //! `--list` shows `ListConnections` for the tenant and user, `--disconnect ID`
 //! calls `Disconnect` (revoked at once, and at the provider too).
 //!
@@ -22,26 +23,27 @@
 //! - `PROVIDER` (default `demo`, the provider of `cargo run --example dev_provider`);
 //! - `CAPABILITIES`: comma-separated capability names (default `calendar.read`);
 //! - `RETURN_URL`: where tokenvault sends the browser afterwards; its origin must be in
-//!   `consent.allowed_return_origins` (default `http://localhost:3000/connected`);
-//! - `POLL_INTERVAL`: seconds between `GetConsent` calls (default 1).
+//!   `consent.allowed_return_origins` (default `http://localhost:3000/connected`); this
+//!   example listens on its host and port;
+//! - `CONNECTION_ID`: re-consent (or add capabilities to) that connection instead of a new one.
 //!
 //! Output lines `authorization_url: …` and `connection_id: …` are meant to be
 //! read by scripts too. Exit status: 0 when connected, 1 otherwise.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use tokenvault::proto::connection_service_client::ConnectionServiceClient;
 use tokenvault::proto::consent_service_client::ConsentServiceClient;
 use tokenvault::proto::{
-    Connection, ConnectionStatus, ConsentStatus, DisconnectRequest, GetConsentRequest, ListConnectionsRequest,
-    StartConsentRequest,
+    ConfirmConsentRequest, Connection, ConnectionStatus, DisconnectRequest, ListConnectionsRequest, StartConsentRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 
 /// Deadline of each call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,12 +141,6 @@ fn failed(rpc: &str, status: &Status) -> String {
 }
 
 async fn connect(client: &mut ConsentServiceClient<Authed>) -> Result<(), String> {
-    let poll = Duration::from_secs(
-        env("POLL_INTERVAL")
-            .map_or(Ok(1), |v| v.parse::<u64>())
-            .map_err(|_| "POLL_INTERVAL must be a whole number of seconds")?
-            .max(1),
-    );
     let capabilities = env("CAPABILITIES")
         .unwrap_or_else(|| "calendar.read".to_owned())
         .split(',')
@@ -152,14 +148,20 @@ async fn connect(client: &mut ConsentServiceClient<Authed>) -> Result<(), String
         .filter(|c| !c.is_empty())
         .map(str::to_owned)
         .collect();
+    let return_url = env("RETURN_URL").unwrap_or_else(|| "http://localhost:3000/connected".to_owned());
+    // The platform's own page that the browser comes back to; listening before
+    // StartConsent so that no redirect can arrive before it is served.
+    let landing = ReturnPage::listen(&return_url).await?;
+    let user_id = user()?;
     let started = client
         .start_consent(request(StartConsentRequest {
             tenant_id: tenant(),
-            user_id: user()?,
+            user_id: user_id.clone(),
             provider: env("PROVIDER").unwrap_or_else(|| "demo".to_owned()),
             capabilities,
-            scopes: Vec::new(),
-            return_url: env("RETURN_URL").unwrap_or_else(|| "http://localhost:3000/connected".to_owned()),
+            return_url,
+            connection_id: env("CONNECTION_ID").unwrap_or_default(),
+            ..Default::default()
         }))
         .await
         .map_err(|status| failed("StartConsent", &status))?
@@ -169,42 +171,94 @@ async fn connect(client: &mut ConsentServiceClient<Authed>) -> Result<(), String
     println!("Open this URL in the user's browser:");
     println!("authorization_url: {}", started.authorization_url);
 
-    // tokenvault marks the consent expired itself; this is only a backstop.
-    let give_up = started
+    let expires_at = started
         .expires_at
         .and_then(|t| SystemTime::try_from(t).ok())
-        .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(600))
-        + Duration::from_secs(30);
-    println!("waiting for the user (polling GetConsent every {} s)…", poll.as_secs());
-    loop {
-        tokio::time::sleep(poll).await;
-        let consent = match client
-            .get_consent(request(GetConsentRequest {
-                consent_id: started.consent_id.clone(),
-            }))
-            .await
-        {
-            Ok(response) => response.into_inner(),
-            Err(status) if status.code() == Code::Unavailable => {
-                eprintln!("platform: tokenvault unavailable ({}); still polling", status.message());
-                continue;
-            }
-            Err(status) => return Err(failed("GetConsent", &status)),
-        };
-        match ConsentStatus::try_from(consent.status).unwrap_or(ConsentStatus::Unspecified) {
-            ConsentStatus::ConsentCompleted => {
-                println!("connected");
-                println!("connection_id: {}", consent.connection_id);
-                return Ok(());
-            }
-            ConsentStatus::ConsentFailed => return Err(format!("consent failed: {}", consent.error)),
-            ConsentStatus::ConsentExpired => return Err("consent expired before the user finished".to_owned()),
-            ConsentStatus::ConsentPending | ConsentStatus::Unspecified => {
-                if SystemTime::now() > give_up {
-                    return Err("gave up waiting for the consent".to_owned());
-                }
-            }
+        .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(600));
+    let wait = expires_at.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_secs(5);
+    println!("waiting for the browser to come back to the return URL…");
+    let back = tokio::time::timeout(wait, landing.arrival)
+        .await
+        .map_err(|_| "consent expired before the user came back".to_owned())?
+        .map_err(|_| "the return page stopped".to_owned())?;
+    if back.get("consent_id").map(String::as_str) != Some(started.consent_id.as_str()) {
+        return Err("the browser came back for another consent".to_owned());
+    }
+    match back.get("status").map(String::as_str) {
+        // The user approved at the provider; this platform, which knows the
+        // browser is its signed-in user, now confirms (in a web application this
+        // runs in the request handler of the return page, inside the user's session).
+        Some("approved") => {
+            let code = back
+                .get("completion_code")
+                .ok_or("approved without a completion_code")?;
+            let confirmed = client
+                .confirm_consent(request(ConfirmConsentRequest {
+                    consent_id: started.consent_id.clone(),
+                    completion_code: code.clone(),
+                    user_id,
+                }))
+                .await
+                .map_err(|status| failed("ConfirmConsent", &status))?
+                .into_inner();
+            println!("confirmed");
+            println!("connected");
+            println!("connection_id: {}", confirmed.connection_id);
+            Ok(())
         }
+        // A tenant without confirmation (`consent.tenants_without_confirmation`).
+        Some("connected") => {
+            println!("connected");
+            println!(
+                "connection_id: {}",
+                back.get("connection_id").map_or("", String::as_str)
+            );
+            Ok(())
+        }
+        status => Err(format!(
+            "consent {}: {}",
+            status.unwrap_or("ended"),
+            back.get("error").map_or("", String::as_str)
+        )),
+    }
+}
+
+/// The platform page named by `return_url`, served once on its own port.
+struct ReturnPage {
+    /// The query the browser came back with.
+    arrival: tokio::sync::oneshot::Receiver<HashMap<String, String>>,
+}
+
+impl ReturnPage {
+    /// Listens on the host and port of `return_url` (a loopback URL in this example).
+    async fn listen(return_url: &str) -> Result<Self, String> {
+        let url = url::Url::parse(return_url).map_err(|e| format!("RETURN_URL `{return_url}`: {e}"))?;
+        let port = url.port_or_known_default().ok_or("RETURN_URL has no port")?;
+        let host = match url.host_str() {
+            Some("localhost") | None => "127.0.0.1".to_owned(),
+            Some(host) => host.trim_matches(['[', ']']).to_owned(),
+        };
+        let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+            .await
+            .map_err(|e| format!("listening on {host}:{port} for RETURN_URL: {e}"))?;
+        let (send, arrival) = tokio::sync::oneshot::channel();
+        let send = std::sync::Arc::new(std::sync::Mutex::new(Some(send)));
+        let page = axum::Router::new().route(
+            url.path(),
+            axum::routing::get(
+                move |axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>| {
+                    let send = send.clone();
+                    async move {
+                        if let Some(send) = send.lock().ok().and_then(|mut s| s.take()) {
+                            let _ = send.send(query);
+                        }
+                        "Thank you, you can close this window."
+                    }
+                },
+            ),
+        );
+        tokio::spawn(async move { axum::serve(listener, page).await });
+        Ok(Self { arrival })
     }
 }
 

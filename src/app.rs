@@ -71,8 +71,8 @@ pub struct App {
     pub providers: Arc<Providers>,
     /// The consent flow.
     pub consent: ConsentFlow,
-    /// The OAuth `redirect_uri`, known once the HTTP listener is bound.
-    pub callback_url: Arc<OnceLock<Url>>,
+    /// The base of the OAuth routes (`…/oauth/`), known once the HTTP listener is bound.
+    pub oauth_base: Arc<OnceLock<Url>>,
     /// The access-token broker.
     pub broker: Arc<Broker>,
     /// Revocation, deletion, key rotation.
@@ -294,12 +294,12 @@ impl App {
                 .map_err(|e| StartupError::Config(e.to_string()))?,
         );
         let policy = ReturnUrlPolicy::new(&config.consent.allowed_return_origins).map_err(StartupError::Config)?;
-        let callback_url = Arc::new(OnceLock::new());
+        let oauth_base = Arc::new(OnceLock::new());
         if let Some(public) = &config.server.public_url {
             let url = public
-                .join("oauth/callback")
+                .join("oauth/")
                 .map_err(|e| StartupError::Config(format!("server.public_url: {e}")))?;
-            let _ = callback_url.set(url);
+            let _ = oauth_base.set(url);
         }
         let outbox = Arc::new(OutboxWorker::new(
             store.clone(),
@@ -333,8 +333,8 @@ impl App {
             clock.clone(),
             metrics.clone(),
             policy,
-            config.consent.ttl_seconds,
-            callback_url.clone(),
+            &config.consent,
+            oauth_base.clone(),
             broker.shared_cache(),
             handover,
         );
@@ -364,7 +364,7 @@ impl App {
             broker,
             providers,
             consent,
-            callback_url,
+            oauth_base,
             config: Arc::new(config),
             clock,
             sql,

@@ -2,9 +2,11 @@
 """The platform side: connects a user's account through tokenvault.
 
 The same behaviour as examples/platform.rs: with no argument it calls
-StartConsent, prints the authorization URL the user's browser must open, then
-polls GetConsent until the consent is completed, failed or expired, and prints
-the connection id. ``--list`` shows ListConnections for the tenant and user;
+StartConsent, prints the authorization URL the user's browser must open, and
+serves the return_url page itself: when the browser comes back with
+status=approved and a one-time completion_code, it calls ConfirmConsent for the
+same user (the step that binds the grant to the user signed in at the
+platform) and prints the connection id. ``--list`` shows ListConnections for the tenant and user;
 ``--disconnect ID`` calls Disconnect.
 
 Environment: TOKENVAULT_ADDR (default http://127.0.0.1:50051, plain text),
@@ -12,7 +14,8 @@ TOKENVAULT_API_KEY (platform role, required), TENANT (default acme), USER (the
 user id; shells set it to the login name), PROVIDER (default demo),
 CAPABILITIES (comma-separated, default calendar.read), RETURN_URL (its origin
 must be in consent.allowed_return_origins; default
-http://localhost:3000/connected), POLL_INTERVAL (seconds, default 1).
+http://localhost:3000/connected; this script listens on its host and port),
+CONNECTION_ID (re-consent or add capabilities to that connection).
 
 Output lines ``authorization_url: ...`` and ``connection_id: ...`` are meant
 to be read by scripts too. Exit status: 0 when connected, 1 otherwise.
@@ -27,7 +30,10 @@ import argparse
 import collections
 import os
 import sys
+import threading
 import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -100,20 +106,61 @@ def user() -> str:
     return value
 
 
+class ReturnPage:
+    """The platform page named by return_url, served once on its own port."""
+
+    def __init__(self, return_url: str) -> None:
+        url = urllib.parse.urlsplit(return_url)
+        host = "127.0.0.1" if url.hostname in (None, "localhost") else url.hostname
+        port = url.port or (443 if url.scheme == "https" else 80)
+        self.path = url.path or "/"
+        self.arrived = threading.Event()
+        self.query: dict[str, str] = {}
+        page = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                target = urllib.parse.urlsplit(self.path)
+                if target.path != page.path:
+                    self.send_error(404)
+                    return
+                if not page.arrived.is_set():
+                    page.query = dict(urllib.parse.parse_qsl(target.query))
+                    page.arrived.set()
+                body = b"Thank you, you can close this window."
+                self.send_response(200)
+                self.send_header("content-type", "text/plain; charset=utf-8")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # the query holds a one-time code
+                pass
+
+        self.server = HTTPServer((host, port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, timeout: float) -> dict[str, str] | None:
+        arrived = self.arrived.wait(timeout)
+        self.server.shutdown()
+        return self.query if arrived else None
+
+
 def connect(channel) -> int:
     stub = consent_pb2_grpc.ConsentServiceStub(channel)
-    try:
-        poll = max(1, int(env("POLL_INTERVAL", "1")))
-    except ValueError:
-        sys.exit("platform: POLL_INTERVAL must be a whole number of seconds")
     capabilities = [c.strip() for c in (env("CAPABILITIES") or "calendar.read").split(",") if c.strip()]
+    return_url = env("RETURN_URL", "http://localhost:3000/connected")
+    # Listening before StartConsent, so that no redirect arrives before it is served.
+    page = ReturnPage(return_url)
+    user_id = user()
     started = stub.StartConsent(
         consent_pb2.StartConsentRequest(
             tenant_id=env("TENANT", "acme"),
-            user_id=user(),
+            user_id=user_id,
             provider=env("PROVIDER", "demo"),
             capabilities=capabilities,
-            return_url=env("RETURN_URL", "http://localhost:3000/connected"),
+            return_url=return_url,
+            connection_id=env("CONNECTION_ID", ""),
         ),
         timeout=CALL_TIMEOUT,
     )
@@ -122,33 +169,38 @@ def connect(channel) -> int:
     print("Open this URL in the user's browser:")
     print(f"authorization_url: {started.authorization_url}", flush=True)
 
-    # tokenvault marks the consent expired itself; this is only a backstop.
-    give_up = (started.expires_at.seconds or time.time() + 600) + 30
-    print(f"waiting for the user (polling GetConsent every {poll} s)…", flush=True)
-    while True:
-        time.sleep(poll)
-        try:
-            consent = stub.GetConsent(
-                consent_pb2.GetConsentRequest(consent_id=started.consent_id), timeout=CALL_TIMEOUT
-            )
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-            print(f"platform: tokenvault unavailable ({error.details()}); still polling", file=sys.stderr)
-            continue
-        if consent.status == consent_pb2.CONSENT_COMPLETED:
-            print("connected")
-            print(f"connection_id: {consent.connection_id}")
-            return 0
-        if consent.status == consent_pb2.CONSENT_FAILED:
-            print(f"platform: consent failed: {consent.error}", file=sys.stderr)
-            return 1
-        if consent.status == consent_pb2.CONSENT_EXPIRED:
-            print("platform: consent expired before the user finished", file=sys.stderr)
-            return 1
-        if time.time() > give_up:
-            print("platform: gave up waiting for the consent", file=sys.stderr)
-            return 1
+    expires_at = started.expires_at.seconds or time.time() + 600
+    print("waiting for the browser to come back to the return URL…", flush=True)
+    back = page.wait(max(0.0, expires_at - time.time()) + 5)
+    if back is None:
+        print("platform: consent expired before the user came back", file=sys.stderr)
+        return 1
+    if back.get("consent_id") != started.consent_id:
+        print("platform: the browser came back for another consent", file=sys.stderr)
+        return 1
+    status = back.get("status")
+    if status == "approved":
+        # The user approved at the provider; this platform, which knows the
+        # browser is its signed-in user, now confirms (in a web application this
+        # runs in the return page's request handler, inside the user's session).
+        confirmed = stub.ConfirmConsent(
+            consent_pb2.ConfirmConsentRequest(
+                consent_id=started.consent_id,
+                completion_code=back.get("completion_code", ""),
+                user_id=user_id,
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        print("confirmed")
+        print("connected")
+        print(f"connection_id: {confirmed.connection_id}")
+        return 0
+    if status == "connected":  # a tenant in consent.tenants_without_confirmation
+        print("connected")
+        print(f"connection_id: {back.get('connection_id', '')}")
+        return 0
+    print(f"platform: consent {status or 'ended'}: {back.get('error', '')}", file=sys.stderr)
+    return 1
 
 
 def print_connection(connection) -> None:

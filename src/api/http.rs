@@ -1,20 +1,23 @@
-//! The HTTP routes: the OAuth callback, liveness and readiness, and metrics.
+//! The HTTP routes: the consent start handle, the OAuth callbacks (one per
+//! provider), liveness and readiness, and metrics.
 //! [`crate::transport`] serves them on the HTTP listener.
 
 use crate::app::App;
-use crate::consent::{CallbackParams, ConsentError, Outcome};
-use axum::extract::{RawQuery, State};
-use axum::http::{header, StatusCode};
+use crate::consent::binding::BindingCookie;
+use crate::consent::{CallbackParams, Completer, ConsentError, Outcome};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 
 /// The HTTP routes.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/oauth/callback", get(callback))
+        .route("/oauth/start/{handle}", get(start))
+        .route("/oauth/callback/{provider}", get(callback))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -55,12 +58,14 @@ pub fn callback_params(query: Option<&str>) -> Result<CallbackParams, &'static s
         return Err("the callback query is too long");
     }
     let mut state = None;
+    let mut iss = None;
     let mut code = None;
     let mut error = None;
     let mut description = None;
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         let slot = match key.as_ref() {
             "state" => &mut state,
+            "iss" => &mut iss,
             "code" => &mut code,
             "error" => &mut error,
             "error_description" => &mut description,
@@ -73,6 +78,7 @@ pub fn callback_params(query: Option<&str>) -> Result<CallbackParams, &'static s
     let state = state.filter(|s| !s.is_empty()).ok_or("the callback has no state")?;
     Ok(CallbackParams {
         state,
+        iss: iss.filter(|i| !i.is_empty()),
         code: code.filter(|c| !c.is_empty()).map(SecretString::from),
         error: error.filter(|e| !e.is_empty()),
         error_description: description,
@@ -104,59 +110,130 @@ fn page(status: StatusCode, title: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// `GET /oauth/callback?code&state` (or `error`): completes consent, then
-/// `303` to the platform's `return_url`, or a small page when there is none.
-async fn callback(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
+/// `GET /oauth/start/{handle}`: binds the consent to this browser (a
+/// short-lived cookie sent only to the callback) and `303`s to the provider.
+async fn start(State(app): State<Arc<App>>, Path(handle): Path<String>) -> Response {
+    match app.consent.begin(&handle).await {
+        Ok(bound) => {
+            let cookie = bound.cookie.header_value();
+            let Ok(cookie) = HeaderValue::from_str(cookie.expose_secret()) else {
+                return page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Consent could not start",
+                    "Please try again.",
+                );
+            };
+            let mut response = redirect(bound.provider_url.as_str());
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+            response
+        }
+        Err(error) => error_page("Consent could not start", &error),
+    }
+}
+
+/// A `303` to `location` that no cache keeps and that sends no referrer.
+fn redirect(location: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, location.to_owned()),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+            (header::REFERRER_POLICY, "no-referrer".to_owned()),
+        ],
+    )
+        .into_response()
+}
+
+/// The page for a consent step that was refused.
+fn error_page(title: &str, error: &ConsentError) -> Response {
+    let status = match error {
+        ConsentError::Invalid(_)
+        | ConsentError::UnknownState
+        | ConsentError::ProviderMismatch { .. }
+        | ConsentError::IssuerMismatch { .. }
+        | ConsentError::IssuerMissing(_) => StatusCode::BAD_REQUEST,
+        ConsentError::NotBound => StatusCode::FORBIDDEN,
+        ConsentError::Expired | ConsentError::AlreadyUsed | ConsentError::StartUnusable => StatusCode::GONE,
+        ConsentError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status.is_server_error() {
+        tracing::error!(%error, "consent step failed");
+    } else {
+        tracing::info!(%error, "consent step refused");
+    }
+    let message = if status.is_server_error() {
+        "Something went wrong; please try again.".to_owned()
+    } else {
+        error.to_string()
+    };
+    page(status, title, &message)
+}
+
+/// `GET /oauth/callback/{provider}?code&state[&iss]` (or `error`): checks
+/// that this browser started the consent, completes it, clears the binding
+/// cookie, then `303`s to the platform's `return_url` (with a completion
+/// code to confirm, unless the tenant does without), or shows a small page
+/// when there is none.
+async fn callback(
+    State(app): State<Arc<App>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let params = match callback_params(query.as_deref()) {
         Ok(params) => params,
         Err(reason) => return page(StatusCode::BAD_REQUEST, "Consent could not be completed", reason),
     };
-    match app.consent.complete("oauth-callback", params, None).await {
-        Ok(completion) => match &completion.redirect_url {
-            Some(url) => (
-                StatusCode::SEE_OTHER,
-                [
-                    (header::LOCATION, url.to_string()),
-                    (header::CACHE_CONTROL, "no-store".to_owned()),
-                    (header::REFERRER_POLICY, "no-referrer".to_owned()),
-                ],
-            )
-                .into_response(),
-            None => match completion.outcome {
-                Outcome::Connected => page(StatusCode::OK, "Connected", "You can close this window."),
-                Outcome::Denied => page(
-                    StatusCode::OK,
-                    "Not connected",
-                    "Access was not granted. You can close this window.",
-                ),
-                Outcome::Failed => page(
-                    StatusCode::BAD_GATEWAY,
-                    "Connection failed",
-                    completion
-                        .error
-                        .as_deref()
-                        .unwrap_or("The provider did not complete the connection."),
-                ),
-            },
+    let cookies: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    let completer = Completer::Browser {
+        provider: &provider,
+        cookies: &cookies,
+    };
+    let completion = match app.consent.complete("oauth-callback", params, completer, None).await {
+        Ok(completion) => completion,
+        Err(error) => return error_page("Consent could not be completed", &error),
+    };
+    let mut response = match &completion.redirect_url {
+        Some(url) => redirect(url.as_str()),
+        None => match completion.outcome {
+            Outcome::Connected => page(StatusCode::OK, "Connected", "You can close this window."),
+            Outcome::Approved => page(
+                StatusCode::OK,
+                "Approved",
+                "Return to the application to finish connecting. You can close this window.",
+            ),
+            Outcome::Denied => page(
+                StatusCode::OK,
+                "Not connected",
+                "Access was not granted. You can close this window.",
+            ),
+            Outcome::Failed => page(
+                StatusCode::BAD_GATEWAY,
+                "Connection failed",
+                completion
+                    .error
+                    .as_deref()
+                    .unwrap_or("The provider did not complete the connection."),
+            ),
         },
-        Err(error) => {
-            let status = match &error {
-                ConsentError::Invalid(_) | ConsentError::UnknownState => StatusCode::BAD_REQUEST,
-                ConsentError::Expired | ConsentError::AlreadyUsed => StatusCode::GONE,
-                ConsentError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            if status.is_server_error() {
-                tracing::error!(%error, "consent callback failed");
-            }
-            let message = if status.is_server_error() {
-                "Something went wrong; please try again.".to_owned()
-            } else {
-                error.to_string()
-            };
-            page(status, "Consent could not be completed", &message)
+    };
+    if let Some(base) = app.oauth_base.get() {
+        let removal = BindingCookie::removal(
+            &BindingCookie::name_for(completion.consent_id),
+            &crate::consent::binding::cookie_path(base),
+            base.scheme() == "https",
+        );
+        if let Ok(removal) = HeaderValue::from_str(&removal) {
+            response.headers_mut().insert(header::SET_COOKIE, removal);
         }
     }
+    response
 }
 
 #[cfg(test)]

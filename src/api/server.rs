@@ -60,11 +60,11 @@ pub async fn start(app: Arc<App>) -> Result<ServerHandle, StartupError> {
     let http_listener = bind(config.server.http_listen).await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
-    if app.callback_url.get().is_none() {
+    if app.oauth_base.get().is_none() {
         let url = config
-            .callback_url(http_addr)
-            .map_err(|e| StartupError::Config(format!("callback URL: {e}")))?;
-        let _ = app.callback_url.set(url);
+            .oauth_base_url(http_addr)
+            .map_err(|e| StartupError::Config(format!("OAuth base URL: {e}")))?;
+        let _ = app.oauth_base.set(url);
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();

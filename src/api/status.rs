@@ -74,8 +74,16 @@ impl From<crate::consent::ConsentError> for Status {
                 ProviderError::Unavailable(_) | ProviderError::Unreachable(_) | ProviderError::Throttled { .. },
             ) => Status::unavailable(error.to_string()),
             E::ProviderUnusable(_) => Status::failed_precondition(error.to_string()),
-            E::WrongTenant { .. } => Status::permission_denied(error.to_string()),
-            E::UserDeleted(_) | E::Expired | E::AlreadyUsed => Status::failed_precondition(error.to_string()),
+            E::WrongTenant { .. } | E::OtherUser(_) | E::WrongCompletionCode(_) | E::NotBound => {
+                Status::permission_denied(error.to_string())
+            }
+            E::ProviderMismatch { .. } | E::IssuerMismatch { .. } | E::IssuerMissing(_) | E::StartUnusable => {
+                Status::invalid_argument(error.to_string())
+            }
+            E::ForeignConnection(_) => Status::invalid_argument(error.to_string()),
+            E::UserDeleted(_) | E::Expired | E::AlreadyUsed | E::NotApproved(_) => {
+                Status::failed_precondition(error.to_string())
+            }
             E::NotFound(_) => Status::not_found(error.to_string()),
             E::Store(inner) => inner.into(),
             E::Vault(inner) => inner.into(),

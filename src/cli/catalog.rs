@@ -10,7 +10,7 @@ use crate::config::{self, Config};
 use crate::consent::catalog::check::{self, Report};
 use crate::consent::catalog::{AccountSource, Catalog, ProviderSpec, RevocationMethod, RevocationScope};
 
-/// The callback path of the HTTP listener today (one for every provider).
+/// The callback path of the HTTP listener; each provider's is this plus `/{name}`.
 pub const CALLBACK_PATH: &str = "oauth/callback";
 
 /// `catalog check [FILE]`: the built-in catalog, or the operator file given.
@@ -105,14 +105,15 @@ pub fn render_list(catalog: &Catalog, config: &Config) -> String {
     out
 }
 
-/// The redirect URI to give the provider, and whether it is the configured public one.
-fn redirect_uri(config: &Config) -> (String, bool) {
+/// The redirect URI to give the provider (its own callback path), and
+/// whether it is the configured public one.
+fn redirect_uri(config: &Config, provider: &str) -> (String, bool) {
     let base = match &config.server.public_url {
         Some(url) => url.as_str().to_owned(),
         None => format!("http://{}/", config.server.http_listen),
     };
-    let today = format!("{base}{CALLBACK_PATH}");
-    (today, config.server.public_url.is_some())
+    let uri = format!("{base}{CALLBACK_PATH}/{provider}");
+    (uri, config.server.public_url.is_some())
 }
 
 /// Everything an operator needs to register the app at the provider and to
@@ -134,7 +135,7 @@ pub fn render_show(spec: &ProviderSpec, config: &Config) -> String {
             .map(|u| u.as_str())
             .unwrap_or("(the catalog does not say)"),
     );
-    let (today, public) = redirect_uri(config);
+    let (today, public) = redirect_uri(config, &spec.name);
     line(&mut out, "redirect URI", &today);
     if !public {
         line(
@@ -293,10 +294,13 @@ mod tests {
             catalog.require("google").unwrap(),
             &config(Some("https://tv.example.com/")),
         );
-        assert!(!text.contains("oauth/callback/"), "only the served callback:\n{text}");
+        assert!(
+            !text.contains("oauth/callback\n"),
+            "the provider's own callback:\n{text}"
+        );
         for needle in [
             "register the app at      https://console.cloud.google.com/apis/credentials",
-            "redirect URI             https://tv.example.com/oauth/callback\n",
+            "redirect URI             https://tv.example.com/oauth/callback/google\n",
             "https://www.googleapis.com/auth/calendar.events.readonly",
             "access_type=offline prompt=consent",
             "TOKENVAULT_PROVIDERS__GOOGLE__CLIENT_SECRET",
@@ -305,7 +309,10 @@ mod tests {
         }
         // Without public_url, the listener's address, with a hint.
         let text = render_show(catalog.require("hubspot").unwrap(), &config(None));
-        assert!(text.contains("http://127.0.0.1:8080/oauth/callback\n"), "{text}");
+        assert!(
+            text.contains("http://127.0.0.1:8080/oauth/callback/hubspot\n"),
+            "{text}"
+        );
         assert!(text.contains("set server.public_url"), "{text}");
         assert!(text.contains("revocation               unsupported"), "{text}");
         assert!(text.contains("asked in every consent   oauth"), "{text}");

@@ -177,6 +177,16 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.consent.ttl_seconds == 0 || config.consent.ttl_seconds > 3600 {
         problems.push("consent.ttl_seconds must be between 1 and 3600".to_owned());
     }
+    if config.consent.confirmation_ttl_seconds == 0 || config.consent.confirmation_ttl_seconds > 3600 {
+        problems.push("consent.confirmation_ttl_seconds must be between 1 and 3600".to_owned());
+    }
+    for tenant in &config.consent.tenants_without_confirmation {
+        if tenant.is_empty() || tenant.len() > 128 {
+            problems.push(format!(
+                "consent.tenants_without_confirmation: `{tenant}` is not a tenant id (1-128 characters)"
+            ));
+        }
+    }
     if config.broker.max_lease_seconds == 0 {
         problems.push("broker.max_lease_seconds must be positive".to_owned());
     }

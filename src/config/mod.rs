@@ -515,6 +515,14 @@ pub struct ConsentConfig {
     /// `StartConsent` calls one tenant may make per minute (each creates a
     /// data key and a row); 0 turns the limit off.
     pub max_starts_per_minute: u32,
+    /// Whether an approved grant waits for the platform's `ConfirmConsent`
+    /// (from the user's own session) before it becomes a connection.
+    pub require_confirmation: bool,
+    /// Tenants whose platforms cannot confirm: their grants become
+    /// connections at the callback (see the README for what that risks).
+    pub tenants_without_confirmation: Vec<String>,
+    /// How long after the callback the platform may confirm.
+    pub confirmation_ttl_seconds: u64,
 }
 
 impl Default for ConsentConfig {
@@ -523,6 +531,9 @@ impl Default for ConsentConfig {
             allowed_return_origins: Vec::new(),
             ttl_seconds: 600,
             max_starts_per_minute: 600,
+            require_confirmation: true,
+            tenants_without_confirmation: Vec::new(),
+            confirmation_ttl_seconds: 300,
         }
     }
 }
@@ -620,13 +631,15 @@ impl Default for LifecycleConfig {
 }
 
 impl Config {
-    /// The URL providers redirect the user's browser to: `public_url` (or
-    /// the bound HTTP address) plus `/oauth/callback`.
-    pub fn callback_url(&self, bound_http: SocketAddr) -> Result<url::Url, url::ParseError> {
+    /// The base of tokenvault's OAuth routes: `public_url` (or the bound
+    /// HTTP address) plus `oauth/`. Browsers start consent at
+    /// `start/{handle}` under it, and providers redirect to
+    /// `callback/{provider}`.
+    pub fn oauth_base_url(&self, bound_http: SocketAddr) -> Result<url::Url, url::ParseError> {
         let base = match &self.server.public_url {
             Some(url) => url.clone(),
             None => url::Url::parse(&format!("http://{bound_http}/"))?,
         };
-        base.join("oauth/callback")
+        base.join("oauth/")
     }
 }

@@ -1,6 +1,9 @@
-//! The consent flow: start (least-privilege scopes, PKCE S256, a single-use
-//! state stored only hashed) and completion (code exchange, the one
-//! connection per tenant, user and provider, sealed tokens, audit).
+//! The consent flow: start (least-privilege scopes, PKCE S256, a start
+//! handle stored only hashed), the browser's visit of the handle (a binding
+//! cookie and a single-use state, both stored only hashed), the callback
+//! (bound to that browser, `iss` checked, code exchanged), the platform's
+//! confirmation (a one-time completion code) and the grant stored on its
+//! connection, sealed, with audit.
 //!
 //! The audit events are written in the same transaction as what they
 //! record: `consent.started` with the request, `consent.completed` with the
@@ -10,25 +13,26 @@
 //! (its state is single use and the provider's code is spent), so the user
 //! starts consent again.
 
+use super::binding::{self, BindingCookie};
+use super::pending;
 use super::return_url::ReturnUrlPolicy;
 use crate::audit::EventBuilder;
 use crate::broker::TokenCache;
 use crate::clock::SharedClock;
+use crate::config::ConsentConfig;
 use crate::consent::catalog::{CatalogError, ProviderSpec};
 use crate::lifecycle::{CredentialKind, Handover, Purpose};
 use crate::provider::{new_pkce, ProviderError, Providers, TokenSet};
 use crate::store::{
-    access_token_record, next_token_version, AccessTokenRecord, AuditEvent, Connection, ConnectionStatus, ConsentGrant,
-    ConsentRecord, ConsentState, OutboxEntry, ScopeSet, Sealed, Store, StoreError, TenantScope, Trail,
+    access_token_record, next_token_version, AccessTokenRecord, Approval, AuditEvent, Connection, ConnectionStatus,
+    ConsentGrant, ConsentRecord, ConsentState, OutboxEntry, ScopeSet, Sealed, Store, StoreError, TenantScope, Trail,
 };
 use crate::telemetry::Metrics;
 use crate::vault::{Binding, DataKey, Field, Vault, VaultError};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{DateTime, Utc};
-use rand::RngCore;
+use oauth2::{PkceCodeChallenge, PkceCodeVerifier};
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use url::Url;
 use uuid::Uuid;
@@ -71,6 +75,43 @@ pub enum ConsentError {
     /// No such consent id (for this caller).
     #[error("no consent request {0}")]
     NotFound(Uuid),
+    /// The start handle names no pending, unexpired consent.
+    #[error("this consent link has expired or was already completed: start consent again")]
+    StartUnusable,
+    /// The callback came without the cookie of the browser that started the consent.
+    #[error("this browser did not start this consent (its binding cookie is missing or does not match): start consent again from the application")]
+    NotBound,
+    /// The callback arrived on another provider's redirect path.
+    #[error("this callback is for provider `{route}`, but the consent is for `{consent}`")]
+    ProviderMismatch {
+        /// The provider of the callback path.
+        route: String,
+        /// The consent's provider.
+        consent: String,
+    },
+    /// The authorization response's `iss` names another issuer (RFC 9207).
+    #[error("the authorization response comes from issuer `{got}`, not `{expected}` (mix-up refused)")]
+    IssuerMismatch {
+        /// The `iss` received (control characters removed, shortened).
+        got: String,
+        /// The provider's issuer.
+        expected: String,
+    },
+    /// The provider says it always sends `iss`, and this response has none.
+    #[error("the authorization response carries no `iss`, which provider `{0}` always sends (RFC 9207)")]
+    IssuerMissing(String),
+    /// The consent was started for another user than the one confirming it.
+    #[error("consent {0} was started for another user; it is cancelled and nothing was stored")]
+    OtherUser(Uuid),
+    /// The completion code does not belong to this consent.
+    #[error("the completion code does not match consent {0}")]
+    WrongCompletionCode(Uuid),
+    /// The consent has not reached the provider's approval yet (or was finished otherwise).
+    #[error("consent {0} is not waiting for confirmation")]
+    NotApproved(Uuid),
+    /// A re-consent for a connection of another user or provider.
+    #[error("connection {0} is not a connection of this user at this provider")]
+    ForeignConnection(Uuid),
     /// The database.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -94,6 +135,10 @@ pub struct StartRequest {
     pub scopes: Vec<String>,
     /// Where the browser goes afterwards (empty for none).
     pub return_url: String,
+    /// The connection to re-consent (or extend), if any.
+    pub connection_id: Option<Uuid>,
+    /// The account the user should sign in with, passed to the provider as a hint.
+    pub account_hint: Option<String>,
 }
 
 /// `StartConsent`'s result.
@@ -101,7 +146,7 @@ pub struct StartRequest {
 pub struct Started {
     /// Consent id.
     pub consent_id: Uuid,
-    /// Where to send the user's browser.
+    /// Where to send the user's browser: tokenvault's `/oauth/start/{handle}`.
     pub authorization_url: Url,
     /// Scopes asked of the provider.
     pub scopes: ScopeSet,
@@ -113,6 +158,8 @@ pub struct Started {
 pub struct CallbackParams {
     /// `state`.
     pub state: String,
+    /// `iss` (RFC 9207), when the provider sends it.
+    pub iss: Option<String>,
     /// `code`, when the user approved.
     pub code: Option<SecretString>,
     /// `error`, when the user refused or the provider failed.
@@ -126,6 +173,7 @@ impl std::fmt::Debug for CallbackParams {
         f.debug_struct("CallbackParams")
             .field("state", &"[REDACTED]")
             .field("code", &self.code.as_ref().map(|_| "[REDACTED]"))
+            .field("iss", &self.iss)
             .field("error", &self.error)
             .finish_non_exhaustive()
     }
@@ -136,6 +184,8 @@ impl std::fmt::Debug for CallbackParams {
 pub enum Outcome {
     /// A connection was stored.
     Connected,
+    /// The user approved; the grant waits for the platform's `ConfirmConsent`.
+    Approved,
     /// The user refused.
     Denied,
     /// The exchange failed.
@@ -147,6 +197,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Connected => "connected",
+            Outcome::Approved => "approved",
             Outcome::Denied => "denied",
             Outcome::Failed => "failed",
         }
@@ -164,7 +215,8 @@ pub struct Completion {
     pub outcome: Outcome,
     /// Scopes the provider granted.
     pub granted_scopes: ScopeSet,
-    /// `return_url` with `connection_id`, `status` (and `error`) added.
+    /// `return_url` with `consent_id`, `status`, and `completion_code`,
+    /// `connection_id` or `error` added.
     pub redirect_url: Option<Url>,
     /// Why it failed.
     pub error: Option<String>,
@@ -179,7 +231,8 @@ pub struct ConsentFlow {
     metrics: Metrics,
     policy: ReturnUrlPolicy,
     ttl: chrono::Duration,
-    callback_url: Arc<OnceLock<Url>>,
+    confirmation: Confirmation,
+    oauth_base: Arc<OnceLock<Url>>,
     cache: Arc<TokenCache>,
     handover: Handover,
 }
@@ -194,13 +247,50 @@ impl std::fmt::Debug for ConsentFlow {
 
 /// Hex SHA-256 of a state value: the only form stored.
 pub fn hash_state(state: &str) -> String {
-    hex::encode(Sha256::digest(state.as_bytes()))
+    binding::hash_secret(state)
 }
 
-fn new_state() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
+/// Which tenants' grants wait for the platform's confirmation, and for how long.
+#[derive(Debug, Clone)]
+struct Confirmation {
+    required: bool,
+    exempt: HashSet<String>,
+    ttl: chrono::Duration,
+}
+
+impl Confirmation {
+    fn required_for(&self, tenant_id: &str) -> bool {
+        self.required && !self.exempt.contains(tenant_id)
+    }
+}
+
+/// Who completes a callback, and what proves it is the user who started the consent.
+#[derive(Debug, Clone, Copy)]
+pub enum Completer<'a> {
+    /// The user's browser at `/oauth/callback/{provider}`, with its `Cookie` headers.
+    Browser {
+        /// The provider named by the callback path.
+        provider: &'a str,
+        /// The browser's `Cookie` header values (the consent's binding cookie among them).
+        cookies: &'a [String],
+    },
+    /// A platform that received the provider's redirect itself
+    /// (`CompleteConsent`), inside the session of `user_id`.
+    Platform {
+        /// The user of the platform session.
+        user_id: &'a str,
+    },
+}
+
+/// The browser's visit of a start handle: where to send it, and the cookie that binds it.
+#[derive(Debug)]
+pub struct Bound {
+    /// Consent id.
+    pub consent_id: Uuid,
+    /// The provider's authorization URL (state and PKCE challenge made for this visit).
+    pub provider_url: Url,
+    /// The binding cookie to set.
+    pub cookie: BindingCookie,
 }
 
 /// What a consent request's PKCE verifier is bound to (version 0: it is written once).
@@ -260,11 +350,12 @@ impl ConsentFlow {
         clock: SharedClock,
         metrics: Metrics,
         policy: ReturnUrlPolicy,
-        ttl_seconds: u64,
-        callback_url: Arc<OnceLock<Url>>,
+        config: &ConsentConfig,
+        oauth_base: Arc<OnceLock<Url>>,
         cache: Arc<TokenCache>,
         handover: Handover,
     ) -> Self {
+        let seconds = |value: u64, default: i64| chrono::Duration::seconds(i64::try_from(value).unwrap_or(default));
         Self {
             store,
             vault,
@@ -272,17 +363,34 @@ impl ConsentFlow {
             clock,
             metrics,
             policy,
-            ttl: chrono::Duration::seconds(i64::try_from(ttl_seconds).unwrap_or(600)),
-            callback_url,
+            ttl: seconds(config.ttl_seconds, 600),
+            confirmation: Confirmation {
+                required: config.require_confirmation,
+                exempt: config.tenants_without_confirmation.iter().cloned().collect(),
+                ttl: seconds(config.confirmation_ttl_seconds, 300),
+            },
+            oauth_base,
             cache,
             handover,
         }
     }
 
-    fn callback_url(&self) -> Result<&Url, ConsentError> {
-        self.callback_url
+    fn oauth_base(&self) -> Result<&Url, ConsentError> {
+        self.oauth_base
             .get()
             .ok_or_else(|| ConsentError::Invalid("the HTTP listener is not running yet".to_owned()))
+    }
+
+    /// The `redirect_uri` of `provider`: its own callback path.
+    pub fn callback_url(&self, provider: &str) -> Result<Url, ConsentError> {
+        self.oauth_base()?
+            .join(&format!("callback/{provider}"))
+            .map_err(|e| ConsentError::Invalid(format!("callback URL: {e}")))
+    }
+
+    /// Whether the grants of `tenant_id` wait for the platform's confirmation.
+    pub fn confirmation_required(&self, tenant_id: &str) -> bool {
+        self.confirmation.required_for(tenant_id)
     }
 
     /// Starts consent: works out the fewest scopes, stores the request, returns the authorization URL.
@@ -309,8 +417,14 @@ impl ConsentFlow {
         } else {
             Some(self.policy.check(&request.return_url).map_err(ConsentError::Invalid)?)
         };
-        let client = self
-            .providers
+        if return_url.is_none() && self.confirmation.required_for(&request.tenant_id) {
+            return Err(ConsentError::Invalid(
+                "return_url is required: the platform confirms the consent with the completion code sent there \
+                 (consent.require_confirmation)"
+                    .to_owned(),
+            ));
+        }
+        self.providers
             .client(&request.provider)
             .map_err(ConsentError::ProviderUnusable)?;
         let now = self.clock.now();
@@ -319,12 +433,9 @@ impl ConsentFlow {
                 return Err(ConsentError::UserDeleted(request.user_id));
             }
         }
-        let granted = match self
-            .store
-            .connection_for(&request.tenant_id, &request.user_id, &request.provider)
-            .await?
-        {
-            Some(existing) if existing.status() == ConnectionStatus::Active => existing.granted_scopes,
+        let base = self.plan_connection(&request).await?;
+        let granted = match &base {
+            Some(existing) if existing.status() == ConnectionStatus::Active => existing.granted_scopes.clone(),
             _ => ScopeSet::new(),
         };
         let plan = spec.scope_plan(&requested, &granted);
@@ -332,12 +443,26 @@ impl ConsentFlow {
         wanted.extend(granted.iter().filter(|s| spec.allowed_scopes.contains(*s)).cloned());
 
         let consent_id = Uuid::now_v7();
-        let state = new_state();
-        let (challenge, verifier) = new_pkce();
+        let handle = binding::new_secret();
+        let authorization_url = self
+            .oauth_base()?
+            .join(&format!("start/{}", handle.expose_secret()))
+            .map_err(|e| ConsentError::Invalid(format!("start URL: {e}")))?;
+        let (_, verifier) = new_pkce();
         let key = self.vault.create_data_key().await?;
         let mut record = ConsentRecord {
             id: consent_id,
-            state_hash: hash_state(&state),
+            // No state exists until the browser visits the start handle.
+            state_hash: hash_state(binding::new_secret().expose_secret()),
+            start_hash: Some(binding::hash_secret(handle.expose_secret())),
+            binding_hash: None,
+            completion_hash: None,
+            pending_grant: None,
+            account_subject: None,
+            account_display: None,
+            target_connection_id: request.connection_id,
+            plan_connection_id: base.as_ref().map(|c| c.id),
+            account_hint: request.account_hint.clone(),
             tenant_id: request.tenant_id.clone(),
             user_id: request.user_id.clone(),
             provider: request.provider.clone(),
@@ -346,7 +471,7 @@ impl ConsentFlow {
             asked_scopes: plan.ask.clone(),
             incremental: plan.incremental,
             return_url: return_url.as_ref().map(Url::to_string),
-            redirect_uri: self.callback_url()?.to_string(),
+            redirect_uri: self.callback_url(&request.provider)?.to_string(),
             dek_id: key.id(),
             pkce_verifier: None,
             state: ConsentState::Pending,
@@ -360,7 +485,6 @@ impl ConsentFlow {
         let record_id = consent_id.to_string();
         let sealed = key.seal_str(&consent_binding(&record, &record_id), &verifier)?;
         record.pkce_verifier = Some(Sealed(sealed));
-        let authorization_url = client.authorization_url(&plan, &state, challenge, self.callback_url()?);
         let trail = EventBuilder::new("consent.started", "success", actor, now)
             .user(&record.tenant_id, &record.user_id)
             .request_id(request_id)
@@ -369,6 +493,10 @@ impl ConsentFlow {
             .detail("capabilities", record.capabilities.clone())
             .detail("asked_scopes", plan.ask.iter().cloned().collect::<Vec<_>>())
             .detail("incremental", plan.incremental)
+            .detail(
+                "connection_id",
+                request.connection_id.map(|c| c.to_string()).unwrap_or_default(),
+            )
             .build()
             .into();
         self.store.insert_consent(&record, &trail).await?;
@@ -381,29 +509,111 @@ impl ConsentFlow {
         })
     }
 
+    /// The connection whose grant a consent extends: the one named by
+    /// `connection_id` (which must be this user's, at this provider), else
+    /// the user's one connection of the provider, if any.
+    async fn plan_connection(&self, request: &StartRequest) -> Result<Option<Connection>, ConsentError> {
+        let Some(id) = request.connection_id else {
+            return Ok(self
+                .store
+                .connection_for(&request.tenant_id, &request.user_id, &request.provider)
+                .await?);
+        };
+        let connection = self
+            .store
+            .connection(&TenantScope::Only([request.tenant_id.clone()].into()), id)
+            .await?
+            .ok_or(ConsentError::NotFound(id))?;
+        if connection.user_id != request.user_id || connection.provider != request.provider {
+            return Err(ConsentError::ForeignConnection(id));
+        }
+        Ok(Some(connection))
+    }
+
+    /// The browser's visit of a start handle: a fresh state and binding
+    /// cookie replace those of any earlier visit (a link scanner's visit
+    /// does not spend the link), and the browser is sent to the provider.
+    pub async fn begin(&self, handle: &str) -> Result<Bound, ConsentError> {
+        if !binding::well_formed(handle) {
+            return Err(ConsentError::StartUnusable);
+        }
+        let now = self.clock.now();
+        let state = binding::new_secret();
+        let cookie_value = binding::new_secret();
+        let consent = self
+            .store
+            .bind_consent(
+                &binding::hash_secret(handle),
+                &hash_state(state.expose_secret()),
+                &binding::hash_secret(cookie_value.expose_secret()),
+                now,
+            )
+            .await?
+            .ok_or(ConsentError::StartUnusable)?;
+        let client = self
+            .providers
+            .client(&consent.provider)
+            .map_err(ConsentError::ProviderUnusable)?;
+        let sealed = consent.pkce_verifier.as_ref().ok_or(ConsentError::StartUnusable)?;
+        let record_id = consent.id.to_string();
+        let key = self.vault.data_key(consent.dek_id).await?;
+        let verifier = key.open_string(&consent_binding(&consent, &record_id), sealed.as_bytes())?;
+        let challenge =
+            PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(verifier.expose_secret().to_owned()));
+        let redirect_uri = Url::parse(&consent.redirect_uri)
+            .map_err(|_| ConsentError::Invalid("stored redirect_uri is invalid".to_owned()))?;
+        let plan = crate::consent::catalog::ScopePlan {
+            ask: consent.asked_scopes.iter().cloned().collect(),
+            incremental: consent.incremental,
+        };
+        let mut provider_url = client.authorization_url(&plan, state.expose_secret(), challenge, &redirect_uri);
+        if let Some(hint) = &consent.account_hint {
+            provider_url.query_pairs_mut().append_pair("login_hint", hint);
+        }
+        Ok(Bound {
+            consent_id: consent.id,
+            provider_url,
+            cookie: BindingCookie {
+                name: BindingCookie::name_for(consent.id),
+                value: cookie_value,
+                max_age_seconds: (consent.expires_at - now).num_seconds(),
+                secure: redirect_uri.scheme() == "https",
+                path: binding::cookie_path(self.oauth_base()?),
+            },
+        })
+    }
+
     /// Reads a consent request within the caller's tenants.
     pub async fn get(&self, scope: &TenantScope, id: Uuid) -> Result<(ConsentRecord, bool), ConsentError> {
         let record = self.store.consent(scope, id).await?.ok_or(ConsentError::NotFound(id))?;
-        let expired = matches!(record.state, ConsentState::Pending) && record.expires_at <= self.clock.now();
+        let expired = matches!(record.state, ConsentState::Pending | ConsentState::Approved)
+            && record.expires_at <= self.clock.now();
         Ok((record, expired))
     }
 
-    /// Completes consent from the provider's redirect (the HTTP callback: any tenant).
+    /// Completes consent from the provider's redirect at the HTTP callback
+    /// (any tenant): the browser must hold the consent's binding cookie.
     pub async fn complete(
         &self,
         actor: &str,
         params: CallbackParams,
+        completer: Completer<'_>,
         request_id: Option<&str>,
     ) -> Result<Completion, ConsentError> {
-        self.complete_for(actor, &TenantScope::All, params, request_id).await
+        self.complete_for(actor, &TenantScope::All, params, completer, request_id)
+            .await
     }
 
-    /// Completes consent for a caller limited to `scope` (`CompleteConsent`).
+    /// Completes consent for a caller limited to `scope`. A browser's
+    /// approved grant waits for [`ConsentFlow::confirm`] unless the tenant
+    /// does without confirmation; a platform's `CompleteConsent` is its own
+    /// confirmation.
     pub async fn complete_for(
         &self,
         actor: &str,
         scope: &TenantScope,
         params: CallbackParams,
+        completer: Completer<'_>,
         request_id: Option<&str>,
     ) -> Result<Completion, ConsentError> {
         if params.state.is_empty() || params.state.len() > 512 {
@@ -427,6 +637,19 @@ impl ConsentFlow {
         if consent.expires_at <= now {
             return Err(ConsentError::Expired);
         }
+        if let Err(error) = check_completer(&consent, completer) {
+            if matches!(error, ConsentError::OtherUser(_)) {
+                self.cancel(
+                    &consent,
+                    actor,
+                    request_id,
+                    "completed from another user's session: cancelled",
+                )
+                .await?;
+            }
+            return Err(error);
+        }
+        self.check_issuer(&consent, params.iss.as_deref())?;
         if !self.store.claim_consent(consent.id, now).await? {
             // Claimed by a concurrent callback, or expired in between.
             return Err(ConsentError::AlreadyUsed);
@@ -450,8 +673,25 @@ impl ConsentFlow {
             (None, Some(code)) => self.exchange(&consent, code).await,
             (None, None) => Err((Outcome::Failed, "no code".to_owned())),
         };
-        // A grant is stored together with the request's completion and its event.
+        let confirm_later =
+            matches!(completer, Completer::Browser { .. }) && self.confirmation.required_for(&consent.tenant_id);
+        // A grant is stored (or put aside for confirmation) together with the request's new state and its event.
         let result = match exchanged {
+            Ok((tokens, granted)) if confirm_later => self
+                .put_aside(
+                    &consent,
+                    &tokens,
+                    &granted,
+                    &ending(Outcome::Approved, None, &granted, None),
+                )
+                .await
+                .map(|code| Stored::Approved(code, granted))
+                .map_err(|e| {
+                    (
+                        Outcome::Failed,
+                        format!("keeping the grant for confirmation failed: {e}"),
+                    )
+                }),
             Ok((tokens, granted)) => {
                 let trail = |connection_id, replaced: &Replacement| -> Trail {
                     let mut ending = ending(Outcome::Connected, Some(connection_id), &granted, None);
@@ -460,20 +700,21 @@ impl ConsentFlow {
                 };
                 self.store_tokens(&consent, tokens, granted.clone(), &trail)
                     .await
-                    .map(|id| (id, granted))
+                    .map(|id| Stored::Connected(id, granted))
                     .map_err(|e| (Outcome::Failed, format!("storing the connection failed: {e}")))
             }
             Err(refused) => Err(refused),
         };
-        // The verifier's key is no longer needed either way.
-        if let Err(error) = self.vault.destroy_data_keys(&[consent.dek_id]).await {
-            tracing::warn!(%error, consent_id = %consent.id, "could not destroy a consent data key; retention will");
+        if !matches!(result, Ok(Stored::Approved(..))) {
+            // The verifier's key is no longer needed (an approved grant keeps it until confirmed).
+            self.destroy_consent_key(&consent).await;
         }
-        let (outcome, connection_id, granted, error) = match result {
-            Ok((connection_id, granted)) => (Outcome::Connected, Some(connection_id), granted, None),
-            Err((outcome, reason)) => (outcome, None, ScopeSet::new(), Some(reason)),
+        let (outcome, connection_id, completion_code, granted, error) = match result {
+            Ok(Stored::Connected(id, granted)) => (Outcome::Connected, Some(id), None, granted, None),
+            Ok(Stored::Approved(code, granted)) => (Outcome::Approved, None, Some(code), granted, None),
+            Err((outcome, reason)) => (outcome, None, None, ScopeSet::new(), Some(reason)),
         };
-        if outcome != Outcome::Connected {
+        if matches!(outcome, Outcome::Denied | Outcome::Failed) {
             let trail = ending(outcome, None, &granted, error.as_deref()).event().into();
             self.store
                 .finish_consent(
@@ -495,6 +736,9 @@ impl ConsentFlow {
                 {
                     let mut query = url.query_pairs_mut();
                     query.append_pair("consent_id", &consent.id.to_string());
+                    if let Some(code) = &completion_code {
+                        query.append_pair("completion_code", code.expose_secret());
+                    }
                     if let Some(id) = connection_id {
                         query.append_pair("connection_id", &id.to_string());
                     }
@@ -513,6 +757,188 @@ impl ConsentFlow {
             redirect_url,
             error,
         })
+    }
+
+    /// Refuses an authorization response whose `iss` names another issuer
+    /// than the provider's, or that lacks the `iss` its issuer's metadata
+    /// promises (RFC 9207). Without a known issuer, the provider's own
+    /// callback path is the mix-up defence.
+    fn check_issuer(&self, consent: &ConsentRecord, iss: Option<&str>) -> Result<(), ConsentError> {
+        let client = self
+            .providers
+            .client(&consent.provider)
+            .map_err(ConsentError::ProviderUnusable)?;
+        let Some(expected) = client.spec().issuer.as_ref() else {
+            return Ok(());
+        };
+        let same = |got: &str| got.trim_end_matches('/') == expected.as_str().trim_end_matches('/');
+        match iss {
+            Some(got) if same(got) => Ok(()),
+            Some(got) => Err(ConsentError::IssuerMismatch {
+                got: got.chars().filter(|c| !c.is_control()).take(200).collect(),
+                expected: expected.to_string(),
+            }),
+            None if client.endpoints().iss_parameter_supported => {
+                Err(ConsentError::IssuerMissing(consent.provider.clone()))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Seals an exchanged grant under the request's key with a fresh
+    /// completion code, moves the request to `approved` until the
+    /// confirmation window closes, and returns the code.
+    async fn put_aside(
+        &self,
+        consent: &ConsentRecord,
+        tokens: &TokenSet,
+        granted: &ScopeSet,
+        ending: &Ending<'_>,
+    ) -> Result<SecretString, ConsentError> {
+        let key = self.vault.data_key(consent.dek_id).await?;
+        let grant = pending::seal(&key, consent, tokens, granted)?;
+        let code = binding::new_secret();
+        let approval = Approval {
+            id: consent.id,
+            completion_hash: binding::hash_secret(code.expose_secret()),
+            grant,
+            account_subject: None,
+            account_display: None,
+            expires_at: self.clock.now() + self.confirmation.ttl,
+        };
+        let trail = ending.approved_event().into();
+        self.store.approve_consent(&approval, &trail).await?;
+        Ok(code)
+    }
+
+    /// Confirms an approved grant from the platform's session of `user_id`
+    /// (`ConfirmConsent`): only now is the connection created or updated.
+    /// A confirmation for another user cancels the consent.
+    pub async fn confirm(
+        &self,
+        actor: &str,
+        scope: &TenantScope,
+        consent_id: Uuid,
+        completion_code: &SecretString,
+        user_id: &str,
+        request_id: Option<&str>,
+    ) -> Result<Completion, ConsentError> {
+        let consent = self
+            .store
+            .consent(scope, consent_id)
+            .await?
+            .ok_or(ConsentError::NotFound(consent_id))?;
+        let now = self.clock.now();
+        match consent.state {
+            ConsentState::Approved if consent.expires_at <= now => return Err(ConsentError::Expired),
+            ConsentState::Approved => {}
+            ConsentState::Completed | ConsentState::Confirming => return Err(ConsentError::AlreadyUsed),
+            ConsentState::Pending | ConsentState::Exchanging | ConsentState::Failed => {
+                return Err(ConsentError::NotApproved(consent_id))
+            }
+        }
+        if !binding::matches(completion_code.expose_secret(), consent.completion_hash.as_deref()) {
+            return Err(ConsentError::WrongCompletionCode(consent_id));
+        }
+        let ending = |outcome, connection_id, granted: &ScopeSet, error: Option<&str>| Ending {
+            consent: &consent,
+            actor,
+            request_id,
+            at: now,
+            outcome,
+            connection_id,
+            granted: granted.clone(),
+            error: error.map(str::to_owned),
+            replaced: None,
+        };
+        if consent.user_id != user_id {
+            self.cancel(
+                &consent,
+                actor,
+                request_id,
+                "confirmed from another user's session: cancelled",
+            )
+            .await?;
+            return Err(ConsentError::OtherUser(consent_id));
+        }
+        let code_hash = binding::hash_secret(completion_code.expose_secret());
+        if !self.store.claim_confirmation(consent.id, &code_hash, now).await? {
+            return Err(ConsentError::AlreadyUsed);
+        }
+        let stored = async {
+            let sealed = consent
+                .pending_grant
+                .as_ref()
+                .ok_or(ConsentError::NotApproved(consent_id))?;
+            let key = self.vault.data_key(consent.dek_id).await?;
+            let (tokens, granted) = pending::open(&key, &consent, sealed)?;
+            let trail = |connection_id, replaced: &Replacement| -> Trail {
+                let mut ending = ending(Outcome::Connected, Some(connection_id), &granted, None);
+                ending.replaced = Some(replaced.note());
+                ending.event().into()
+            };
+            let id = self.store_tokens(&consent, tokens, granted.clone(), &trail).await?;
+            Ok::<_, ConsentError>((id, granted))
+        }
+        .await;
+        let (connection_id, granted) = match stored {
+            Ok(done) => done,
+            Err(error) => {
+                // Given back, so that the platform may retry while the window is open.
+                if let Err(release) = self.store.release_confirmation(consent.id).await {
+                    tracing::warn!(error = %release, %consent_id, "could not give a confirmation back; the consent expires");
+                }
+                return Err(error);
+            }
+        };
+        self.destroy_consent_key(&consent).await;
+        self.metrics.consent(Outcome::Connected.as_str());
+        Ok(Completion {
+            consent_id,
+            connection_id: Some(connection_id),
+            outcome: Outcome::Connected,
+            granted_scopes: granted,
+            redirect_url: None,
+            error: None,
+        })
+    }
+
+    /// Cancels a consent presented from another user's session: it fails
+    /// with `reason` (and its event), and its key goes with the verifier and
+    /// any grant it kept, so that no one can finish it.
+    async fn cancel(
+        &self,
+        consent: &ConsentRecord,
+        actor: &str,
+        request_id: Option<&str>,
+        reason: &str,
+    ) -> Result<(), ConsentError> {
+        let now = self.clock.now();
+        let ending = Ending {
+            consent,
+            actor,
+            request_id,
+            at: now,
+            outcome: Outcome::Failed,
+            connection_id: None,
+            granted: ScopeSet::new(),
+            error: Some(reason.to_owned()),
+            replaced: None,
+        };
+        let trail = ending.event().into();
+        self.store
+            .finish_consent(consent.id, ConsentState::Failed, None, Some(reason), now, &trail)
+            .await?;
+        self.destroy_consent_key(consent).await;
+        self.metrics.consent(Outcome::Failed.as_str());
+        Ok(())
+    }
+
+    /// Destroys a finished request's data key (its verifier, and any grant it kept).
+    async fn destroy_consent_key(&self, consent: &ConsentRecord) {
+        if let Err(error) = self.vault.destroy_data_keys(&[consent.dek_id]).await {
+            tracing::warn!(%error, consent_id = %consent.id, "could not destroy a consent data key; retention will");
+        }
     }
 
     /// Exchanges the code: the tokens and the scopes they grant.
@@ -729,6 +1155,35 @@ impl ConsentFlow {
     }
 }
 
+/// What a callback did with an exchanged grant.
+enum Stored {
+    /// Stored on this connection.
+    Connected(Uuid, ScopeSet),
+    /// Put aside until the platform confirms with this completion code.
+    Approved(SecretString, ScopeSet),
+}
+
+/// Refuses a callback that does not come from the user who started the
+/// consent: a browser without the consent's binding cookie (or on another
+/// provider's callback path), or a platform acting for another user.
+fn check_completer(consent: &ConsentRecord, completer: Completer<'_>) -> Result<(), ConsentError> {
+    match completer {
+        Completer::Browser { provider, .. } if provider != consent.provider => Err(ConsentError::ProviderMismatch {
+            route: provider.chars().filter(|c| !c.is_control()).take(64).collect(),
+            consent: consent.provider.clone(),
+        }),
+        Completer::Browser { cookies, .. } => {
+            let name = BindingCookie::name_for(consent.id);
+            match binding::cookie_value(cookies.iter().map(String::as_str), &name) {
+                Some(value) if binding::matches(&value, consent.binding_hash.as_deref()) => Ok(()),
+                _ => Err(ConsentError::NotBound),
+            }
+        }
+        Completer::Platform { user_id } if user_id == consent.user_id => Ok(()),
+        Completer::Platform { .. } => Err(ConsentError::OtherUser(consent.id)),
+    }
+}
+
 /// What a consent does with the credential its grant replaces.
 enum Replacement {
     /// Queued for revocation at the provider, in the grant's transaction.
@@ -786,11 +1241,24 @@ struct Ending<'a> {
 }
 
 impl Ending<'_> {
+    /// `consent.approved`: the grant waits for the platform's confirmation.
+    fn approved_event(&self) -> AuditEvent {
+        let consent = self.consent;
+        EventBuilder::new("consent.approved", "success", self.actor, self.at)
+            .user(&consent.tenant_id, &consent.user_id)
+            .request_id(self.request_id)
+            .detail("consent_id", consent.id.to_string())
+            .detail("provider", consent.provider.clone())
+            .detail("granted_scopes", self.granted.iter().cloned().collect::<Vec<_>>())
+            .build()
+    }
+
     /// `consent.completed`, `consent.denied` or `consent.failed`.
     fn event(self) -> AuditEvent {
         let consent = self.consent;
         let (action, result) = match self.outcome {
             Outcome::Connected => ("consent.completed", "success"),
+            Outcome::Approved => ("consent.approved", "success"),
             Outcome::Denied => ("consent.denied", "failure"),
             Outcome::Failed => ("consent.failed", "failure"),
         };

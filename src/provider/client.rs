@@ -32,6 +32,9 @@ pub struct Endpoints {
     pub token: Url,
     /// Revocation endpoint, if the provider has one.
     pub revocation: Option<Url>,
+    /// The issuer's metadata says every authorization response carries
+    /// `iss` (`authorization_response_iss_parameter_supported`, RFC 9207).
+    pub iss_parameter_supported: bool,
 }
 
 /// A configured provider: catalog entry, endpoints, client credentials.
@@ -682,6 +685,7 @@ mod tests {
             authorization: url.clone(),
             token: url,
             revocation: None,
+            iss_parameter_supported: false,
         };
         let http = ProviderHttp::new(Duration::from_secs(1), 1024).unwrap();
         ProviderClient::new(spec, endpoints, "client", None, http)

@@ -53,10 +53,15 @@ pub async fn discover(http: &ProviderHttp, issuer: &Url) -> Result<Endpoints, St
             .ok_or_else(|| format!("{url}: no authorization_endpoint"))?;
         let token = endpoint(&document, "token_endpoint")?.ok_or_else(|| format!("{url}: no token_endpoint"))?;
         let revocation = endpoint(&document, "revocation_endpoint")?;
+        let iss_parameter_supported = document
+            .get("authorization_response_iss_parameter_supported")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
         return Ok(Endpoints {
             authorization,
             token,
             revocation,
+            iss_parameter_supported,
         });
     }
     Err(last_error)

@@ -127,6 +127,7 @@ async fn endpoints(spec: &ProviderSpec, http: &ProviderHttp) -> Result<Endpoints
         .clone()
         .or_else(|| discovered.as_ref().map(|d| d.token.clone()))
         .ok_or("no token endpoint")?;
+    let iss_parameter_supported = discovered.as_ref().is_some_and(|d| d.iss_parameter_supported);
     let revocation = spec
         .revocation_url
         .clone()
@@ -138,5 +139,6 @@ async fn endpoints(spec: &ProviderSpec, http: &ProviderHttp) -> Result<Endpoints
         authorization,
         token,
         revocation,
+        iss_parameter_supported,
     })
 }

@@ -486,7 +486,7 @@ pub(super) fn upsert_access_token(record: &AccessTokenRecord, now: DateTime<Utc>
 fn complete_consent(consent_id: Uuid, connection_id: Uuid, now: DateTime<Utc>) -> AnyQuery<'static> {
     sqlx::query(
         "UPDATE consent_requests SET state = $1, connection_id = $2, error = NULL, completed_at = $3, \
-         pkce_verifier = NULL WHERE id = $4",
+         pkce_verifier = NULL, pending_grant = NULL, completion_hash = NULL WHERE id = $4",
     )
     .bind(super::ConsentState::Completed.as_str())
     .bind(connection_id.to_string())

@@ -8,11 +8,28 @@ use super::sql::query::{placeholders, Fetch};
 use super::sql::rows::{Columns, CONSENT_COLUMNS};
 use super::sql::SqlStore;
 use super::trail::append_trail;
-use super::{scopes_to_text, ConsentRecord, ConsentState, StoreError, TenantScope, Trail, UserStore};
+use super::{scopes_to_text, ConsentRecord, ConsentState, Sealed, StoreError, TenantScope, Trail, UserStore};
 use crate::clock::to_millis;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+
+/// An exchanged grant put aside for the platform's confirmation.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    /// Consent id.
+    pub id: Uuid,
+    /// Hex SHA-256 of the completion code.
+    pub completion_hash: String,
+    /// The grant, sealed under the request's data key.
+    pub grant: Sealed,
+    /// The upstream account, when learned.
+    pub account_subject: Option<String>,
+    /// The account's display name.
+    pub account_display: Option<String>,
+    /// Until when the platform may confirm.
+    pub expires_at: DateTime<Utc>,
+}
 
 /// The `consent_requests` table.
 #[async_trait]
@@ -23,6 +40,27 @@ pub trait ConsentStore: Send + Sync {
     async fn consent(&self, scope: &TenantScope, id: Uuid) -> Result<Option<ConsentRecord>, StoreError>;
     /// Finds a consent request by the hash of its state.
     async fn consent_by_state(&self, state_hash: &str) -> Result<Option<ConsentRecord>, StoreError>;
+    /// Binds a pending, unexpired request found by its start handle's hash
+    /// to a browser: a new state hash and binding-cookie hash replace those
+    /// of any earlier visit. `None` when no such request is pending.
+    async fn bind_consent(
+        &self,
+        start_hash: &str,
+        state_hash: &str,
+        binding_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ConsentRecord>, StoreError>;
+    /// Moves an `exchanging` request to `approved`: the sealed grant, its
+    /// account and the completion code's hash are kept until `expires_at`,
+    /// and `trail` is appended in the same transaction.
+    async fn approve_consent(&self, approval: &Approval, trail: &Trail) -> Result<(), StoreError>;
+    /// Moves an approved, unexpired request whose completion code hashes to
+    /// `completion_hash` to `confirming`; `false` when there is none (single use).
+    async fn claim_confirmation(&self, id: Uuid, completion_hash: &str, now: DateTime<Utc>)
+        -> Result<bool, StoreError>;
+    /// Gives a claimed confirmation back (`confirming` to `approved`) after
+    /// storing its grant failed, so that the platform may retry.
+    async fn release_confirmation(&self, id: Uuid) -> Result<(), StoreError>;
     /// Moves a pending, unexpired request to `exchanging`; `false` if it was not pending (single use).
     async fn claim_consent(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Records the outcome and drops the sealed verifier, appending `trail`
@@ -58,7 +96,7 @@ impl ConsentStore for SqlStore {
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO consent_requests ({CONSENT_COLUMNS}) VALUES ({})",
-            placeholders(1, 20)
+            placeholders(1, 29)
         ))
         .bind(consent.id.to_string())
         .bind(consent.state_hash.clone())
@@ -80,6 +118,15 @@ impl ConsentStore for SqlStore {
         .bind(to_millis(consent.expires_at))
         .bind(consent.completed_at.map(to_millis))
         .bind(consent.actor.clone())
+        .bind(consent.start_hash.clone())
+        .bind(consent.binding_hash.clone())
+        .bind(consent.completion_hash.clone())
+        .bind(consent.pending_grant.as_ref().map(|g| g.0.clone()))
+        .bind(consent.account_subject.clone())
+        .bind(consent.account_display.clone())
+        .bind(consent.target_connection_id.map(|c| c.to_string()))
+        .bind(consent.plan_connection_id.map(|c| c.to_string()))
+        .bind(consent.account_hint.clone())
         .run(&mut *tx)
         .await?;
         append_trail(&mut tx, trail).await?;
@@ -104,6 +151,74 @@ impl ConsentStore for SqlStore {
         .await
     }
 
+    async fn bind_consent(
+        &self,
+        start_hash: &str,
+        state_hash: &str,
+        binding_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ConsentRecord>, StoreError> {
+        let bound = sqlx::query(
+            "UPDATE consent_requests SET state_hash = $1, binding_hash = $2 \
+             WHERE start_hash = $3 AND state = 'pending' AND expires_at > $4",
+        )
+        .bind(state_hash.to_owned())
+        .bind(binding_hash.to_owned())
+        .bind(start_hash.to_owned())
+        .bind(to_millis(now))
+        .run(&self.pool)
+        .await?;
+        if bound != 1 {
+            return Ok(None);
+        }
+        self.consent_by_state(state_hash).await
+    }
+
+    async fn approve_consent(&self, approval: &Approval, trail: &Trail) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE consent_requests SET state = 'approved', completion_hash = $1, pending_grant = $2, \
+             account_subject = $3, account_display = $4, expires_at = $5, pkce_verifier = NULL \
+             WHERE id = $6 AND state = 'exchanging'",
+        )
+        .bind(approval.completion_hash.clone())
+        .bind(approval.grant.0.clone())
+        .bind(approval.account_subject.clone())
+        .bind(approval.account_display.clone())
+        .bind(to_millis(approval.expires_at))
+        .bind(approval.id.to_string())
+        .run(&mut *tx)
+        .await?;
+        append_trail(&mut tx, trail).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn claim_confirmation(
+        &self,
+        id: Uuid,
+        completion_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let claimed = sqlx::query(
+            "UPDATE consent_requests SET state = 'confirming' \
+             WHERE id = $1 AND state = 'approved' AND completion_hash = $2 AND expires_at > $3",
+        )
+        .bind(id.to_string())
+        .bind(completion_hash.to_owned())
+        .bind(to_millis(now))
+        .run(&self.pool)
+        .await?;
+        Ok(claimed == 1)
+    }
+
+    async fn release_confirmation(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE consent_requests SET state = 'approved' WHERE id = $1 AND state = 'confirming'")
+            .bind(id.to_string())
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn claim_consent(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let claimed = sqlx::query(
             "UPDATE consent_requests SET state = 'exchanging' WHERE id = $1 AND state = 'pending' AND expires_at > $2",
@@ -126,7 +241,8 @@ impl ConsentStore for SqlStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "UPDATE consent_requests SET state = $1, connection_id = $2, error = $3, completed_at = $4, pkce_verifier = NULL WHERE id = $5",
+            "UPDATE consent_requests SET state = $1, connection_id = $2, error = $3, completed_at = $4, pkce_verifier = NULL, \
+             pending_grant = NULL, completion_hash = NULL WHERE id = $5",
         )
         .bind(state.as_str())
         .bind(connection_id.map(|c| c.to_string()))

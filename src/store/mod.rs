@@ -45,7 +45,7 @@ mod users;
 
 pub use audit::AuditStore;
 pub use connections::{next_token_version, ConnectionStore, ConsentGrant, RevokeResult};
-pub use consents::ConsentStore;
+pub use consents::{Approval, ConsentStore};
 pub use keys::KeyStore;
 pub use leader::{LeaderGuard, LeaderStore};
 pub use model::*;

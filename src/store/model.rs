@@ -257,6 +257,11 @@ pub enum ConsentState {
     Pending,
     /// The callback arrived and the code is being exchanged (single use).
     Exchanging,
+    /// The grant was exchanged and waits, sealed, for the platform's
+    /// `ConfirmConsent` with the completion code.
+    Approved,
+    /// A `ConfirmConsent` is storing the grant (single use).
+    Confirming,
     /// A connection was stored.
     Completed,
     /// The user refused or the exchange failed.
@@ -269,6 +274,8 @@ impl ConsentState {
         match self {
             ConsentState::Pending => "pending",
             ConsentState::Exchanging => "exchanging",
+            ConsentState::Approved => "approved",
+            ConsentState::Confirming => "confirming",
             ConsentState::Completed => "completed",
             ConsentState::Failed => "failed",
         }
@@ -279,6 +286,8 @@ impl ConsentState {
         Some(match text {
             "pending" => ConsentState::Pending,
             "exchanging" => ConsentState::Exchanging,
+            "approved" => ConsentState::Approved,
+            "confirming" => ConsentState::Confirming,
             "completed" => ConsentState::Completed,
             "failed" => ConsentState::Failed,
             _ => return None,
@@ -291,8 +300,29 @@ impl ConsentState {
 pub struct ConsentRecord {
     /// Consent id.
     pub id: Uuid,
-    /// Hex SHA-256 of the `state` parameter (the state itself is never stored).
+    /// Hex SHA-256 of the `state` parameter (the state itself is never
+    /// stored). Until the browser visits the start handle it is the hash of
+    /// a random value no one was given.
     pub state_hash: String,
+    /// Hex SHA-256 of the start handle in the authorization URL.
+    pub start_hash: Option<String>,
+    /// Hex SHA-256 of the binding cookie set by the last visit of the start handle.
+    pub binding_hash: Option<String>,
+    /// Hex SHA-256 of the one-time completion code, once the grant is approved.
+    pub completion_hash: Option<String>,
+    /// The exchanged grant awaiting confirmation, sealed under `dek_id`.
+    pub pending_grant: Option<Sealed>,
+    /// The upstream account the exchanged grant belongs to, when learned.
+    pub account_subject: Option<String>,
+    /// The account's display name (never used for matching).
+    pub account_display: Option<String>,
+    /// The connection this consent re-consents (`StartConsent.connection_id`).
+    pub target_connection_id: Option<Uuid>,
+    /// The connection whose granted scopes the scope plan extends (the
+    /// target, or the user's one connection of the provider), if any.
+    pub plan_connection_id: Option<Uuid>,
+    /// The account the platform suggested (`login_hint` or the provider's equivalent).
+    pub account_hint: Option<String>,
     /// Owning tenant.
     pub tenant_id: String,
     /// Owning user.

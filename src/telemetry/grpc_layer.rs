@@ -31,6 +31,7 @@ pub fn method_name(path: &str) -> &'static str {
         "ServerReflectionInfo" => "ServerReflectionInfo",
         "StartConsent" => "StartConsent",
         "CompleteConsent" => "CompleteConsent",
+        "ConfirmConsent" => "ConfirmConsent",
         "GetConsent" => "GetConsent",
         "GetAccessToken" => "GetAccessToken",
         "ListConnections" => "ListConnections",

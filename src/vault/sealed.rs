@@ -59,6 +59,9 @@ pub enum Field {
     AccessToken,
     /// A consent request's PKCE code verifier. Version: 0 (written once).
     PkceVerifier,
+    /// A consent request's exchanged grant awaiting the platform's
+    /// confirmation (its tokens, as JSON). Version: 0 (written once).
+    PendingGrant,
     /// A credential handed over to the provider-revocation outbox under the
     /// entry's own key and id. Version: 0 (`binding_version` of the entry).
     OutboxToken,
@@ -70,6 +73,7 @@ impl Field {
             Field::RefreshToken => "refresh_token",
             Field::AccessToken => "access_token",
             Field::PkceVerifier => "pkce_verifier",
+            Field::PendingGrant => "pending_grant",
             Field::OutboxToken => "outbox_token",
         }
     }

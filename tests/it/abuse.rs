@@ -106,7 +106,7 @@ async fn oversized_and_malformed_requests_change_nothing() {
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
     // Callback abuse: a huge query, repeated and garbled parameters.
-    let base = with.server.http_url("/oauth/callback");
+    let base = with.server.http_url("/oauth/callback/fake");
     let long = format!("{base}?state={}&code=x", "a".repeat(10_000));
     assert!(browser().get(&long).send().await.unwrap().status().is_client_error());
     let garbled = format!("{base}?state=%ZZ&state=%00&code=%FF");

@@ -1,13 +1,13 @@
 //! Audit events are written in the same transaction as the change they
 //! record: with the database refusing every audit insert (a trigger on
-//! `audit_events`), a revocation, a deletion, a consent start and a consent
-//! completion fail and change nothing; once it accepts them again, a retry
+//! `audit_events`), a revocation, a deletion, a consent start, a consent
+//! completion and a confirmation fail and change nothing; once it accepts them again, a retry
 //! makes the change with exactly one event.
 
 use crate::on_both;
 use crate::support::fixture::WithProvider;
 use crate::support::inspect::{audit, stored_connection};
-use crate::support::provider::{browser, connect, query, start_request};
+use crate::support::provider::{connect, start_request, UserBrowser};
 use crate::support::{keys, Backend, TestServer};
 use tokenvault::proto::*;
 use tonic::Code;
@@ -76,8 +76,26 @@ async fn delete_user(server: &TestServer, user_id: &str) -> Result<DeleteUserRes
         .map(|r| r.into_inner())
 }
 
-/// The provider's redirect for a consent of `user`, approved at the fake, not yet followed.
-async fn approved_callback(with: &WithProvider, user: &str) -> (String, url::Url) {
+/// `ConfirmConsent` for `user` with the return URL's query `params`.
+async fn confirm(
+    server: &TestServer,
+    user: &str,
+    params: &std::collections::HashMap<String, String>,
+) -> Result<ConfirmConsentResponse, tonic::Status> {
+    server
+        .consent(keys::PLATFORM)
+        .confirm_consent(ConfirmConsentRequest {
+            consent_id: params["consent_id"].clone(),
+            completion_code: params["completion_code"].clone(),
+            user_id: user.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The provider's redirect for a consent of `user`, approved at the fake in
+/// the returned browser, not yet followed.
+async fn approved_callback(with: &WithProvider, user: &str) -> (String, url::Url, UserBrowser) {
     let started = with
         .server
         .consent(keys::PLATFORM)
@@ -85,8 +103,9 @@ async fn approved_callback(with: &WithProvider, user: &str) -> (String, url::Url
         .await
         .expect("StartConsent")
         .into_inner();
-    let callback = with.fake.approve(&started.authorization_url).await.expect("approve");
-    (started.consent_id, callback)
+    let user_browser = UserBrowser::new();
+    let callback = user_browser.approve(&with.fake, &started.authorization_url).await;
+    (started.consent_id, callback, user_browser)
 }
 
 async fn an_action_whose_audit_fails_does_not_happen(backend: Backend) {
@@ -95,7 +114,10 @@ async fn an_action_whose_audit_fails_does_not_happen(backend: Backend) {
     let connection_id = connect(&with, "alice", &["mail.read"]).await;
     let before = stored_connection(server, &connection_id).await;
     // A re-consent started while audit still works, completed while it does not.
-    let (consent_id, callback) = approved_callback(&with, "alice").await;
+    let (consent_id, callback, user_browser) = approved_callback(&with, "alice").await;
+    // Another, approved while audit works and confirmed while it does not.
+    let (approved_id, approved, second_browser) = approved_callback(&with, "alice").await;
+    let approved = second_browser.follow_callback(&approved).await;
     let completed_before = audit(server, "consent.completed").await.len();
     let consents_before = count(server, "consent_requests").await;
     let events_before = count(server, "audit_events").await;
@@ -135,12 +157,20 @@ async fn an_action_whose_audit_fails_does_not_happen(backend: Backend) {
     assert_eq!(user.purge_at, None);
 
     // Consent completion: the callback fails, the connection keeps its old grant.
-    let response = browser().get(callback.as_str()).send().await.expect("callback");
+    let response = user_browser.get(callback.as_str()).await;
     assert_eq!(response.status(), 503);
     let after = stored_connection(server, &connection_id).await;
     assert_eq!(after.token_version, before.token_version);
     assert_eq!(after.refresh_token, before.refresh_token);
     assert_eq!(consent_state(server, &consent_id).await, "exchanging");
+
+    // Confirmation: refused, the connection keeps its old grant, the approval is given back.
+    let error = confirm(server, "alice", &approved).await.unwrap_err();
+    assert_eq!(error.code(), Code::Internal, "{error:?}");
+    let after = stored_connection(server, &connection_id).await;
+    assert_eq!(after.token_version, before.token_version);
+    assert_eq!(after.refresh_token, before.refresh_token);
+    assert_eq!(consent_state(server, &approved_id).await, "approved");
     assert_eq!(
         count(server, "revocation_outbox").await,
         0,
@@ -160,14 +190,11 @@ async fn an_action_whose_audit_fails_does_not_happen(backend: Backend) {
 
     accept_audit(server).await;
 
-    // Retries: each change lands with exactly one event. (A consent's state
-    // and code are single use: the user starts consent again.)
-    let (_, callback) = approved_callback(&with, "alice").await;
-    let response = browser().get(callback.as_str()).send().await.expect("callback");
-    assert_eq!(response.status(), 303);
-    let location = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
-    assert_eq!(query(&location)["status"], "connected");
-    assert_eq!(query(&location)["connection_id"], connection_id);
+    // Retries: each change lands with exactly one event. (The refused
+    // callback's state and code were single use; the refused confirmation
+    // may be retried while its window is open.)
+    let confirmed = confirm(server, "alice", &approved).await.expect("ConfirmConsent");
+    assert_eq!(confirmed.connection_id, connection_id);
     assert_eq!(audit(server, "consent.completed").await.len(), completed_before + 1);
     let reconsented = stored_connection(server, &connection_id).await;
     assert_eq!(reconsented.token_version, before.token_version + 1);

@@ -3,7 +3,7 @@
 use crate::on_both;
 use crate::support::fixture::WithProvider;
 use crate::support::inspect::{revocations, stored_connection};
-use crate::support::provider::{browser, connect, query, start_request, CatalogOptions};
+use crate::support::provider::{browser, confirm_on, connect, query, start_request, CatalogOptions, UserBrowser};
 use crate::support::{contains, dump_database, keys, Backend};
 use tokenvault::proto::*;
 use tokenvault_testkit::fake_provider::FakeProviderConfig;
@@ -22,13 +22,21 @@ async fn successful_consent(backend: Backend) {
         vec!["calendar.read", "mail.send"],
         "exactly the capabilities' scopes"
     );
-    let url = url::Url::parse(&started.authorization_url).unwrap();
-    let params = query(&url);
+    // The link is tokenvault's own start handle: no state, scopes or challenge in it.
+    let link = url::Url::parse(&started.authorization_url).unwrap();
+    assert!(link.path().starts_with("/oauth/start/"), "{link}");
+    assert!(link.query().is_none(), "{link}");
+    let user = UserBrowser::new();
+    let provider_url = user.start(&started.authorization_url).await;
+    let params = query(&provider_url);
     assert_eq!(params["scope"], "calendar.read mail.send");
     assert_eq!(params["code_challenge_method"], "S256");
     assert_eq!(params["response_type"], "code");
     assert_eq!(params["access_type"], "offline");
-    assert!(params["redirect_uri"].ends_with("/oauth/callback"));
+    assert!(
+        params["redirect_uri"].ends_with("/oauth/callback/fake"),
+        "its own redirect path"
+    );
     assert!(params["state"].len() >= 43);
 
     let pending = consent
@@ -40,15 +48,39 @@ async fn successful_consent(backend: Backend) {
         .into_inner();
     assert_eq!(pending.status, ConsentStatus::ConsentPending as i32);
 
-    let callback = with.fake.approve(&started.authorization_url).await.unwrap();
-    let response = browser().get(callback.as_str()).send().await.unwrap();
+    let callback = with.fake.approve(provider_url.as_str()).await.unwrap();
+    let response = user.get(callback.as_str()).await;
     assert_eq!(response.status(), 303);
+    let cleared = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cleared.contains("Max-Age=0"),
+        "the binding cookie is cleared: {cleared}"
+    );
     let location = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
     assert!(location.as_str().starts_with("https://app.example.com/connected?"));
     let back = query(&location);
-    assert_eq!(back["status"], "connected");
+    assert_eq!(back["status"], "approved");
     assert_eq!(back["consent_id"], started.consent_id);
-    let connection_id = back["connection_id"].clone();
+    assert!(!back.contains_key("connection_id"), "no connection before confirmation");
+
+    // Approved, not yet connected: nothing is stored on a connection until the platform confirms.
+    let approved = consent
+        .get_consent(GetConsentRequest {
+            consent_id: started.consent_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(approved.status, ConsentStatus::ConsentApproved as i32);
+    assert!(with
+        .server
+        .app()
+        .store
+        .connection_for(keys::TENANT, "alice", "fake")
+        .await
+        .unwrap()
+        .is_none());
+    let connection_id = confirm_on(&with.server, "alice", &back).await;
 
     let done = consent
         .get_consent(GetConsentRequest {
@@ -69,12 +101,7 @@ async fn successful_consent(backend: Backend) {
     // The provider's tokens, the code and the verifier are nowhere in clear.
     with.server.app().audit.flush().await;
     let dump = dump_database(with.server.app().sql.pool()).await;
-    for secret in [
-        "fake_rt_",
-        "fake_at_",
-        "fake_code_",
-        back.get("code").map(String::as_str).unwrap_or("fake_code_"),
-    ] {
+    for secret in ["fake_rt_", "fake_at_", "fake_code_", back["completion_code"].as_str()] {
         assert!(!contains(&dump, secret), "`{secret}` found in the database");
     }
     let code = query(&callback)["code"].clone();
@@ -113,13 +140,12 @@ async fn denied_consent(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    let callback = with.fake.approve(&started.authorization_url).await.unwrap();
+    let user = UserBrowser::new();
+    let callback = user.approve(&with.fake, &started.authorization_url).await;
     assert_eq!(query(&callback)["error"], "access_denied");
-    let response = browser().get(callback.as_str()).send().await.unwrap();
-    assert_eq!(response.status(), 303);
-    let location = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
-    let back = query(&location);
+    let back = user.follow_callback(&callback).await;
     assert_eq!(back["status"], "denied");
+    assert!(!back.contains_key("completion_code"));
     assert!(!back.contains_key("connection_id"));
     let got = consent
         .get_consent(GetConsentRequest {
@@ -148,10 +174,11 @@ async fn replayed_and_expired_state(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    let callback = with.fake.approve(&started.authorization_url).await.unwrap();
-    assert_eq!(browser().get(callback.as_str()).send().await.unwrap().status(), 303);
+    let user = UserBrowser::new();
+    let callback = user.approve(&with.fake, &started.authorization_url).await;
+    assert_eq!(user.get(callback.as_str()).await.status(), 303);
     let exchanges = with.fake.stats().code_exchanges;
-    let replay = browser().get(callback.as_str()).send().await.unwrap();
+    let replay = user.get(callback.as_str()).await;
     assert_eq!(replay.status(), 410);
     assert!(replay.text().await.unwrap().contains("already used"));
     assert_eq!(
@@ -166,9 +193,10 @@ async fn replayed_and_expired_state(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    let callback = with.fake.approve(&started.authorization_url).await.unwrap();
+    let user = UserBrowser::new();
+    let callback = user.approve(&with.fake, &started.authorization_url).await;
     with.server.clock.advance(chrono::Duration::minutes(11));
-    let expired = browser().get(callback.as_str()).send().await.unwrap();
+    let expired = user.get(callback.as_str()).await;
     assert_eq!(expired.status(), 410);
     assert!(expired.text().await.unwrap().contains("expired"));
     let got = consent
@@ -181,11 +209,18 @@ async fn replayed_and_expired_state(backend: Backend) {
     assert_eq!(got.status, ConsentStatus::ConsentExpired as i32);
 
     // Unknown state, missing state, and invalid UTF-8 in the query.
-    let base = with.server.http_url("/oauth/callback");
+    let base = with.server.http_url("/oauth/callback/fake");
     for bad in ["?state=nope&code=x", "?code=x", "?state=%FF%FE&code=%C3%28"] {
         let response = browser().get(format!("{base}{bad}")).send().await.unwrap();
         assert_eq!(response.status(), 400, "{bad}");
     }
+    // The shared callback path of earlier versions is gone: each provider has its own.
+    let old = browser()
+        .get(with.server.http_url("/oauth/callback?state=nope&code=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 404);
     with.stop().await;
 }
 on_both!(replayed_or_expired_state_is_refused, replayed_and_expired_state);
@@ -204,12 +239,13 @@ async fn wrong_verifier(backend: Backend) {
         .unwrap()
         .into_inner();
     // The code of the first request, presented with the state (and so the verifier) of the second.
-    let code = query(&with.fake.approve(&first.authorization_url).await.unwrap())["code"].clone();
-    let state = query(&url::Url::parse(&second.authorization_url).unwrap())["state"].clone();
+    let code = query(&UserBrowser::new().approve(&with.fake, &first.authorization_url).await)["code"].clone();
+    let state = query(&UserBrowser::new().start(&second.authorization_url).await)["state"].clone();
     let completed = consent
         .complete_consent(CompleteConsentRequest {
             state,
             code,
+            user_id: "dave".into(),
             ..Default::default()
         })
         .await
@@ -255,11 +291,14 @@ async fn incremental_consent(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(started.scopes, vec!["mail.send"]);
-    let params = query(&url::Url::parse(&started.authorization_url).unwrap());
+    let user = UserBrowser::new();
+    let provider_url = user.start(&started.authorization_url).await;
+    let params = query(&provider_url);
     assert_eq!(params["scope"], "mail.send");
     assert_eq!(params["include_granted_scopes"], "true");
-    let callback = with.fake.approve(&started.authorization_url).await.unwrap();
-    assert_eq!(browser().get(callback.as_str()).send().await.unwrap().status(), 303);
+    let callback = with.fake.approve(provider_url.as_str()).await.unwrap();
+    let back = user.follow_callback(&callback).await;
+    assert_eq!(confirm_on(&with.server, "fay", &back).await, first);
     let connection = with
         .server
         .app()
@@ -290,10 +329,11 @@ async fn incremental_consent(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(started.scopes, vec!["calendar.read", "mail.send"]);
-    let params = query(&url::Url::parse(&started.authorization_url).unwrap());
-    assert!(!params.contains_key("include_granted_scopes"));
-    let callback = with.fake.approve(&started.authorization_url).await.unwrap();
-    assert_eq!(browser().get(callback.as_str()).send().await.unwrap().status(), 303);
+    let user = UserBrowser::new();
+    let provider_url = user.start(&started.authorization_url).await;
+    assert!(!query(&provider_url).contains_key("include_granted_scopes"));
+    let callback = with.fake.approve(provider_url.as_str()).await.unwrap();
+    confirm_on(&with.server, "fay", &user.follow_callback(&callback).await).await;
     let connection = with
         .server
         .app()
@@ -382,6 +422,30 @@ async fn malformed_requests(backend: Backend) {
         ),
         (
             StartConsentRequest {
+                return_url: String::new(),
+                ..start_request("u", &["mail.read"])
+            },
+            Code::InvalidArgument,
+            "return_url is required",
+        ),
+        (
+            StartConsentRequest {
+                connection_id: "not-a-uuid".into(),
+                ..start_request("u", &["mail.read"])
+            },
+            Code::InvalidArgument,
+            "connection_id",
+        ),
+        (
+            StartConsentRequest {
+                account_hint: "a\nb".into(),
+                ..start_request("u", &["mail.read"])
+            },
+            Code::InvalidArgument,
+            "account_hint",
+        ),
+        (
+            StartConsentRequest {
                 tenant_id: keys::OTHER_TENANT.into(),
                 ..start_request("u", &["mail.read"])
             },
@@ -443,7 +507,7 @@ async fn malformed_requests(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::NotFound);
-    let callback = with.fake.approve(&started.authorization_url).await.unwrap();
+    let callback = UserBrowser::new().approve(&with.fake, &started.authorization_url).await;
     let params = query(&callback);
     let error = with
         .server
@@ -451,6 +515,7 @@ async fn malformed_requests(backend: Backend) {
         .complete_consent(CompleteConsentRequest {
             state: params["state"].clone(),
             code: params["code"].clone(),
+            user_id: "u".into(),
             ..Default::default()
         })
         .await
@@ -459,16 +524,31 @@ async fn malformed_requests(backend: Backend) {
     let error = consent
         .complete_consent(CompleteConsentRequest {
             state: params["state"].clone(),
+            user_id: "u".into(),
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "neither code nor error");
-    // The rightful platform still completes it.
+    let error = consent
+        .complete_consent(CompleteConsentRequest {
+            state: params["state"].clone(),
+            code: params["code"].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Code::InvalidArgument,
+        "CompleteConsent names the session's user"
+    );
+    // The rightful platform still completes it, from the user's own session.
     let done = consent
         .complete_consent(CompleteConsentRequest {
             state: params["state"].clone(),
             code: params["code"].clone(),
+            user_id: "u".into(),
             ..Default::default()
         })
         .await
@@ -476,6 +556,63 @@ async fn malformed_requests(backend: Backend) {
         .into_inner();
     assert_eq!(done.status, ConsentStatus::ConsentCompleted as i32);
     assert_eq!(done.granted_scopes, vec!["mail.read"]);
+
+    // Completed from another user's session (a forwarded link): refused and
+    // cancelled before the code reaches the provider.
+    let started = consent
+        .start_consent(start_request("u", &["files.read"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let params = query(&UserBrowser::new().approve(&with.fake, &started.authorization_url).await);
+    let exchanges = with.fake.stats().code_exchanges;
+    let forwarded = CompleteConsentRequest {
+        state: params["state"].clone(),
+        code: params["code"].clone(),
+        user_id: "mallory".into(),
+        ..Default::default()
+    };
+    let error = consent.complete_consent(forwarded.clone()).await.unwrap_err();
+    assert_eq!(error.code(), Code::PermissionDenied, "{}", error.message());
+    assert!(error.message().contains("another user"), "{}", error.message());
+    assert_eq!(
+        with.fake.stats().code_exchanges,
+        exchanges,
+        "the provider never saw the code"
+    );
+    let got = consent
+        .get_consent(GetConsentRequest {
+            consent_id: started.consent_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.status, ConsentStatus::ConsentFailed as i32);
+    let error = consent
+        .complete_consent(CompleteConsentRequest {
+            user_id: "u".into(),
+            ..forwarded
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Code::FailedPrecondition,
+        "a cancelled consent stays cancelled"
+    );
+    let connection = with
+        .server
+        .app()
+        .store
+        .connection_for(keys::TENANT, "u", "fake")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        connection.granted_scopes.iter().cloned().collect::<Vec<_>>(),
+        vec!["mail.read"],
+        "the cancelled grant added nothing"
+    );
     with.stop().await;
 }
 on_both!(malformed_consent_requests_change_nothing, malformed_requests);

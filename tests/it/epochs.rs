@@ -462,6 +462,12 @@ async fn two_processes_rotate_under_traffic_and_an_interrupted_rewrap_completes(
                 let started = consent
                     .start_consent(start_request(&format!("new-{n}"), &["mail.read"]))
                     .await;
+                if let Err(error) = &started {
+                    eprintln!("StartConsent failed during the rotation: {error:?}");
+                }
+                if let Err(error) = &token {
+                    eprintln!("GetAccessToken failed during the rotation: {error:?}");
+                }
                 for ok in [token.is_ok(), started.is_ok()] {
                     if ok {
                         served.fetch_add(1, Ordering::Relaxed);

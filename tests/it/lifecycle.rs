@@ -3,7 +3,7 @@
 use crate::on_both;
 use crate::support::fixture::WithProvider;
 use crate::support::inspect::{audit, revocations, stored_connection};
-use crate::support::provider::connect;
+use crate::support::provider::{connect, start_request};
 use crate::support::{contains, dump_database, eventually, keys, random_kek, Backend, TestServer};
 use secrecy::SecretString;
 use std::time::Duration;
@@ -245,13 +245,7 @@ async fn delete_and_restore(backend: Backend) {
     let error = with
         .server
         .consent(keys::PLATFORM)
-        .start_consent(StartConsentRequest {
-            tenant_id: keys::TENANT.into(),
-            user_id: "dora".into(),
-            provider: "fake".into(),
-            capabilities: vec!["mail.read".into()],
-            ..Default::default()
-        })
+        .start_consent(start_request("dora", &["mail.read"]))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::FailedPrecondition);
@@ -417,13 +411,7 @@ async fn retention_passes(backend: Backend) {
     // An expired consent request.
     with.server
         .consent(keys::PLATFORM)
-        .start_consent(StartConsentRequest {
-            tenant_id: keys::TENANT.into(),
-            user_id: "hank".into(),
-            provider: "fake".into(),
-            capabilities: vec!["files.read".into()],
-            ..Default::default()
-        })
+        .start_consent(start_request("hank", &["files.read"]))
         .await
         .unwrap();
     app.audit.flush().await;

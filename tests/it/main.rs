@@ -14,6 +14,7 @@ mod support;
 
 mod abuse;
 mod audit;
+mod binding;
 mod broker;
 mod consent;
 mod epochs;

@@ -68,6 +68,7 @@ async fn every_preset_asks_for_exactly_the_mapped_scopes() {
                     capabilities: vec![capability.clone()],
                     scopes: vec![],
                     return_url: "https://app.example.com/connected".into(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap_or_else(|e| panic!("{} {capability}: {}", spec.name, e.message()))
@@ -100,7 +101,7 @@ async fn every_preset_asks_for_exactly_the_mapped_scopes() {
             assert!(
                 params
                     .get("redirect_uri")
-                    .is_some_and(|uri| uri.ends_with("/oauth/callback")),
+                    .is_some_and(|uri| uri.ends_with(&format!("/oauth/callback/{}", spec.name))),
                 "{what}: {params:?}"
             );
             if spec.uses_scopes {
@@ -266,6 +267,7 @@ async fn every_preset_parses_its_documented_token_answer() {
             authorization: spec.authorization_url.clone().unwrap(),
             token: token_url,
             revocation: None,
+            iss_parameter_supported: false,
         };
         let secret = SecretString::from("s3cret".to_owned());
         let http = ProviderHttp::new(Duration::from_secs(5), 64 * 1024).unwrap();
@@ -427,7 +429,7 @@ base_url = "https://git.acme.example"
     );
     for expected in [
         "https://gitlab.com/-/user_settings/applications",
-        "redirect URI             https://tv.example.com/oauth/callback\n",
+        "redirect URI             https://tv.example.com/oauth/callback/gitlab\n",
         "account                  GET https://gitlab.com/api/v4/user",
         "api read_api read_repository read_user write_repository",
     ] {

@@ -3,7 +3,7 @@
 
 use crate::support::fixture::WithProvider;
 use crate::support::process::ServerProcess;
-use crate::support::provider::{browser, connect, query, start_fake, CatalogOptions};
+use crate::support::provider::{connect, query, start_fake, CatalogOptions, UserBrowser};
 use crate::support::{keys, random_kek, Backend, TestDb};
 use std::time::Duration;
 use tokenvault::proto::token_service_client::TokenServiceClient;
@@ -222,22 +222,33 @@ async fn no_secret_reaches_the_logs() {
             capabilities: vec!["mail.read".into()],
             scopes: vec![],
             return_url: "https://app.example.com/done".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
-    let callback = fake.approve(&started.authorization_url).await.unwrap();
+    let user_browser = UserBrowser::new();
+    let callback = user_browser.approve(&fake, &started.authorization_url).await;
+    assert!(callback
+        .as_str()
+        .starts_with(&format!("http://{}/oauth/callback/fake?", server.http)));
     let params = query(&callback);
-    let callback = url::Url::parse(&format!(
-        "http://{}/oauth/callback?{}",
-        server.http,
-        callback.query().unwrap()
-    ))
-    .unwrap();
-    let answer = browser().get(callback.as_str()).send().await.unwrap();
-    assert_eq!(answer.status(), 303);
-    let location = url::Url::parse(answer.headers()["location"].to_str().unwrap()).unwrap();
-    let connection_id = query(&location)["connection_id"].clone();
+    let binding_cookie = {
+        let values = user_browser.cookie_values();
+        assert_eq!(values.len(), 1, "one binding cookie");
+        values[0].clone()
+    };
+    let back = user_browser.follow_callback(&callback).await;
+    let confirmed = consent
+        .confirm_consent(ConfirmConsentRequest {
+            consent_id: back["consent_id"].clone(),
+            completion_code: back["completion_code"].clone(),
+            user_id: "logan".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let connection_id = confirmed.connection_id;
     let mut tokens = TokenServiceClient::new(authed(keys::AGENT));
     let first = tokens
         .get_access_token(GetAccessTokenRequest {
@@ -279,6 +290,9 @@ async fn no_secret_reaches_the_logs() {
         revoked.as_str(),
         params["code"].as_str(),
         params["state"].as_str(),
+        back["completion_code"].as_str(),
+        binding_cookie.as_str(),
+        started.authorization_url.rsplit('/').next().unwrap(),
         "fake_at_",
         "fake_rt_",
         "fake_code_",

@@ -316,6 +316,9 @@ api_keys_file = "/etc/tokenvault/auth/api-keys.toml"
 
 [consent]
 allowed_return_origins = {{ $v.consent.allowedReturnOrigins | default list | toJson }}
+require_confirmation = {{ $v.consent.requireConfirmation }}
+tenants_without_confirmation = {{ $v.consent.tenantsWithoutConfirmation | default list | toJson }}
+confirmation_ttl_seconds = {{ int $v.consent.confirmationTtlSeconds }}
 
 [providers]
 {{- if include "tokenvault.catalogEnabled" $root }}

@@ -53,11 +53,15 @@ pub(super) async fn authorize(State(shared): State<Arc<Shared>>, RawQuery(query)
         return error_page("redirect_uri must be an http(s) URL without a fragment");
     }
     let state = params.get("state");
+    // RFC 9207: the issuer identifies itself in every authorization response.
+    let issuer = shared.base_url.as_str().trim_end_matches('/').to_owned();
+    let iss = config.send_iss.then_some(issuer.as_str());
     let deny = |error: &str, description: &str| {
         redirect_with(
             &redirect,
             &[("error", error), ("error_description", description)],
             state,
+            iss,
         )
     };
 
@@ -124,15 +128,15 @@ pub(super) async fn authorize(State(shared): State<Arc<Shared>>, RawQuery(query)
             },
         );
     }
-    redirect_with(&redirect, &[("code", &code)], state)
+    redirect_with(&redirect, &[("code", &code)], state, iss)
 }
 
 fn is_base64url_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
-/// A 302 to `redirect` with `params` (and `state`, if any) appended to its query.
-fn redirect_with(redirect: &Url, params: &[(&str, &str)], state: Option<&str>) -> Response {
+/// A 302 to `redirect` with `params` (and `state` and `iss`, if any) appended to its query.
+fn redirect_with(redirect: &Url, params: &[(&str, &str)], state: Option<&str>, iss: Option<&str>) -> Response {
     let mut location = redirect.clone();
     {
         let mut query = location.query_pairs_mut();
@@ -141,6 +145,9 @@ fn redirect_with(redirect: &Url, params: &[(&str, &str)], state: Option<&str>) -
         }
         if let Some(state) = state {
             query.append_pair("state", state);
+        }
+        if let Some(iss) = iss {
+            query.append_pair("iss", iss);
         }
     }
     match HeaderValue::from_str(location.as_str()) {

@@ -57,6 +57,10 @@ pub struct FakeProviderConfig {
     /// OAuth app does: an access token that never expires, no `expires_in`
     /// and no refresh token.
     pub non_expiring_access_tokens: bool,
+    /// When `true` (default `false`), every authorization response carries
+    /// `iss` (the fake's base URL) and the metadata says so
+    /// (`authorization_response_iss_parameter_supported`, RFC 9207).
+    pub send_iss: bool,
 }
 
 impl Default for FakeProviderConfig {
@@ -72,6 +76,7 @@ impl Default for FakeProviderConfig {
             incremental_param: None,
             auto_approve: true,
             non_expiring_access_tokens: false,
+            send_iss: false,
         }
     }
 }

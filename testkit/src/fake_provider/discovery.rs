@@ -28,6 +28,7 @@ pub(super) async fn metadata(State(shared): State<Arc<Shared>>) -> Response {
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": method,
         "revocation_endpoint_auth_methods_supported": method,
+        "authorization_response_iss_parameter_supported": shared.config.send_iss,
     }))
     .into_response()
 }
