@@ -16,7 +16,7 @@ use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::Duration;
 use tokenvault::audit::AuditLog;
-use tokenvault::broker::{CachedToken, Issuance, ScopeText, TokenCache, UsageLog};
+use tokenvault::broker::{CachedToken, Issuance, Owner, ScopeText, TokenCache, UsageLog};
 use tokenvault::clock::{SharedClock, SystemClock};
 use tokenvault::store::{KeyStore, ScopeSet, SqlStore, Store, StoreOptions};
 use tokenvault::telemetry::Metrics;
@@ -84,8 +84,11 @@ async fn main() -> Result<()> {
     let scopes: ScopeSet = ["https://www.googleapis.com/auth/gmail.readonly".to_owned()].into();
     for (i, (id, user)) in ids.iter().zip(&users).enumerate() {
         let cached = CachedToken::new(
-            "acme",
-            user,
+            Owner {
+                tenant_id: "acme",
+                user_id: user,
+                provider: "google",
+            },
             token(i, args.token_bytes),
             &scopes,
             &scopes,

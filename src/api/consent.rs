@@ -25,32 +25,6 @@ impl ConsentApi {
     }
 }
 
-const MAX_CAPABILITIES: usize = 50;
-
-fn capability_names(values: &[String]) -> Result<Vec<String>, Status> {
-    if values.len() > MAX_CAPABILITIES {
-        return Err(Status::invalid_argument(format!(
-            "capabilities lists more than {MAX_CAPABILITIES} entries"
-        )));
-    }
-    for value in values {
-        let valid = !value.is_empty()
-            && value.len() <= 64
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
-        if !valid {
-            return Err(Status::invalid_argument(
-                "capabilities must be names of 1-64 characters of a-z 0-9 . _ -",
-            ));
-        }
-    }
-    let mut names = values.to_vec();
-    names.sort();
-    names.dedup();
-    Ok(names)
-}
-
 fn provider_name(value: &str) -> Result<&str, Status> {
     let valid = !value.is_empty()
         && value.len() <= 64
@@ -115,7 +89,7 @@ impl ConsentService for ConsentApi {
         validate::tenant(&body.tenant_id)?;
         validate::user(&body.user_id)?;
         provider_name(&body.provider)?;
-        let capabilities = capability_names(&body.capabilities)?;
+        let capabilities = validate::capability_names(&body.capabilities)?;
         let scopes = validate::scopes("scopes", &body.scopes)?;
         let connection_id = if body.connection_id.is_empty() {
             None

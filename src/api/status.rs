@@ -91,12 +91,39 @@ impl From<crate::consent::ConsentError> for Status {
     }
 }
 
+/// `PERMISSION_DENIED` for what a token request lacks, with the standard
+/// `google.rpc.ErrorInfo` detail (reason `CONSENT_REQUIRED`, domain
+/// `tokenvault`) naming the connection, its provider and the missing scopes
+/// and capabilities (space-separated), so that any gRPC client can turn it
+/// into a consent prompt.
+fn consent_required(message: String, needed: &crate::broker::ConsentRequired) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let metadata = std::collections::HashMap::from([
+        ("connection_id".to_owned(), needed.connection_id.to_string()),
+        ("provider".to_owned(), needed.provider.clone()),
+        ("missing_scopes".to_owned(), needed.missing_scopes.join(" ")),
+        ("missing_capabilities".to_owned(), needed.missing_capabilities.join(" ")),
+    ]);
+    Status::with_error_details(
+        tonic::Code::PermissionDenied,
+        message,
+        ErrorDetails::with_error_info(CONSENT_REQUIRED, ERROR_DOMAIN, metadata),
+    )
+}
+
+/// `ErrorInfo.reason` of a token request that needs the user's consent.
+pub const CONSENT_REQUIRED: &str = "CONSENT_REQUIRED";
+/// `ErrorInfo.domain` of tokenvault's errors.
+pub const ERROR_DOMAIN: &str = "tokenvault";
+
 impl From<crate::broker::BrokerError> for Status {
     fn from(error: crate::broker::BrokerError) -> Self {
         use crate::broker::BrokerError as E;
         match error {
             E::NotFound(_) => Status::not_found(error.to_string()),
-            E::WrongTenant | E::ScopeNotGranted(_) => Status::permission_denied(error.to_string()),
+            E::WrongTenant => Status::permission_denied(error.to_string()),
+            E::ConsentRequired(ref needed) => consent_required(error.to_string(), needed),
+            E::UnknownCapability { .. } => Status::invalid_argument(error.to_string()),
             E::Revoked | E::NeedsReauth(_) | E::UserDeleted | E::ProviderMisconfigured(_) => {
                 Status::failed_precondition(error.to_string())
             }

@@ -60,6 +60,7 @@ impl TokenService for TokenApi {
         let body = request.get_ref();
         let connection_id = validate::id("connection_id", &body.connection_id)?;
         let scopes = validate::scopes("scopes", &body.scopes)?;
+        let capabilities = validate::capability_names(&body.capabilities)?;
         if body.min_ttl_seconds > MAX_MIN_TTL {
             return Err(Status::invalid_argument(format!(
                 "min_ttl_seconds must be at most {MAX_MIN_TTL}"
@@ -68,6 +69,7 @@ impl TokenService for TokenApi {
         let token_request = TokenRequest {
             connection_id,
             scopes,
+            capabilities: Vec::new(),
             min_ttl: chrono::Duration::seconds(i64::from(body.min_ttl_seconds)),
             require_min_ttl: body.require_min_ttl,
             // Leave a little room to answer before the caller gives up.
@@ -78,7 +80,11 @@ impl TokenService for TokenApi {
             tenants: &context.caller.tenants,
             request_id: context.request_id(),
         };
-        let issued = self.app.broker.get_access_token(&requester, &token_request).await?;
+        let issued = self
+            .app
+            .broker
+            .get_access_token(&requester, &token_request, &capabilities)
+            .await?;
         Ok(Response::new(GetAccessTokenResponse {
             access_token: issued.access_token.expose_secret().to_owned(),
             token_type: issued.token_type,

@@ -133,3 +133,31 @@ mod tests {
         assert_eq!(page_size(5000), 1000);
     }
 }
+
+/// Most capabilities one request may name.
+const MAX_CAPABILITIES: usize = 50;
+
+/// Capability names (at most 50, each 1-64 characters of a-z 0-9 . _ -), sorted and deduplicated.
+pub fn capability_names(values: &[String]) -> Result<Vec<String>, Status> {
+    if values.len() > MAX_CAPABILITIES {
+        return Err(Status::invalid_argument(format!(
+            "capabilities lists more than {MAX_CAPABILITIES} entries"
+        )));
+    }
+    for value in values {
+        let valid = !value.is_empty()
+            && value.len() <= 64
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+        if !valid {
+            return Err(Status::invalid_argument(
+                "capabilities must be names of 1-64 characters of a-z 0-9 . _ -",
+            ));
+        }
+    }
+    let mut names = values.to_vec();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}

@@ -51,10 +51,12 @@ impl std::fmt::Debug for ScopeText {
 /// lists are shared, and the token type is always `Bearer` (the provider
 /// layer accepts no other).
 pub struct CachedToken {
-    /// `tenant_id` then `user_id`, in one allocation.
+    /// `tenant_id`, `user_id` then `provider`, in one allocation.
     owner: Box<str>,
     /// Where `user_id` starts in `owner`.
     user_at: u32,
+    /// Where `provider` starts in `owner`.
+    provider_at: u32,
     /// The access token.
     pub access_token: SecretString,
     /// Scopes the token carries.
@@ -67,11 +69,32 @@ pub struct CachedToken {
     pub issued_at: DateTime<Utc>,
 }
 
+/// Whose a cached token is: the connection's tenant, user and provider.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    /// Owning tenant.
+    pub tenant_id: &'a str,
+    /// Owning user.
+    pub user_id: &'a str,
+    /// Catalog name of the connection's provider (capabilities resolve against it).
+    pub provider: &'a str,
+}
+
+impl<'a> Owner<'a> {
+    /// The owner of `connection`'s tokens.
+    pub fn of(connection: &'a crate::store::Connection) -> Self {
+        Self {
+            tenant_id: &connection.tenant_id,
+            user_id: &connection.user_id,
+            provider: &connection.provider,
+        }
+    }
+}
+
 impl CachedToken {
-    /// A token of `tenant_id`/`user_id` carrying `scopes` out of the grant's `granted`.
+    /// A token of `owner` carrying `scopes` out of the grant's `granted`.
     pub fn new(
-        tenant_id: &str,
-        user_id: &str,
+        owner: Owner<'_>,
         access_token: SecretString,
         scopes: &ScopeSet,
         granted: &ScopeSet,
@@ -84,9 +107,11 @@ impl CachedToken {
         } else {
             ScopeText::of(scopes)
         };
+        let offset = |len: usize| u32::try_from(len).unwrap_or(u32::MAX);
         Self {
-            owner: format!("{tenant_id}{user_id}").into_boxed_str(),
-            user_at: u32::try_from(tenant_id.len()).unwrap_or(u32::MAX),
+            owner: format!("{}{}{}", owner.tenant_id, owner.user_id, owner.provider).into_boxed_str(),
+            user_at: offset(owner.tenant_id.len()),
+            provider_at: offset(owner.tenant_id.len() + owner.user_id.len()),
             access_token,
             scopes,
             granted: granted_text,
@@ -102,7 +127,14 @@ impl CachedToken {
 
     /// Owning user (for invalidation when the user is deleted).
     pub fn user_id(&self) -> &str {
-        self.owner.get(self.user_at as usize..).unwrap_or_default()
+        self.owner
+            .get(self.user_at as usize..self.provider_at as usize)
+            .unwrap_or_default()
+    }
+
+    /// The connection's provider (capabilities resolve against its catalog entry).
+    pub fn provider(&self) -> &str {
+        self.owner.get(self.provider_at as usize..).unwrap_or_default()
     }
 }
 

@@ -14,9 +14,17 @@ pub enum BrokerError {
     /// The connection belongs to a tenant the caller may not act for.
     #[error("caller may not act for this connection's tenant")]
     WrongTenant,
-    /// A requested scope is not granted.
-    #[error("scope `{0}` is not granted to this connection")]
-    ScopeNotGranted(String),
+    /// Scopes or capabilities asked for are not granted: the user must consent.
+    #[error("{0}")]
+    ConsentRequired(Box<super::ConsentRequired>),
+    /// The connection's provider has no capability of that name.
+    #[error("provider `{provider}` has no capability `{capability}`")]
+    UnknownCapability {
+        /// The connection's provider.
+        provider: String,
+        /// The capability asked for.
+        capability: String,
+    },
     /// Revoked.
     #[error("connection is revoked")]
     Revoked,
@@ -60,7 +68,8 @@ impl BrokerError {
     pub(super) fn kind(&self) -> &'static str {
         match self {
             BrokerError::NotFound(_) => "not_found",
-            BrokerError::WrongTenant | BrokerError::ScopeNotGranted(_) => "denied",
+            BrokerError::WrongTenant | BrokerError::ConsentRequired(_) => "denied",
+            BrokerError::UnknownCapability { .. } => "invalid",
             BrokerError::Revoked => "revoked",
             BrokerError::NeedsReauth(_) => "needs_reauth",
             BrokerError::UserDeleted => "user_deleted",

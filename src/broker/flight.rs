@@ -90,8 +90,11 @@ mod tests {
     fn token() -> Landed {
         Landed {
             token: Arc::new(CachedToken::new(
-                "t",
-                "u",
+                crate::broker::Owner {
+                    tenant_id: "t",
+                    user_id: "u",
+                    provider: "p",
+                },
                 SecretString::from("a"),
                 &Default::default(),
                 &Default::default(),

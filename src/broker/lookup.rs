@@ -69,8 +69,10 @@ impl Broker {
         if !who.tenants.allows(token.tenant_id()) {
             return Some(Err(BrokerError::WrongTenant));
         }
-        if let Some(missing) = request.scopes.iter().find(|s| !token.granted.contains(s)) {
-            return Some(Err(BrokerError::ScopeNotGranted(missing.clone())));
+        if let Some(refused) =
+            request.not_granted(request.connection_id, token.provider(), |s| token.granted.contains(s))
+        {
+            return Some(Err(refused));
         }
         if !self.fresh_enough(token.expires_at, token.issued_at, request.min_ttl, now) {
             return None;

@@ -53,8 +53,10 @@ impl Broker {
             return Err(BrokerError::WrongTenant);
         }
         check_active(connection)?;
-        if let Some(missing) = request.scopes.iter().find(|s| !connection.granted_scopes.contains(*s)) {
-            return Err(BrokerError::ScopeNotGranted(missing.clone()));
+        if let Some(refused) = request.not_granted(connection.id, &connection.provider, |s| {
+            connection.granted_scopes.contains(s)
+        }) {
+            return Err(refused);
         }
         Ok(())
     }

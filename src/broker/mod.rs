@@ -31,6 +31,7 @@
 //! - `error`: [`BrokerError`].
 
 mod cache;
+mod capabilities;
 mod error;
 mod flight;
 mod keepalive;
@@ -42,7 +43,8 @@ mod rotation;
 mod secrets;
 mod usage;
 
-pub use cache::{CacheKey, CachedToken, ScopeText, TokenCache};
+pub use cache::{CacheKey, CachedToken, Owner, ScopeText, TokenCache};
+pub use capabilities::ConsentRequired;
 pub use error::BrokerError;
 pub use reader::{ConnectionReader, ReadResult, MAX_BATCH};
 pub use usage::{Issuance, UsageLog};
@@ -86,8 +88,12 @@ pub struct IssuedToken {
 pub struct TokenRequest {
     /// The connection.
     pub connection_id: Uuid,
-    /// Requested scopes (empty: everything granted).
+    /// Requested scopes (empty: everything granted), with the scopes of
+    /// the resolved capabilities.
     pub scopes: ScopeSet,
+    /// Requested capabilities, once resolved: each with the scopes serving it
+    /// (empty until [`Broker::get_access_token`] resolves them).
+    pub capabilities: Vec<(String, ScopeSet)>,
     /// The token must stay valid this long.
     pub min_ttl: chrono::Duration,
     /// Refuse a token that expires sooner than `min_ttl` instead of serving the freshest there is.
@@ -210,12 +216,29 @@ impl Broker {
         self.usage.flush(&self.audit, &*self.store).await;
     }
 
-    /// `GetAccessToken`.
+    /// `GetAccessToken`: a token for `request`'s scopes and the scopes
+    /// serving `capabilities` (names from the connection's catalog entry).
     pub async fn get_access_token(
         self: &Arc<Self>,
         who: &Requester<'_>,
         request: &TokenRequest,
+        capabilities: &[String],
     ) -> Result<IssuedToken, BrokerError> {
+        if capabilities.is_empty() {
+            return self.serve(who, request).await;
+        }
+        let resolved = match self.resolve_capabilities(who, request, capabilities).await {
+            Ok(resolved) => resolved,
+            Err(error) => {
+                self.metrics.issuance(error.kind());
+                return Err(error);
+            }
+        };
+        self.serve(who, &resolved).await
+    }
+
+    /// A token for `request`, its capabilities resolved: the cache, else the store, else a refresh.
+    async fn serve(self: &Arc<Self>, who: &Requester<'_>, request: &TokenRequest) -> Result<IssuedToken, BrokerError> {
         let key: CacheKey = (request.connection_id, scope_key(&request.scopes));
         if let Some(result) = self.cached(who, request, &key, self.clock.now()) {
             return result;

@@ -19,7 +19,7 @@ use super::flight::Landed;
 use super::lookup::TokenKeys;
 use super::miss::check_active;
 use super::secrets::{seal_access, seal_refresh};
-use super::{scope_key, Broker, BrokerError, CachedToken, IssuedToken, Requester, TokenRequest};
+use super::{Broker, BrokerError, CachedToken, ConsentRequired, IssuedToken, Owner, Requester, TokenRequest};
 use crate::audit::EventBuilder;
 use crate::consent::catalog::RefreshRotation;
 use crate::lifecycle::{CredentialKind, Purpose};
@@ -347,9 +347,15 @@ impl Broker {
             ProviderError::InvalidGrant(description) => {
                 self.needs_reauth(job, connection, interrupted, &description).await
             }
-            ProviderError::InvalidScope(_) if job.narrow.is_some() => Err(BrokerError::ScopeNotGranted(
-                job.narrow.as_ref().map(scope_key).unwrap_or_default(),
-            )),
+            // The provider would not narrow to scopes it granted: the grant changed there.
+            ProviderError::InvalidScope(_) if job.narrow.is_some() => {
+                Err(BrokerError::ConsentRequired(Box::new(ConsentRequired {
+                    connection_id: connection.id,
+                    provider: connection.provider.clone(),
+                    missing_scopes: job.narrow.iter().flatten().cloned().collect(),
+                    missing_capabilities: Vec::new(),
+                })))
+            }
             error if error.is_transient() || matches!(error, ProviderError::Malformed(_)) => {
                 self.outage_fallback(connection, &job.effective, error).await
             }
@@ -475,8 +481,7 @@ impl Broker {
         match committed {
             RefreshCommit::Stored => {
                 let token = CachedToken::new(
-                    &connection.tenant_id,
-                    &connection.user_id,
+                    Owner::of(connection),
                     tokens.access_token,
                     &scopes,
                     &connection.granted_scopes,

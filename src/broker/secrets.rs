@@ -2,7 +2,7 @@
 //! refresh tokens (a ciphertext that fails its integrity check is audited)
 //! and sealing what a refresh brings back.
 
-use super::{Broker, BrokerError, CachedToken};
+use super::{Broker, BrokerError, CachedToken, Owner};
 use crate::audit::EventBuilder;
 use crate::store::{access_token_record, AccessTokenRecord, Connection, Sealed};
 use crate::vault::{Binding, DataKey, Field, VaultError};
@@ -72,8 +72,7 @@ impl Broker {
             .open_or_report(&key, &binding, connection, "access_token", record.token.as_bytes())
             .await?;
         Ok(CachedToken::new(
-            &connection.tenant_id,
-            &connection.user_id,
+            Owner::of(connection),
             token,
             &record.scopes,
             &connection.granted_scopes,

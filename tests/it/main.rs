@@ -34,6 +34,7 @@ mod revocation_methods;
 mod sealed;
 mod server;
 mod startup;
+mod stepup;
 mod store;
 mod tls;
 mod vault;
