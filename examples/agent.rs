@@ -11,6 +11,8 @@
 //! - `TOKENVAULT_API_KEY`: an API key with the `agent` role (required);
 //! - `CONNECTION_ID`: the connection to act through (required);
 //! - `SCOPES`: comma-separated subset of the granted scopes (default: all granted scopes);
+//! - `CAPABILITIES`: comma-separated capability names of the provider (as in
+//!   `StartConsent`); the token carries their scopes (with `SCOPES`);
 //! - `MIN_TTL`: seconds the token must stay valid (default 0: whatever tokenvault holds);
 //! - `TIMEOUT`: deadline of one call in seconds, sent as `grpc-timeout` (default 10);
 //! - `ITERATIONS`, `INTERVAL`: how many tasks to run and the seconds between them (default 1 and 5).
@@ -27,10 +29,16 @@
 //! - `FAILED_PRECONDITION` means the connection is revoked, needs re-consent or
 //!   the user was deleted: retrying cannot help, so the worker stops and reports
 //!   tokenvault's message;
+//! - `PERMISSION_DENIED` with a `google.rpc.ErrorInfo` of reason
+//!   `CONSENT_REQUIRED` means the user has not granted a capability (or scope)
+//!   the task needs: the worker hands the platform what to ask for (the
+//!   connection, its provider, the missing capabilities) so that it can start a
+//!   step-up consent, and retries once the user has confirmed;
 //! - the token itself is never logged (only its first 8 characters here).
 //!
 //! Exit status: 0 on success, 2 when the connection cannot be used
-//! (`FAILED_PRECONDITION`), 1 on any other failure.
+//! (`FAILED_PRECONDITION`), 3 when the user must consent to more
+//! (`CONSENT_REQUIRED`), 1 on any other failure.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -45,6 +53,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
+use tonic_types::StatusExt as _;
 
 /// A cached token is used until this long before its `expires_at` (or `MIN_TTL`, if longer).
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
@@ -65,6 +74,23 @@ async fn main() -> ExitCode {
     };
     match run(&settings).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(status) if consent_required(&status).is_some() => {
+            let info = consent_required(&status).unwrap_or_default();
+            let get = |key: &str| info.get(key).map_or("", String::as_str);
+            eprintln!("agent: {}", status.message());
+            println!("consent_required: connection {} at {}", get("connection_id"), get("provider"));
+            println!("  missing_capabilities: {}", get("missing_capabilities"));
+            println!("  missing_scopes: {}", get("missing_scopes"));
+            // What the platform does with it: a step-up consent for this connection.
+            println!(
+                "  ask the user: StartConsent{{connection_id: {}, capabilities: [{}]}}, e.g. CONNECTION_ID={} CAPABILITIES={} cargo run --example platform",
+                get("connection_id"),
+                get("missing_capabilities").replace(' ', ", "),
+                get("connection_id"),
+                get("missing_capabilities").replace(' ', ","),
+            );
+            ExitCode::from(3)
+        }
         Err(status) if status.code() == Code::FailedPrecondition => {
             eprintln!(
                 "agent: connection {} cannot be used: {}",
@@ -85,12 +111,24 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The `ErrorInfo` metadata of a `CONSENT_REQUIRED` refusal (what the user
+/// must grant), or `None` for any other status.
+fn consent_required(status: &Status) -> Option<HashMap<String, String>> {
+    if status.code() != Code::PermissionDenied {
+        return None;
+    }
+    let details = status.get_error_details();
+    let info = details.error_info()?;
+    (info.reason == "CONSENT_REQUIRED" && info.domain == "tokenvault").then(|| info.metadata.clone())
+}
+
 /// What the worker is configured with.
 struct Settings {
     addr: String,
     api_key: String,
     connection_id: String,
     scopes: Vec<String>,
+    capabilities: Vec<String>,
     min_ttl: u32,
     timeout: Duration,
     iterations: u32,
@@ -100,20 +138,26 @@ struct Settings {
 impl Settings {
     fn from_env() -> Result<Self, String> {
         let required = |name: &str| optional(name).ok_or_else(|| format!("{name} is not set"));
-        let mut scopes: Vec<String> = optional("SCOPES")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        scopes.sort();
-        scopes.dedup();
+        let list = |name: &str| {
+            let mut values: Vec<String> = optional(name)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            values.sort();
+            values.dedup();
+            values
+        };
+        let scopes = list("SCOPES");
+        let capabilities = list("CAPABILITIES");
         Ok(Self {
             addr: optional("TOKENVAULT_ADDR").unwrap_or_else(|| "http://127.0.0.1:50051".to_owned()),
             api_key: required("TOKENVAULT_API_KEY")?,
             connection_id: required("CONNECTION_ID")?,
             scopes,
+            capabilities,
             min_ttl: number("MIN_TTL", 0)?,
             timeout: Duration::from_secs(number("TIMEOUT", 10)?.max(1).into()),
             iterations: number("ITERATIONS", 1)?.max(1),
@@ -203,7 +247,14 @@ async fn run(settings: &Settings) -> Result<(), Status> {
         .connect_lazy();
     let mut client = TokenServiceClient::with_interceptor(channel, auth);
     let mut cache = TokenCache::default();
-    let key = (settings.connection_id.clone(), settings.scopes.clone());
+    // Cached per connection and what was asked (scopes and capabilities).
+    let asked = settings
+        .scopes
+        .iter()
+        .cloned()
+        .chain(settings.capabilities.iter().map(|c| format!("capability:{c}")))
+        .collect();
+    let key = (settings.connection_id.clone(), asked);
     let min_ttl = Duration::from_secs(settings.min_ttl.into());
 
     for task in 1..=settings.iterations {
@@ -239,6 +290,7 @@ async fn fetch(client: &mut Client, settings: &Settings) -> Result<GetAccessToke
         let mut request = Request::new(GetAccessTokenRequest {
             connection_id: settings.connection_id.clone(),
             scopes: settings.scopes.clone(),
+            capabilities: settings.capabilities.clone(),
             min_ttl_seconds: settings.min_ttl,
             ..Default::default()
         });

@@ -9,16 +9,22 @@ The same behaviour as examples/agent.rs:
 - ``UNAVAILABLE`` is retried with exponential backoff and jitter;
 - ``FAILED_PRECONDITION`` (revoked, needs re-consent, user deleted) stops the
   worker with tokenvault's message: retrying cannot help;
+- ``PERMISSION_DENIED`` with a ``google.rpc.ErrorInfo`` of reason
+  ``CONSENT_REQUIRED`` names what the user has not granted (the connection,
+  its provider, the missing capabilities and scopes): the worker hands it to
+  the platform, which starts a step-up consent for that connection;
 - the token is never printed, only its first 8 characters.
 
 Environment: TOKENVAULT_ADDR (default http://127.0.0.1:50051, plain text),
 TOKENVAULT_API_KEY (agent role, required), CONNECTION_ID (required), SCOPES
-(comma-separated subset of the granted scopes), MIN_TTL (seconds), TIMEOUT
+(comma-separated subset of the granted scopes), CAPABILITIES (comma-separated
+capability names of the provider), MIN_TTL (seconds), TIMEOUT
 (seconds per call, default 10), ITERATIONS and INTERVAL (tasks to run and
 seconds between them, default 1 and 5).
 
 Exit status: 0 on success, 2 when the connection cannot be used
-(FAILED_PRECONDITION), 1 on any other failure.
+(FAILED_PRECONDITION), 3 when the user must consent to more
+(CONSENT_REQUIRED), 1 on any other failure.
 
     pip install -r requirements.txt && ./generate.sh
     TOKENVAULT_API_KEY=... CONNECTION_ID=... python agent.py
@@ -41,6 +47,8 @@ if not (GEN / "tokenvault" / "v1" / "token_pb2.py").exists():
 sys.path.insert(0, str(GEN))
 
 import grpc  # noqa: E402
+from google.rpc import error_details_pb2  # noqa: E402
+from grpc_status import rpc_status  # noqa: E402
 from tokenvault.v1 import token_pb2, token_pb2_grpc  # noqa: E402
 
 # A cached token is used until this long before its expires_at (or MIN_TTL, if longer).
@@ -142,6 +150,22 @@ def fetch(stub, request, timeout: float):
     raise AssertionError("unreachable")
 
 
+def consent_required(error: grpc.RpcError) -> dict[str, str] | None:
+    """The ErrorInfo metadata of a CONSENT_REQUIRED refusal, or None for any other error."""
+    if error.code() != grpc.StatusCode.PERMISSION_DENIED:
+        return None
+    status = rpc_status.from_call(error)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.reason == "CONSENT_REQUIRED" and info.domain == "tokenvault":
+                return dict(info.metadata)
+    return None
+
+
 def describe(token) -> None:
     """Prints what the worker got, without the secret: only the token's first 8 characters."""
     expires_at = token.expires_at.ToDatetime(tzinfo=datetime.timezone.utc).replace(microsecond=0)
@@ -160,6 +184,7 @@ def main() -> int:
         print("agent: TOKENVAULT_API_KEY and CONNECTION_ID must be set", file=sys.stderr)
         return 1
     scopes = sorted({s.strip() for s in (env("SCOPES") or "").split(",") if s.strip()})
+    capabilities = sorted({c.strip() for c in (env("CAPABILITIES") or "").split(",") if c.strip()})
     min_ttl = number("MIN_TTL", 0)
     timeout = float(max(1, number("TIMEOUT", 10)))
     iterations = max(1, number("ITERATIONS", 1))
@@ -171,8 +196,10 @@ def main() -> int:
     )
     stub = token_pb2_grpc.TokenServiceStub(channel)
     cache = TokenCache()
-    key = (connection_id, tuple(scopes))
-    request = token_pb2.GetAccessTokenRequest(connection_id=connection_id, scopes=scopes, min_ttl_seconds=min_ttl)
+    key = (connection_id, tuple(scopes), tuple(capabilities))
+    request = token_pb2.GetAccessTokenRequest(
+        connection_id=connection_id, scopes=scopes, capabilities=capabilities, min_ttl_seconds=min_ttl
+    )
 
     try:
         for task in range(1, iterations + 1):
@@ -193,6 +220,20 @@ def main() -> int:
             # A real worker would now call the provider's API with
             # "authorization: {token.token_type} {token.access_token}".
     except grpc.RpcError as error:
+        needed = consent_required(error)
+        if needed is not None:
+            print(f"agent: {error.details()}", file=sys.stderr)
+            print(f"consent_required: connection {needed.get('connection_id')} at {needed.get('provider')}")
+            print(f"  missing_capabilities: {needed.get('missing_capabilities', '')}")
+            print(f"  missing_scopes: {needed.get('missing_scopes', '')}")
+            # What the platform does with it: a step-up consent for this connection.
+            missing = needed.get("missing_capabilities", "")
+            print(
+                f"  ask the user: StartConsent{{connection_id: {needed.get('connection_id')}, "
+                f"capabilities: [{missing.replace(' ', ', ')}]}}, e.g. CONNECTION_ID={needed.get('connection_id')} "
+                f"CAPABILITIES={missing.replace(' ', ',')} python platform.py"
+            )
+            return 3
         if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
             print(f"agent: connection {connection_id} cannot be used: {error.details()}", file=sys.stderr)
             print("agent: the user must connect again (re-consent); stopping", file=sys.stderr)
