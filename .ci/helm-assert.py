@@ -41,7 +41,8 @@ KNOWN = {
     "keys": {"backend", "file", "allow_shared_database", "rotate_every_days", "destroy_retired_after_days",
              "shred_within_days", "epoch_check_seconds", "rewrap_per_second", "kms", "pkcs11"},
     "auth": {"api_keys_file"},
-    "consent": {"allowed_return_origins"},
+    "consent": {"allowed_return_origins", "require_confirmation", "tenants_without_confirmation",
+                "confirmation_ttl_seconds"},
     "providers": None,  # catalog_file + one table per provider, checked below
     "broker": {"max_lease_seconds", "cache_capacity"},
     "lifecycle": {"purge_after_days", "audit_retention_days", "sweep_interval_seconds"},
@@ -298,8 +299,9 @@ def check_file(path):
     for ing in by_kind.get("Ingress", []):
         for rule in ing["spec"]["rules"]:
             for p in rule["http"]["paths"]:
-                c.ok(p["path"] != "/" and not p["path"].startswith("/metrics") and p["pathType"] == "Exact",
-                     f"Ingress exposes {p['path']} ({p['pathType']}); only the callback should be public")
+                public = (p["path"], p["pathType"]) in {("/oauth/start", "Prefix"), ("/oauth/callback", "Prefix")}
+                c.ok(public, f"Ingress exposes {p['path']} ({p['pathType']}); only the consent start links and "
+                     "callbacks (/oauth/start, /oauth/callback, Prefix) should be public")
 
     # --- migration hook ---------------------------------------------------
     for job in by_kind.get("Job", []):
