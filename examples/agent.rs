@@ -78,7 +78,11 @@ async fn main() -> ExitCode {
             let info = consent_required(&status).unwrap_or_default();
             let get = |key: &str| info.get(key).map_or("", String::as_str);
             eprintln!("agent: {}", status.message());
-            println!("consent_required: connection {} at {}", get("connection_id"), get("provider"));
+            println!(
+                "consent_required: connection {} at {}",
+                get("connection_id"),
+                get("provider")
+            );
             println!("  missing_capabilities: {}", get("missing_capabilities"));
             println!("  missing_scopes: {}", get("missing_scopes"));
             // What the platform does with it: a step-up consent for this connection.

@@ -112,28 +112,6 @@ pub fn page_token(token: &str) -> Result<Option<Uuid>, Status> {
         .map_err(|_| Status::invalid_argument("page_token is not one this server issued"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fields_are_checked() {
-        assert!(id("connection_id", "").unwrap_err().message().contains("required"));
-        assert!(id("connection_id", "nope").unwrap_err().message().contains("UUID"));
-        assert!(id("connection_id", &Uuid::new_v4().to_string()).is_ok());
-        assert!(tenant("acme-1").is_ok());
-        assert!(tenant("a b").is_err());
-        assert!(tenant(&"a".repeat(129)).is_err());
-        assert!(user("alice@example.com").is_ok());
-        assert!(user("bad\nuser").is_err());
-        assert!(scopes("scopes", &["https://www.googleapis.com/auth/gmail.send".into()]).is_ok());
-        assert!(scopes("scopes", &["has space".into()]).is_err());
-        assert!(scopes("scopes", &vec!["a".to_owned(); 101]).is_err());
-        assert_eq!(page_size(0), 100);
-        assert_eq!(page_size(5000), 1000);
-    }
-}
-
 /// Most capabilities one request may name.
 const MAX_CAPABILITIES: usize = 50;
 
@@ -160,4 +138,26 @@ pub fn capability_names(values: &[String]) -> Result<Vec<String>, Status> {
     names.sort();
     names.dedup();
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_checked() {
+        assert!(id("connection_id", "").unwrap_err().message().contains("required"));
+        assert!(id("connection_id", "nope").unwrap_err().message().contains("UUID"));
+        assert!(id("connection_id", &Uuid::new_v4().to_string()).is_ok());
+        assert!(tenant("acme-1").is_ok());
+        assert!(tenant("a b").is_err());
+        assert!(tenant(&"a".repeat(129)).is_err());
+        assert!(user("alice@example.com").is_ok());
+        assert!(user("bad\nuser").is_err());
+        assert!(scopes("scopes", &["https://www.googleapis.com/auth/gmail.send".into()]).is_ok());
+        assert!(scopes("scopes", &["has space".into()]).is_err());
+        assert!(scopes("scopes", &vec!["a".to_owned(); 101]).is_err());
+        assert_eq!(page_size(0), 100);
+        assert_eq!(page_size(5000), 1000);
+    }
 }

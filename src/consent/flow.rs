@@ -654,17 +654,7 @@ impl ConsentFlow {
             // Claimed by a concurrent callback, or expired in between.
             return Err(ConsentError::AlreadyUsed);
         }
-        let ending = |outcome, connection_id, granted: &ScopeSet, error: Option<&str>| Ending {
-            consent: &consent,
-            actor,
-            request_id,
-            at: now,
-            outcome,
-            connection_id,
-            granted: granted.clone(),
-            error: error.map(str::to_owned),
-            replaced: None,
-        };
+        let ending = Ending::maker(&consent, actor, request_id, now);
         let exchanged = match (&params.error, &params.code) {
             (Some(error), _) => Err((
                 Outcome::Denied,
@@ -840,17 +830,7 @@ impl ConsentFlow {
         if !binding::matches(completion_code.expose_secret(), consent.completion_hash.as_deref()) {
             return Err(ConsentError::WrongCompletionCode(consent_id));
         }
-        let ending = |outcome, connection_id, granted: &ScopeSet, error: Option<&str>| Ending {
-            consent: &consent,
-            actor,
-            request_id,
-            at: now,
-            outcome,
-            connection_id,
-            granted: granted.clone(),
-            error: error.map(str::to_owned),
-            replaced: None,
-        };
+        let ending = Ending::maker(&consent, actor, request_id, now);
         if consent.user_id != user_id {
             self.cancel(
                 &consent,
@@ -914,17 +894,8 @@ impl ConsentFlow {
         reason: &str,
     ) -> Result<(), ConsentError> {
         let now = self.clock.now();
-        let ending = Ending {
-            consent,
-            actor,
-            request_id,
-            at: now,
-            outcome: Outcome::Failed,
-            connection_id: None,
-            granted: ScopeSet::new(),
-            error: Some(reason.to_owned()),
-            replaced: None,
-        };
+        let ending =
+            Ending::maker(consent, actor, request_id, now)(Outcome::Failed, None, &ScopeSet::new(), Some(reason));
         let trail = ending.event().into();
         self.store
             .finish_consent(consent.id, ConsentState::Failed, None, Some(reason), now, &trail)
@@ -1240,7 +1211,28 @@ struct Ending<'a> {
     replaced: Option<ReplacedNote>,
 }
 
-impl Ending<'_> {
+impl<'a> Ending<'a> {
+    /// What makes the ending of `consent` (by `actor`, at `at`) from its
+    /// outcome, connection, granted scopes and error.
+    fn maker(
+        consent: &'a ConsentRecord,
+        actor: &'a str,
+        request_id: Option<&'a str>,
+        at: DateTime<Utc>,
+    ) -> impl Fn(Outcome, Option<Uuid>, &ScopeSet, Option<&str>) -> Ending<'a> {
+        move |outcome, connection_id, granted, error| Ending {
+            consent,
+            actor,
+            request_id,
+            at,
+            outcome,
+            connection_id,
+            granted: granted.clone(),
+            error: error.map(str::to_owned),
+            replaced: None,
+        }
+    }
+
     /// `consent.approved`: the grant waits for the platform's confirmation.
     fn approved_event(&self) -> AuditEvent {
         let consent = self.consent;

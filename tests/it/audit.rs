@@ -7,7 +7,7 @@
 use crate::on_both;
 use crate::support::fixture::WithProvider;
 use crate::support::inspect::{audit, stored_connection};
-use crate::support::provider::{connect, start_request, UserBrowser};
+use crate::support::provider::{confirm, connect, start_request, UserBrowser};
 use crate::support::{keys, Backend, TestServer};
 use tokenvault::proto::*;
 use tonic::Code;
@@ -71,23 +71,6 @@ async fn delete_user(server: &TestServer, user_id: &str) -> Result<DeleteUserRes
         .delete_user(DeleteUserRequest {
             tenant_id: keys::TENANT.into(),
             user_id: user_id.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-/// `ConfirmConsent` for `user` with the return URL's query `params`.
-async fn confirm(
-    server: &TestServer,
-    user: &str,
-    params: &std::collections::HashMap<String, String>,
-) -> Result<ConfirmConsentResponse, tonic::Status> {
-    server
-        .consent(keys::PLATFORM)
-        .confirm_consent(ConfirmConsentRequest {
-            consent_id: params["consent_id"].clone(),
-            completion_code: params["completion_code"].clone(),
-            user_id: user.into(),
         })
         .await
         .map(|r| r.into_inner())

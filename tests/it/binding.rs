@@ -5,9 +5,8 @@
 
 use crate::on_both;
 use crate::support::fixture::WithProvider;
-use crate::support::provider::{browser, confirm_on, query, start_request, CatalogOptions, UserBrowser};
+use crate::support::provider::{browser, confirm, confirm_on, query, start_request, CatalogOptions, UserBrowser};
 use crate::support::{contains, dump_database, keys, Backend};
-use std::collections::HashMap;
 use tokenvault::proto::*;
 use tokenvault_testkit::fake_provider::FakeProviderConfig;
 use tonic::Code;
@@ -22,23 +21,6 @@ async fn start(with: &WithProvider, user: &str, capabilities: &[&str]) -> (Strin
         .expect("StartConsent")
         .into_inner();
     (started.consent_id, started.authorization_url)
-}
-
-/// `ConfirmConsent` with the return URL's query `params`, from `user`'s session.
-async fn confirm(
-    with: &WithProvider,
-    user: &str,
-    params: &HashMap<String, String>,
-) -> Result<ConfirmConsentResponse, tonic::Status> {
-    with.server
-        .consent(keys::PLATFORM)
-        .confirm_consent(ConfirmConsentRequest {
-            consent_id: params["consent_id"].clone(),
-            completion_code: params["completion_code"].clone(),
-            user_id: user.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
 }
 
 /// The consent's status as `GetConsent` reports it.
@@ -121,12 +103,12 @@ async fn forwarded_link(backend: Backend) {
         "nothing is connected before confirmation"
     );
 
-    let error = confirm(&with, "v", &back).await.unwrap_err();
+    let error = confirm(&with.server, "v", &back).await.unwrap_err();
     assert_eq!(error.code(), Code::PermissionDenied, "{}", error.message());
     assert!(error.message().contains("another user"), "{}", error.message());
     assert_eq!(status(&with, &consent_id).await, ConsentStatus::ConsentFailed);
     // X cannot finish it either: it is cancelled, and the grant is gone.
-    let error = confirm(&with, "x", &back).await.unwrap_err();
+    let error = confirm(&with.server, "x", &back).await.unwrap_err();
     assert_eq!(error.code(), Code::FailedPrecondition, "{}", error.message());
     assert!(!has_connection(&with, "x").await && !has_connection(&with, "v").await);
     no_tokens_stored(&with).await;
@@ -253,14 +235,17 @@ async fn confirmation(backend: Backend) {
         "completion_code".into(),
         "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB".into(),
     );
-    let error = confirm(&with, "x", &wrong).await.unwrap_err();
+    let error = confirm(&with.server, "x", &wrong).await.unwrap_err();
     assert_eq!(error.code(), Code::PermissionDenied, "{}", error.message());
     wrong.insert("completion_code".into(), "short".into());
-    let error = confirm(&with, "x", &wrong).await.unwrap_err();
+    let error = confirm(&with.server, "x", &wrong).await.unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "{}", error.message());
     let mut unknown = back.clone();
     unknown.insert("consent_id".into(), uuid::Uuid::new_v4().to_string());
-    assert_eq!(confirm(&with, "x", &unknown).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        confirm(&with.server, "x", &unknown).await.unwrap_err().code(),
+        Code::NotFound
+    );
     // Another tenant's platform does not see it.
     let error = with
         .server
@@ -277,10 +262,10 @@ async fn confirmation(backend: Backend) {
     assert!(!has_connection(&with, "x").await);
 
     // The right code from the user's session: connected, once.
-    let confirmed = confirm(&with, "x", &back).await.expect("ConfirmConsent");
+    let confirmed = confirm(&with.server, "x", &back).await.expect("ConfirmConsent");
     assert_eq!(confirmed.status, ConsentStatus::ConsentCompleted as i32);
     assert_eq!(confirmed.granted_scopes, vec!["mail.read"]);
-    let again = confirm(&with, "x", &back).await.unwrap_err();
+    let again = confirm(&with.server, "x", &back).await.unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition, "{}", again.message());
     with.server
         .tokens(keys::AGENT)
@@ -300,7 +285,7 @@ async fn confirmation(backend: Backend) {
     let user = UserBrowser::new();
     let back = user.follow_callback(&user.approve(&with.fake, &link).await).await;
     with.server.clock.advance(chrono::Duration::seconds(301));
-    let error = confirm(&with, "y", &back).await.unwrap_err();
+    let error = confirm(&with.server, "y", &back).await.unwrap_err();
     assert_eq!(error.code(), Code::FailedPrecondition, "{}", error.message());
     assert!(error.message().contains("expired"), "{}", error.message());
     assert_eq!(status(&with, &consent_id).await, ConsentStatus::ConsentExpired);

@@ -162,7 +162,18 @@ pub async fn approve_on(fake: &FakeProvider, authorization_url: &str) -> std::co
 /// `params`) for `user`; returns the connection id.
 pub async fn confirm_on(server: &TestServer, user: &str, params: &std::collections::HashMap<String, String>) -> String {
     assert_eq!(params.get("status").map(String::as_str), Some("approved"), "{params:?}");
-    let confirmed = server
+    let confirmed = confirm(server, user, params).await.expect("ConfirmConsent");
+    assert!(!confirmed.connection_id.is_empty());
+    confirmed.connection_id
+}
+
+/// `ConfirmConsent` from `user`'s session with the return URL's query `params`.
+pub async fn confirm(
+    server: &TestServer,
+    user: &str,
+    params: &std::collections::HashMap<String, String>,
+) -> Result<tokenvault::proto::ConfirmConsentResponse, tonic::Status> {
+    server
         .consent(keys::PLATFORM)
         .confirm_consent(ConfirmConsentRequest {
             consent_id: params["consent_id"].clone(),
@@ -170,8 +181,5 @@ pub async fn confirm_on(server: &TestServer, user: &str, params: &std::collectio
             user_id: user.into(),
         })
         .await
-        .expect("ConfirmConsent")
-        .into_inner();
-    assert!(!confirmed.connection_id.is_empty());
-    confirmed.connection_id
+        .map(|r| r.into_inner())
 }
