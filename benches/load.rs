@@ -287,6 +287,8 @@ impl Seeder {
                     },
                     consent_id: None,
                     replaced: None,
+                    account_subject: None,
+                    account_display: None,
                 },
                 &Trail::none(),
                 now,

@@ -28,6 +28,10 @@ pub fn connection(c: &Connection) -> proto::Connection {
             _ => c.status_reason.clone().unwrap_or_default(),
         },
         provider_revocation: c.provider_revocation.as_ref().map(provider_revocation),
+        account: c.account_subject.as_ref().map(|subject| proto::Account {
+            subject: subject.clone(),
+            display: c.account_display.clone().unwrap_or_default(),
+        }),
     }
 }
 

@@ -81,7 +81,7 @@ impl From<crate::consent::ConsentError> for Status {
                 Status::invalid_argument(error.to_string())
             }
             E::ForeignConnection(_) => Status::invalid_argument(error.to_string()),
-            E::UserDeleted(_) | E::Expired | E::AlreadyUsed | E::NotApproved(_) => {
+            E::UserDeleted(_) | E::Expired | E::AlreadyUsed | E::NotApproved(_) | E::OtherAccount { .. } => {
                 Status::failed_precondition(error.to_string())
             }
             E::NotFound(_) => Status::not_found(error.to_string()),

@@ -13,6 +13,7 @@
 //! (its state is single use and the provider's code is spent), so the user
 //! starts consent again.
 
+use super::account;
 use super::binding::{self, BindingCookie};
 use super::pending;
 use super::return_url::ReturnUrlPolicy;
@@ -20,7 +21,7 @@ use crate::audit::EventBuilder;
 use crate::broker::TokenCache;
 use crate::clock::SharedClock;
 use crate::config::ConsentConfig;
-use crate::consent::catalog::{CatalogError, ProviderSpec};
+use crate::consent::catalog::{AccountIdentity, CatalogError, ProviderSpec};
 use crate::lifecycle::{CredentialKind, Handover, Purpose};
 use crate::provider::{new_pkce, ProviderError, Providers, TokenSet};
 use crate::store::{
@@ -109,6 +110,17 @@ pub enum ConsentError {
     /// The consent has not reached the provider's approval yet (or was finished otherwise).
     #[error("consent {0} is not waiting for confirmation")]
     NotApproved(Uuid),
+    /// The provider answered for another upstream account than the one the
+    /// user's connection belongs to: nothing is stored.
+    #[error("the provider signed in account `{got}`, but connection {connection_id} belongs to account `{recorded}`: it is unchanged; sign in to the provider as `{recorded}` to re-consent it")]
+    OtherAccount {
+        /// The connection.
+        connection_id: Uuid,
+        /// Its account (display name, else subject).
+        recorded: String,
+        /// The account the grant is for.
+        got: String,
+    },
     /// A re-consent for a connection of another user or provider.
     #[error("connection {0} is not a connection of this user at this provider")]
     ForeignConnection(Uuid),
@@ -666,12 +678,25 @@ impl ConsentFlow {
         let confirm_later =
             matches!(completer, Completer::Browser { .. }) && self.confirmation.required_for(&consent.tenant_id);
         // A grant is stored (or put aside for confirmation) together with the request's new state and its event.
+        // A grant for another account than the connection's is refused before anything is kept.
+        let exchanged = match exchanged {
+            Ok(grant) => match self.check_account(&consent, grant.account.as_ref()).await {
+                Ok(()) => Ok(grant),
+                Err(error) => Err((Outcome::Failed, error.to_string())),
+            },
+            Err(refused) => Err(refused),
+        };
         let result = match exchanged {
-            Ok((tokens, granted)) if confirm_later => self
+            Ok(ExchangedGrant {
+                tokens,
+                granted,
+                account,
+            }) if confirm_later => self
                 .put_aside(
                     &consent,
                     &tokens,
                     &granted,
+                    account.as_ref(),
                     &ending(Outcome::Approved, None, &granted, None),
                 )
                 .await
@@ -682,13 +707,17 @@ impl ConsentFlow {
                         format!("keeping the grant for confirmation failed: {e}"),
                     )
                 }),
-            Ok((tokens, granted)) => {
+            Ok(ExchangedGrant {
+                tokens,
+                granted,
+                account,
+            }) => {
                 let trail = |connection_id, replaced: &Replacement| -> Trail {
                     let mut ending = ending(Outcome::Connected, Some(connection_id), &granted, None);
                     ending.replaced = Some(replaced.note());
                     ending.event().into()
                 };
-                self.store_tokens(&consent, tokens, granted.clone(), &trail)
+                self.store_tokens(&consent, tokens, granted.clone(), account, &trail)
                     .await
                     .map(|id| Stored::Connected(id, granted))
                     .map_err(|e| (Outcome::Failed, format!("storing the connection failed: {e}")))
@@ -783,6 +812,7 @@ impl ConsentFlow {
         consent: &ConsentRecord,
         tokens: &TokenSet,
         granted: &ScopeSet,
+        account: Option<&AccountIdentity>,
         ending: &Ending<'_>,
     ) -> Result<SecretString, ConsentError> {
         let key = self.vault.data_key(consent.dek_id).await?;
@@ -792,8 +822,8 @@ impl ConsentFlow {
             id: consent.id,
             completion_hash: binding::hash_secret(code.expose_secret()),
             grant,
-            account_subject: None,
-            account_display: None,
+            account_subject: account.map(|a| a.subject.clone()),
+            account_display: account.and_then(|a| a.display.clone()),
             expires_at: self.clock.now() + self.confirmation.ttl,
         };
         let trail = ending.approved_event().into();
@@ -852,17 +882,28 @@ impl ConsentFlow {
                 .ok_or(ConsentError::NotApproved(consent_id))?;
             let key = self.vault.data_key(consent.dek_id).await?;
             let (tokens, granted) = pending::open(&key, &consent, sealed)?;
+            let account = consent.account_subject.clone().map(|subject| AccountIdentity {
+                subject,
+                display: consent.account_display.clone(),
+            });
             let trail = |connection_id, replaced: &Replacement| -> Trail {
                 let mut ending = ending(Outcome::Connected, Some(connection_id), &granted, None);
                 ending.replaced = Some(replaced.note());
                 ending.event().into()
             };
-            let id = self.store_tokens(&consent, tokens, granted.clone(), &trail).await?;
+            let id = self
+                .store_tokens(&consent, tokens, granted.clone(), account, &trail)
+                .await?;
             Ok::<_, ConsentError>((id, granted))
         }
         .await;
         let (connection_id, granted) = match stored {
             Ok(done) => done,
+            Err(error @ ConsentError::OtherAccount { .. }) => {
+                // Another account than the connection's: retrying cannot help.
+                self.cancel(&consent, actor, request_id, &error.to_string()).await?;
+                return Err(error);
+            }
             Err(error) => {
                 // Given back, so that the platform may retry while the window is open.
                 if let Err(release) = self.store.release_confirmation(consent.id).await {
@@ -912,12 +953,22 @@ impl ConsentFlow {
         }
     }
 
-    /// Exchanges the code: the tokens and the scopes they grant.
-    async fn exchange(
-        &self,
-        consent: &ConsentRecord,
-        code: &SecretString,
-    ) -> Result<(TokenSet, ScopeSet), (Outcome, String)> {
+    /// Refuses a grant for another upstream account than the one the
+    /// user's connection of this provider belongs to (it would replace that
+    /// account's tokens with another's).
+    async fn check_account(&self, consent: &ConsentRecord, account: Option<&AccountIdentity>) -> Result<(), ConsentError> {
+        let existing = self
+            .store
+            .connection_for(&consent.tenant_id, &consent.user_id, &consent.provider)
+            .await?;
+        match existing {
+            Some(connection) => refuse_other_account(&connection, account),
+            None => Ok(()),
+        }
+    }
+
+    /// Exchanges the code: the tokens, the scopes they grant, and the account they are for.
+    async fn exchange(&self, consent: &ConsentRecord, code: &SecretString) -> Result<ExchangedGrant, (Outcome, String)> {
         let failed = |reason: String| (Outcome::Failed, reason);
         let client = self
             .providers
@@ -936,13 +987,23 @@ impl ConsentFlow {
         .map_err(|e: VaultError| failed(format!("cannot open the PKCE verifier: {e}")))?;
         let redirect_uri =
             Url::parse(&consent.redirect_uri).map_err(|_| failed("stored redirect_uri is invalid".to_owned()))?;
-        let tokens = client
+        let exchanged = client
             .exchange_code(code, &verifier, &redirect_uri, self.clock.now())
             .await
             .map_err(|e| {
                 self.metrics.upstream_error(&consent.provider, e.kind());
                 failed(format!("code exchange failed: {e}"))
             })?;
+        let account = match account::learn(&client, &exchanged, self.clock.now()).await {
+            Ok(account) => account,
+            Err(error) => {
+                // The grant is still good; its connection's account stays as recorded (or unknown).
+                tracing::warn!(%error, provider = %consent.provider, consent_id = %consent.id,
+                    "could not learn which account the grant is for");
+                None
+            }
+        };
+        let tokens = exchanged.tokens;
         let granted = tokens.scopes.clone().unwrap_or_else(|| consent.asked_scopes.clone());
         let granted = if consent.incremental && tokens.scopes.is_none() {
             // Incremental grants keep what was granted before.
@@ -950,7 +1011,11 @@ impl ConsentFlow {
         } else {
             granted
         };
-        Ok((tokens, granted))
+        Ok(ExchangedGrant {
+            tokens,
+            granted,
+            account,
+        })
     }
 
     /// Stores the tokens on the one connection and completes the request,
@@ -962,6 +1027,7 @@ impl ConsentFlow {
         consent: &ConsentRecord,
         tokens: TokenSet,
         granted: ScopeSet,
+        account: Option<AccountIdentity>,
         trail: &(dyn Fn(Uuid, &Replacement) -> Trail + Send + Sync),
     ) -> Result<Uuid, ConsentError> {
         let client = self
@@ -974,6 +1040,7 @@ impl ConsentFlow {
                 .store
                 .get_or_create_connection(&consent.tenant_id, &consent.user_id, &consent.provider, now)
                 .await?;
+            refuse_other_account(&connection, account.as_ref())?;
             let key = match connection.dek_id {
                 Some(id) => self.vault.data_key(id).await?,
                 None => self.vault.create_data_key().await?,
@@ -1017,6 +1084,8 @@ impl ConsentFlow {
                 access_token: access,
                 consent_id: Some(consent.id),
                 replaced: replacement.entry().cloned(),
+                account_subject: account.as_ref().map(|a| a.subject.clone()),
+                account_display: account.as_ref().and_then(|a| a.display.clone()),
             };
             let stored = self
                 .store
@@ -1153,6 +1222,30 @@ fn check_completer(consent: &ConsentRecord, completer: Completer<'_>) -> Result<
         Completer::Platform { user_id } if user_id == consent.user_id => Ok(()),
         Completer::Platform { .. } => Err(ConsentError::OtherUser(consent.id)),
     }
+}
+
+/// A code exchange's grant: its tokens, the scopes they grant, and the
+/// upstream account they are for (when the catalog says how to learn it).
+struct ExchangedGrant {
+    tokens: TokenSet,
+    granted: ScopeSet,
+    account: Option<AccountIdentity>,
+}
+
+/// [`ConsentError::OtherAccount`] when `connection` belongs to another
+/// upstream account than `account`.
+fn refuse_other_account(connection: &Connection, account: Option<&AccountIdentity>) -> Result<(), ConsentError> {
+    if account::same_account(connection.account_subject.as_deref(), account) {
+        return Ok(());
+    }
+    Err(ConsentError::OtherAccount {
+        connection_id: connection.id,
+        recorded: account::shown(
+            connection.account_subject.as_deref().unwrap_or_default(),
+            connection.account_display.as_deref(),
+        ),
+        got: account.map(|a| account::shown(&a.subject, a.display.as_deref())).unwrap_or_default(),
+    })
 }
 
 /// What a consent does with the credential its grant replaces.

@@ -2,6 +2,7 @@
 //! the fewest provider scopes that serve them, PKCE and state, the binding
 //! of a consent to its user, the flow, and the return-URL policy.
 
+pub mod account;
 pub mod binding;
 pub mod catalog;
 pub mod flow;

@@ -101,7 +101,14 @@ impl Transport {
         self.http.send(request).await
     }
 
-    async fn send(&self, mut request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+    async fn send(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        let response = self.send_raw(request).await?;
+        Ok(normalize(response, self.spec.token_response_object.as_deref()))
+    }
+
+    /// Sends a token request (a JSON body where the provider wants one) and
+    /// returns the answer as it came, before [`normalize`].
+    async fn send_raw(&self, mut request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
         self.add_headers(&mut request);
         if self.spec.token_request_body == TokenRequestBody::Json {
             let form: serde_json::Map<String, serde_json::Value> = url::form_urlencoded::parse(request.body())
@@ -113,9 +120,59 @@ impl Transport {
                 http::HeaderValue::from_static("application/json"),
             );
         }
-        let response = self.http.send(request).await?;
-        Ok(normalize(response, self.spec.token_response_object.as_deref()))
+        self.http.send(request).await
     }
+}
+
+/// The transport of one code exchange: it keeps the answer's body as the
+/// provider sent it (where the account identity may be read) and passes the
+/// normalised answer on.
+struct Keeping<'t> {
+    transport: &'t Transport,
+    body: std::sync::Mutex<Option<RawAnswer>>,
+}
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Keeping<'_> {
+    type Error = HttpError;
+    type Future = BoxFuture<'c, Result<oauth2::HttpResponse, HttpError>>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let response = self.transport.send_raw(request).await?;
+            if response.status().is_success() {
+                let raw = RawAnswer(zeroize::Zeroizing::new(response.body().clone()));
+                *self.body.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(raw);
+            }
+            Ok(normalize(response, self.transport.spec.token_response_object.as_deref()))
+        })
+    }
+}
+
+/// A token endpoint's answer as the provider sent it. It holds the tokens
+/// too: it is zeroised when dropped and `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct RawAnswer(zeroize::Zeroizing<Vec<u8>>);
+
+impl RawAnswer {
+    /// The answer as JSON (`None` when it is not a JSON document).
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.0).ok()
+    }
+}
+
+impl std::fmt::Debug for RawAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawAnswer([REDACTED])")
+    }
+}
+
+/// A code exchange's result: the tokens, and the answer they came in.
+#[derive(Debug)]
+pub struct Exchanged {
+    /// The tokens.
+    pub tokens: TokenSet,
+    /// The token endpoint's answer as sent (the ID token, Slack's `authed_user`).
+    pub answer: Option<RawAnswer>,
 }
 
 impl<'c> oauth2::AsyncHttpClient<'c> for Transport {
@@ -166,6 +223,11 @@ impl ProviderClient {
         }
     }
 
+    /// tokenvault's client id at the provider.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
     /// The catalog entry.
     pub fn spec(&self) -> &ProviderSpec {
         &self.spec
@@ -203,16 +265,65 @@ impl ProviderClient {
         verifier: &SecretString,
         redirect_uri: &Url,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<TokenSet, ProviderError> {
+    ) -> Result<Exchanged, ProviderError> {
+        let keeping = Keeping {
+            transport: &self.transport,
+            body: std::sync::Mutex::new(None),
+        };
         let response = self
             .oauth
             .exchange_code(AuthorizationCode::new(code.expose_secret().to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()))
             .set_redirect_uri(Cow::Owned(RedirectUrl::from_url(redirect_uri.clone())))
-            .request_async(&self.transport)
+            .request_async(&keeping)
             .await
             .map_err(|e| token_error(&self.spec.name, e))?;
-        self.token_set(response, now)
+        let tokens = self.token_set(response, now)?;
+        let answer = keeping.body.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(Exchanged { tokens, answer })
+    }
+
+    /// The account document of an `endpoint` account source: `url` called
+    /// with the new access token as `Authorization: Bearer` (`GET`, or `POST`
+    /// with a JSON `body`), its JSON answer.
+    pub async fn account_document(
+        &self,
+        url: &Url,
+        method: crate::consent::catalog::AccountMethod,
+        body: Option<&str>,
+        access_token: &SecretString,
+    ) -> Result<serde_json::Value, ProviderError> {
+        use crate::consent::catalog::AccountMethod;
+        let name = &self.spec.name;
+        let (method, body) = match method {
+            AccountMethod::Get => (http::Method::GET, Vec::new()),
+            AccountMethod::Post => (http::Method::POST, body.unwrap_or("{}").as_bytes().to_vec()),
+        };
+        let mut request = http::Request::builder()
+            .method(method.clone())
+            .uri(url.as_str())
+            .header(http::header::ACCEPT, "application/json");
+        if method == http::Method::POST {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let mut request = request
+            .body(body)
+            .map_err(|_| ProviderError::Malformed(format!("{name}: cannot build the account request")))?;
+        let bearer = http::HeaderValue::from_str(&format!("Bearer {}", access_token.expose_secret()))
+            .map_err(|_| ProviderError::Malformed(format!("{name} issued an access token that is not a header value")))?;
+        request.headers_mut().insert(http::header::AUTHORIZATION, bearer);
+        let response = self
+            .transport
+            .send_as_is(request)
+            .await
+            .map_err(|e| http_error(name, e))?;
+        match response.status().as_u16() {
+            200..=299 => serde_json::from_slice(response.body())
+                .map_err(|_| ProviderError::Malformed(format!("{name}: the account endpoint did not answer JSON"))),
+            status => Err(ProviderError::Rejected(format!(
+                "{name}: the account endpoint answered HTTP {status}"
+            ))),
+        }
     }
 
     /// Refreshes, asking for `narrow_to` when the provider accepts a narrower scope.

@@ -7,7 +7,8 @@ mod http;
 mod registry;
 
 pub use client::{
-    never_expires, new_pkce, Endpoints, ProviderClient, Revoked, DEFAULT_TOKEN_LIFETIME, NON_EXPIRING_LIFETIME,
+    never_expires, new_pkce, Endpoints, Exchanged, ProviderClient, RawAnswer, Revoked, DEFAULT_TOKEN_LIFETIME,
+    NON_EXPIRING_LIFETIME,
 };
 pub use discovery::discover;
 pub use http::{HttpError, ProviderHttp};

@@ -71,6 +71,11 @@ pub struct ConsentGrant {
     /// The credential this grant replaces, queued for revocation at the
     /// provider in the same transaction (sealed under a data key of its own).
     pub replaced: Option<OutboxEntry>,
+    /// The upstream account the grant belongs to, when learned (an unknown
+    /// one leaves the connection's recorded account as it is).
+    pub account_subject: Option<String>,
+    /// Its display name.
+    pub account_display: Option<String>,
 }
 
 /// The `connections` and `access_tokens` tables.
@@ -260,7 +265,8 @@ impl ConnectionStore for SqlStore {
         let updated = sqlx::query(
             "UPDATE connections SET granted_scopes = $1, status = 'active', status_reason = NULL, dek_id = $2, \
              refresh_token = $3, token_version = $4, updated_at = $5, refreshed_at = $5, \
-             refresh_owner = NULL, refresh_started_at = NULL, refresh_lease_until = NULL \
+             refresh_owner = NULL, refresh_started_at = NULL, refresh_lease_until = NULL, \
+             account_subject = COALESCE($8, account_subject), account_display = COALESCE($9, account_display) \
              WHERE id = $6 AND token_version = $7",
         )
         .bind(scopes_to_text(&grant.granted_scopes))
@@ -270,6 +276,8 @@ impl ConnectionStore for SqlStore {
         .bind(to_millis(now))
         .bind(grant.connection_id.to_string())
         .bind(grant.expected_version)
+        .bind(grant.account_subject.clone())
+        .bind(grant.account_display.clone())
         .run(&mut *tx)
         .await?;
         if updated != 1 {

@@ -215,6 +215,10 @@ pub struct Connection {
     pub purge_at: Option<DateTime<Utc>>,
     /// Set once revoked: what happened at the provider.
     pub provider_revocation: Option<ProviderRevocation>,
+    /// The upstream account's stable id at the provider, once learned.
+    pub account_subject: Option<String>,
+    /// The account's name shown to people (never used for matching).
+    pub account_display: Option<String>,
 }
 
 impl Connection {

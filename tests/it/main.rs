@@ -13,6 +13,7 @@
 mod support;
 
 mod abuse;
+mod accounts;
 mod audit;
 mod binding;
 mod broker;

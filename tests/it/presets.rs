@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use base64::Engine as _;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokenvault::config::ProviderClientConfig;
 use tokenvault::consent::catalog::{AccountSource, Catalog, ClientAuth, TokenRequestBody};
 use tokenvault::proto::StartConsentRequest;
@@ -188,6 +188,28 @@ async fn token_endpoint(body: String) -> (Url, Arc<Mutex<Seen>>, tokio::task::Jo
     (url, seen, task)
 }
 
+/// A local account endpoint answering `body` to any `GET` or `POST`, keeping the request it saw.
+async fn account_endpoint(body: String) -> (Url, Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let state = (Arc::new(body), seen.clone());
+    let answer = |State((answer, seen)): State<(Arc<String>, Arc<Mutex<Seen>>)>, headers: HeaderMap, request: String| async move {
+        *seen.lock().unwrap() = Seen {
+            headers: Some(headers),
+            body: Some(request),
+        };
+        ([("content-type", "application/json")], answer.as_str().to_owned())
+    };
+    let app = axum::Router::new()
+        .route("/account", axum::routing::get(answer).post(answer))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!("http://{}/account", listener.local_addr().unwrap())).unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, seen, task)
+}
+
 fn fixture_text(name: &str) -> String {
     let path = format!("{}/tests/fixtures/providers/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -272,7 +294,7 @@ async fn every_preset_parses_its_documented_token_answer() {
         let secret = SecretString::from("s3cret".to_owned());
         let http = ProviderHttp::new(Duration::from_secs(5), 64 * 1024).unwrap();
         let client = ProviderClient::new(Arc::new(spec.clone()), endpoints, "cid", Some(&secret), http);
-        let set = client
+        let exchanged = client
             .exchange_code(
                 &SecretString::from("the-code".to_owned()),
                 &SecretString::from("the-verifier-0123456789012345678901234567890123".to_owned()),
@@ -281,9 +303,10 @@ async fn every_preset_parses_its_documented_token_answer() {
             )
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let set = &exchanged.tokens;
         let expected = scopes.map(|s| s.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<String>>());
         assert_eq!(
-            set.scopes.map(|s| s.into_iter().collect::<BTreeSet<_>>()),
+            set.scopes.clone().map(|s| s.into_iter().collect::<BTreeSet<_>>()),
             expected,
             "{name}: granted scopes"
         );
@@ -332,13 +355,48 @@ async fn every_preset_parses_its_documented_token_answer() {
                 "{name}"
             );
         }
-        // Token-response identities come from this very answer.
-        if let Some(source @ AccountSource::TokenResponse { .. }) = &spec.account {
-            let document: serde_json::Value = serde_json::from_str(&answer).unwrap();
-            let identity = source.extract(&document).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(!identity.subject.is_empty(), "{name}");
-        }
         task.abort();
+
+        // The account, learned as the consent flow learns it: from this very
+        // answer (token-response style), or from the account endpoint called
+        // with the answer's access token (served here with the provider's
+        // documented answer, `{name}.account.json`).
+        let mut spec = spec;
+        let account_call = match &mut spec.account {
+            Some(AccountSource::Endpoint { url, .. }) => {
+                let (local, seen, task) = account_endpoint(fixture_text(&format!("{name}.account.json"))).await;
+                *url = local;
+                Some((seen, task))
+            }
+            _ => None,
+        };
+        let endpoints = Endpoints {
+            authorization: spec.authorization_url.clone().unwrap(),
+            token: client.endpoints().token.clone(),
+            revocation: None,
+            iss_parameter_supported: false,
+        };
+        let http = ProviderHttp::new(Duration::from_secs(5), 64 * 1024).unwrap();
+        let client = ProviderClient::new(Arc::new(spec.clone()), endpoints, "cid", Some(&secret), http);
+        let learned = tokenvault::consent::account::learn(&client, &exchanged, now)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        match (&spec.account, learned) {
+            (None, learned) => assert!(learned.is_none(), "{name}"),
+            (Some(_), Some(identity)) => assert!(!identity.subject.is_empty(), "{name}"),
+            (Some(_), None) => panic!("{name}: no account learned"),
+        }
+        if let Some((seen, task)) = account_call {
+            let seen = seen.lock().unwrap().clone();
+            let headers = seen.headers.expect("the account endpoint was called");
+            let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            assert_eq!(
+                bearer,
+                format!("Bearer {}", exchanged.tokens.access_token.expose_secret()),
+                "{name}: the account endpoint gets the new access token"
+            );
+            task.abort();
+        }
     }
 }
 

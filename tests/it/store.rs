@@ -48,13 +48,18 @@ async fn connected(store: &SqlStore, tenant: &str, user: &str) -> Connection {
         access_token: access_token(connection.id, "", b"sealed-access", 3600),
         consent_id: None,
         replaced: None,
+        account_subject: Some(format!("{user}-account")),
+        account_display: Some(format!("{user}@example.com")),
     };
     assert!(store.store_consent_grant(&grant, &Trail::none(), now).await.unwrap());
-    store
+    let stored = store
         .connection(&TenantScope::All, connection.id)
         .await
         .unwrap()
-        .unwrap()
+        .unwrap();
+    assert_eq!(stored.account_subject, Some(format!("{user}-account")));
+    assert_eq!(stored.account_display, Some(format!("{user}@example.com")));
+    stored
 }
 
 async fn users_and_deletion(backend: Backend) {
@@ -155,6 +160,8 @@ async fn connections(backend: Backend) {
         access_token: access_token(connection.id, "", b"x", 10),
         consent_id: None,
         replaced: None,
+        account_subject: None,
+        account_display: None,
     };
     assert!(!store.store_consent_grant(&stale, &Trail::none(), now).await.unwrap());
 

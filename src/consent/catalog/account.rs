@@ -10,8 +10,9 @@
 //! - `source = "token_response"`: members of the token response itself
 //!   (Slack's `authed_user.id` and `team.id`, Notion's `owner.user.id`).
 //!
-//! Issue 14 wires this into the consent flow; here it is parsed, validated and
-//! tested as a pure function ([`AccountSource::extract`]).
+//! Here the source is parsed, validated and read as a pure function
+//! ([`AccountSource::extract`]); `consent::account::learn` fetches the
+//! document after each code exchange.
 
 use serde::Deserialize;
 use url::Url;

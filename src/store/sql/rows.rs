@@ -127,7 +127,8 @@ impl FromAnyRow for User {
 pub(in crate::store) const CONNECTION_COLUMNS: &str = "c.id, c.tenant_id, c.user_id, c.provider, c.granted_scopes, \
      c.status, c.status_reason, c.dek_id, c.refresh_token, c.token_version, c.created_at, c.updated_at, \
      c.last_used_at, c.provider_revocation, c.provider_revocation_at, c.provider_revocation_detail, \
-     c.provider_revocation_page, c.provider_revocation_error_kind, u.deleted_at AS user_deleted_at, u.purge_at AS user_purge_at";
+     c.provider_revocation_page, c.provider_revocation_error_kind, c.account_subject, c.account_display, \
+     u.deleted_at AS user_deleted_at, u.purge_at AS user_purge_at";
 /// The tables [`CONNECTION_COLUMNS`] come from: the connection and its user.
 pub(in crate::store) const CONNECTION_FROM: &str =
     "FROM connections c JOIN users u ON u.tenant_id = c.tenant_id AND u.user_id = c.user_id";
@@ -144,6 +145,7 @@ impl FromAnyRow for Connection {
             user_deleted_at,
             purge_at: c.read("user_purge_at")?,
             provider_revocation: provider_revocation(&c)?,
+            account_subject, account_display,
         }))
     }
 }

@@ -29,6 +29,21 @@ pub enum CatalogRevocation {
     Unsupported,
 }
 
+/// Where the catalog says the fake's upstream account comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CatalogAccount {
+    /// No `account` table: the account is not learned.
+    #[default]
+    None,
+    /// `source = "id_token"`: the ID token the fake issues when `openid` is
+    /// granted (the entry then requires `openid` and names the fake as issuer).
+    IdToken,
+    /// `source = "endpoint"`: the fake's `/userinfo` (`sub`, `email`).
+    Endpoint,
+    /// `source = "token_response"`: the code exchange's `user` member (`id`, `email`).
+    TokenResponse,
+}
+
 /// The reason the catalog gives when [`CatalogRevocation::Unsupported`].
 pub const UNSUPPORTED_REASON: &str = "The fake provider offers no way to revoke.";
 
@@ -43,6 +58,8 @@ pub struct CatalogOptions {
     pub narrowing: bool,
     /// How revocation is described.
     pub revocation: CatalogRevocation,
+    /// Where the upstream account comes from.
+    pub account: CatalogAccount,
 }
 
 impl Default for CatalogOptions {
@@ -52,6 +69,7 @@ impl Default for CatalogOptions {
             incremental: true,
             narrowing: true,
             revocation: CatalogRevocation::Rfc7009,
+            account: CatalogAccount::None,
         }
     }
 }
@@ -102,10 +120,32 @@ impl FakeProvider {
             a = self.authorization_url(),
             t = self.token_url(),
             narrowing = options.narrowing,
-            allowed = CATALOG_SCOPES.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "),
+            allowed = CATALOG_SCOPES
+                .iter()
+                .chain((options.account == CatalogAccount::IdToken).then_some(&"openid"))
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         if options.incremental {
             text.push_str("incremental_authorization = { param = \"include_granted_scopes\", value = \"true\" }\n");
+        }
+        match options.account {
+            CatalogAccount::None => {}
+            CatalogAccount::IdToken => text.push_str(&format!(
+                "required_scopes = [\"openid\"]\nissuer = \"{}\"\n[providers.{}.account]\nsource = \"id_token\"\n",
+                self.base_url().as_str().trim_end_matches('/'),
+                options.name
+            )),
+            CatalogAccount::Endpoint => text.push_str(&format!(
+                "[providers.{}.account]\nsource = \"endpoint\"\nurl = \"{}\"\nsubject = [\"/sub\"]\ndisplay = \"/email\"\n",
+                options.name,
+                self.userinfo_url()
+            )),
+            CatalogAccount::TokenResponse => text.push_str(&format!(
+                "[providers.{}.account]\nsource = \"token_response\"\nsubject = [\"/user/id\"]\ndisplay = \"/user/email\"\n",
+                options.name
+            )),
         }
         text.push_str(&format!("[providers.{}.capabilities]\n", options.name));
         for scope in CATALOG_SCOPES {

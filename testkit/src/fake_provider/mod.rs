@@ -46,6 +46,7 @@ mod discovery;
 mod faults;
 mod grant_deletion;
 mod grants;
+mod identity;
 mod params;
 mod responses;
 mod revoke;
@@ -65,7 +66,8 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 pub use browser::FakeError;
-pub use catalog::{CatalogOptions, CatalogRevocation, CATALOG_SCOPES, UNSUPPORTED_REASON};
+pub use catalog::{CatalogAccount, CatalogOptions, CatalogRevocation, CATALOG_SCOPES, UNSUPPORTED_REASON};
+pub use identity::display_of;
 pub use config::{ClientAuthMethod, FakeProviderConfig, ACCESS_TOKEN_PREFIX, CODE_PREFIX, REFRESH_TOKEN_PREFIX};
 pub use faults::{Endpoint, Fault, Faults};
 pub use grants::{MintedGrant, TokenInfo};
@@ -136,6 +138,7 @@ impl FakeProvider {
             .route("/slack-revoke", post(slack_revoke::slack_revoke))
             .route("/applications/{client_id}/grant", delete(grant_deletion::delete_grant))
             .route("/.well-known/oauth-authorization-server", get(discovery::metadata))
+            .route("/userinfo", get(identity::userinfo))
             .with_state(shared.clone());
 
         let cancel = CancellationToken::new();
@@ -170,6 +173,11 @@ impl FakeProvider {
     /// `{base}/token`.
     pub fn token_url(&self) -> Url {
         self.endpoint("token")
+    }
+
+    /// `{base}/userinfo`: the user of a live access token (`sub`, `email`, `login`).
+    pub fn userinfo_url(&self) -> Url {
+        self.endpoint("userinfo")
     }
 
     /// `{base}/revoke`: RFC 7009; revoking an access token ends only that token.

@@ -143,6 +143,15 @@ impl Inner {
         (record.active && grant.active).then_some(record.grant_id)
     }
 
+    /// The user of a live access token.
+    pub(super) fn subject_of_access_token(&self, access_token: &str) -> Option<String> {
+        if !self.access_token_live(access_token) {
+            return None;
+        }
+        let record = self.access_tokens.get(access_token)?;
+        self.grants.get(&record.grant_id).map(|grant| grant.subject.clone())
+    }
+
     pub(super) fn access_token_live(&self, access_token: &str) -> bool {
         self.access_tokens.get(access_token).is_some_and(|record| {
             !record.revoked

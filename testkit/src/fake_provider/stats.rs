@@ -100,6 +100,8 @@ pub struct GrantDeletionRecord {
 pub struct Stats {
     /// Requests to `GET /authorize`, including those answered by a fault.
     pub authorize_requests: u64,
+    /// Requests to `GET /userinfo`.
+    pub userinfo_requests: u64,
     /// Token requests with `grant_type=authorization_code`, successful or not
     /// (including those answered by a fault).
     pub code_exchanges: u64,

@@ -20,6 +20,7 @@ use super::client_auth::{authenticate_client, check_form};
 use super::faults::{fault_response, Endpoint, Fault};
 use super::params::{dedup, split_scopes, Params};
 use super::responses::{no_store, oauth_error};
+use super::identity;
 use super::state::Shared;
 
 /// The token endpoint.
@@ -147,6 +148,11 @@ fn exchange_code(
         token_type: "Bearer",
         expires_in,
         refresh_token,
+        id_token: scopes
+            .iter()
+            .any(|s| s == "openid")
+            .then(|| identity::id_token(shared, &subject)),
+        user: Some(identity::user_member(&subject)),
         scope: scopes.join(&config.scope_separator),
     })
 }
@@ -218,6 +224,8 @@ fn refresh(
         token_type: "Bearer",
         expires_in: Some(config.access_token_ttl.as_secs()),
         refresh_token: new_refresh_token,
+        id_token: None,
+        user: None,
         scope: scopes.join(&config.scope_separator),
     })
 }
@@ -241,6 +249,12 @@ struct TokenResponse {
     expires_in: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_token: Option<String>,
+    /// OpenID Connect: for a code exchange that granted `openid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
+    /// The account, as Slack- or Notion-style token responses carry it (code exchanges only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<serde_json::Value>,
     scope: String,
 }
 
