@@ -181,7 +181,16 @@ impl Vault {
             return Err(VaultError::MissingDataKey(id));
         }
         let wrapped = self.keys.data_key(id).await?.ok_or(VaultError::MissingDataKey(id))?;
-        let key = Arc::new(self.keyring.unwrap(&wrapped.kek_id, id, &wrapped.wrapped).await?);
+        let key = match self.keyring.unwrap(&wrapped.kek_id, id, &wrapped.wrapped).await {
+            // Wrapped under a KEK another replica created (a new epoch) before this one
+            // adopted it: load that key now rather than fail until the next epoch check.
+            Err(VaultError::UnknownKek(kek_id)) => {
+                self.keyring.load_key(&kek_id).await?;
+                self.keyring.unwrap(&wrapped.kek_id, id, &wrapped.wrapped).await?
+            }
+            unwrapped => unwrapped?,
+        };
+        let key = Arc::new(key);
         self.cache.insert(key.id(), key.clone());
         if self.destroyed.contains_key(&id) {
             // Destroyed while we were reading it: do not keep it.

@@ -528,7 +528,14 @@ async fn two_processes_rotate_under_traffic_and_an_interrupted_rewrap_completes(
         "every data key ends under the new KEK: {:?}",
         keys.kek_usage().await.unwrap()
     );
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no call failed during the rotation");
+    if failed.load(Ordering::Relaxed) > 0 {
+        // What the serving process logged about the failures.
+        let logs = second.stop();
+        panic!(
+            "{} calls failed during the rotation; the second process logged:\n{logs}",
+            failed.load(Ordering::Relaxed)
+        );
+    }
     assert!(served.load(Ordering::Relaxed) > 10);
     let total_after: u64 = keys.kek_usage().await.unwrap().iter().map(|(_, n)| n).sum();
     assert!(total_after >= total_before, "no data key was lost");
