@@ -183,9 +183,12 @@ impl Vault {
         let wrapped = self.keys.data_key(id).await?.ok_or(VaultError::MissingDataKey(id))?;
         let key = match self.keyring.unwrap(&wrapped.kek_id, id, &wrapped.wrapped).await {
             // Wrapped under a KEK another replica created (a new epoch) before this one
-            // adopted it: load that key now rather than fail until the next epoch check.
+            // adopted it: adopt the recorded epochs now rather than fail until the next
+            // epoch check. A KEK that is no recorded epoch stays unknown.
             Err(VaultError::UnknownKek(kek_id)) => {
-                self.keyring.load_key(&kek_id).await?;
+                if let Err(error) = self.sync_epochs().await {
+                    tracing::warn!(%error, kek = %kek_id, "adopting KEK epochs for an unknown KEK failed");
+                }
                 self.keyring.unwrap(&wrapped.kek_id, id, &wrapped.wrapped).await?
             }
             unwrapped => unwrapped?,
