@@ -42,7 +42,7 @@ KNOWN = {
              "shred_within_days", "epoch_check_seconds", "rewrap_per_second", "kms", "pkcs11"},
     "auth": {"api_keys_file"},
     "consent": {"allowed_return_origins", "require_confirmation", "tenants_without_confirmation",
-                "confirmation_ttl_seconds"},
+                "confirmation_ttl_seconds", "other_account"},
     "providers": None,  # catalog_file + one table per provider, checked below
     "broker": {"max_lease_seconds", "cache_capacity"},
     "lifecycle": {"purge_after_days", "audit_retention_days", "sweep_interval_seconds"},

@@ -233,7 +233,7 @@ impl Seeder {
         let grant = self.fake.mint_grant(&user, &[SCOPE]);
         let connection = self
             .store
-            .get_or_create_connection(TENANT, &user, PROVIDER, now)
+            .get_or_create_connection(TENANT, &user, PROVIDER, None, now)
             .await
             .context("create connection")?;
         let key = self.vault.create_data_key().await.context("data key")?;

@@ -144,11 +144,19 @@ fn catalog_toml(fake: &FakeProvider) -> String {
          allowed_scopes = [{allowed}]\n\
          incremental_authorization = {{ param = {param}, value = {value} }}\n\
          \n\
+         # Which account a grant is for: the fake's userinfo endpoint.\n\
+         [providers.{PROVIDER}.account]\n\
+         source = \"endpoint\"\n\
+         url = {userinfo}\n\
+         subject = [\"/sub\"]\n\
+         display = \"/email\"\n\
+         \n\
          [providers.{PROVIDER}.capabilities]\n",
         base = fake.base_url(),
         authorize = quoted(fake.authorization_url().as_str()),
         token = quoted(fake.token_url().as_str()),
         revoke = quoted(fake.revocation_url().as_str()),
+        userinfo = quoted(fake.userinfo_url().as_str()),
         param = quoted(INCREMENTAL_PARAM.0),
         value = quoted(INCREMENTAL_PARAM.1),
     );

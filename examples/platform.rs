@@ -316,6 +316,14 @@ fn print_connection(connection: &Connection) {
         status,
         connection.granted_scopes.join(" ")
     );
+    if let Some(account) = &connection.account {
+        let shown = if account.display.is_empty() {
+            &account.subject
+        } else {
+            &account.display
+        };
+        print!("  as {shown}");
+    }
     if !connection.status_reason.is_empty() {
         print!("  ({})", connection.status_reason);
     }

@@ -206,6 +206,8 @@ def connect(channel) -> int:
 def print_connection(connection) -> None:
     status = common_pb2.ConnectionStatus.Name(connection.status)
     line = f"{connection.id}  {connection.provider}  {status}  [{' '.join(connection.granted_scopes)}]"
+    if connection.HasField("account"):
+        line += f"  as {connection.account.display or connection.account.subject}"
     if connection.status_reason:
         line += f"  ({connection.status_reason})"
     print(line)

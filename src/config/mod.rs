@@ -523,6 +523,20 @@ pub struct ConsentConfig {
     pub tenants_without_confirmation: Vec<String>,
     /// How long after the callback the platform may confirm.
     pub confirmation_ttl_seconds: u64,
+    /// What a re-consent of one connection (`StartConsent.connection_id`)
+    /// does when the user signs in to another account than the connection's.
+    pub other_account: OtherAccount,
+}
+
+/// What a re-consent that comes back with another account than its connection's does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtherAccount {
+    /// The consent fails, naming both accounts (the default).
+    #[default]
+    Refuse,
+    /// The grant becomes (or updates) the other account's own connection.
+    NewConnection,
 }
 
 impl Default for ConsentConfig {
@@ -534,6 +548,7 @@ impl Default for ConsentConfig {
             require_confirmation: true,
             tenants_without_confirmation: Vec::new(),
             confirmation_ttl_seconds: 300,
+            other_account: OtherAccount::Refuse,
         }
     }
 }

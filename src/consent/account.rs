@@ -47,7 +47,11 @@ pub async fn learn(
     };
     let document = match source {
         AccountSource::IdToken { .. } => {
-            let answer = exchanged.answer.as_ref().and_then(|a| a.json()).ok_or(LearnError::NoAnswer)?;
+            let answer = exchanged
+                .answer
+                .as_ref()
+                .and_then(|a| a.json())
+                .ok_or(LearnError::NoAnswer)?;
             let token = answer
                 .get("id_token")
                 .and_then(serde_json::Value::as_str)
@@ -59,7 +63,11 @@ pub async fn learn(
                 .account_document(url, *method, body.as_deref(), &exchanged.tokens.access_token)
                 .await?
         }
-        AccountSource::TokenResponse { .. } => exchanged.answer.as_ref().and_then(|a| a.json()).ok_or(LearnError::NoAnswer)?,
+        AccountSource::TokenResponse { .. } => exchanged
+            .answer
+            .as_ref()
+            .and_then(|a| a.json())
+            .ok_or(LearnError::NoAnswer)?,
     };
     Ok(Some(source.extract(&document)?))
 }
@@ -79,16 +87,22 @@ fn id_token_claims(
     validation.validate_exp = false;
     validation.required_spec_claims.clear();
     validation.set_audience(&[client_id]);
-    let claims = jsonwebtoken::decode::<serde_json::Value>(token, &jsonwebtoken::DecodingKey::from_secret(&[]), &validation)
-        .map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidAudience => refused("its audience is not tokenvault's client id"),
-            _ => refused("it is not a well-formed JWT"),
-        })?
-        .claims;
+    let claims =
+        jsonwebtoken::decode::<serde_json::Value>(token, &jsonwebtoken::DecodingKey::from_secret(&[]), &validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                    refused("its audience is not tokenvault's client id")
+                }
+                _ => refused("it is not a well-formed JWT"),
+            })?
+            .claims;
     if claims.get("aud").is_none() {
         return Err(refused("it has no audience"));
     }
-    let claimed = claims.get("iss").and_then(serde_json::Value::as_str).ok_or_else(|| refused("it has no issuer"))?;
+    let claimed = claims
+        .get("iss")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| refused("it has no issuer"))?;
     if let Some(expected) = issuer {
         if claimed.trim_end_matches('/') != expected.as_str().trim_end_matches('/') {
             return Err(refused("its issuer is not the provider's"));
@@ -148,7 +162,10 @@ mod tests {
             claims[key] = value;
             claims
         };
-        assert_eq!(check(with("aud", serde_json::json!(["other", "tokenvault"]))).unwrap()["sub"], "u1");
+        assert_eq!(
+            check(with("aud", serde_json::json!(["other", "tokenvault"]))).unwrap()["sub"],
+            "u1"
+        );
         for (claims, why) in [
             (with("aud", "someone-else".into()), "audience"),
             (with("iss", "https://evil.example.com".into()), "issuer"),

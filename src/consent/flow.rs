@@ -20,7 +20,7 @@ use super::return_url::ReturnUrlPolicy;
 use crate::audit::EventBuilder;
 use crate::broker::TokenCache;
 use crate::clock::SharedClock;
-use crate::config::ConsentConfig;
+use crate::config::{ConsentConfig, OtherAccount};
 use crate::consent::catalog::{AccountIdentity, CatalogError, ProviderSpec};
 use crate::lifecycle::{CredentialKind, Handover, Purpose};
 use crate::provider::{new_pkce, ProviderError, Providers, TokenSet};
@@ -244,6 +244,8 @@ pub struct ConsentFlow {
     policy: ReturnUrlPolicy,
     ttl: chrono::Duration,
     confirmation: Confirmation,
+    /// What a re-consent for another account does.
+    other_account: OtherAccount,
     oauth_base: Arc<OnceLock<Url>>,
     cache: Arc<TokenCache>,
     handover: Handover,
@@ -381,6 +383,7 @@ impl ConsentFlow {
                 exempt: config.tenants_without_confirmation.iter().cloned().collect(),
                 ttl: seconds(config.confirmation_ttl_seconds, 300),
             },
+            other_account: config.other_account,
             oauth_base,
             cache,
             handover,
@@ -523,13 +526,16 @@ impl ConsentFlow {
 
     /// The connection whose grant a consent extends: the one named by
     /// `connection_id` (which must be this user's, at this provider), else
-    /// the user's one connection of the provider, if any.
+    /// the user's connection of the provider when there is exactly one (with
+    /// several accounts, a consent without `connection_id` is planned as a
+    /// new account's).
     async fn plan_connection(&self, request: &StartRequest) -> Result<Option<Connection>, ConsentError> {
         let Some(id) = request.connection_id else {
-            return Ok(self
+            let mut all = self
                 .store
-                .connection_for(&request.tenant_id, &request.user_id, &request.provider)
-                .await?);
+                .connections_at(&request.tenant_id, &request.user_id, &request.provider)
+                .await?;
+            return Ok(if all.len() == 1 { all.pop() } else { None });
         };
         let connection = self
             .store
@@ -953,22 +959,84 @@ impl ConsentFlow {
         }
     }
 
-    /// Refuses a grant for another upstream account than the one the
-    /// user's connection of this provider belongs to (it would replace that
-    /// account's tokens with another's).
-    async fn check_account(&self, consent: &ConsentRecord, account: Option<&AccountIdentity>) -> Result<(), ConsentError> {
-        let existing = self
-            .store
-            .connection_for(&consent.tenant_id, &consent.user_id, &consent.provider)
-            .await?;
-        match existing {
-            Some(connection) => refuse_other_account(&connection, account),
+    /// Refuses, before anything is kept, a re-consent of one connection
+    /// that came back with another upstream account than the connection's
+    /// (unless `consent.other_account = "new_connection"`).
+    async fn check_account(
+        &self,
+        consent: &ConsentRecord,
+        account: Option<&AccountIdentity>,
+    ) -> Result<(), ConsentError> {
+        if self.other_account == OtherAccount::NewConnection {
+            return Ok(());
+        }
+        match self.target_connection(consent).await? {
+            Some(target) => refuse_other_account(&target, account),
             None => Ok(()),
         }
     }
 
+    /// The connection a consent re-consents (`StartConsent.connection_id`),
+    /// when it still exists and is this user's at this provider.
+    async fn target_connection(&self, consent: &ConsentRecord) -> Result<Option<Connection>, ConsentError> {
+        let Some(id) = consent.target_connection_id else {
+            return Ok(None);
+        };
+        let scope = TenantScope::Only([consent.tenant_id.clone()].into());
+        Ok(self
+            .store
+            .connection(&scope, id)
+            .await?
+            .filter(|c| c.user_id == consent.user_id && c.provider == consent.provider))
+    }
+
+    /// The connection a grant for `account` is stored on: the re-consented
+    /// connection when the account is the same (or unknown on either side);
+    /// else that account's own connection; else the user's one connection
+    /// whose account is not known yet (made before accounts were learned),
+    /// which thereby learns it; else a new connection. A grant whose account
+    /// is not known goes to the connection of unknown account. Never another
+    /// account's connection.
+    async fn grant_connection(
+        &self,
+        consent: &ConsentRecord,
+        account: Option<&AccountIdentity>,
+        now: DateTime<Utc>,
+    ) -> Result<Connection, ConsentError> {
+        if let Some(target) = self.target_connection(consent).await? {
+            if account::same_account(target.account_subject.as_deref(), account) {
+                return Ok(target);
+            }
+            if self.other_account == OtherAccount::Refuse {
+                refuse_other_account(&target, account)?;
+            }
+        }
+        let subject = account.map(|a| a.subject.as_str());
+        if subject.is_some() {
+            let existing = self
+                .store
+                .connections_at(&consent.tenant_id, &consent.user_id, &consent.provider)
+                .await?;
+            if let Some(found) = existing.iter().find(|c| c.account_subject.as_deref() == subject) {
+                return Ok(found.clone());
+            }
+            let mut unknown = existing.iter().filter(|c| c.account_subject.is_none());
+            if let (Some(only), None) = (unknown.next(), unknown.next()) {
+                return Ok(only.clone());
+            }
+        }
+        Ok(self
+            .store
+            .get_or_create_connection(&consent.tenant_id, &consent.user_id, &consent.provider, subject, now)
+            .await?)
+    }
+
     /// Exchanges the code: the tokens, the scopes they grant, and the account they are for.
-    async fn exchange(&self, consent: &ConsentRecord, code: &SecretString) -> Result<ExchangedGrant, (Outcome, String)> {
+    async fn exchange(
+        &self,
+        consent: &ConsentRecord,
+        code: &SecretString,
+    ) -> Result<ExchangedGrant, (Outcome, String)> {
         let failed = |reason: String| (Outcome::Failed, reason);
         let client = self
             .providers
@@ -1036,11 +1104,7 @@ impl ConsentFlow {
             .map_err(ConsentError::ProviderUnusable)?;
         for _ in 0..3 {
             let now = self.clock.now();
-            let connection = self
-                .store
-                .get_or_create_connection(&consent.tenant_id, &consent.user_id, &consent.provider, now)
-                .await?;
-            refuse_other_account(&connection, account.as_ref())?;
+            let connection = self.grant_connection(consent, account.as_ref(), now).await?;
             let key = match connection.dek_id {
                 Some(id) => self.vault.data_key(id).await?,
                 None => self.vault.create_data_key().await?,
@@ -1244,7 +1308,9 @@ fn refuse_other_account(connection: &Connection, account: Option<&AccountIdentit
             connection.account_subject.as_deref().unwrap_or_default(),
             connection.account_display.as_deref(),
         ),
-        got: account.map(|a| account::shown(&a.subject, a.display.as_deref())).unwrap_or_default(),
+        got: account
+            .map(|a| account::shown(&a.subject, a.display.as_deref()))
+            .unwrap_or_default(),
     })
 }
 

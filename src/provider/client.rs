@@ -143,7 +143,10 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Keeping<'_> {
                 let raw = RawAnswer(zeroize::Zeroizing::new(response.body().clone()));
                 *self.body.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(raw);
             }
-            Ok(normalize(response, self.transport.spec.token_response_object.as_deref()))
+            Ok(normalize(
+                response,
+                self.transport.spec.token_response_object.as_deref(),
+            ))
         })
     }
 }
@@ -279,7 +282,10 @@ impl ProviderClient {
             .await
             .map_err(|e| token_error(&self.spec.name, e))?;
         let tokens = self.token_set(response, now)?;
-        let answer = keeping.body.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let answer = keeping
+            .body
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(Exchanged { tokens, answer })
     }
 
@@ -309,8 +315,10 @@ impl ProviderClient {
         let mut request = request
             .body(body)
             .map_err(|_| ProviderError::Malformed(format!("{name}: cannot build the account request")))?;
-        let bearer = http::HeaderValue::from_str(&format!("Bearer {}", access_token.expose_secret()))
-            .map_err(|_| ProviderError::Malformed(format!("{name} issued an access token that is not a header value")))?;
+        let bearer =
+            http::HeaderValue::from_str(&format!("Bearer {}", access_token.expose_secret())).map_err(|_| {
+                ProviderError::Malformed(format!("{name} issued an access token that is not a header value"))
+            })?;
         request.headers_mut().insert(http::header::AUTHORIZATION, bearer);
         let response = self
             .transport

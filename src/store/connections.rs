@@ -104,14 +104,24 @@ pub trait ConnectionStore: Send + Sync {
         user_id: &str,
         provider: &str,
     ) -> Result<Option<Connection>, StoreError>;
+    /// Every connection of (tenant, user, provider), one per upstream account, ordered by id.
+    async fn connections_at(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<Vec<Connection>, StoreError>;
     /// Lists connections, ordered by id.
     async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError>;
-    /// Returns the one connection of (tenant, user, provider), creating an empty one if needed.
+    /// Returns the connection of (tenant, user, provider) for the upstream
+    /// account `account_subject` (`None`: the one whose account is not
+    /// known), creating an empty one if needed.
     async fn get_or_create_connection(
         &self,
         tenant_id: &str,
         user_id: &str,
         provider: &str,
+        account_subject: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Connection, StoreError>;
     /// Stores a completed consent's tokens (and completes its consent
@@ -197,12 +207,28 @@ impl ConnectionStore for SqlStore {
         user_id: &str,
         provider: &str,
     ) -> Result<Option<Connection>, StoreError> {
-        let sql = format!("SELECT {CONNECTION_COLUMNS} {CONNECTION_FROM} WHERE c.tenant_id = $1 AND c.user_id = $2 AND c.provider = $3");
+        Ok(self
+            .connections_at(tenant_id, user_id, provider)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn connections_at(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<Vec<Connection>, StoreError> {
+        let sql = format!(
+            "SELECT {CONNECTION_COLUMNS} {CONNECTION_FROM} WHERE c.tenant_id = $1 AND c.user_id = $2 AND c.provider = $3 \
+             ORDER BY c.id"
+        );
         sqlx::query(&sql)
             .bind(tenant_id.to_owned())
             .bind(user_id.to_owned())
             .bind(provider.to_owned())
-            .record(&self.pool)
+            .records(&self.pool)
             .await
     }
 
@@ -234,21 +260,33 @@ impl ConnectionStore for SqlStore {
         tenant_id: &str,
         user_id: &str,
         provider: &str,
+        account_subject: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Connection, StoreError> {
         self.ensure_user(tenant_id, user_id, now).await?;
+        // The unique key is (tenant, user, provider, account or ''): a connection of that account wins.
         sqlx::query(
-            "INSERT INTO connections (id, tenant_id, user_id, provider, granted_scopes, status, token_version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, '', 'needs_reauth', 0, $5, $5) ON CONFLICT (tenant_id, user_id, provider) DO NOTHING",
+            "INSERT INTO connections (id, tenant_id, user_id, provider, granted_scopes, status, token_version, created_at, \
+             updated_at, account_subject) VALUES ($1, $2, $3, $4, '', 'needs_reauth', 0, $5, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(Uuid::now_v7().to_string())
         .bind(tenant_id.to_owned())
         .bind(user_id.to_owned())
         .bind(provider.to_owned())
         .bind(to_millis(now))
+        .bind(account_subject.map(str::to_owned))
         .run(&self.pool)
         .await?;
-        self.connection_for(tenant_id, user_id, provider)
+        let sql = format!(
+            "SELECT {CONNECTION_COLUMNS} {CONNECTION_FROM} WHERE c.tenant_id = $1 AND c.user_id = $2 AND c.provider = $3 \
+             AND COALESCE(c.account_subject, '') = $4"
+        );
+        sqlx::query(&sql)
+            .bind(tenant_id.to_owned())
+            .bind(user_id.to_owned())
+            .bind(provider.to_owned())
+            .bind(account_subject.unwrap_or_default().to_owned())
+            .record(&self.pool)
             .await?
             .ok_or_else(|| StoreError::Database("connection vanished right after it was created".to_owned()))
     }

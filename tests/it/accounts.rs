@@ -6,7 +6,7 @@
 use crate::on_both;
 use crate::support::fixture::WithProvider;
 use crate::support::inspect::stored_connection;
-use crate::support::provider::{connect, start_request, CatalogOptions, UserBrowser};
+use crate::support::provider::{confirm_on, connect, start_request, CatalogOptions, UserBrowser};
 use crate::support::{keys, Backend, TestServer};
 use tokenvault::proto::*;
 use tokenvault_testkit::fake_provider::{display_of, CatalogAccount};
@@ -55,7 +55,11 @@ async fn each_style(backend: Backend) {
         assert_eq!(account.subject, subject, "{style:?}");
         assert_eq!(account.display, display_of("acct-a"), "{style:?}");
         let userinfo = with.fake.stats().userinfo_requests;
-        assert_eq!(userinfo, u64::from(style == CatalogAccount::Endpoint), "{style:?}: userinfo calls");
+        assert_eq!(
+            userinfo,
+            u64::from(style == CatalogAccount::Endpoint),
+            "{style:?}: userinfo calls"
+        );
         // ListConnections and ExportUserData name it too.
         let listed = with
             .server
@@ -92,13 +96,21 @@ async fn each_style(backend: Backend) {
 }
 on_both!(the_account_is_learned_in_each_catalog_style, each_style);
 
-/// Starts a consent of `user` for `capabilities`, approves it at the fake and
-/// follows the callback: the return URL's query.
-async fn reconsent(with: &WithProvider, user: &str, capabilities: &[&str]) -> std::collections::HashMap<String, String> {
+/// Starts a consent of `user` for `capabilities` (of `connection_id`, when
+/// given), approves it at the fake and follows the callback: the return URL's query.
+async fn consent(
+    with: &WithProvider,
+    user: &str,
+    capabilities: &[&str],
+    connection_id: Option<&str>,
+) -> std::collections::HashMap<String, String> {
     let started = with
         .server
         .consent(keys::PLATFORM)
-        .start_consent(start_request(user, capabilities))
+        .start_consent(StartConsentRequest {
+            connection_id: connection_id.unwrap_or_default().to_owned(),
+            ..start_request(user, capabilities)
+        })
         .await
         .expect("StartConsent")
         .into_inner();
@@ -107,61 +119,135 @@ async fn reconsent(with: &WithProvider, user: &str, capabilities: &[&str]) -> st
     browser.follow_callback(&callback).await
 }
 
-async fn another_account(backend: Backend) {
-    let with = with_account(backend, CatalogAccount::Endpoint).await;
-    with.fake.set_subject("work");
-    let connection = connect(&with, "vic", &["mail.read"]).await;
-    let before = stored_connection(&with.server, &connection).await;
-
-    // The user signs in to the provider with another account.
-    with.fake.set_subject("personal");
-    let back = reconsent(&with, "vic", &["mail.read", "files.read"]).await;
-    assert_eq!(back["status"], "failed", "{back:?}");
-    assert!(back["error"].contains(&display_of("work")), "{back:?}");
-    assert!(!back.contains_key("completion_code"), "nothing to confirm");
-    let after = stored_connection(&with.server, &connection).await;
-    assert_eq!(after.token_version, before.token_version, "the first account's grant is untouched");
-    assert_eq!(after.refresh_token, before.refresh_token);
-    assert_eq!(after.granted_scopes, before.granted_scopes);
-    assert_eq!(after.account_subject.as_deref(), Some("work"));
+/// The account a connection's tokens act as at the fake.
+async fn acts_as(with: &WithProvider, connection_id: &str) -> String {
     let token = with
         .server
         .tokens(keys::AGENT)
         .get_access_token(GetAccessTokenRequest {
-            connection_id: connection.clone(),
+            connection_id: connection_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("GetAccessToken")
+        .into_inner();
+    with.fake.introspect(&token.access_token).expect("a live token").subject
+}
+
+async fn several_accounts(backend: Backend) {
+    let with = with_account(backend, CatalogAccount::Endpoint).await;
+    with.fake.set_subject("work");
+    let work = connect(&with, "vic", &["mail.read"]).await;
+    let before = stored_connection(&with.server, &work).await;
+
+    // A second account of the same provider: its own connection; the first is untouched.
+    with.fake.set_subject("personal");
+    let back = consent(&with, "vic", &["files.read"], None).await;
+    let personal = confirm_on(&with.server, "vic", &back).await;
+    assert_ne!(personal, work);
+    let after = stored_connection(&with.server, &work).await;
+    assert_eq!(
+        after.token_version, before.token_version,
+        "the first account's grant is untouched"
+    );
+    assert_eq!(after.refresh_token, before.refresh_token);
+    assert_eq!(after.granted_scopes, before.granted_scopes);
+    let listed = with
+        .server
+        .connections(keys::PLATFORM)
+        .list_connections(ListConnectionsRequest {
+            tenant_id: keys::TENANT.into(),
+            user_id: "vic".into(),
             ..Default::default()
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .connections;
+    let accounts: Vec<_> = listed
+        .iter()
+        .map(|c| (c.id.clone(), c.account.clone().unwrap().display))
+        .collect();
     assert_eq!(
-        with.fake.introspect(&token.access_token).map(|i| i.subject),
-        Some("work".to_owned()),
-        "the connection still acts as the first account"
+        accounts,
+        vec![
+            (work.clone(), display_of("work")),
+            (personal.clone(), display_of("personal"))
+        ],
+        "each account, visibly named"
     );
+    assert_eq!(
+        acts_as(&with, &work).await,
+        "work",
+        "each token works only for its account"
+    );
+    assert_eq!(acts_as(&with, &personal).await, "personal");
 
-    // The same account again: the re-consent lands, its display refreshed.
+    // Re-consent of the work connection, signed in as the personal account: refused, nothing changes.
+    let back = consent(&with, "vic", &["mail.read", "files.read"], Some(&work)).await;
+    assert_eq!(back["status"], "failed", "{back:?}");
+    assert!(back["error"].contains(&display_of("work")), "{back:?}");
+    assert!(back["error"].contains(&display_of("personal")), "{back:?}");
+    assert!(!back.contains_key("completion_code"), "nothing to confirm");
+    let unchanged = stored_connection(&with.server, &work).await;
+    assert_eq!(unchanged.token_version, before.token_version);
+    assert_eq!(unchanged.refresh_token, before.refresh_token);
+    assert_eq!(acts_as(&with, &work).await, "work");
+
+    // Signed in as the right account, the re-consent of that connection lands on it.
     with.fake.set_subject("work");
-    let back = reconsent(&with, "vic", &["mail.read", "files.read"]).await;
+    let back = consent(&with, "vic", &["mail.read", "files.read"], Some(&work)).await;
+    assert_eq!(confirm_on(&with.server, "vic", &back).await, work);
     assert_eq!(
-        crate::support::provider::confirm_on(&with.server, "vic", &back).await,
-        connection
+        stored_connection(&with.server, &work).await.granted_scopes.len(),
+        2,
+        "the work connection gained files.read"
     );
-    let account = shown(&with.server, &connection).await.account.unwrap();
-    assert_eq!((account.subject.as_str(), account.display), ("work", display_of("work")));
+    // And without connection_id, the account decides which connection it is.
+    with.fake.set_subject("personal");
+    let back = consent(&with, "vic", &["mail.read"], None).await;
+    assert_eq!(confirm_on(&with.server, "vic", &back).await, personal);
 
     // A connection made before accounts were learned learns its account at its next consent.
     sqlx::query(&format!(
-        "UPDATE connections SET account_subject = NULL, account_display = NULL WHERE id = '{connection}'"
+        "UPDATE connections SET account_subject = NULL, account_display = NULL WHERE id = '{work}'"
     ))
     .execute(with.server.app().sql.pool())
     .await
     .unwrap();
     with.server.app().broker.cache().invalidate_all();
-    assert!(shown(&with.server, &connection).await.account.is_none());
-    let back = reconsent(&with, "vic", &["mail.read"]).await;
-    crate::support::provider::confirm_on(&with.server, "vic", &back).await;
-    assert_eq!(shown(&with.server, &connection).await.account.unwrap().subject, "work");
+    assert!(shown(&with.server, &work).await.account.is_none());
+    with.fake.set_subject("work");
+    let back = consent(&with, "vic", &["mail.read"], None).await;
+    assert_eq!(confirm_on(&with.server, "vic", &back).await, work);
+    assert_eq!(shown(&with.server, &work).await.account.unwrap().subject, "work");
     with.stop().await;
 }
-on_both!(a_grant_for_another_account_never_replaces_the_first, another_account);
+on_both!(
+    a_user_connects_several_accounts_and_none_replaces_another,
+    several_accounts
+);
+
+async fn other_account_as_new_connection(backend: Backend) {
+    let with = WithProvider::build(backend)
+        .catalog(CatalogOptions {
+            account: CatalogAccount::TokenResponse,
+            ..Default::default()
+        })
+        .config(|config| config.consent.other_account = tokenvault::config::OtherAccount::NewConnection)
+        .start()
+        .await;
+    with.fake.set_subject("work");
+    let work = connect(&with, "wes", &["mail.read"]).await;
+    with.fake.set_subject("personal");
+    let back = consent(&with, "wes", &["mail.read"], Some(&work)).await;
+    let personal = confirm_on(&with.server, "wes", &back).await;
+    assert_ne!(personal, work, "the other account got its own connection");
+    assert_eq!(acts_as(&with, &work).await, "work");
+    assert_eq!(acts_as(&with, &personal).await, "personal");
+    with.stop().await;
+}
+on_both!(
+    a_reconsent_for_another_account_may_make_a_new_connection,
+    other_account_as_new_connection
+);

@@ -33,7 +33,7 @@ async fn paged_export(backend: Backend) {
     let now = tokenvault::clock::Clock::now(&*server.clock);
     for provider in ["other-1", "other-2"] {
         app.store
-            .get_or_create_connection(keys::TENANT, "ivy", provider, now)
+            .get_or_create_connection(keys::TENANT, "ivy", provider, None, now)
             .await
             .unwrap();
     }

@@ -38,5 +38,6 @@ mod startup;
 mod stepup;
 mod store;
 mod tls;
+mod upgrade;
 mod vault;
 mod workload;

@@ -192,7 +192,9 @@ async fn token_endpoint(body: String) -> (Url, Arc<Mutex<Seen>>, tokio::task::Jo
 async fn account_endpoint(body: String) -> (Url, Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let state = (Arc::new(body), seen.clone());
-    let answer = |State((answer, seen)): State<(Arc<String>, Arc<Mutex<Seen>>)>, headers: HeaderMap, request: String| async move {
+    let answer = |State((answer, seen)): State<(Arc<String>, Arc<Mutex<Seen>>)>,
+                  headers: HeaderMap,
+                  request: String| async move {
         *seen.lock().unwrap() = Seen {
             headers: Some(headers),
             body: Some(request),
@@ -389,7 +391,10 @@ async fn every_preset_parses_its_documented_token_answer() {
         if let Some((seen, task)) = account_call {
             let seen = seen.lock().unwrap().clone();
             let headers = seen.headers.expect("the account endpoint was called");
-            let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let bearer = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
             assert_eq!(
                 bearer,
                 format!("Bearer {}", exchanged.tokens.access_token.expose_secret()),

@@ -257,7 +257,7 @@ async fn batches(backend: Backend) {
         server
             .app()
             .store
-            .get_or_create_connection(keys::TENANT, "eve", provider, now)
+            .get_or_create_connection(keys::TENANT, "eve", provider, None, now)
             .await
             .unwrap();
     }

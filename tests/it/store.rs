@@ -36,7 +36,7 @@ fn access_token(connection_id: Uuid, scope_key: &str, bytes: &[u8], expires_in: 
 async fn connected(store: &SqlStore, tenant: &str, user: &str) -> Connection {
     let now = Utc::now();
     let connection = store
-        .get_or_create_connection(tenant, user, "google", now)
+        .get_or_create_connection(tenant, user, "google", None, now)
         .await
         .unwrap();
     let grant = ConsentGrant {
@@ -134,11 +134,11 @@ async fn connections(backend: Backend) {
     let (_db, store) = store(backend).await;
     let now = Utc::now();
     let shell = store
-        .get_or_create_connection("acme", "u1", "google", now)
+        .get_or_create_connection("acme", "u1", "google", None, now)
         .await
         .unwrap();
     let same = store
-        .get_or_create_connection("acme", "u1", "google", now)
+        .get_or_create_connection("acme", "u1", "google", None, now)
         .await
         .unwrap();
     assert_eq!(shell.id, same.id, "one connection per tenant, user and provider");
@@ -148,6 +148,31 @@ async fn connections(backend: Backend) {
     assert_eq!(connection.status(), ConnectionStatus::Active);
     assert_eq!(connection.granted_scopes, scopes(&["a", "b"]));
     assert_eq!(connection.refresh_token, Some(Sealed(b"sealed-refresh".to_vec())));
+    // One connection per upstream account: the first one's account finds it, another makes a second.
+    let by_account = store
+        .get_or_create_connection("acme", "u1", "google", Some("u1-account"), now)
+        .await
+        .unwrap();
+    assert_eq!(by_account.id, shell.id);
+    let second = store
+        .get_or_create_connection("acme", "u1", "google", Some("another-account"), now)
+        .await
+        .unwrap();
+    assert_ne!(second.id, shell.id);
+    assert_eq!(second.account_subject.as_deref(), Some("another-account"));
+    let both: Vec<_> = store
+        .connections_at("acme", "u1", "google")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(both, vec![shell.id, second.id]);
+    assert_eq!(
+        store.connection_for("acme", "u1", "google").await.unwrap().unwrap().id,
+        shell.id,
+        "the first"
+    );
     assert_eq!(connection.token_version, 1);
 
     // A stale version is refused.
@@ -209,7 +234,7 @@ async fn connections(backend: Backend) {
     assert_eq!(first.len(), 3);
     filter.after_id = first.last().map(|c| c.id);
     let second = store.list_connections(&filter).await.unwrap();
-    assert_eq!(second.len(), 1);
+    assert_eq!(second.len(), 2, "u1's two accounts, u2, u3, u4");
     assert!(second[0].id > first[2].id);
     filter.after_id = None;
     filter.user_id = Some("u3".into());

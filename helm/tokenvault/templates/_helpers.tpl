@@ -319,6 +319,7 @@ allowed_return_origins = {{ $v.consent.allowedReturnOrigins | default list | toJ
 require_confirmation = {{ $v.consent.requireConfirmation }}
 tenants_without_confirmation = {{ $v.consent.tenantsWithoutConfirmation | default list | toJson }}
 confirmation_ttl_seconds = {{ int $v.consent.confirmationTtlSeconds }}
+other_account = {{ $v.consent.otherAccount | quote }}
 
 [providers]
 {{- if include "tokenvault.catalogEnabled" $root }}

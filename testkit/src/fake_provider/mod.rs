@@ -67,10 +67,10 @@ use url::Url;
 
 pub use browser::FakeError;
 pub use catalog::{CatalogAccount, CatalogOptions, CatalogRevocation, CATALOG_SCOPES, UNSUPPORTED_REASON};
-pub use identity::display_of;
 pub use config::{ClientAuthMethod, FakeProviderConfig, ACCESS_TOKEN_PREFIX, CODE_PREFIX, REFRESH_TOKEN_PREFIX};
 pub use faults::{Endpoint, Fault, Faults};
 pub use grants::{MintedGrant, TokenInfo};
+pub use identity::display_of;
 pub use stats::{
     BearerRevocationRecord, GrantDeletionRecord, RevocationRecord, SlackRevocationRecord, SlackTokenKind, Stats,
 };

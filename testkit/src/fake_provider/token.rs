@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use super::client_auth::{authenticate_client, check_form};
 use super::faults::{fault_response, Endpoint, Fault};
+use super::identity;
 use super::params::{dedup, split_scopes, Params};
 use super::responses::{no_store, oauth_error};
-use super::identity;
 use super::state::Shared;
 
 /// The token endpoint.
