@@ -465,7 +465,9 @@ fn builtin_endpoints_and_quirks() {
     );
 
     let microsoft = catalog.require("microsoft").expect("microsoft");
-    assert_eq!(microsoft.required_scopes, set(&["offline_access"]));
+    assert_eq!(microsoft.required_scopes, set(&["offline_access", "User.Read"]));
+    let google_required = set(&["openid", "https://www.googleapis.com/auth/userinfo.email"]);
+    assert_eq!(catalog.require("google").unwrap().required_scopes, google_required, "the account is always learned");
     assert!(microsoft.refresh_scope_narrowing);
     assert!(microsoft.incremental_authorization.is_none());
 
@@ -570,6 +572,9 @@ fn resolve_scopes_is_the_exact_union() {
             "https://www.googleapis.com/auth/calendar.events.readonly",
             "https://www.googleapis.com/auth/gmail.send",
             "https://www.googleapis.com/auth/contacts.readonly",
+            // required_scopes: which account the grant is for.
+            "openid",
+            "https://www.googleapis.com/auth/userinfo.email",
         ])
     );
 
@@ -579,7 +584,7 @@ fn resolve_scopes_is_the_exact_union() {
         microsoft
             .resolve_scopes(&strings(&["mail.send"]), &[])
             .expect("resolves"),
-        set(&["Mail.Send", "offline_access"])
+        set(&["Mail.Send", "User.Read", "offline_access"])
     );
 
     // Overlapping capabilities collapse to one scope.
@@ -669,12 +674,14 @@ fn scope_plan_incremental_asks_only_for_new_scopes() {
     let events_ro = "https://www.googleapis.com/auth/calendar.events.readonly";
     let send = "https://www.googleapis.com/auth/gmail.send";
     let drive_ro = "https://www.googleapis.com/auth/drive.readonly";
+    // Google's required scopes (which account the grant is for) are asked every time.
+    let (openid, email) = ("openid", "https://www.googleapis.com/auth/userinfo.email");
 
     let plan = google.scope_plan(&set(&[events_ro, send]), &set(&[events_ro, drive_ro]));
     assert_eq!(
         plan,
         ScopePlan {
-            ask: set(&[send]),
+            ask: set(&[send, openid, email]),
             incremental: true
         }
     );
@@ -684,7 +691,7 @@ fn scope_plan_incremental_asks_only_for_new_scopes() {
     assert_eq!(
         plan,
         ScopePlan {
-            ask: set(&[events_ro]),
+            ask: set(&[events_ro, openid, email]),
             incremental: true
         }
     );
@@ -742,13 +749,13 @@ fn scope_plan_without_incremental_asks_for_the_union() {
     assert_eq!(
         plan,
         ScopePlan {
-            ask: set(&["Mail.Read", "Mail.Send", "offline_access"]),
+            ask: set(&["Mail.Read", "Mail.Send", "User.Read", "offline_access"]),
             incremental: false
         }
     );
     assert_eq!(
         microsoft.authorization_params_for(&plan),
-        [("scope".to_owned(), "Mail.Read Mail.Send offline_access".to_owned())]
+        [("scope".to_owned(), "Mail.Read Mail.Send User.Read offline_access".to_owned())]
             .into_iter()
             .collect()
     );
