@@ -183,8 +183,25 @@ async fn several_accounts(backend: Backend) {
     );
     assert_eq!(acts_as(&with, &personal).await, "personal");
 
-    // Re-consent of the work connection, signed in as the personal account: refused, nothing changes.
-    let back = consent(&with, "vic", &["mail.read", "files.read"], Some(&work)).await;
+    // Re-consent of the work connection, signed in as the personal account
+    // (the platform's account_hint is the provider's login_hint): refused, nothing changes.
+    with.fake.set_subject("work");
+    let started = with
+        .server
+        .consent(keys::PLATFORM)
+        .start_consent(StartConsentRequest {
+            connection_id: work.clone(),
+            account_hint: "personal".into(),
+            ..start_request("vic", &["mail.read", "files.read"])
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let browser = UserBrowser::new();
+    let provider_url = browser.start(&started.authorization_url).await;
+    assert_eq!(crate::support::provider::query(&provider_url)["login_hint"], "personal");
+    let callback = with.fake.approve(provider_url.as_str()).await.unwrap();
+    let back = browser.follow_callback(&callback).await;
     assert_eq!(back["status"], "failed", "{back:?}");
     assert!(back["error"].contains(&display_of("work")), "{back:?}");
     assert!(back["error"].contains(&display_of("personal")), "{back:?}");
@@ -195,7 +212,6 @@ async fn several_accounts(backend: Backend) {
     assert_eq!(acts_as(&with, &work).await, "work");
 
     // Signed in as the right account, the re-consent of that connection lands on it.
-    with.fake.set_subject("work");
     let back = consent(&with, "vic", &["mail.read", "files.read"], Some(&work)).await;
     assert_eq!(confirm_on(&with.server, "vic", &back).await, work);
     assert_eq!(

@@ -467,7 +467,11 @@ fn builtin_endpoints_and_quirks() {
     let microsoft = catalog.require("microsoft").expect("microsoft");
     assert_eq!(microsoft.required_scopes, set(&["offline_access", "User.Read"]));
     let google_required = set(&["openid", "https://www.googleapis.com/auth/userinfo.email"]);
-    assert_eq!(catalog.require("google").unwrap().required_scopes, google_required, "the account is always learned");
+    assert_eq!(
+        catalog.require("google").unwrap().required_scopes,
+        google_required,
+        "the account is always learned"
+    );
     assert!(microsoft.refresh_scope_narrowing);
     assert!(microsoft.incremental_authorization.is_none());
 
@@ -755,9 +759,12 @@ fn scope_plan_without_incremental_asks_for_the_union() {
     );
     assert_eq!(
         microsoft.authorization_params_for(&plan),
-        [("scope".to_owned(), "Mail.Read Mail.Send User.Read offline_access".to_owned())]
-            .into_iter()
-            .collect()
+        [(
+            "scope".to_owned(),
+            "Mail.Read Mail.Send User.Read offline_access".to_owned()
+        )]
+        .into_iter()
+        .collect()
     );
 
     let slack = catalog.require("slack").expect("slack");

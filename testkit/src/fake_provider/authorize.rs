@@ -101,7 +101,11 @@ pub(super) async fn authorize(State(shared): State<Arc<Shared>>, RawQuery(query)
     let code = random_token(CODE_PREFIX);
     {
         let mut inner = shared.lock_state();
-        let subject = inner.subject.clone();
+        // `login_hint` signs in as that user (as a provider's account chooser would), else the set subject.
+        let subject = params
+            .get("login_hint")
+            .map(str::to_owned)
+            .unwrap_or_else(|| inner.subject.clone());
         let mut scopes: Vec<String> = match &inner.grant_only {
             Some(allowed) => requested.into_iter().filter(|s| allowed.contains(s)).collect(),
             None => requested,

@@ -32,7 +32,8 @@ pub struct TokenInfo {
 }
 
 impl FakeProvider {
-    /// Sets the user ("subject") of the next authorizations (default `"user-1"`).
+    /// Sets the user ("subject") of the next authorizations (default
+    /// `"user-1"`); an authorization request's `login_hint` overrides it.
     pub fn set_subject(&self, subject: &str) {
         self.shared.lock_state().subject = subject.to_owned();
     }
