@@ -151,7 +151,8 @@ fn exchange_code(
         id_token: scopes
             .iter()
             .any(|s| s == "openid")
-            .then(|| identity::id_token(shared, &subject)),
+            .then(|| identity::id_token(shared, &subject))
+            .flatten(),
         user: Some(identity::user_member(&subject)),
         scope: scopes.join(&config.scope_separator),
     })
