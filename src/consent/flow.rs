@@ -688,7 +688,11 @@ impl ConsentFlow {
         let exchanged = match exchanged {
             Ok(grant) => match self.check_account(&consent, grant.account.as_ref()).await {
                 Ok(()) => Ok(grant),
-                Err(error) => Err((Outcome::Failed, error.to_string())),
+                Err(error) => {
+                    // The other account's fresh grant is kept nowhere: revoke it at the provider.
+                    self.discard_grant(&consent, &grant.tokens, actor, request_id).await;
+                    Err((Outcome::Failed, error.to_string()))
+                }
             },
             Err(refused) => Err(refused),
         };
@@ -973,6 +977,64 @@ impl ConsentFlow {
         match self.target_connection(consent).await? {
             Some(target) => refuse_other_account(&target, account),
             None => Ok(()),
+        }
+    }
+
+    /// Queues the credentials of a grant that is stored nowhere (another
+    /// account's, refused) for revocation at the provider, under the
+    /// re-consented connection (best effort: a failure is logged and audited).
+    async fn discard_grant(&self, consent: &ConsentRecord, tokens: &TokenSet, actor: &str, request_id: Option<&str>) {
+        let Ok(Some(connection)) = self.target_connection(consent).await else {
+            tracing::warn!(consent_id = %consent.id, "the refused grant's connection is gone; its credentials are not revoked");
+            return;
+        };
+        if self
+            .providers
+            .spec(&consent.provider)
+            .is_none_or(|spec| spec.revocation_unsupported().is_some())
+        {
+            return;
+        }
+        let (token, kind) = match &tokens.refresh_token {
+            Some(refresh) => (refresh, CredentialKind::RefreshToken),
+            None => (&tokens.access_token, CredentialKind::AccessToken),
+        };
+        let now = self.clock.now();
+        let event = |outcome: &str| {
+            EventBuilder::new("consent.grant_discarded", outcome, actor, now)
+                .user(&consent.tenant_id, &consent.user_id)
+                .connection(connection.id)
+                .request_id(request_id)
+                .detail("consent_id", consent.id.to_string())
+                .detail("provider", consent.provider.clone())
+                .detail("reason", "the grant is for another account than the connection's")
+        };
+        let queued = match self
+            .handover
+            .entry(&connection, token, kind, Purpose::Orphan, now)
+            .await
+        {
+            Ok(entry) => {
+                let trail = Trail::from(
+                    event("queued")
+                        .detail("revocation_outbox_id", entry.id.to_string())
+                        .build(),
+                );
+                match self.store.queue_revocation(&entry, &trail).await {
+                    Ok(()) => {
+                        self.handover.attempt_soon(entry.id);
+                        Ok(())
+                    }
+                    Err(error) => {
+                        self.handover.discard(&entry).await;
+                        Err(error.to_string())
+                    }
+                }
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = queued {
+            tracing::warn!(consent_id = %consent.id, %error, "could not queue a refused grant for revocation at the provider");
         }
     }
 

@@ -210,6 +210,24 @@ async fn several_accounts(backend: Backend) {
     assert_eq!(unchanged.token_version, before.token_version);
     assert_eq!(unchanged.refresh_token, before.refresh_token);
     assert_eq!(acts_as(&with, &work).await, "work");
+    // The refused grant is kept nowhere, so it is revoked at the provider: the
+    // personal account keeps only its own connection's refresh token.
+    let fake = with.fake.clone();
+    let revoked = crate::support::eventually(std::time::Duration::from_secs(10), || {
+        let fake = fake.clone();
+        async move { fake.live_refresh_tokens("personal") == 1 }
+    })
+    .await;
+    assert!(
+        revoked,
+        "live refresh tokens of the personal account: {}",
+        with.fake.live_refresh_tokens("personal")
+    );
+    assert_eq!(
+        acts_as(&with, &personal).await,
+        "personal",
+        "the personal connection still works"
+    );
 
     // Signed in as the right account, the re-consent of that connection lands on it.
     let back = consent(&with, "vic", &["mail.read", "files.read"], Some(&work)).await;
