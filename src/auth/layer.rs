@@ -388,9 +388,15 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let Some(Some(role)) = required_role(request.uri().path()) else {
-            // Open services, and unknown paths (answered UNIMPLEMENTED by the router).
-            return Either::Left(Either::Right(self.inner.call(request)));
+        let role = match required_role(request.uri().path()) {
+            Some(Some(role)) => role,
+            // Health and reflection: open.
+            Some(None) => return Either::Left(Either::Right(self.inner.call(request))),
+            // Fail closed: a service the role table does not name is never reached.
+            None => {
+                let refused = Status::unimplemented("no such service");
+                return Either::Left(Either::Left(futures::future::ready(Ok(refused.into_http()))));
+            }
         };
         match self
             .authenticator
@@ -446,6 +452,35 @@ mod tests {
             Some(Some(Role::Admin))
         );
         assert_eq!(required_role("/other.Service/X"), None);
+    }
+
+    #[tokio::test]
+    async fn a_service_the_role_table_does_not_name_is_refused_before_it_is_reached() {
+        use tower::{Layer, ServiceExt};
+        let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let inner = {
+            let reached = reached.clone();
+            tower::service_fn(move |_: http::Request<()>| {
+                reached.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                futures::future::ready(Ok::<_, std::convert::Infallible>(http::Response::new(String::new())))
+            })
+        };
+        let service = AuthLayer::new(Arc::new(cert_authenticator(10))).layer(inner);
+        let call = |path: &'static str| {
+            let service = service.clone();
+            async move {
+                let request = http::Request::builder().uri(path).body(()).unwrap();
+                service.oneshot(request).await.unwrap()
+            }
+        };
+        let refused = call("/tokenvault.v1.SecretService/Dump").await;
+        assert_eq!(refused.headers()["grpc-status"], "12", "UNIMPLEMENTED");
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0, "never reached");
+        call("/grpc.health.v1.Health/Check").await;
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 1, "health is open");
+        let unauthenticated = call(RPC).await;
+        assert_eq!(unauthenticated.headers()["grpc-status"], "16", "UNAUTHENTICATED");
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     fn cert_authenticator(per_peer_per_minute: u32) -> Authenticator {
