@@ -279,20 +279,7 @@ impl App {
         }
         let authenticator = Arc::new(authenticator);
         let consent_starts = TenantRateLimit::new("StartConsent", config.consent.max_starts_per_minute);
-        let mut catalog = Catalog::builtin().map_err(|e| StartupError::Config(e.to_string()))?;
-        if let Some(path) = &config.providers.catalog_file {
-            catalog.merge(Catalog::from_file(path).map_err(|e| StartupError::Config(e.to_string()))?);
-        }
-        let http = ProviderHttp::new(
-            Duration::from_secs(config.provider_http.timeout_seconds),
-            config.provider_http.max_response_bytes,
-        )
-        .map_err(StartupError::Config)?;
-        let providers = Arc::new(
-            Providers::build(catalog, &config.providers.clients, http)
-                .await
-                .map_err(|e| StartupError::Config(e.to_string()))?,
-        );
+        let providers = Arc::new(providers_from_config(&config, catalog_from_config(&config)?).await?);
         let policy = ReturnUrlPolicy::new(&config.consent.allowed_return_origins).map_err(StartupError::Config)?;
         let oauth_base = Arc::new(OnceLock::new());
         if let Some(public) = &config.server.public_url {
@@ -440,4 +427,26 @@ pub fn apply_invalidation(broker: &Broker, vault: &Vault, notice: &crate::store:
             vault.forget_all();
         }
     }
+}
+
+/// The catalog start-up uses: the built-in one merged with `providers.catalog_file`.
+pub fn catalog_from_config(config: &Config) -> Result<Catalog, StartupError> {
+    let mut catalog = Catalog::builtin().map_err(|e| StartupError::Config(e.to_string()))?;
+    if let Some(path) = &config.providers.catalog_file {
+        catalog.merge(Catalog::from_file(path).map_err(|e| StartupError::Config(e.to_string()))?);
+    }
+    Ok(catalog)
+}
+
+/// A client for each configured provider of `catalog` (which discovery may
+/// have to find), as start-up builds them. `check-config` runs the same.
+pub async fn providers_from_config(config: &Config, catalog: Catalog) -> Result<Providers, StartupError> {
+    let http = ProviderHttp::new(
+        Duration::from_secs(config.provider_http.timeout_seconds),
+        config.provider_http.max_response_bytes,
+    )
+    .map_err(StartupError::Config)?;
+    Providers::build(catalog, &config.providers.clients, http)
+        .await
+        .map_err(|e| StartupError::Config(e.to_string()))
 }

@@ -281,7 +281,39 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
             if let Some(reason) = unread {
                 eprintln!("note: {reason}; checking the configured key-encryption key alone");
             }
-            crate::app::keyring_from_config(&config, &epochs).await?;
+            // Every check start-up makes, each problem reported (not only the first).
+            let mut problems = Vec::new();
+            if let Err(error) = crate::app::keyring_from_config(&config, &epochs).await {
+                problems.push(error.to_string());
+            }
+            // A broken catalog file is one problem; the providers are still checked against the built-in catalog.
+            let catalog = match crate::app::catalog_from_config(&config) {
+                Ok(catalog) => Some(catalog),
+                Err(error) => {
+                    problems.push(error.to_string());
+                    crate::consent::catalog::Catalog::builtin().ok()
+                }
+            };
+            if let Some(catalog) = catalog {
+                if let Err(error) = crate::app::providers_from_config(&config, catalog).await {
+                    problems.push(error.to_string());
+                }
+            }
+            if let Err(error) = crate::consent::return_url::ReturnUrlPolicy::new(&config.consent.allowed_return_origins)
+            {
+                problems.push(error);
+            }
+            if let Some(identity) = &config.auth.workload_identity {
+                if let Err(error) = crate::auth::WorkloadVerifier::from_config(identity) {
+                    problems.push(error);
+                }
+            }
+            if !problems.is_empty() {
+                return Err(CliError::Other(format!(
+                    "configuration is invalid:\n  - {}",
+                    problems.join("\n  - ")
+                )));
+            }
             if setup == config::Setup::Production && config::key_table_is_shared(&config) {
                 eprintln!("warning: {}", config::SHARED_KEY_TABLE_WARNING);
             }

@@ -17,7 +17,7 @@ pub const ENV_PREFIX: &str = "TOKENVAULT_";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file or an environment variable does not parse or names an unknown key.
-    #[error("configuration: {0}")]
+    #[error("configuration: {}", parse_problems(.0))]
     Parse(Box<figment::Error>),
     /// A file the configuration points to cannot be read.
     #[error("configuration: cannot read {what} `{path}`: {source}")]
@@ -32,6 +32,20 @@ pub enum ConfigError {
     /// Values that parse but cannot work together; every problem is listed.
     #[error("configuration is invalid:\n  - {}", .0.join("\n  - "))]
     Invalid(Vec<String>),
+}
+
+/// Every problem a figment error holds (its `Display` shows only the first),
+/// each naming its key as written (`consent.foo`, not figment's `default.consent.foo`).
+fn parse_problems(error: &figment::Error) -> String {
+    let problems: Vec<String> = error
+        .clone()
+        .into_iter()
+        .map(|problem| problem.to_string().replace("key \"default.", "key \""))
+        .collect();
+    match problems.as_slice() {
+        [one] => one.clone(),
+        many => format!("{} problems:\n  - {}", many.len(), many.join("\n  - ")),
+    }
 }
 
 impl From<figment::Error> for ConfigError {
@@ -554,6 +568,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("brokr"), "{error}");
+    }
+
+    #[test]
+    fn a_parse_problem_names_its_key_as_written() {
+        let f = file("[consent]\nfoo = 1\n");
+        let error = load_from(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(error.contains("for key \"consent.foo\""), "{error}");
+        assert!(!error.contains("default."), "{error}");
     }
 
     #[test]

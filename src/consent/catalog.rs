@@ -57,12 +57,15 @@ const MAX_NAME_LEN: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// The text is not a well-formed catalog (TOML syntax, wrong type,
-    /// unknown field such as `client_secret`).
-    #[error("cannot parse the provider catalog {origin}: {source}")]
+    /// unknown field such as `client_secret`). The message names the line
+    /// but never quotes it: a misplaced secret is not repeated.
+    #[error("cannot parse the provider catalog {origin}{}: {}", .line.map(|l| format!(" (line {l})")).unwrap_or_default(), .source.message())]
     Parse {
         /// Where the text came from: a file path, or the built-in catalog.
         origin: String,
-        /// The TOML error, with line and column.
+        /// The line the problem is on, when known.
+        line: Option<usize>,
+        /// The TOML error.
         source: Box<toml::de::Error>,
     },
     /// A provider entry breaks a rule of the catalog format.
@@ -660,9 +663,14 @@ fn raw_catalog_entry(fields: &toml::Table) -> Result<RawProvider, String> {
         .map_err(|error: toml::de::Error| error.message().to_owned())
 }
 
-fn parse_error(origin: &str, source: toml::de::Error) -> CatalogError {
+fn parse_error(origin: &str, text: &str, source: toml::de::Error) -> CatalogError {
+    let line = source
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map(|before| before.lines().count().max(1) + usize::from(before.ends_with('\n')));
     CatalogError::Parse {
         origin: origin.to_owned(),
+        line,
         source: Box::new(source),
     }
 }
@@ -670,7 +678,7 @@ fn parse_error(origin: &str, source: toml::de::Error) -> CatalogError {
 /// The catalog as written, with presets resolved. Without presets the text
 /// is deserialized directly, so that errors keep their line and column.
 fn raw_catalog(text: &str, origin: &str) -> Result<RawCatalog, CatalogError> {
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_error(origin, e))?;
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_error(origin, text, e))?;
     let mut resolved_any = false;
     if let Some(toml::Value::Table(providers)) = table.get_mut("providers") {
         for (name, entry) in providers.iter_mut() {
@@ -691,9 +699,11 @@ fn raw_catalog(text: &str, origin: &str) -> Result<RawCatalog, CatalogError> {
         }
     }
     if resolved_any {
-        toml::Value::Table(table).try_into().map_err(|e| parse_error(origin, e))
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| parse_error(origin, text, e))
     } else {
-        toml::from_str(text).map_err(|e| parse_error(origin, e))
+        toml::from_str(text).map_err(|e| parse_error(origin, text, e))
     }
 }
 

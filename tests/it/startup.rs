@@ -230,3 +230,53 @@ async fn development_without_a_database_still_starts_on_sqlite() {
     }
     assert!(!log.contains(SHARED_ACCEPTED), "{log}");
 }
+
+/// `check-config` runs the checks start-up runs (the catalog file, the
+/// configured providers) and reports every problem at once; `serve` refuses
+/// the same configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_reports_what_start_up_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        "[providers.acme]\ndisplay_name = \"Acme\"\nclient_secret = \"hunter2\"\n\
+         authorization_url = \"https://id.acme.example/authorize\"\ntoken_url = \"https://id.acme.example/token\"\n\
+         allowed_scopes = [\"read\"]\n[providers.acme.capabilities]\n\"read\" = [\"read\"]\n",
+    )
+    .unwrap();
+    let config = format!(
+        "data_dir = \"{data}\"\n[providers]\ncatalog_file = \"{catalog}\"\n[providers.nosuch]\nclient_id = \"x\"\nclient_secret = \"y\"\n",
+        data = dir.path().join("data").display(),
+        catalog = catalog.display()
+    );
+    let output = tokio::task::spawn_blocking({
+        let (dir, config) = (dir.path().to_owned(), config.clone());
+        move || run(&dir, &config, &["check-config"])
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for expected in ["client_secret", "nosuch"] {
+        assert!(stderr.contains(expected), "`{expected}` missing from: {stderr}");
+    }
+    assert!(!stderr.contains("hunter2"), "the secret is not repeated: {stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("configuration is valid"));
+
+    // Without the two mistakes, the same configuration is valid.
+    std::fs::write(&catalog, "").unwrap();
+    let valid = format!(
+        "data_dir = \"{}\"\n[providers]\ncatalog_file = \"{}\"\n",
+        dir.path().join("data").display(),
+        catalog.display()
+    );
+    let output = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || run(&dir, &valid, &["check-config"])
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("configuration is valid"));
+}

@@ -1021,10 +1021,18 @@ fn client_secrets_are_not_catalog_data() {
         "display_name = \"Acme\"\nclient_secret = \"hunter2\"",
     );
     match Catalog::from_toml_str(&text) {
-        Err(CatalogError::Parse { origin, source }) => {
+        Err(error @ CatalogError::Parse { .. }) => {
+            let CatalogError::Parse { origin, line, .. } = &error else {
+                unreachable!()
+            };
             assert_eq!(origin, "(text)");
-            let message = source.to_string();
+            assert!(line.is_some(), "the line is named");
+            let message = error.to_string();
             assert!(message.contains("unknown field `client_secret`"), "{message}");
+            assert!(
+                !message.contains("hunter2"),
+                "the misplaced secret is not quoted: {message}"
+            );
         }
         other => panic!("expected a parse error, got {other:?}"),
     }
