@@ -50,6 +50,17 @@ pub fn prepare_development_defaults(config: &mut Config, with_api_keys: bool) ->
         return Ok(setup);
     }
     create_private_dir(&config.data_dir)?;
+    // The browser may come back to a page on this machine, any port, unless origins are configured.
+    if config.consent.allowed_return_origins.is_empty() {
+        config.consent.allowed_return_origins = crate::consent::return_url::DEVELOPMENT_ORIGINS
+            .iter()
+            .map(|origin| (*origin).to_owned())
+            .collect();
+        setup.notes.push(format!(
+            "return URLs: {} (consent.allowed_return_origins)",
+            crate::consent::return_url::DEVELOPMENT_ORIGINS.join(", ")
+        ));
+    }
     if config.database_url.is_none() {
         let path = config.data_dir.join("tokenvault.db");
         config.database_url = Some(SecretString::from(format!("sqlite://{}", path.display())));
@@ -167,6 +178,11 @@ mod tests {
         let setup = prepare_development_defaults(&mut config, true).unwrap();
         assert!(setup.is_active());
         assert_eq!(config.auth.api_keys.len(), 3);
+        assert_eq!(
+            config.consent.allowed_return_origins,
+            ["http://localhost:*", "http://127.0.0.1:*"],
+            "the browser may come back to this machine"
+        );
         assert!(config
             .database_url
             .as_ref()

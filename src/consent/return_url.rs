@@ -3,16 +3,39 @@
 
 use url::Url;
 
-/// An allowed origin: scheme, host and port.
+/// An allowed origin: scheme, host and port (any port for a loopback `:*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     scheme: String,
     host: String,
     port: Option<u16>,
+    any_port: bool,
 }
 
-/// Parses a configured origin such as `https://app.example.com` or `http://localhost:3000`.
+impl Origin {
+    /// Whether `candidate` (a return URL's origin) is this allowed origin.
+    fn admits(&self, candidate: &Origin) -> bool {
+        self.scheme == candidate.scheme && self.host == candidate.host && (self.any_port || self.port == candidate.port)
+    }
+}
+
+/// Hosts whose origins may allow any port (`http://localhost:*`): only this machine.
+const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// The return origins of the development defaults: this machine, any port.
+pub const DEVELOPMENT_ORIGINS: [&str; 2] = ["http://localhost:*", "http://127.0.0.1:*"];
+
+/// Parses a configured origin such as `https://app.example.com`,
+/// `http://localhost:3000`, or `http://localhost:*` (a loopback host, any port).
 pub fn parse_origin(text: &str) -> Result<Origin, &'static str> {
+    if let Some(base) = text.strip_suffix(":*") {
+        let mut origin = parse_origin(base)?;
+        if !LOOPBACK_HOSTS.contains(&origin.host.as_str()) {
+            return Err("may allow any port (`:*`) only on localhost, 127.0.0.1 or [::1]");
+        }
+        origin.any_port = true;
+        return Ok(origin);
+    }
     let url = Url::parse(text).map_err(|_| "is not a URL")?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err("must be http:// or https://");
@@ -28,6 +51,7 @@ pub fn parse_origin(text: &str) -> Result<Origin, &'static str> {
         scheme: url.scheme().to_owned(),
         host,
         port: url.port_or_known_default(),
+        any_port: false,
     })
 }
 
@@ -63,8 +87,9 @@ impl ReturnUrlPolicy {
             scheme: url.scheme().to_owned(),
             host: url.host_str().unwrap_or_default().to_ascii_lowercase(),
             port: url.port_or_known_default(),
+            any_port: false,
         };
-        if self.origins.contains(&candidate) {
+        if self.origins.iter().any(|origin| origin.admits(&candidate)) {
             Ok(url)
         } else {
             // The port is part of the origin: name it whenever the URL gave one.
@@ -90,6 +115,26 @@ mod tests {
         assert!(parse_origin("ftp://x").is_err());
         assert!(parse_origin("https://u:p@x.com").is_err());
         assert!(parse_origin("nonsense").is_err());
+    }
+
+    #[test]
+    fn loopback_origins_may_allow_any_port() {
+        let policy = ReturnUrlPolicy::new(&DEVELOPMENT_ORIGINS.map(str::to_owned)).unwrap();
+        assert!(policy.check("http://localhost:3000/connected").is_ok());
+        assert!(policy.check("http://127.0.0.1:8123/x").is_ok());
+        assert!(policy.check("http://localhost/").is_ok());
+        for bad in [
+            "https://localhost:3000/",
+            "http://localhost.evil.com:3000/",
+            "http://10.0.0.1:3000/",
+        ] {
+            assert!(policy.check(bad).is_err(), "{bad} must be refused");
+        }
+        assert!(
+            parse_origin("https://app.example.com:*").is_err(),
+            "any port only on loopback"
+        );
+        assert!(parse_origin("http://[::1]:*").is_ok());
     }
 
     #[test]
