@@ -559,26 +559,17 @@ impl Broker {
             }
         }
         let reason = "the refresh lost to a revocation, deletion or re-consent";
-        let queued = match self.handover.entry(connection, token, kind, Purpose::Orphan, now).await {
-            Ok(entry) => {
-                let trail = Trail::from(
-                    event("queued", reason)
-                        .detail("revocation_outbox_id", entry.id.to_string())
-                        .build(),
-                );
-                match self.store.queue_revocation(&entry, &trail).await {
-                    Ok(()) => {
-                        self.handover.attempt_soon(entry.id);
-                        Ok(())
-                    }
-                    Err(error) => {
-                        self.handover.discard(&entry).await;
-                        Err(error.to_string())
-                    }
-                }
-            }
-            Err(error) => Err(error.to_string()),
+        let trail = |entry: &crate::store::OutboxEntry| {
+            Trail::from(
+                event("queued", reason)
+                    .detail("revocation_outbox_id", entry.id.to_string())
+                    .build(),
+            )
         };
+        let queued = self
+            .handover
+            .queue(&*self.store, (connection, token, kind), Purpose::Orphan, trail, now)
+            .await;
         let Err(error) = queued else { return };
         tracing::warn!(connection_id = %connection.id, %error,
             "could not queue the credentials of a refresh that lost for revocation; revoking them at once, best effort");

@@ -1009,30 +1009,17 @@ impl ConsentFlow {
                 .detail("provider", consent.provider.clone())
                 .detail("reason", "the grant is for another account than the connection's")
         };
-        let queued = match self
-            .handover
-            .entry(&connection, token, kind, Purpose::Orphan, now)
-            .await
-        {
-            Ok(entry) => {
-                let trail = Trail::from(
-                    event("queued")
-                        .detail("revocation_outbox_id", entry.id.to_string())
-                        .build(),
-                );
-                match self.store.queue_revocation(&entry, &trail).await {
-                    Ok(()) => {
-                        self.handover.attempt_soon(entry.id);
-                        Ok(())
-                    }
-                    Err(error) => {
-                        self.handover.discard(&entry).await;
-                        Err(error.to_string())
-                    }
-                }
-            }
-            Err(error) => Err(error.to_string()),
+        let trail = |entry: &crate::store::OutboxEntry| {
+            Trail::from(
+                event("queued")
+                    .detail("revocation_outbox_id", entry.id.to_string())
+                    .build(),
+            )
         };
+        let queued = self
+            .handover
+            .queue(&*self.store, (&connection, token, kind), Purpose::Orphan, trail, now)
+            .await;
         if let Err(error) = queued {
             tracing::warn!(consent_id = %consent.id, %error, "could not queue a refused grant for revocation at the provider");
         }

@@ -123,6 +123,35 @@ impl Handover {
         ))
     }
 
+    /// Seals `token` into an entry of its own and stores it on its own, with
+    /// `trail(entry)` in the same transaction, then asks the worker to attempt
+    /// it soon (a credential no connection keeps: a lost refresh's, a refused
+    /// grant's). On failure the entry's key is destroyed and the error returned in words.
+    pub async fn queue(
+        &self,
+        store: &dyn crate::store::Store,
+        credential: (&Connection, &SecretString, CredentialKind),
+        purpose: Purpose,
+        trail: impl FnOnce(&OutboxEntry) -> crate::store::Trail,
+        now: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let (connection, token, kind) = credential;
+        let entry = self
+            .entry(connection, token, kind, purpose, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        match store.queue_revocation(&entry, &trail(&entry)).await {
+            Ok(()) => {
+                self.attempt_soon(entry.id);
+                Ok(())
+            }
+            Err(error) => {
+                self.discard(&entry).await;
+                Err(error.to_string())
+            }
+        }
+    }
+
     /// Destroys the key of an entry that was never stored (its transaction failed).
     pub async fn discard(&self, entry: &OutboxEntry) {
         if let Err(error) = self.vault.destroy_data_keys(&[entry.dek_id]).await {
