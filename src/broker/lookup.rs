@@ -179,6 +179,7 @@ impl Broker {
         now: DateTime<Utc>,
     ) {
         self.metrics.issuance(outcome);
+        tracing::debug!(connection_id = %id, outcome, scopes = key, "token: issued");
         self.usage.record(
             Issuance {
                 actor: who.actor,

@@ -516,6 +516,8 @@ impl ConsentFlow {
             .into();
         self.store.insert_consent(&record, &trail).await?;
         self.metrics.consent("started");
+        tracing::debug!(%consent_id, provider = %record.provider, asked = plan.ask.len(), incremental = plan.incremental,
+            target = ?request.connection_id, "consent: started");
         Ok(Started {
             consent_id,
             authorization_url,
@@ -588,6 +590,7 @@ impl ConsentFlow {
         if let Some(hint) = &consent.account_hint {
             provider_url.query_pairs_mut().append_pair("login_hint", hint);
         }
+        tracing::debug!(consent_id = %consent.id, "consent: start link opened; the browser is bound");
         Ok(Bound {
             consent_id: consent.id,
             provider_url,
@@ -757,6 +760,8 @@ impl ConsentFlow {
                 .await?;
         }
         self.metrics.consent(outcome.as_str());
+        tracing::debug!(consent_id = %consent.id, provider = %consent.provider, outcome = outcome.as_str(),
+            connection_id = ?connection_id, "consent: callback completed");
         let redirect_url = consent
             .return_url
             .as_deref()
@@ -924,6 +929,7 @@ impl ConsentFlow {
         };
         self.destroy_consent_key(&consent).await;
         self.metrics.consent(Outcome::Connected.as_str());
+        tracing::debug!(%consent_id, %connection_id, "consent: confirmed");
         Ok(Completion {
             consent_id,
             connection_id: Some(connection_id),

@@ -304,7 +304,10 @@ impl OutboxWorker {
             )
             .await;
         match recorded {
-            Ok(true) => {}
+            Ok(true) => {
+                tracing::debug!(entry = %entry.id, connection_id = %entry.connection_id, attempts, finished = ?finished,
+                    kind = ?verdict.kind, "outbox: attempt recorded");
+            }
             Ok(false) => {
                 tracing::info!(entry = %entry.id, "outbox: the claim ran out before the attempt was recorded; another worker has the entry");
                 self.metrics.revocation(AttemptOutcome::LostClaim.label());

@@ -239,7 +239,9 @@ impl Sweeper {
         let Some(lead) = self.store.try_lead().await? else {
             return Ok(None);
         };
+        tracing::debug!(dry_run, "retention: pass starting (this replica leads)");
         let report = self.pass(now.unwrap_or_else(|| self.clock.now()), dry_run).await;
+        tracing::debug!(complete = report.is_complete(), "retention: pass done");
         lead.release().await;
         Ok(Some(report))
     }

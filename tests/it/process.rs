@@ -283,6 +283,17 @@ async fn no_secret_reaches_the_logs() {
     assert!(!fake.stats().revocations.is_empty());
     let logs = server.stop();
     assert!(logs.contains("tokenvault is listening"), "the log was captured");
+    // At debug, tokenvault says what it did, step by step, with ids and outcomes.
+    for step in [
+        "consent: started",
+        "consent: start link opened",
+        "consent: callback completed",
+        "consent: confirmed",
+        "token: issued",
+        "outbox: attempt recorded",
+    ] {
+        assert!(logs.contains(step), "no `{step}` line at debug");
+    }
     let revoked = fake.stats().revocations[0].token.clone();
     for secret in [
         first.access_token.as_str(),
