@@ -280,3 +280,61 @@ async fn check_config_reports_what_start_up_would_refuse() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("configuration is valid"));
 }
+
+/// `api-key create` prints entries that work where they are pasted: the
+/// `[[auth.api_keys]]` one in the main configuration, the `[[api_keys]]`
+/// one in an `auth.api_keys_file`; both hold the hash of the printed key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_create_prints_entries_that_work_where_pasted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let created = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || {
+            run(
+                &dir,
+                "",
+                &[
+                    "api-key", "create", "--name", "ci-agent", "--role", "agent", "--tenant", "acme",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let key = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    let entries = String::from_utf8_lossy(&created.stderr).into_owned();
+    assert!(
+        entries.contains(&format!("sha256 = \"{}\"", tokenvault::auth::hash_api_key(&key))),
+        "{entries}"
+    );
+    let (file_entry, main_entry) = entries
+        .split_once("# Or in the main configuration file:\n")
+        .expect("two entries");
+    let file_entry = &file_entry[file_entry.find("[[api_keys]]").expect("the keys-file entry")..];
+    assert!(main_entry.starts_with("[[auth.api_keys]]"), "{main_entry}");
+
+    let keys_file = dir.path().join("api-keys.toml");
+    std::fs::write(&keys_file, file_entry).unwrap();
+    for config in [
+        format!("data_dir = \"{}\"\n{main_entry}\n", data.display()),
+        format!(
+            "data_dir = \"{}\"\n[auth]\napi_keys_file = \"{}\"\n",
+            data.display(),
+            keys_file.display()
+        ),
+    ] {
+        let checked = tokio::task::spawn_blocking({
+            let (dir, config) = (dir.path().to_owned(), config.clone());
+            move || run(&dir, &config, &["check-config"])
+        })
+        .await
+        .unwrap();
+        assert!(
+            checked.status.success(),
+            "{config}: {}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+}
