@@ -12,6 +12,5 @@ ALTER TABLE consent_requests ADD COLUMN pending_grant BYTEA;
 ALTER TABLE consent_requests ADD COLUMN account_subject TEXT;
 ALTER TABLE consent_requests ADD COLUMN account_display TEXT;
 ALTER TABLE consent_requests ADD COLUMN target_connection_id TEXT;
-ALTER TABLE consent_requests ADD COLUMN plan_connection_id TEXT;
 ALTER TABLE consent_requests ADD COLUMN account_hint TEXT;
 CREATE UNIQUE INDEX consent_requests_start_hash ON consent_requests (start_hash);

@@ -224,11 +224,7 @@ async fn callback(
         },
     };
     if let Some(base) = app.oauth_base.get() {
-        let removal = BindingCookie::removal(
-            &BindingCookie::name_for(completion.consent_id),
-            &crate::consent::binding::cookie_path(base),
-            base.scheme() == "https",
-        );
+        let removal = BindingCookie::removal(completion.consent_id, base);
         if let Ok(removal) = HeaderValue::from_str(&removal) {
             response.headers_mut().insert(header::SET_COOKIE, removal);
         }

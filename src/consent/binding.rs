@@ -76,29 +76,47 @@ impl std::fmt::Debug for BindingCookie {
 }
 
 impl BindingCookie {
+    /// The cookie binding `consent_id` to a browser with `value` for
+    /// `max_age_seconds`: sent only to the callbacks under tokenvault's public
+    /// OAuth base ([`cookie_path`]), and only over TLS when that base is https.
+    pub fn new(consent_id: Uuid, value: SecretString, max_age_seconds: i64, oauth_base: &url::Url) -> Self {
+        Self {
+            name: Self::name_for(consent_id),
+            value,
+            max_age_seconds,
+            secure: oauth_base.scheme() == "https",
+            path: cookie_path(oauth_base),
+        }
+    }
+
     /// The binding cookie's name for `consent_id`.
     pub fn name_for(consent_id: Uuid) -> String {
         format!("tokenvault_consent_{}", consent_id.simple())
+    }
+
+    /// The attributes after `name=value`, with `Max-Age={max_age}`.
+    fn attributes(&self, max_age: i64) -> String {
+        let secure = if self.secure { "; Secure" } else { "" };
+        format!("Max-Age={max_age}; Path={}; HttpOnly; SameSite=Lax{secure}", self.path)
     }
 
     /// The `Set-Cookie` header value: `HttpOnly`, `SameSite=Lax` (the
     /// provider's redirect is a top-level navigation), `Secure` over TLS,
     /// sent only to the callback path.
     pub fn header_value(&self) -> SecretString {
-        let secure = if self.secure { "; Secure" } else { "" };
         SecretString::from(format!(
-            "{}={}; Max-Age={}; Path={}; HttpOnly; SameSite=Lax{secure}",
+            "{}={}; {}",
             self.name,
             self.value.expose_secret(),
-            self.max_age_seconds.max(1),
-            self.path,
+            self.attributes(self.max_age_seconds.max(1))
         ))
     }
 
-    /// The `Set-Cookie` value that removes the cookie once the callback used it.
-    pub fn removal(name: &str, path: &str, secure: bool) -> String {
-        let secure = if secure { "; Secure" } else { "" };
-        format!("{name}=; Max-Age=0; Path={path}; HttpOnly; SameSite=Lax{secure}")
+    /// The `Set-Cookie` value that removes `consent_id`'s cookie (same name,
+    /// path and `Secure`) once the callback used it.
+    pub fn removal(consent_id: Uuid, oauth_base: &url::Url) -> String {
+        let cookie = Self::new(consent_id, SecretString::from(String::new()), 0, oauth_base);
+        format!("{}=; {}", cookie.name, cookie.attributes(0))
     }
 }
 
@@ -134,34 +152,30 @@ mod tests {
     #[test]
     fn the_cookie_is_http_only_lax_and_scoped_to_the_callback() {
         let id = Uuid::nil();
-        let cookie = BindingCookie {
-            name: BindingCookie::name_for(id),
-            value: SecretString::from("v".to_owned()),
-            max_age_seconds: 600,
-            secure: true,
-            path: cookie_path(&url::Url::parse("https://tv.example.com/oauth/").unwrap()),
-        };
+        let tls = url::Url::parse("https://tv.example.com/oauth/").unwrap();
+        let cookie = BindingCookie::new(id, SecretString::from("v".to_owned()), 600, &tls);
         let header = cookie.header_value();
         assert_eq!(
             header.expose_secret(),
             "tokenvault_consent_00000000000000000000000000000000=v; Max-Age=600; Path=/oauth/callback; HttpOnly; SameSite=Lax; Secure"
         );
         assert!(!format!("{cookie:?}").contains("=v"));
-        let plain = BindingCookie {
-            secure: false,
-            ..cookie
-        };
+        let plain = url::Url::parse("http://127.0.0.1:8080/oauth/").unwrap();
+        let plain = BindingCookie::new(id, SecretString::from("v".to_owned()), 600, &plain);
         assert!(!plain.header_value().expose_secret().contains("Secure"));
     }
 
     #[test]
     fn the_cookie_path_follows_a_public_url_prefix() {
-        let base = url::Url::parse("https://example.com/tokenvault/oauth/").unwrap();
+        let base = url::Url::parse("http://example.com/tokenvault/oauth/").unwrap();
         assert_eq!(cookie_path(&base), "/tokenvault/oauth/callback");
         assert_eq!(
-            BindingCookie::removal("n", &cookie_path(&base), false),
-            "n=; Max-Age=0; Path=/tokenvault/oauth/callback; HttpOnly; SameSite=Lax"
+            BindingCookie::removal(Uuid::nil(), &base),
+            "tokenvault_consent_00000000000000000000000000000000=; Max-Age=0; Path=/tokenvault/oauth/callback; HttpOnly; SameSite=Lax"
         );
+        let tls = url::Url::parse("https://example.com/oauth/").unwrap();
+        assert!(BindingCookie::removal(Uuid::nil(), &tls)
+            .ends_with("; Path=/oauth/callback; HttpOnly; SameSite=Lax; Secure"));
     }
 
     #[test]

@@ -403,11 +403,6 @@ impl ConsentFlow {
             .map_err(|e| ConsentError::Invalid(format!("callback URL: {e}")))
     }
 
-    /// Whether the grants of `tenant_id` wait for the platform's confirmation.
-    pub fn confirmation_required(&self, tenant_id: &str) -> bool {
-        self.confirmation.required_for(tenant_id)
-    }
-
     /// Starts consent: works out the fewest scopes, stores the request, returns the authorization URL.
     pub async fn start(
         &self,
@@ -476,7 +471,6 @@ impl ConsentFlow {
             account_subject: None,
             account_display: None,
             target_connection_id: request.connection_id,
-            plan_connection_id: base.as_ref().map(|c| c.id),
             account_hint: request.account_hint.clone(),
             tenant_id: request.tenant_id.clone(),
             user_id: request.user_id.clone(),
@@ -594,13 +588,12 @@ impl ConsentFlow {
         Ok(Bound {
             consent_id: consent.id,
             provider_url,
-            cookie: BindingCookie {
-                name: BindingCookie::name_for(consent.id),
-                value: cookie_value,
-                max_age_seconds: (consent.expires_at - now).num_seconds(),
-                secure: redirect_uri.scheme() == "https",
-                path: binding::cookie_path(self.oauth_base()?),
-            },
+            cookie: BindingCookie::new(
+                consent.id,
+                cookie_value,
+                (consent.expires_at - now).num_seconds(),
+                self.oauth_base()?,
+            ),
         })
     }
 

@@ -96,7 +96,7 @@ impl ConsentStore for SqlStore {
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO consent_requests ({CONSENT_COLUMNS}) VALUES ({})",
-            placeholders(1, 29)
+            placeholders(1, 28)
         ))
         .bind(consent.id.to_string())
         .bind(consent.state_hash.clone())
@@ -125,7 +125,6 @@ impl ConsentStore for SqlStore {
         .bind(consent.account_subject.clone())
         .bind(consent.account_display.clone())
         .bind(consent.target_connection_id.map(|c| c.to_string()))
-        .bind(consent.plan_connection_id.map(|c| c.to_string()))
         .bind(consent.account_hint.clone())
         .run(&mut *tx)
         .await?;

@@ -322,9 +322,6 @@ pub struct ConsentRecord {
     pub account_display: Option<String>,
     /// The connection this consent re-consents (`StartConsent.connection_id`).
     pub target_connection_id: Option<Uuid>,
-    /// The connection whose granted scopes the scope plan extends (the
-    /// target, or the user's one connection of the provider), if any.
-    pub plan_connection_id: Option<Uuid>,
     /// The account the platform suggested (`login_hint` or the provider's equivalent).
     pub account_hint: Option<String>,
     /// Owning tenant.

@@ -788,7 +788,6 @@ async fn consents(backend: Backend) {
         account_subject: None,
         account_display: None,
         target_connection_id: None,
-        plan_connection_id: None,
         account_hint: None,
         tenant_id: "acme".into(),
         user_id: "u1".into(),

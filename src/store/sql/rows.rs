@@ -206,7 +206,7 @@ impl<A: FromAnyRow, B: FromAnyRow> FromAnyRow for (A, B) {
 pub(in crate::store) const CONSENT_COLUMNS: &str = "id, state_hash, tenant_id, user_id, provider, capabilities, \
      requested_scopes, asked_scopes, incremental, return_url, redirect_uri, dek_id, pkce_verifier, state, \
      connection_id, error, created_at, expires_at, completed_at, actor, start_hash, binding_hash, completion_hash, \
-     pending_grant, account_subject, account_display, target_connection_id, plan_connection_id, account_hint";
+     pending_grant, account_subject, account_display, target_connection_id, account_hint";
 
 impl FromAnyRow for ConsentRecord {
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
@@ -222,7 +222,7 @@ impl FromAnyRow for ConsentRecord {
             state: ConsentState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown consent state `{state}`")))?,
             connection_id, error, created_at, expires_at, completed_at, actor, start_hash, binding_hash,
-            completion_hash, pending_grant, account_subject, account_display, target_connection_id, plan_connection_id,
+            completion_hash, pending_grant, account_subject, account_display, target_connection_id,
             account_hint,
         }))
     }
