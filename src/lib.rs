@@ -18,6 +18,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod consent;
+pub mod events;
 pub mod keyed_limiter;
 pub mod lifecycle;
 pub mod store;

@@ -22,6 +22,7 @@ use super::secrets::{seal_access, seal_refresh};
 use super::{Broker, BrokerError, CachedToken, ConsentRequired, IssuedToken, Owner, Requester, TokenRequest};
 use crate::audit::EventBuilder;
 use crate::consent::catalog::RefreshRotation;
+use crate::events::{Event, EventType};
 use crate::lifecycle::{CredentialKind, Purpose};
 use crate::provider::{ProviderClient, ProviderError, TokenSet};
 use crate::store::{
@@ -403,6 +404,13 @@ impl Broker {
                 .detail("provider", connection.provider.clone())
                 .detail("reason", reason.clone())
                 .build(),
+        );
+        let mut needs_reauth = connection.clone();
+        needs_reauth.stored_status = ConnectionStatus::NeedsReauth;
+        let trail = trail.with_event(
+            Event::of_connection(EventType::ConnectionNeedsReauth, &needs_reauth, now)
+                .scopes(&connection.granted_scopes)
+                .reason(&reason),
         );
         match self
             .store

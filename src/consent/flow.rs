@@ -22,6 +22,7 @@ use crate::broker::TokenCache;
 use crate::clock::SharedClock;
 use crate::config::{ConsentConfig, OtherAccount};
 use crate::consent::catalog::{AccountIdentity, CatalogError, ProviderSpec};
+use crate::events::{Event, EventType};
 use crate::lifecycle::{CredentialKind, Handover, Purpose};
 use crate::provider::{new_pkce, ProviderError, Providers, TokenSet};
 use crate::store::{
@@ -600,8 +601,10 @@ impl ConsentFlow {
     /// Reads a consent request within the caller's tenants.
     pub async fn get(&self, scope: &TenantScope, id: Uuid) -> Result<(ConsentRecord, bool), ConsentError> {
         let record = self.store.consent(scope, id).await?.ok_or(ConsentError::NotFound(id))?;
-        let expired = matches!(record.state, ConsentState::Pending | ConsentState::Approved)
-            && record.expires_at <= self.clock.now();
+        // Still waiting past its window, or ended by the sweeper for that (error `expired`).
+        let expired = (matches!(record.state, ConsentState::Pending | ConsentState::Approved)
+            && record.expires_at <= self.clock.now())
+            || (record.state == ConsentState::Failed && record.error.as_deref() == Some(EXPIRED_ERROR));
         Ok((record, expired))
     }
 
@@ -740,7 +743,9 @@ impl ConsentFlow {
             Err((outcome, reason)) => (outcome, None, None, ScopeSet::new(), Some(reason)),
         };
         if matches!(outcome, Outcome::Denied | Outcome::Failed) {
-            let trail = ending(outcome, None, &granted, error.as_deref()).event().into();
+            let trail = Trail::from(ending(outcome, None, &granted, error.as_deref()).event()).with_event(
+                consent_failed_event(&consent, outcome, error.as_deref(), self.clock.now()),
+            );
             self.store
                 .finish_consent(
                     consent.id,
@@ -946,7 +951,8 @@ impl ConsentFlow {
         let now = self.clock.now();
         let ending =
             Ending::maker(consent, actor, request_id, now)(Outcome::Failed, None, &ScopeSet::new(), Some(reason));
-        let trail = ending.event().into();
+        let trail =
+            Trail::from(ending.event()).with_event(consent_failed_event(consent, Outcome::Failed, Some(reason), now));
         self.store
             .finish_consent(consent.id, ConsentState::Failed, None, Some(reason), now, &trail)
             .await?;
@@ -1199,10 +1205,11 @@ impl ConsentFlow {
                 account_subject: account.as_ref().map(|a| a.subject.clone()),
                 account_display: account.as_ref().and_then(|a| a.display.clone()),
             };
-            let stored = self
-                .store
-                .store_consent_grant(&grant, &trail(connection.id, &replacement), now)
-                .await;
+            let events = grant_events(consent, &connection, &granted, account.as_ref(), now);
+            let trail = events
+                .into_iter()
+                .fold(trail(connection.id, &replacement), Trail::with_event);
+            let stored = self.store.store_consent_grant(&grant, &trail, now).await;
             if !matches!(stored, Ok(true)) {
                 // The entry was not stored: its key has nothing to keep.
                 if let Some(entry) = replacement.entry() {
@@ -1487,6 +1494,75 @@ impl<'a> Ending<'a> {
             }
         }
         event.build()
+    }
+}
+
+/// The `error` of a consent request the sweeper ended because it expired while waiting.
+pub const EXPIRED_ERROR: &str = "expired";
+
+/// The events of a grant stored on `before` (the connection as read, at
+/// the version the grant is fenced on): `connection.created` for a
+/// connection that held no grant (new, or revoked), `connection.recovered`
+/// for one that needed re-consent, `connection.updated` when the scopes or
+/// the account changed; then `consent.completed`.
+fn grant_events(
+    consent: &ConsentRecord,
+    before: &Connection,
+    granted: &ScopeSet,
+    account: Option<&AccountIdentity>,
+    now: DateTime<Utc>,
+) -> Vec<Event> {
+    let subject = account.map(|a| a.subject.as_str());
+    let mut after = before.clone();
+    after.stored_status = ConnectionStatus::Active;
+    after.granted_scopes = granted.clone();
+    if let Some(account) = account {
+        after.account_subject = Some(account.subject.clone());
+        after.account_display = account.display.clone().or(after.account_display);
+    }
+    let never_granted = before.token_version == 0 || before.stored_status == ConnectionStatus::Revoked;
+    let changed = crate::events::grant_changes(before, granted, subject);
+    let kind = if never_granted {
+        Some(EventType::ConnectionCreated)
+    } else if before.stored_status == ConnectionStatus::NeedsReauth {
+        Some(EventType::ConnectionRecovered)
+    } else if !changed.is_empty() {
+        Some(EventType::ConnectionUpdated)
+    } else {
+        None
+    };
+    let mut events: Vec<Event> = kind
+        .map(|kind| {
+            Event::of_connection(kind, &after, now).scopes(granted).with(|d| {
+                d.consent_id = Some(consent.id);
+                if kind == EventType::ConnectionUpdated {
+                    d.changed = changed;
+                }
+            })
+        })
+        .into_iter()
+        .collect();
+    events.push(
+        Event::of_connection(EventType::ConsentCompleted, &after, now)
+            .scopes(granted)
+            .with(|d| d.consent_id = Some(consent.id)),
+    );
+    events
+}
+
+/// `consent.denied` or `consent.failed` for a consent that ended without a grant.
+fn consent_failed_event(consent: &ConsentRecord, outcome: Outcome, reason: Option<&str>, now: DateTime<Utc>) -> Event {
+    let kind = match outcome {
+        Outcome::Denied => EventType::ConsentDenied,
+        _ => EventType::ConsentFailed,
+    };
+    let event = Event::new(kind, &consent.tenant_id, &consent.user_id, now).with(|d| {
+        d.provider = Some(consent.provider.clone());
+        d.consent_id = Some(consent.id);
+    });
+    match reason {
+        Some(reason) => event.reason(reason),
+        None => event,
     }
 }
 

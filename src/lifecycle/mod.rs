@@ -23,6 +23,7 @@ use crate::audit::{AuditLog, EventBuilder};
 use crate::broker::Broker;
 use crate::clock::SharedClock;
 use crate::config::LifecycleConfig;
+use crate::events::{Event, EventType};
 use crate::store::{
     Connection, ConnectionFilter, RestoreOutcome, RevocationPlan, RevocationState, RevokeResult, Store, StoreError,
     TenantScope, Trail, User,
@@ -178,7 +179,7 @@ impl Lifecycle {
         let now = self.clock.now();
         let trail = |result: &RevokeResult| -> Trail {
             let connection = &result.connection;
-            EventBuilder::new("connection.revoked", "success", actor.name, now)
+            let event = EventBuilder::new("connection.revoked", "success", actor.name, now)
                 .user(&connection.tenant_id, &connection.user_id)
                 .connection(id)
                 .request_id(actor.request_id)
@@ -192,8 +193,25 @@ impl Lifecycle {
                         (None, _) => "nothing_to_revoke",
                     },
                 )
-                .build()
-                .into()
+                .build();
+            let revocation = connection.provider_revocation.as_ref();
+            let revoked = Event::of_connection(EventType::ConnectionRevoked, connection, now)
+                .actor(actor.name)
+                .reason(reason)
+                .with(|d| d.provider_revocation = revocation.map(|p| p.state.as_str().to_owned()));
+            let trail = Trail::from(event).with_event(revoked);
+            match revocation {
+                // Settled at once (unsupported, or nothing held): its outcome is known now.
+                Some(p) if p.state != RevocationState::Pending => trail.with_event(Event::provider_revocation(
+                    &connection.tenant_id,
+                    &connection.user_id,
+                    id,
+                    &connection.provider,
+                    p,
+                    now,
+                )),
+                _ => trail,
+            }
         };
         let result = self
             .store
@@ -285,8 +303,11 @@ impl Lifecycle {
             .user(tenant_id, user_id)
             .request_id(actor.request_id)
             .detail("purge_at", purge_at.to_rfc3339())
-            .build()
-            .into();
+            .build();
+        let deleted = Event::new(EventType::UserDeleted, tenant_id, user_id, now)
+            .actor(actor.name)
+            .with(|d| d.purge_at = Some(purge_at));
+        let trail = Trail::from(trail).with_event(deleted);
         let user = self
             .store
             .delete_user(tenant_id, user_id, now, purge_at, &trail)
@@ -305,11 +326,13 @@ impl Lifecycle {
     ) -> Result<Vec<Connection>, LifecycleError> {
         actor.require_tenant(tenant_id)?;
         let now = self.clock.now();
-        let trail = EventBuilder::new("user.restored", "success", actor.name, now)
-            .user(tenant_id, user_id)
-            .request_id(actor.request_id)
-            .build()
-            .into();
+        let trail = Trail::from(
+            EventBuilder::new("user.restored", "success", actor.name, now)
+                .user(tenant_id, user_id)
+                .request_id(actor.request_id)
+                .build(),
+        )
+        .with_event(Event::new(EventType::UserRestored, tenant_id, user_id, now).actor(actor.name));
         match self.store.restore_user(tenant_id, user_id, now, &trail).await? {
             RestoreOutcome::Restored => {}
             RestoreOutcome::NotFound => return Err(no_such_user(tenant_id, user_id)),
@@ -355,11 +378,14 @@ impl Lifecycle {
             self.revoke_connection(&actor, connection.id, "user deleted: purge_at reached")
                 .await?;
         }
-        let trail = EventBuilder::new("user.purged", "success", actor.name, self.clock.now())
-            .user(&user.tenant_id, &user.user_id)
-            .detail("connections", connections.len())
-            .build()
-            .into();
+        let now = self.clock.now();
+        let trail = Trail::from(
+            EventBuilder::new("user.purged", "success", actor.name, now)
+                .user(&user.tenant_id, &user.user_id)
+                .detail("connections", connections.len())
+                .build(),
+        )
+        .with_event(Event::new(EventType::UserPurged, &user.tenant_id, &user.user_id, now).actor(actor.name));
         self.store
             .purge_user_rows(&user.tenant_id, &user.user_id, &trail)
             .await?;

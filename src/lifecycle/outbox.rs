@@ -19,6 +19,7 @@
 
 use crate::audit::EventBuilder;
 use crate::clock::SharedClock;
+use crate::events::Event;
 use crate::provider::{ProviderClient, ProviderError, Providers, Revoked};
 use crate::store::{OutboxEntry, OutboxOutcome, ProviderRevocation, RevocationState, Sealed, Store, StoreError, Trail};
 use crate::telemetry::Metrics;
@@ -286,6 +287,18 @@ impl OutboxWorker {
         if let Some(kind) = verdict.kind {
             event = event.detail("error_kind", kind);
         }
+        let mut trail = Trail::from(event.build());
+        // The connection's revocation reached its outcome: the platform hears of it.
+        if let (Some(report), Some(_)) = (&report, finished) {
+            trail = trail.with_event(Event::provider_revocation(
+                &entry.tenant_id,
+                &entry.user_id,
+                entry.connection_id,
+                &entry.provider,
+                report,
+                now,
+            ));
+        }
         let recorded = self
             .store
             .record_outbox_attempt(
@@ -300,7 +313,7 @@ impl OutboxWorker {
                     report: report.as_ref(),
                     now,
                 },
-                &Trail::from(event.build()),
+                &trail,
             )
             .await;
         match recorded {

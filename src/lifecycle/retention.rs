@@ -9,9 +9,11 @@
 //! of the pass goes on. The store deletes in bounded batches.
 
 use super::{Lifecycle, LifecycleError, OutboxWorker};
+use crate::audit::EventBuilder;
 use crate::clock::SharedClock;
 use crate::config::LifecycleConfig;
-use crate::store::{KeyStore, Store, User};
+use crate::events::{Event, EventType};
+use crate::store::{ConsentRecord, KeyStore, Store, Trail, User};
 use crate::telemetry::Metrics;
 use crate::vault::Vault;
 use chrono::{DateTime, Utc};
@@ -28,6 +30,8 @@ pub enum RetentionCategory {
     ProviderRevocations,
     /// Audit events past the retention.
     AuditEvents,
+    /// Consent requests still waiting when they expired (`consent.expired`).
+    ExpiredConsents,
     /// Expired consent requests (and their data keys).
     Consents,
     /// Finished outbox entries.
@@ -38,6 +42,8 @@ pub enum RetentionCategory {
     OrphanKeys,
     /// The keep-alive refresh of idle connections.
     KeepAlive,
+    /// Events past `events.retention_days`, and finished webhook deliveries as old.
+    Events,
 }
 
 impl RetentionCategory {
@@ -47,11 +53,13 @@ impl RetentionCategory {
             Self::Users => "users",
             Self::ProviderRevocations => "provider_revocations",
             Self::AuditEvents => "audit_events",
+            Self::ExpiredConsents => "expired_consents",
             Self::Consents => "consents",
             Self::OutboxEntries => "outbox_entries",
             Self::RevokedConnections => "revoked_connections",
             Self::OrphanKeys => "orphan_keys",
             Self::KeepAlive => "keep_alive",
+            Self::Events => "events",
         }
     }
 }
@@ -86,6 +94,8 @@ pub struct RetentionReport {
     pub connections_purged: u64,
     /// Audit events older than the retention.
     pub audit_events_purged: u64,
+    /// Consent requests that expired while still waiting (each now `failed`, with `consent.expired`).
+    pub consents_expired: u64,
     /// Expired consent requests.
     pub consents_purged: u64,
     /// Finished outbox entries.
@@ -98,6 +108,8 @@ pub struct RetentionReport {
     pub provider_revocations_attempted: u64,
     /// Idle connections refreshed so that their refresh tokens do not expire.
     pub idle_connections_refreshed: u64,
+    /// Events past the event retention, and finished webhook deliveries and attempts as old.
+    pub events_purged: u64,
     /// What failed, one entry per category, in category order; empty when everything succeeded.
     pub failures: Vec<RetentionFailure>,
 }
@@ -148,6 +160,8 @@ impl std::fmt::Display for RetentionReport {
             self.users_purged, self.connections_purged
         )?;
         writeln!(f, "  audit events:               {verb} {}", self.audit_events_purged)?;
+        let ended = if self.dry_run { "would end" } else { "ended" };
+        writeln!(f, "  consents left waiting:      {ended} {}", self.consents_expired)?;
         writeln!(f, "  expired consent requests:   {verb} {}", self.consents_purged)?;
         writeln!(f, "  finished outbox entries:    {verb} {}", self.outbox_entries_purged)?;
         writeln!(
@@ -156,6 +170,7 @@ impl std::fmt::Display for RetentionReport {
             self.revoked_connections_purged
         )?;
         writeln!(f, "  unreferenced data keys:     {verb} {}", self.orphan_keys_destroyed)?;
+        writeln!(f, "  events and deliveries:      {verb} {}", self.events_purged)?;
         writeln!(
             f,
             "  provider revocations tried: {}",
@@ -195,6 +210,7 @@ pub struct Sweeper {
     clock: SharedClock,
     metrics: Metrics,
     audit_retention: chrono::Duration,
+    event_retention: chrono::Duration,
 }
 
 impl std::fmt::Debug for Sweeper {
@@ -225,7 +241,14 @@ impl Sweeper {
             clock,
             metrics,
             audit_retention: chrono::Duration::days(i64::from(config.audit_retention_days)),
+            event_retention: chrono::Duration::days(30),
         }
+    }
+
+    /// The same sweeper keeping events (and webhook deliveries) `days` days.
+    pub fn with_event_retention(mut self, days: u32) -> Self {
+        self.event_retention = chrono::Duration::days(i64::from(days));
+        self
     }
 
     /// One pass at `now` (the clock's time if `None`), if this process gets the sweeper lock.
@@ -265,6 +288,10 @@ impl Sweeper {
         if let Some(n) = self.check(&mut report, C::AuditEvents, audit) {
             report.audit_events_purged = n;
         }
+        let expired = self.expire_consents(now, dry_run).await;
+        if let Some(n) = self.check(&mut report, C::ExpiredConsents, expired) {
+            report.consents_expired = n;
+        }
         if let Some(n) = self.check(&mut report, C::Consents, self.consents(now, dry_run).await) {
             report.consents_purged = n;
         }
@@ -282,6 +309,9 @@ impl Sweeper {
         if let Some(n) = self.check(&mut report, C::OrphanKeys, self.orphan_keys(now, dry_run).await) {
             report.orphan_keys_destroyed = n;
         }
+        if let Some(n) = self.check(&mut report, C::Events, self.events(now, dry_run).await) {
+            report.events_purged = n;
+        }
         let kept_alive = self.lifecycle.broker().keep_alive(now, dry_run).await;
         if let Some(n) = self.check(&mut report, C::KeepAlive, kept_alive) {
             report.idle_connections_refreshed = n;
@@ -294,6 +324,7 @@ impl Sweeper {
                 ("outbox_entries", report.outbox_entries_purged),
                 ("revoked_connections", report.revoked_connections_purged),
                 ("data_keys", report.orphan_keys_destroyed),
+                ("events", report.events_purged),
             ] {
                 self.metrics.purged(kind, count);
             }
@@ -360,6 +391,37 @@ impl Sweeper {
             }
             after = due.into_iter().last();
         }
+    }
+
+    /// Ends the consent requests that expired while waiting, each with `consent.expired`.
+    async fn expire_consents(&self, now: DateTime<Utc>, dry_run: bool) -> Result<u64, LifecycleError> {
+        let trail = |consent: &ConsentRecord| -> Trail {
+            Trail::from(
+                EventBuilder::new("consent.expired", "failure", "system", now)
+                    .user(&consent.tenant_id, &consent.user_id)
+                    .detail("consent_id", consent.id.to_string())
+                    .detail("provider", consent.provider.clone())
+                    .detail("state", consent.state.as_str())
+                    .build(),
+            )
+            .with_event(
+                Event::new(EventType::ConsentExpired, &consent.tenant_id, &consent.user_id, now)
+                    .reason(&format!("the consent expired at {}", consent.expires_at.to_rfc3339()))
+                    .with(|d| {
+                        d.provider = Some(consent.provider.clone());
+                        d.consent_id = Some(consent.id);
+                    }),
+            )
+        };
+        Ok(self.store.expire_consents(now, dry_run, &trail).await?)
+    }
+
+    /// Events past their retention, then finished webhook deliveries and attempts as old.
+    async fn events(&self, now: DateTime<Utc>, dry_run: bool) -> Result<u64, LifecycleError> {
+        let before = now - self.event_retention;
+        let events = self.store.purge_events(before, dry_run).await?;
+        let deliveries = self.store.purge_webhook_deliveries(before, dry_run).await?;
+        Ok(events + deliveries)
     }
 
     /// Expired consent requests, and the data keys that sealed their verifiers.

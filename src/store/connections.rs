@@ -469,13 +469,14 @@ impl ConnectionStore for SqlStore {
 
     async fn referenced_data_keys(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
         let mut referenced = Vec::new();
-        // Bounded id lists: the statement repeats the list, so each chunk binds 3 × ID_CHUNK values.
+        // Bounded id lists: the statement repeats the list, so each chunk binds 4 × ID_CHUNK values.
         for chunk in ids.chunks(ID_CHUNK) {
             let list = placeholders(1, chunk.len());
             let sql = format!(
                 "SELECT dek_id FROM connections WHERE dek_id IN ({list}) \
                  UNION SELECT dek_id FROM consent_requests WHERE dek_id IN ({list}) \
-                 UNION SELECT dek_id FROM revocation_outbox WHERE token IS NOT NULL AND dek_id IN ({list})"
+                 UNION SELECT dek_id FROM revocation_outbox WHERE token IS NOT NULL AND dek_id IN ({list}) \
+                 UNION SELECT dek_id FROM webhook_endpoints WHERE dek_id IN ({list})"
             );
             let mut query = sqlx::query_scalar::<_, String>(&sql);
             for id in chunk {

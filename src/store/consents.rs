@@ -8,7 +8,7 @@ use super::sql::query::{placeholders, Fetch};
 use super::sql::rows::{Columns, CONSENT_COLUMNS};
 use super::sql::SqlStore;
 use super::trail::append_trail;
-use super::{scopes_to_text, ConsentRecord, ConsentState, Sealed, StoreError, TenantScope, Trail, UserStore};
+use super::{scopes_to_text, ConsentRecord, ConsentState, Sealed, StoreError, TenantScope, Trail, TrailOf, UserStore};
 use crate::clock::to_millis;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -83,6 +83,16 @@ pub trait ConsentStore: Send + Sync {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<Vec<ConsentRecord>, StoreError>;
+    /// Ends the requests still waiting (`pending`, or `approved` and never
+    /// confirmed) whose window closed before `now`: each becomes `failed`
+    /// ("expired"), its verifier and kept grant dropped, with `trail(request)`
+    /// in its transaction; returns how many (or would, on a dry run).
+    async fn expire_consents(
+        &self,
+        now: DateTime<Utc>,
+        dry_run: bool,
+        trail: TrailOf<'_, ConsentRecord>,
+    ) -> Result<u64, StoreError>;
     /// Deletes consent requests that expired before `before`, in bounded
     /// batches; returns the count and their data key ids (to destroy; none on a dry run).
     async fn purge_consents(&self, before: DateTime<Utc>, dry_run: bool) -> Result<(u64, Vec<Uuid>), StoreError>;
@@ -271,6 +281,53 @@ impl ConsentStore for SqlStore {
         .bind(i64::from(limit.max(1)))
         .records(&self.pool)
         .await
+    }
+
+    async fn expire_consents(
+        &self,
+        now: DateTime<Utc>,
+        dry_run: bool,
+        trail: TrailOf<'_, ConsentRecord>,
+    ) -> Result<u64, StoreError> {
+        const WAITING: &str = "state IN ('pending', 'approved') AND expires_at < $1";
+        if dry_run {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM consent_requests WHERE {WAITING}"))
+                .bind(to_millis(now))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err)?;
+            return Ok(u64::try_from(n).unwrap_or(0));
+        }
+        let select = format!("SELECT {CONSENT_COLUMNS} FROM consent_requests WHERE {WAITING} ORDER BY id LIMIT $2");
+        let mut expired = 0;
+        loop {
+            let batch: Vec<ConsentRecord> = sqlx::query(&select)
+                .bind(to_millis(now))
+                .bind(i64::from(self.purge_batch))
+                .records(&self.pool)
+                .await?;
+            for consent in &batch {
+                // Each one on its own: a request claimed meanwhile (it was not yet expired for its caller) is left alone.
+                let mut tx = self.begin().await?;
+                let updated = sqlx::query(
+                    "UPDATE consent_requests SET state = 'failed', error = 'expired', completed_at = $1, \
+                     pkce_verifier = NULL, pending_grant = NULL, completion_hash = NULL WHERE id = $2 AND state = $3",
+                )
+                .bind(to_millis(now))
+                .bind(consent.id.to_string())
+                .bind(consent.state.as_str())
+                .run(&mut *tx)
+                .await?;
+                if updated == 1 {
+                    append_trail(&mut tx, &trail(consent)).await?;
+                    expired += 1;
+                }
+                tx.commit().await.map_err(map_err)?;
+            }
+            if batch.len() < self.purge_batch as usize {
+                return Ok(expired);
+            }
+        }
     }
 
     async fn purge_consents(&self, before: DateTime<Utc>, dry_run: bool) -> Result<(u64, Vec<Uuid>), StoreError> {

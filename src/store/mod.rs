@@ -19,7 +19,9 @@
 //! | `refresh.rs` | [`RefreshStore`] | the refresh lease (single flight across replicas), its journal, and the fenced commit |
 //! | `consents.rs` | [`ConsentStore`] | consent requests |
 //! | `audit.rs` | [`AuditStore`] | audit events written on their own, listing, purge |
-//! | `trail.rs` | [`Trail`] | the records a state change appends in its own transaction |
+//! | `events.rs` | [`EventStore`] | the event log: reads after a cursor, bounds, purge, `LISTEN` |
+//! | `webhooks.rs` | [`WebhookStore`] | webhook endpoints, the delivery outbox and its attempts |
+//! | `trail.rs` | [`Trail`] | the records a state change appends in its own transaction (audit and log events) |
 //! | `outbox.rs` | [`OutboxStore`] | the provider revocation outbox |
 //! | `notify.rs` | [`NotifyStore`] | invalidations between replicas (NOTIFY / LISTEN) |
 //! | `leader.rs` | [`LeaderStore`] | the sweeper's advisory lock |
@@ -33,6 +35,7 @@
 mod audit;
 mod connections;
 mod consents;
+mod events;
 mod keys;
 mod leader;
 mod model;
@@ -42,10 +45,12 @@ mod refresh;
 mod sql;
 mod trail;
 mod users;
+mod webhooks;
 
 pub use audit::AuditStore;
 pub use connections::{next_token_version, ConnectionStore, ConsentGrant, RevokeResult};
 pub use consents::{Approval, ConsentStore};
+pub use events::{EventLogBounds, EventStore};
 pub use keys::KeyStore;
 pub use leader::{LeaderGuard, LeaderStore};
 pub use model::*;
@@ -55,6 +60,7 @@ pub use refresh::{version_after_refresh, InterruptedRefresh, RefreshClaim, Refre
 pub use sql::{SqlStore, StoreOptions};
 pub use trail::{Trail, TrailOf};
 pub use users::{RestoreOutcome, UserStore};
+pub use webhooks::{DeliveryFilter, DeliveryNext, SecretRotation, WebhookStore};
 
 use async_trait::async_trait;
 use sql::error::map_err;
@@ -63,8 +69,8 @@ use sql::Backend;
 /// The store traits, to call their methods on a concrete [`SqlStore`].
 pub mod prelude {
     pub use super::{
-        AuditStore, ConnectionStore, ConsentStore, KeyStore, LeaderStore, NotifyStore, OutboxStore, RefreshStore,
-        Store, UserStore,
+        AuditStore, ConnectionStore, ConsentStore, EventStore, KeyStore, LeaderStore, NotifyStore, OutboxStore,
+        RefreshStore, Store, UserStore, WebhookStore,
     };
 }
 
@@ -93,6 +99,8 @@ pub trait Store:
     + RefreshStore
     + ConsentStore
     + AuditStore
+    + EventStore
+    + WebhookStore
     + OutboxStore
     + NotifyStore
     + LeaderStore

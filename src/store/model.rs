@@ -593,3 +593,114 @@ pub enum Invalidation {
     /// Anything may have changed (a notification may have been missed).
     All,
 }
+
+/// A webhook endpoint of a tenant. Its signing secret is stored only sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookEndpoint {
+    /// Endpoint id.
+    pub id: Uuid,
+    /// Owning tenant: only its events are delivered here.
+    pub tenant_id: String,
+    /// Where deliveries are POSTed (checked when created; resolved again on each attempt).
+    pub url: String,
+    /// What the operator called it.
+    pub description: String,
+    /// The event types it wants (every type when empty).
+    pub event_types: Vec<crate::events::EventType>,
+    /// The data key its secrets are sealed under.
+    pub dek_id: Uuid,
+    /// The signing secret, sealed (bound to the endpoint and `secret_version`).
+    pub secret: Sealed,
+    /// Version of `secret`: 1, then one more per rotation.
+    pub secret_version: i64,
+    /// The secret before the last rotation, still signing beside the new one until `previous_until`.
+    pub previous_secret: Option<Sealed>,
+    /// Version of `previous_secret`.
+    pub previous_secret_version: Option<i64>,
+    /// Until when `previous_secret` signs too.
+    pub previous_until: Option<DateTime<Utc>>,
+    /// Who created it.
+    pub created_by: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed (secret rotation).
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where one delivery of one event to one endpoint stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt.
+    Pending,
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// Given up: the endpoint did not accept it before the give-up time.
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => DeliveryStatus::Pending,
+            "delivered" => DeliveryStatus::Delivered,
+            "failed" => DeliveryStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One delivery of one event to one endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookDelivery {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// The event (its id is the `webhook-id` of every attempt).
+    pub event_id: Uuid,
+    /// The tenant of both.
+    pub tenant_id: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: i64,
+    /// When the next attempt is due (while pending; a claim moves it to the claim's end).
+    pub next_attempt_at: DateTime<Utc>,
+    /// When it was queued (with its event).
+    pub created_at: DateTime<Utc>,
+    /// When it was delivered or given up.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The last HTTP status the endpoint answered.
+    pub last_status_code: Option<i64>,
+    /// The last error, in words.
+    pub last_error: Option<String>,
+    /// The claim of the worker holding it.
+    pub claim_token: Option<String>,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookAttempt {
+    /// Attempt id.
+    pub id: Uuid,
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// The event.
+    pub event_id: Uuid,
+    /// When it was made.
+    pub attempted_at: DateTime<Utc>,
+    /// The HTTP status answered (`None`: no answer).
+    pub status_code: Option<i64>,
+    /// How long it took, in milliseconds.
+    pub latency_ms: i64,
+    /// What went wrong, in words (`None` on a 2xx).
+    pub error: Option<String>,
+}

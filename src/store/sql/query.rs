@@ -89,7 +89,7 @@ pub(in crate::store) fn lock_suffix(backend: Backend) -> &'static str {
 
 /// Most ids bound in one `IN (…)` list: far below PostgreSQL's 65,535 bind
 /// parameters and SQLite's limit (999 in old builds) even when a statement
-/// repeats the list three times.
+/// repeats the list four times.
 pub(in crate::store) const ID_CHUNK: usize = 300;
 
 /// Deletes the rows of `table` (keyed by `id`) matching `condition` (with

@@ -6,9 +6,11 @@
 
 use super::error::map_err;
 use crate::clock::from_millis;
+use crate::events::{Event, EventType};
 use crate::store::{
     scopes_from_text, AccessTokenRecord, AuditEvent, Connection, ConnectionStatus, ConsentRecord, ConsentState,
-    KekEpoch, OutboxEntry, ProviderRevocation, RevocationState, ScopeSet, Sealed, StoreError, User, WrappedDataKey,
+    DeliveryStatus, KekEpoch, OutboxEntry, ProviderRevocation, RevocationState, ScopeSet, Sealed, StoreError, User,
+    WebhookAttempt, WebhookDelivery, WebhookEndpoint, WrappedDataKey,
 };
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
@@ -281,5 +283,87 @@ impl FromAnyRow for WrappedDataKey {
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
         let c = Columns(row);
         Ok(from_columns!(c => WrappedDataKey { id, kek_id, wrapped, created_at }))
+    }
+}
+
+/// The columns [`Event`] is read from.
+pub(in crate::store) const EVENT_COLUMNS: &str =
+    "seq, id, event_type, tenant_id, user_id, connection_id, occurred_at, data";
+
+impl FromAnyRow for Event {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let c = Columns(row);
+        let event_type: String = c.read("event_type")?;
+        let data: String = c.read("data")?;
+        Ok(from_columns!(c => Event {
+            cursor: c.read("seq")?,
+            id,
+            event_type: EventType::parse(&event_type)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown event type `{event_type}`")))?,
+            tenant_id, user_id, connection_id, occurred_at,
+            data: serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(format!("event data: {e}")))?,
+        }))
+    }
+}
+
+/// The stored form of an endpoint's event types: `,a,b,` (empty: every type).
+pub(in crate::store) fn event_types_to_text(types: &[EventType]) -> String {
+    if types.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
+    format!(",{},", names.join(","))
+}
+
+/// The columns [`WebhookEndpoint`] is read from (and inserted in this order).
+pub(in crate::store) const WEBHOOK_ENDPOINT_COLUMNS: &str = "id, tenant_id, url, description, event_types, dek_id, \
+     secret, secret_version, previous_secret, previous_secret_version, previous_until, created_by, created_at, \
+     updated_at";
+
+impl FromAnyRow for WebhookEndpoint {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let c = Columns(row);
+        let types: String = c.read("event_types")?;
+        let parsed = types
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(|t| EventType::parse(t).ok_or_else(|| StoreError::Corrupt(format!("unknown event type `{t}`"))))
+            .collect::<Result<_, _>>()?;
+        Ok(from_columns!(c => WebhookEndpoint {
+            id, tenant_id, url, description, event_types: parsed, dek_id,
+            secret: Sealed(c.read("secret")?),
+            secret_version, previous_secret, previous_secret_version, previous_until, created_by, created_at,
+            updated_at,
+        }))
+    }
+}
+
+/// The columns [`WebhookDelivery`] is read from.
+pub(in crate::store) const WEBHOOK_DELIVERY_COLUMNS: &str = "endpoint_id, event_id, tenant_id, status, attempts, \
+     next_attempt_at, created_at, finished_at, last_status_code, last_error, claim_token";
+
+impl FromAnyRow for WebhookDelivery {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let c = Columns(row);
+        let status: String = c.read("status")?;
+        Ok(from_columns!(c => WebhookDelivery {
+            endpoint_id, event_id, tenant_id,
+            status: DeliveryStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown delivery status `{status}`")))?,
+            attempts, next_attempt_at, created_at, finished_at, last_status_code, last_error, claim_token,
+        }))
+    }
+}
+
+/// The columns [`WebhookAttempt`] is read from (and inserted in this order).
+pub(in crate::store) const WEBHOOK_ATTEMPT_COLUMNS: &str =
+    "id, endpoint_id, event_id, attempted_at, status_code, latency_ms, error";
+
+impl FromAnyRow for WebhookAttempt {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let c = Columns(row);
+        Ok(
+            from_columns!(c => WebhookAttempt { id, endpoint_id, event_id, attempted_at, status_code, latency_ms, error }),
+        )
     }
 }
