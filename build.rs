@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tokenvault/v1/token.proto",
         "proto/tokenvault/v1/connection.proto",
         "proto/tokenvault/v1/admin.proto",
+        "proto/tokenvault/v1/events.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("tokenvault_descriptor.bin"))

@@ -2,12 +2,13 @@
 //! reflection, and the HTTP routes — hands them to [`transport`] to serve,
 //! and shuts them down gracefully.
 
-use super::{AdminApi, ConnectionApi, ConsentApi, TokenApi};
+use super::{AdminApi, ConnectionApi, ConsentApi, EventApi, TokenApi};
 use crate::app::{App, StartupError};
 use crate::auth::AuthLayer;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::connection_service_server::ConnectionServiceServer;
 use crate::proto::consent_service_server::ConsentServiceServer;
+use crate::proto::event_service_server::EventServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::telemetry::TelemetryLayer;
 use crate::transport::{self, BindError, Servers, TlsAcceptor};
@@ -18,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
 /// gRPC service names reported by the health service.
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     "tokenvault.v1.ConsentService",
     "tokenvault.v1.TokenService",
     "tokenvault.v1.ConnectionService",
+    "tokenvault.v1.EventService",
     "tokenvault.v1.AdminService",
 ];
 
@@ -104,6 +106,7 @@ pub async fn start(app: Arc<App>) -> Result<ServerHandle, StartupError> {
         .add_service(ConsentServiceServer::new(ConsentApi::new(app.clone())).max_decoding_message_size(limit))
         .add_service(TokenServiceServer::new(TokenApi::new(app.clone())).max_decoding_message_size(limit))
         .add_service(ConnectionServiceServer::new(ConnectionApi::new(app.clone())).max_decoding_message_size(limit))
+        .add_service(EventServiceServer::new(EventApi::new(app.clone())).max_decoding_message_size(limit))
         .add_service(AdminServiceServer::new(AdminApi::new(app.clone())).max_decoding_message_size(limit));
     let servers = Servers {
         grpc: transport::spawn_grpc(router, grpc_listener, tls.clone(), stop.clone()),

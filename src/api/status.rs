@@ -148,3 +148,28 @@ impl From<crate::lifecycle::LifecycleError> for Status {
         }
     }
 }
+
+impl From<crate::events::WatchError> for Status {
+    fn from(error: crate::events::WatchError) -> Self {
+        use crate::events::WatchError as E;
+        match error {
+            E::Expired { .. } | E::Ahead { .. } => Status::out_of_range(error.to_string()),
+            E::Busy(_) => Status::resource_exhausted(error.to_string()),
+            E::Store(inner) => inner.into(),
+        }
+    }
+}
+
+impl From<crate::events::webhook::WebhookError> for Status {
+    fn from(error: crate::events::webhook::WebhookError) -> Self {
+        use crate::events::webhook::WebhookError as E;
+        match error {
+            E::Url(_) | E::Invalid(_) => Status::invalid_argument(error.to_string()),
+            E::NotFound(_) => Status::not_found(error.to_string()),
+            E::TooMany { .. } => Status::resource_exhausted(error.to_string()),
+            E::Conflict => Status::aborted(error.to_string()),
+            E::Vault(inner) => inner.into(),
+            E::Store(inner) => inner.into(),
+        }
+    }
+}

@@ -25,7 +25,9 @@ pub fn required_role(path: &str) -> Option<Option<Role>> {
         | "grpc.reflection.v1.ServerReflection"
         | "grpc.reflection.v1alpha.ServerReflection" => None,
         "tokenvault.v1.TokenService" => Some(Role::Agent),
-        "tokenvault.v1.ConsentService" | "tokenvault.v1.ConnectionService" => Some(Role::Platform),
+        "tokenvault.v1.ConsentService" | "tokenvault.v1.ConnectionService" | "tokenvault.v1.EventService" => {
+            Some(Role::Platform)
+        }
         "tokenvault.v1.AdminService" => Some(Role::Admin),
         _ => return None,
     })
