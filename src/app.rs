@@ -10,6 +10,8 @@ use crate::config::{Config, KeysBackend};
 use crate::consent::catalog::Catalog;
 use crate::consent::return_url::ReturnUrlPolicy;
 use crate::consent::ConsentFlow;
+use crate::events::webhook::{AddressPolicy, DeliveryWorker, Webhooks};
+use crate::events::{EventHub, WatchSettings};
 use crate::lifecycle::{Handover, Lifecycle, OutboxWorker, Sweeper};
 use crate::provider::{ProviderHttp, Providers};
 use crate::store::{KeyStore, SqlStore, Store, StoreError, StoreOptions};
@@ -79,6 +81,12 @@ pub struct App {
     pub lifecycle: Arc<Lifecycle>,
     /// The retention sweeper.
     pub sweeper: Arc<Sweeper>,
+    /// The event log's hub: `WatchEvents` streams and the wake-up signal.
+    pub events: Arc<EventHub>,
+    /// Webhook endpoint management.
+    pub webhooks: Arc<Webhooks>,
+    /// Webhook delivery.
+    pub deliveries: Arc<DeliveryWorker>,
 }
 
 impl std::fmt::Debug for App {
@@ -335,19 +343,56 @@ impl App {
             metrics.clone(),
             outbox.clone(),
         ));
-        let sweeper = Arc::new(Sweeper::new(
-            &config.lifecycle,
+        let sweeper = Arc::new(
+            Sweeper::new(
+                &config.lifecycle,
+                store.clone(),
+                key_store_for_sweeper,
+                vault.clone(),
+                lifecycle.clone(),
+                outbox,
+                clock.clone(),
+                metrics.clone(),
+            )
+            .with_event_retention(config.events.retention_days),
+        );
+        let events = EventHub::new(
             store.clone(),
-            key_store_for_sweeper,
+            clock.clone(),
+            WatchSettings {
+                heartbeat: Duration::from_secs(config.events.heartbeat_seconds.max(1)),
+                poll: Duration::from_millis(config.events.poll_interval_ms.max(10)),
+                max_watchers: config.events.max_watchers,
+            },
+        );
+        let hooks = &config.events.webhooks;
+        let address_policy = Arc::new(
+            AddressPolicy::new(&hooks.allowed_networks, hooks.allow_http_loopback).map_err(StartupError::Config)?,
+        );
+        let webhooks = Arc::new(Webhooks::new(
+            store.clone(),
             vault.clone(),
-            lifecycle.clone(),
-            outbox,
+            address_policy.clone(),
+            clock.clone(),
+            hooks.previous_secret_hours,
+            hooks.max_endpoints_per_tenant,
+        ));
+        let deliveries = DeliveryWorker::new(
+            store.clone(),
+            vault.clone(),
+            events.clone(),
+            address_policy,
             clock.clone(),
             metrics.clone(),
-        ));
+            hooks,
+        )
+        .map_err(StartupError::Config)?;
         Ok(Self {
             lifecycle,
             sweeper,
+            events,
+            webhooks,
+            deliveries,
             broker,
             providers,
             consent,
@@ -397,6 +442,8 @@ impl App {
             let interval = Duration::from_secs(self.config.lifecycle.sweep_interval_seconds);
             tokio::spawn(self.sweeper.clone().run(stop.clone(), interval));
         }
+        self.events.start(stop.clone()).await?;
+        self.deliveries.start(stop.clone());
         if let Some(mut notices) = self.store.subscribe().await? {
             let broker = self.broker.clone();
             let vault = self.vault.clone();

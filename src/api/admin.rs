@@ -1,13 +1,15 @@
 //! `AdminService`: operator actions.
 
 use super::context::CallContext;
+use super::events::event_types;
 use super::{convert, validate};
 use crate::app::App;
 use crate::clock::{from_proto, to_proto};
 use crate::lifecycle::Actor;
 use crate::proto::admin_service_server::AdminService;
 use crate::proto::*;
-use crate::store::{AuditFilter, TenantScope};
+use crate::store::{AuditFilter, DeliveryFilter, DeliveryStatus, TenantScope};
+use secrecy::ExposeSecret;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -181,6 +183,137 @@ impl AdminService for AdminApi {
             active_kek_id: report.active_kek,
             rewrapped: report.rewrapped,
             unchanged: report.unchanged,
+        }))
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        request: Request<CreateWebhookEndpointRequest>,
+    ) -> Result<Response<CreateWebhookEndpointResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let body = request.into_inner();
+        validate::tenant(&body.tenant_id)?;
+        validate::may_act_for(&context.caller, &body.tenant_id)?;
+        let types = event_types(&body.types)?;
+        let created = self
+            .app
+            .webhooks
+            .create(
+                &context.caller.name,
+                &body.tenant_id,
+                &body.url,
+                &body.description,
+                types,
+            )
+            .await?;
+        Ok(Response::new(CreateWebhookEndpointResponse {
+            endpoint: Some(convert::webhook_endpoint(&created.endpoint)),
+            secret: created.secret.expose_secret().to_owned(),
+        }))
+    }
+
+    async fn list_webhook_endpoints(
+        &self,
+        request: Request<ListWebhookEndpointsRequest>,
+    ) -> Result<Response<ListWebhookEndpointsResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let body = request.get_ref();
+        validate::tenant(&body.tenant_id)?;
+        validate::may_act_for(&context.caller, &body.tenant_id)?;
+        let endpoints = self.app.webhooks.list(&body.tenant_id).await?;
+        Ok(Response::new(ListWebhookEndpointsResponse {
+            endpoints: endpoints.iter().map(convert::webhook_endpoint).collect(),
+        }))
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        request: Request<DeleteWebhookEndpointRequest>,
+    ) -> Result<Response<DeleteWebhookEndpointResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let id = validate::id("endpoint_id", &request.get_ref().endpoint_id)?;
+        self.app.webhooks.delete(&context.caller.tenants, id).await?;
+        Ok(Response::new(DeleteWebhookEndpointResponse {}))
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<RotateWebhookSecretRequest>,
+    ) -> Result<Response<RotateWebhookSecretResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let body = request.get_ref();
+        let id = validate::id("endpoint_id", &body.endpoint_id)?;
+        if body.previous_secret_hours > 168 {
+            return Err(Status::invalid_argument(
+                "previous_secret_hours is at most 168 (a week)",
+            ));
+        }
+        let previous_for = if body.expire_previous_now {
+            Some(chrono::Duration::zero())
+        } else if body.previous_secret_hours > 0 {
+            Some(chrono::Duration::hours(i64::from(body.previous_secret_hours)))
+        } else {
+            None
+        };
+        let rotated = self
+            .app
+            .webhooks
+            .rotate(&context.caller.tenants, id, previous_for)
+            .await?;
+        Ok(Response::new(RotateWebhookSecretResponse {
+            endpoint: Some(convert::webhook_endpoint(&rotated.endpoint)),
+            secret: rotated.secret.expose_secret().to_owned(),
+        }))
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<ListWebhookDeliveriesResponse>, Status> {
+        let context = CallContext::of(&request)?;
+        let body = request.get_ref();
+        validate::tenant(&body.tenant_id)?;
+        validate::may_act_for(&context.caller, &body.tenant_id)?;
+        let endpoint_id = if body.endpoint_id.is_empty() {
+            None
+        } else {
+            Some(validate::id("endpoint_id", &body.endpoint_id)?)
+        };
+        let status = match body.status.as_str() {
+            "" => None,
+            text => Some(
+                DeliveryStatus::parse(text)
+                    .ok_or_else(|| Status::invalid_argument("status must be one of pending, delivered, failed"))?,
+            ),
+        };
+        let limit = match body.page_size {
+            0 => 50,
+            n => n.min(500),
+        };
+        let reports = self
+            .app
+            .webhooks
+            .deliveries(
+                &body.tenant_id,
+                &DeliveryFilter {
+                    endpoint_id,
+                    status,
+                    before_event: validate::page_token(&body.page_token)?,
+                    limit,
+                },
+            )
+            .await?;
+        let next_page_token = if reports.len() == limit as usize {
+            reports
+                .last()
+                .map(|r| r.delivery.event_id.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListWebhookDeliveriesResponse {
+            deliveries: reports.iter().map(convert::webhook_delivery).collect(),
+            next_page_token,
         }))
     }
 }

@@ -61,6 +61,14 @@ pub fn prepare_development_defaults(config: &mut Config, with_api_keys: bool) ->
             crate::consent::return_url::DEVELOPMENT_ORIGINS.join(", ")
         ));
     }
+    // Webhooks may go to a receiver on this machine, over plain http, unless networks are configured.
+    if config.events.webhooks.allowed_networks.is_empty() {
+        config.events.webhooks.allowed_networks = vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()];
+        config.events.webhooks.allow_http_loopback = true;
+        setup
+            .notes
+            .push("webhooks: loopback endpoints allowed, plain http too (events.webhooks.allowed_networks)".to_owned());
+    }
     if config.database_url.is_none() {
         let path = config.data_dir.join("tokenvault.db");
         config.database_url = Some(SecretString::from(format!("sqlite://{}", path.display())));

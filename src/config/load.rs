@@ -216,6 +216,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.lifecycle.retention_batch_size == 0 {
         problems.push("lifecycle.retention_batch_size must be at least 1".to_owned());
     }
+    validate_events(&config.events, &mut problems);
     for (name, client) in &config.providers.clients {
         if client.client_id.trim().is_empty() {
             problems.push(format!("providers.{name}.client_id is empty"));
@@ -225,6 +226,28 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn validate_events(events: &super::EventsConfig, problems: &mut Vec<String>) {
+    if events.retention_days == 0 {
+        problems.push("events.retention_days must be positive".to_owned());
+    }
+    if events.heartbeat_seconds == 0 || events.poll_interval_ms == 0 || events.max_watchers == 0 {
+        problems.push("events.heartbeat_seconds, poll_interval_ms and max_watchers must be positive".to_owned());
+    }
+    let hooks = &events.webhooks;
+    if hooks.request_timeout_seconds == 0 || hooks.give_up_after_seconds == 0 || hooks.retry_initial_ms == 0 {
+        problems.push(
+            "events.webhooks.request_timeout_seconds, give_up_after_seconds and retry_initial_ms must be positive"
+                .to_owned(),
+        );
+    }
+    if hooks.max_response_bytes == 0 || hooks.max_endpoints_per_tenant == 0 {
+        problems.push("events.webhooks.max_response_bytes and max_endpoints_per_tenant must be positive".to_owned());
+    }
+    if let Err(problem) = crate::events::webhook::AddressPolicy::new(&hooks.allowed_networks, false) {
+        problems.push(problem);
     }
 }
 

@@ -7,11 +7,13 @@
 //! prints `[REDACTED]`.
 
 mod dev;
+mod events;
 mod load;
 mod providers;
 mod setup;
 
 pub use dev::{dev_api_keys_path, prepare_development_defaults, write_private, DevSetup};
+pub use events::{EventsConfig, WebhooksConfig};
 pub use load::{load, ConfigError};
 pub use providers::{ProviderClientConfig, ProvidersConfig};
 pub use setup::{check_production, key_table_is_shared, Needs, Setup, NO_EPOCHS_WARNING, SHARED_KEY_TABLE_WARNING};
@@ -57,6 +59,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// Revocation, deletion and retention.
     pub lifecycle: LifecycleConfig,
+    /// The event log, `WatchEvents` and webhooks.
+    pub events: EventsConfig,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
             provider_http: ProviderHttpConfig::default(),
             broker: BrokerConfig::default(),
             lifecycle: LifecycleConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }

@@ -70,6 +70,9 @@ struct Inner {
     kek_rewrap_backlog: Gauge,
     kek_epoch_failures: Family<KindLabels, Counter>,
     kek_destroyed: Counter,
+    webhook_attempts: Family<OutcomeLabels, Counter>,
+    webhook_lag: Histogram,
+    event_watchers: Gauge,
 }
 
 /// Handle to every metric; cheap to clone.
@@ -173,6 +176,21 @@ impl Metrics {
                 "Retired key-encryption keys destroyed",
                 Counter::default(),
             ),
+            webhook_attempts: r.add(
+                "webhook_attempts",
+                "Webhook delivery attempts by outcome (delivered, retry, failed: given up)",
+                Family::default(),
+            ),
+            webhook_lag: r.add(
+                "webhook_delivery_lag_seconds",
+                "From an event's commit to its delivery's 2xx answer",
+                Histogram::new(exponential_buckets(0.005, 2.0, 20)),
+            ),
+            event_watchers: r.add(
+                "event_watchers",
+                "WatchEvents streams open on this replica",
+                Gauge::default(),
+            ),
             registry: Registry::default(),
         };
         Self {
@@ -272,6 +290,24 @@ impl Metrics {
     /// Records a consent outcome.
     pub fn consent(&self, outcome: &'static str) {
         self.inner.consents.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Counts a webhook delivery attempt by outcome (`delivered`, `retry`, `failed`).
+    pub fn webhook_attempt(&self, outcome: &'static str) {
+        self.inner
+            .webhook_attempts
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Records how long after its event a delivery was accepted.
+    pub fn webhook_lag(&self, seconds: f64) {
+        self.inner.webhook_lag.observe(seconds);
+    }
+
+    /// Counts a `WatchEvents` stream opening (`+1`) or closing (`-1`).
+    pub fn event_watchers(&self, change: i64) {
+        self.inner.event_watchers.inc_by(change);
     }
 
     /// The Prometheus text exposition.

@@ -65,6 +65,9 @@ pub enum Field {
     /// A credential handed over to the provider-revocation outbox under the
     /// entry's own key and id. Version: 0 (`binding_version` of the entry).
     OutboxToken,
+    /// A webhook endpoint's signing secret, under the endpoint's own key and
+    /// id (tenant-bound, no user). Version: the endpoint's `secret_version`.
+    WebhookSecret,
 }
 
 impl Field {
@@ -75,6 +78,7 @@ impl Field {
             Field::PkceVerifier => "pkce_verifier",
             Field::PendingGrant => "pending_grant",
             Field::OutboxToken => "outbox_token",
+            Field::WebhookSecret => "webhook_secret",
         }
     }
 }
