@@ -17,6 +17,8 @@ pub mod proxy;
 pub mod revocation;
 pub mod server;
 pub mod suite;
+pub mod watch;
+pub mod webhooks;
 
 pub use db::{pg_host_port, Backend, TestDb};
 pub use inspect::{contains, dump_database};

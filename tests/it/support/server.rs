@@ -173,6 +173,10 @@ impl TestServer {
         tokenvault::proto::connection_service_client::ConnectionServiceClient::new(self.authed(Some(key)))
     }
 
+    pub fn events(&self, key: &str) -> tokenvault::proto::event_service_client::EventServiceClient<Authed> {
+        tokenvault::proto::event_service_client::EventServiceClient::new(self.authed(Some(key)))
+    }
+
     pub fn admin(&self, key: &str) -> tokenvault::proto::admin_service_client::AdminServiceClient<Authed> {
         tokenvault::proto::admin_service_client::AdminServiceClient::new(self.authed(Some(key)))
     }
