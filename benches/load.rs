@@ -20,11 +20,13 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`. The benchmark creates its own
 //! database and drops it at the end.
 
+mod common;
+
 use anyhow::{ensure, Context as _, Result};
 use clap::Parser;
+use common::{pg_admin_url, BenchDb};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::Connection as _;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -79,47 +81,6 @@ struct Args {
 }
 
 /// PostgreSQL admin URL the benchmark creates its database through.
-fn pg_admin_url() -> String {
-    std::env::var("TOKENVAULT_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A database that lives for the run.
-struct BenchDb {
-    name: String,
-    url: String,
-}
-
-impl BenchDb {
-    async fn create() -> Result<Self> {
-        let admin = pg_admin_url();
-        let name = format!("tv_bench_{}", Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .context("PostgreSQL must be reachable (set TOKENVAULT_TEST_PG)")?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .context("create the benchmark database")?;
-        let _ = conn.close().await;
-        let (prefix, _) = admin
-            .rsplit_once('/')
-            .context("TOKENVAULT_TEST_PG must end in /<database>")?;
-        Ok(Self {
-            url: format!("{prefix}/{name}"),
-            name,
-        })
-    }
-
-    async fn drop_now(self) {
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut conn)
-                .await;
-            let _ = conn.close().await;
-        }
-    }
-}
-
 /// Everything a server process needs to be started.
 struct ServerSetup {
     dir: tempfile::TempDir,

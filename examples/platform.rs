@@ -5,6 +5,7 @@
 //! TOKENVAULT_API_KEY=<platform key> USER=alice cargo run --example platform
 //! TOKENVAULT_API_KEY=<platform key> USER=alice cargo run --example platform -- --list
 //! TOKENVAULT_API_KEY=<platform key> cargo run --example platform -- --disconnect <connection id>
+//! TOKENVAULT_API_KEY=<platform key> cargo run --example platform -- --events [CURSOR]
 //! ```
 //!
 //! With no argument it calls `StartConsent`, prints the authorization URL the
@@ -14,6 +15,10 @@
 //! to the user signed in at the platform) and prints the connection id.
 //! `--list` shows `ListConnections` for the tenant and user, `--disconnect ID`
 //! calls `Disconnect` (revoked at once, and at the provider too).
+//! `--events` watches the tenant's event log (`WatchEvents`) after `CURSOR`
+//! (default 0: everything kept), one line per event
+//! (`event <cursor> <type> user=… connection=… …`), until interrupted; run it
+//! again with the last cursor printed and nothing is missed or repeated.
 //!
 //! Environment:
 //!
@@ -36,8 +41,11 @@ use std::time::{Duration, SystemTime};
 
 use tokenvault::proto::connection_service_client::ConnectionServiceClient;
 use tokenvault::proto::consent_service_client::ConsentServiceClient;
+use tokenvault::proto::event_service_client::EventServiceClient;
+use tokenvault::proto::watch_events_response::Kind;
 use tokenvault::proto::{
-    ConfirmConsentRequest, Connection, ConnectionStatus, DisconnectRequest, ListConnectionsRequest, StartConsentRequest,
+    ConfirmConsentRequest, Connection, ConnectionStatus, DisconnectRequest, Event, ListConnectionsRequest,
+    StartConsentRequest, WatchEventsRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -53,9 +61,10 @@ enum Action {
     Connect,
     List,
     Disconnect(String),
+    Events(u64),
 }
 
-const USAGE: &str = "usage: platform [--list | --disconnect CONNECTION_ID]";
+const USAGE: &str = "usage: platform [--list | --disconnect CONNECTION_ID | --events [CURSOR]]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -74,6 +83,12 @@ async fn run() -> Result<(), String> {
         [] => Action::Connect,
         ["--list"] => Action::List,
         ["--disconnect", id] => Action::Disconnect((*id).to_owned()),
+        ["--events"] => Action::Events(0),
+        ["--events", cursor] => Action::Events(
+            cursor
+                .parse()
+                .map_err(|_| format!("CURSOR `{cursor}` is not a number"))?,
+        ),
         _ => return Err(USAGE.to_owned()),
     };
 
@@ -85,13 +100,66 @@ async fn run() -> Result<(), String> {
         .connect_lazy();
     let auth = BearerAuth::new(&api_key)?;
     let mut consent = ConsentServiceClient::with_interceptor(channel.clone(), auth.clone());
+    let mut events = EventServiceClient::with_interceptor(channel.clone(), auth.clone());
     let mut connections = ConnectionServiceClient::with_interceptor(channel, auth);
 
     match action {
+        Action::Events(cursor) => watch(&mut events, cursor).await,
         Action::Connect => connect(&mut consent).await,
         Action::List => list(&mut connections).await,
         Action::Disconnect(id) => disconnect(&mut connections, id).await,
     }
+}
+
+/// Prints the tenant's events after `cursor` as they come, until the stream ends.
+async fn watch(events: &mut EventServiceClient<Authed>, cursor: u64) -> Result<(), String> {
+    let mut stream = events
+        .watch_events(WatchEventsRequest {
+            tenant_id: tenant(),
+            after_cursor: cursor,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| format!("WatchEvents failed: {}: {}", s.code(), s.message()))?
+        .into_inner();
+    loop {
+        match stream.message().await {
+            Ok(Some(item)) => match item.kind {
+                Some(Kind::Event(event)) => println!("{}", describe(&event)),
+                Some(Kind::Heartbeat(beat)) => eprintln!("(heartbeat at cursor {})", beat.cursor),
+                None => {}
+            },
+            Ok(None) => return Ok(()),
+            Err(status) => {
+                return Err(format!(
+                    "the event stream ended: {}: {}",
+                    status.code(),
+                    status.message()
+                ))
+            }
+        }
+    }
+}
+
+/// One line per event: cursor, type, and what it is about.
+fn describe(event: &Event) -> String {
+    let mut line = format!("event {} {} user={}", event.cursor, event.r#type, event.user_id);
+    if !event.connection_id.is_empty() {
+        line.push_str(&format!(" connection={}", event.connection_id));
+    }
+    if let Some(data) = &event.data {
+        for (name, value) in [
+            ("provider", &data.provider),
+            ("status", &data.status),
+            ("provider_revocation", &data.provider_revocation),
+            ("reason", &data.reason),
+        ] {
+            if !value.is_empty() {
+                line.push_str(&format!(" {name}={value:?}"));
+            }
+        }
+    }
+    line
 }
 
 fn env(name: &str) -> Option<String> {

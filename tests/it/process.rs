@@ -4,6 +4,7 @@
 use crate::support::fixture::WithProvider;
 use crate::support::process::ServerProcess;
 use crate::support::provider::{connect, query, start_fake, CatalogOptions, UserBrowser};
+use crate::support::webhooks::Receiver;
 use crate::support::{keys, random_kek, Backend, TestDb};
 use std::time::Duration;
 use tokenvault::proto::token_service_client::TokenServiceClient;
@@ -201,7 +202,8 @@ async fn no_secret_reaches_the_logs() {
     let fake = start_fake(FakeProviderConfig::default(), &CatalogOptions::default()).await;
     let db = TestDb::new(Backend::Postgres).await;
     let kek = random_kek("logs");
-    let server = ServerProcess::spawn(&db, &kek, &fake, "trace").await;
+    let webhooks = "[events.webhooks]\nallowed_networks = [\"127.0.0.0/8\"]\nallow_http_loopback = true\n";
+    let server = ServerProcess::spawn_with(&db, &kek, &fake, "trace", webhooks).await;
     let channel = Channel::from_shared(format!("http://{}", server.grpc))
         .unwrap()
         .connect()
@@ -213,6 +215,18 @@ async fn no_secret_reaches_the_logs() {
             crate::support::Bearer::with(format!("Bearer {key}").parse().unwrap()),
         )
     };
+    // A webhook endpoint receives every event (verified by standardwebhooks).
+    let receiver = Receiver::start();
+    let endpoint = tokenvault::proto::admin_service_client::AdminServiceClient::new(authed(keys::ADMIN))
+        .create_webhook_endpoint(CreateWebhookEndpointRequest {
+            tenant_id: keys::TENANT.into(),
+            url: receiver.url(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    receiver.set_secrets(&[&endpoint.secret]).await;
     let mut consent = tokenvault::proto::consent_service_client::ConsentServiceClient::new(authed(keys::PLATFORM));
     let started = consent
         .start_consent(StartConsentRequest {
@@ -281,8 +295,28 @@ async fn no_secret_reaches_the_logs() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await; // the outbox revokes at the provider
     assert!(!fake.stats().revocations.is_empty());
+    let deliveries = receiver.received().await;
+    assert!(
+        deliveries.len() >= 4,
+        "consent and revocation events were delivered: {deliveries:?}"
+    );
+    assert!(deliveries.iter().all(|d| d["verified"] == true));
+    let delivered = serde_json::to_string(&deliveries).unwrap();
     let logs = server.stop();
     assert!(logs.contains("tokenvault is listening"), "the log was captured");
+    // The webhook secret is in neither the log nor the database (only sealed), nor any delivery.
+    let whsec = endpoint.secret.as_str();
+    let whsec_bytes = whsec.trim_start_matches("whsec_");
+    let store = crate::support::suite::migrated(&db).await;
+    let dump = crate::support::dump_database(store.pool()).await;
+    for secret in [whsec, whsec_bytes] {
+        assert!(!logs.contains(secret), "the webhook secret reached the log");
+        assert!(
+            !crate::support::contains(&dump, secret),
+            "the webhook secret is stored in clear"
+        );
+        assert!(!delivered.contains(secret), "the webhook secret was delivered");
+    }
     // At debug, tokenvault says what it did, step by step, with ids and outcomes.
     for step in [
         "consent: started",
@@ -314,6 +348,11 @@ async fn no_secret_reaches_the_logs() {
         fake.config().client_secret.as_str(),
     ] {
         assert!(!logs.contains(secret), "a secret reached the log: {secret}");
+        assert!(!delivered.contains(secret), "a secret reached a webhook: {secret}");
+        assert!(
+            !crate::support::contains(&dump, secret),
+            "a secret is in the database in clear: {secret}"
+        );
     }
 }
 

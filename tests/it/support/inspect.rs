@@ -20,6 +20,10 @@ pub async fn dump_database(pool: &sqlx::AnyPool) -> Vec<u8> {
         "consent_requests",
         "audit_events",
         "revocation_outbox",
+        "events",
+        "webhook_endpoints",
+        "webhook_deliveries",
+        "webhook_attempts",
     ] {
         let rows = sqlx::query(&format!("SELECT * FROM {table}"))
             .fetch_all(pool)
