@@ -214,6 +214,9 @@ httpGet:
 {{- end }}
 {{- else }}
 {{- $_ := required "auth.workloadIdentity.issuer is required when auth.workloadIdentity.enabled: the tokens' iss, e.g. `kubectl get --raw /.well-known/openid-configuration | jq -r .issuer` (often https://kubernetes.default.svc.cluster.local)" $wi.issuer }}
+{{- if or (eq (trimSuffix "/" $wi.audience) (trimSuffix "/" $wi.issuer)) (hasPrefix "https://kubernetes.default.svc" $wi.audience) }}
+{{- fail (printf "auth.workloadIdentity.audience %q is the API server's own audience (by default the issuer): every automounted service-account token carries it, so those tokens would be accepted by tokenvault, and the tokens agents send tokenvault would work at the API server; use a dedicated audience such as \"tokenvault\" in the agents' projected token" $wi.audience) }}
+{{- end }}
 {{- if and $wi.issuerToken.enabled (eq $wi.issuerToken.audience $wi.audience) }}
 {{- fail (printf "auth.workloadIdentity.issuerToken.audience must not be %q (auth.workloadIdentity.audience): tokenvault's own token for the API server would then be a workload token that tokenvault accepts; leave it empty (the API server's audience)" $wi.audience) }}
 {{- end }}
