@@ -11,7 +11,14 @@ objects fit together the way tokenvault needs them to:
   table matches keys.backend, KEK epochs fit in keys.shred_within_days, a
   key file is never asked to rotate while it comes from a read-only mount,
   and the key table shares the main database only with allow_shared_database;
-- server and migration pods are hardened, bounded, and get no API token;
+- [auth.workload_identity] and [[auth.workloads]] hold what load.rs
+  validate_auth / validate_workload_identity accept (https issuer, audience,
+  bounds, subjects mapped once, known roles), only in the server's config;
+- server and migration pods are hardened, bounded, and get no automounted
+  API token; the only service-account token is the server's projected one
+  for the issuer (issuer_token_file), never for the workloads' audience;
+- a ClusterRoleBinding grants only system:service-account-issuer-discovery,
+  to the server's own ServiceAccount;
 - the migration Job is a pre-install/pre-upgrade hook whose ConfigMap and
   ServiceAccount are hooks with a lower weight (they must exist before it);
 - the grace period outlasts preStop sleep + drain; selectors of the Service,
@@ -40,13 +47,20 @@ KNOWN = {
     "database": {"max_connections", "run_migrations"},
     "keys": {"backend", "file", "allow_shared_database", "rotate_every_days", "destroy_retired_after_days",
              "shred_within_days", "epoch_check_seconds", "rewrap_per_second", "kms", "pkcs11"},
-    "auth": {"api_keys_file"},
+    "auth": {"api_keys_file", "workload_identity", "workloads"},
     "consent": {"allowed_return_origins", "require_confirmation", "tenants_without_confirmation",
                 "confirmation_ttl_seconds", "other_account"},
     "providers": None,  # catalog_file + one table per provider, checked below
     "broker": {"max_lease_seconds", "cache_capacity"},
     "lifecycle": {"purge_after_days", "audit_retention_days", "sweep_interval_seconds"},
 }
+# [auth.workload_identity] and one [[auth.workloads]] entry (src/config/mod.rs,
+# WorkloadIdentityConfig and WorkloadConfig, deny_unknown_fields).
+WORKLOAD_IDENTITY_KEYS = {"issuer", "audience", "ca_file", "issuer_token_file", "leeway_seconds", "max_token_bytes",
+                          "refresh_interval_seconds", "keys_max_age_seconds", "timeout_seconds"}
+WORKLOAD_KEYS = {"name", "subject", "roles", "tenants"}
+ROLES = {"agent", "platform", "admin"}
+ISSUER_DISCOVERY_ROLE = "system:service-account-issuer-discovery"
 TOP_LEVEL_SECRETS = {"database_url", "key_database_url"}
 # Sub-tables of [keys], one per keyring backend (secrets such as `inline` or
 # `pkcs11.pin` are left out on purpose: the chart must never render them).
@@ -113,6 +127,8 @@ def volume_files(volume):
             for kind in ("secret", "configMap"):
                 if kind in src:
                     files |= {i["path"] for i in src[kind].get("items", [])}
+            if "serviceAccountToken" in src:
+                files.add(src["serviceAccountToken"]["path"])
         return files
     return None
 
@@ -132,11 +148,75 @@ def check_config(c, cm_name, text, for_migration):
              f"{cm_name}: [providers.{name}] needs client_id and client_secret_file")
         c.ok("client_secret" not in p, f"{cm_name}: [providers.{name}] holds a client secret in clear")
     check_keys(c, cm_name, cfg["keys"])
+    check_auth(c, cm_name, cfg.get("auth", {}), for_migration)
     c.ok(cfg["database"]["run_migrations"] is False, f"{cm_name}: run_migrations must be false (the hook Job migrates)")
     c.ok(cfg["log"]["format"] in ("json", "pretty"), f"{cm_name}: bad log format")
     if for_migration:
         c.ok("tls" not in cfg, f"{cm_name}: the migration config must not need TLS files (cert-manager's Secret may not exist yet)")
     return cfg
+
+
+def check_auth(c, cm_name, auth, for_migration):
+    """[auth]: inline secrets never; workload identity as load.rs validates it."""
+    c.ok("api_keys" not in auth, f"{cm_name}: [auth] must not carry inline API keys")
+    identity = auth.get("workload_identity")
+    workloads = auth.get("workloads", [])
+    if for_migration:
+        c.ok(identity is None and not workloads,
+             f"{cm_name}: the migration config must not carry workload identity (its files are the server's)")
+        return
+    c.ok(isinstance(workloads, list), f"{cm_name}: auth.workloads must be an array of tables")
+    c.ok(identity is not None or not workloads, f"{cm_name}: [[auth.workloads]] needs [auth.workload_identity]")
+    subjects = set()
+    for w in workloads:
+        unknown = set(w) - WORKLOAD_KEYS
+        c.ok(not unknown, f"{cm_name}: unknown keys in [[auth.workloads]]: {sorted(unknown)}")
+        subject = w.get("subject", "")
+        c.ok(isinstance(subject, str) and subject.strip(), f"{cm_name}: [[auth.workloads]] needs a subject")
+        c.ok(subject not in subjects, f"{cm_name}: auth.workloads subject {subject!r} is mapped twice")
+        subjects.add(subject)
+        roles = w.get("roles", [])
+        c.ok(roles and set(roles) <= ROLES, f"{cm_name}: auth.workloads {subject!r}: roles {roles!r} (need one of {sorted(ROLES)})")
+        tenants = w.get("tenants", [])
+        c.ok(tenants and all(isinstance(t, str) and t for t in tenants), f"{cm_name}: auth.workloads {subject!r}: no tenants")
+    if identity is None:
+        return
+    c.ok(isinstance(identity, dict), f"{cm_name}: auth.workload_identity must be a table")
+    unknown = set(identity) - WORKLOAD_IDENTITY_KEYS
+    c.ok(not unknown, f"{cm_name}: unknown keys in [auth.workload_identity]: {sorted(unknown)}")
+    issuer = identity.get("issuer", "")
+    c.ok(isinstance(issuer, str) and issuer.startswith("https://") and "?" not in issuer and "#" not in issuer,
+         f"{cm_name}: auth.workload_identity.issuer {issuer!r} must be an https URL without query or fragment")
+    c.ok(str(identity.get("audience", "")).strip(), f"{cm_name}: auth.workload_identity.audience is empty")
+    c.ok(256 <= identity.get("max_token_bytes", 8192) <= 65536, f"{cm_name}: max_token_bytes outside 256..65536")
+    c.ok(identity.get("leeway_seconds", 30) <= 300, f"{cm_name}: leeway_seconds over 300")
+    c.ok(identity.get("timeout_seconds", 5) >= 1 and identity.get("refresh_interval_seconds", 30) >= 1,
+         f"{cm_name}: timeout_seconds and refresh_interval_seconds must be at least 1")
+    for key in ("ca_file", "issuer_token_file"):
+        if key in identity:
+            c.ok(identity[key].startswith("/"), f"{cm_name}: auth.workload_identity.{key} must be an absolute path")
+
+
+def check_service_account_tokens(c, where, spec, ctr, cfg, server):
+    """The only service-account token a pod gets: the server's own, for the issuer, and for no workload audience."""
+    identity = cfg.get("auth", {}).get("workload_identity") or {}
+    token_file = identity.get("issuer_token_file") if server else None
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    token_volumes = {name: src["serviceAccountToken"] for name, v in volumes.items() if "projected" in v
+                     for src in v["projected"]["sources"] if "serviceAccountToken" in src}
+    if token_file is None:
+        c.ok(not token_volumes, f"{where}: a service-account token is projected ({sorted(token_volumes)}) but nothing reads it")
+        return
+    mounted = [m for m in ctr.get("volumeMounts", []) if m["name"] in token_volumes]
+    c.ok(len(token_volumes) == 1 and len(mounted) == 1, f"{where}: exactly one projected token, for issuer_token_file")
+    mount = mounted[0]
+    token = token_volumes[mount["name"]]
+    c.ok(mount.get("readOnly") is True, f"{where}: the issuer token must be mounted read-only")
+    c.ok(token_file == mount["mountPath"].rstrip("/") + "/" + token["path"],
+         f"{where}: issuer_token_file {token_file} is not the projected token's path")
+    c.ok(token.get("audience") != identity.get("audience"),
+         f"{where}: tokenvault's own issuer token is for the workloads' audience {identity.get('audience')!r}: it would authenticate to tokenvault")
+    c.ok(token.get("expirationSeconds", 3600) >= 600, f"{where}: a projected token lives at least 600 s")
 
 
 def check_keys(c, cm_name, keys):
@@ -227,6 +307,7 @@ def check_pod(c, kind, name, spec, cfg):
                     found |= files is None or rel in files
             c.ok(found, f"{cwhere}: {path} (named in config.toml) is not mounted")
         check_key_storage(c, cwhere, ctr, volumes, cfg["keys"])
+        check_service_account_tokens(c, cwhere, spec, ctr, cfg, server=kind == "Deployment")
         # Secrets come from Secrets, never from values rendered here.
         for v in volumes.values():
             if "secret" in v:
@@ -251,6 +332,15 @@ def check_file(path):
 
     for sa in by_kind.get("ServiceAccount", []):
         c.ok(sa.get("automountServiceAccountToken") is False, f"ServiceAccount/{sa['metadata']['name']}: automount must be false")
+    c.ok("ClusterRole" not in by_kind and "Role" not in by_kind and "RoleBinding" not in by_kind,
+         "the chart defines no role of its own and binds none in a namespace")
+    for crb in by_kind.get("ClusterRoleBinding", []):
+        name = crb["metadata"]["name"]
+        c.ok(crb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ISSUER_DISCOVERY_ROLE},
+             f"ClusterRoleBinding/{name}: may bind only the ClusterRole {ISSUER_DISCOVERY_ROLE}")
+        c.ok(crb["subjects"] == [{"kind": "ServiceAccount", "name": pod.get("serviceAccountName", "default"),
+                                  "namespace": dep["metadata"]["namespace"]}],
+             f"ClusterRoleBinding/{name}: must bind the server's ServiceAccount alone")
 
     # --- server ---------------------------------------------------------
     cm_name = next(v["configMap"]["name"] for v in pod["volumes"] if v["name"] == "config")
@@ -258,6 +348,10 @@ def check_file(path):
     c.ok(cm is not None and hook_info(cm) is None, f"Deployment config ConfigMap {cm_name} must be an ordinary resource of the chart")
     cfg = check_config(c, cm_name, cm["data"]["config.toml"], for_migration=False)
     check_pod(c, "Deployment", dep["metadata"]["name"], pod, cfg)
+    identity = cfg.get("auth", {}).get("workload_identity")
+    if by_kind.get("ClusterRoleBinding"):
+        c.ok(identity and identity.get("issuer_token_file"),
+             "a ClusterRoleBinding for issuer discovery, but tokenvault sends the issuer no token")
     ann = dep["spec"]["template"]["metadata"].get("annotations") or {}
     c.ok(len(ann.get("checksum/config", "")) == 64, "Deployment: checksum/config annotation rolls pods on config change")
     ctr = pod["containers"][0]

@@ -3,12 +3,19 @@
 //!
 //! ```sh
 //! TOKENVAULT_API_KEY=<agent key> CONNECTION_ID=<id> cargo run --example agent
+//! # in Kubernetes, with a projected service-account token (workload identity):
+//! TOKENVAULT_TOKEN_FILE=/var/run/secrets/tokenvault/token CONNECTION_ID=<id> cargo run --example agent
 //! ```
 //!
 //! Environment:
 //!
 //! - `TOKENVAULT_ADDR`: tokenvault's gRPC address (default `http://127.0.0.1:50051`, plain text);
-//! - `TOKENVAULT_API_KEY`: an API key with the `agent` role (required);
+//! - `TOKENVAULT_API_KEY`: an API key with the `agent` role; or
+//! - `TOKENVAULT_TOKEN_FILE`: a file holding the bearer credential instead, such
+//!   as a projected service-account token for audience `tokenvault` (see
+//!   helm/tokenvault/examples/agent-workload-identity.yaml). It is read at start
+//!   and again for every call, since the kubelet replaces the token before it
+//!   expires. Exactly one of the two is required;
 //! - `CONNECTION_ID`: the connection to act through (required);
 //! - `SCOPES`: comma-separated subset of the granted scopes (default: all granted scopes);
 //! - `CAPABILITIES`: comma-separated capability names of the provider (as in
@@ -19,7 +26,10 @@
 //!
 //! What a real worker should copy:
 //!
-//! - the API key goes in `authorization: Bearer …` metadata, added by an interceptor;
+//! - the API key (or the token file's current content) goes in
+//!   `authorization: Bearer …` metadata, added by an interceptor;
+//! - a token file is never cached by the worker: it is read for each call, so
+//!   a rotated token is used as soon as the kubelet writes it;
 //! - every call has a deadline (`grpc-timeout`): tokenvault fits its upstream
 //!   refresh attempts into it;
 //! - the token is kept in a small local cache until shortly before its
@@ -41,6 +51,7 @@
 //! (`CONSENT_REQUIRED`), 1 on any other failure.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -129,7 +140,7 @@ fn consent_required(status: &Status) -> Option<HashMap<String, String>> {
 /// What the worker is configured with.
 struct Settings {
     addr: String,
-    api_key: String,
+    credential: Credential,
     connection_id: String,
     scopes: Vec<String>,
     capabilities: Vec<String>,
@@ -158,7 +169,12 @@ impl Settings {
         let capabilities = list("CAPABILITIES");
         Ok(Self {
             addr: optional("TOKENVAULT_ADDR").unwrap_or_else(|| "http://127.0.0.1:50051".to_owned()),
-            api_key: required("TOKENVAULT_API_KEY")?,
+            credential: {
+                let credential = Credential::from_env()?;
+                // Fails early on a key that cannot be sent or a token file that cannot be read.
+                credential.header()?;
+                credential
+            },
             connection_id: required("CONNECTION_ID")?,
             scopes,
             capabilities,
@@ -182,24 +198,78 @@ fn number(name: &str, default: u32) -> Result<u32, String> {
     })
 }
 
-/// Adds `authorization: Bearer <api key>` to every call.
+/// Where the bearer credential comes from.
 #[derive(Clone)]
-struct BearerAuth(MetadataValue<Ascii>);
+enum Credential {
+    /// `TOKENVAULT_API_KEY`: fixed for the life of the process.
+    ApiKey(String),
+    /// `TOKENVAULT_TOKEN_FILE`: read again for every call (the kubelet rotates
+    /// a projected token in place).
+    File(PathBuf),
+}
+
+impl Credential {
+    fn from_env() -> Result<Self, String> {
+        match (optional("TOKENVAULT_API_KEY"), optional("TOKENVAULT_TOKEN_FILE")) {
+            (Some(_), Some(_)) => Err("set TOKENVAULT_API_KEY or TOKENVAULT_TOKEN_FILE, not both".to_owned()),
+            (Some(key), None) => Ok(Self::ApiKey(key)),
+            (None, Some(path)) => Ok(Self::File(PathBuf::from(path))),
+            (None, None) => Err(
+                "TOKENVAULT_API_KEY (an agent API key) or TOKENVAULT_TOKEN_FILE (a file \
+                 holding the token, e.g. a projected service-account token) must be set"
+                    .to_owned(),
+            ),
+        }
+    }
+
+    /// The `authorization` value for the credential as it is now.
+    fn header(&self) -> Result<MetadataValue<Ascii>, String> {
+        let (credential, what) = match self {
+            Self::ApiKey(key) => (key.clone(), "TOKENVAULT_API_KEY".to_owned()),
+            Self::File(path) => {
+                let what = format!("TOKENVAULT_TOKEN_FILE `{}`", path.display());
+                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {what}: {e}"))?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(format!("{what} is empty"));
+                }
+                (token.to_owned(), what)
+            }
+        };
+        let mut value: MetadataValue<Ascii> = format!("Bearer {credential}")
+            .parse()
+            .map_err(|_| format!("{what} must hold printable ASCII"))?;
+        // Keeps the credential out of debug output of the request.
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+/// Adds `authorization: Bearer <api key or token>` to every call.
+#[derive(Clone)]
+struct BearerAuth {
+    credential: Credential,
+    /// An API key's header, built once; a token file's is built for each call.
+    fixed: Option<MetadataValue<Ascii>>,
+}
 
 impl BearerAuth {
-    fn new(api_key: &str) -> Result<Self, String> {
-        let mut value: MetadataValue<Ascii> = format!("Bearer {api_key}")
-            .parse()
-            .map_err(|_| "TOKENVAULT_API_KEY must be printable ASCII".to_owned())?;
-        // Keeps the key out of debug output of the request.
-        value.set_sensitive(true);
-        Ok(Self(value))
+    /// Checks the credential once (a token file must be readable at start).
+    fn new(credential: Credential) -> Result<Self, String> {
+        let header = credential.header()?;
+        let fixed = matches!(credential, Credential::ApiKey(_)).then_some(header);
+        Ok(Self { credential, fixed })
     }
 }
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+        let value = match &self.fixed {
+            Some(value) => value.clone(),
+            // A file that cannot be read now (being replaced, say) is UNAVAILABLE: retried with backoff.
+            None => self.credential.header().map_err(Status::unavailable)?,
+        };
+        request.metadata_mut().insert("authorization", value);
         Ok(request)
     }
 }
@@ -243,7 +313,7 @@ impl TokenCache {
 }
 
 async fn run(settings: &Settings) -> Result<(), Status> {
-    let auth = BearerAuth::new(&settings.api_key).map_err(Status::invalid_argument)?;
+    let auth = BearerAuth::new(settings.credential.clone()).map_err(Status::invalid_argument)?;
     let channel = Endpoint::from_shared(settings.addr.clone())
         .map_err(|e| Status::invalid_argument(format!("TOKENVAULT_ADDR `{}`: {e}", settings.addr)))?
         .connect_timeout(Duration::from_secs(5))

@@ -3,7 +3,10 @@
 
 The same behaviour as examples/agent.rs:
 
-- the API key goes in ``authorization: Bearer ...`` metadata, added by a client interceptor;
+- the API key (or the token file's current content) goes in
+  ``authorization: Bearer ...`` metadata, added by a client interceptor;
+- a token file is read again for every call, never cached: the kubelet
+  replaces a projected service-account token before it expires;
 - every call has a deadline (sent as ``grpc-timeout``);
 - the token is kept in a small local cache until shortly before its ``expires_at``;
 - ``UNAVAILABLE`` is retried with exponential backoff and jitter;
@@ -16,7 +19,11 @@ The same behaviour as examples/agent.rs:
 - the token is never printed, only its first 8 characters.
 
 Environment: TOKENVAULT_ADDR (default http://127.0.0.1:50051, plain text),
-TOKENVAULT_API_KEY (agent role, required), CONNECTION_ID (required), SCOPES
+TOKENVAULT_API_KEY (agent role) or TOKENVAULT_TOKEN_FILE (a file holding the
+bearer credential instead, e.g. a projected service-account token for
+audience "tokenvault", see helm/tokenvault/examples/agent-workload-identity.yaml;
+read at start and for every call) -- exactly one of the two is required,
+CONNECTION_ID (required), SCOPES
 (comma-separated subset of the granted scopes), CAPABILITIES (comma-separated
 capability names of the provider), MIN_TTL (seconds), TIMEOUT
 (seconds per call, default 10), ITERATIONS and INTERVAL (tasks to run and
@@ -28,6 +35,7 @@ Exit status: 0 on success, 2 when the connection cannot be used
 
     pip install -r requirements.txt && ./generate.sh
     TOKENVAULT_API_KEY=... CONNECTION_ID=... python agent.py
+    TOKENVAULT_TOKEN_FILE=/var/run/secrets/tokenvault/token CONNECTION_ID=... python agent.py
 """
 
 from __future__ import annotations
@@ -90,14 +98,45 @@ class _CallDetails(
     pass
 
 
-class BearerAuth(grpc.UnaryUnaryClientInterceptor):
-    """Adds ``authorization: Bearer <api key>`` to every call."""
+class Credential:
+    """The bearer credential: TOKENVAULT_API_KEY, or TOKENVAULT_TOKEN_FILE read for every call."""
 
-    def __init__(self, api_key: str) -> None:
-        self._header = ("authorization", f"Bearer {api_key}")
+    def __init__(self, api_key: str | None, token_file: str | None) -> None:
+        if api_key and token_file:
+            raise ValueError("set TOKENVAULT_API_KEY or TOKENVAULT_TOKEN_FILE, not both")
+        if not api_key and not token_file:
+            raise ValueError(
+                "TOKENVAULT_API_KEY (an agent API key) or TOKENVAULT_TOKEN_FILE "
+                "(a file holding the token, e.g. a projected service-account token) must be set"
+            )
+        self._api_key = api_key
+        self._token_file = Path(token_file) if token_file else None
+
+    def current(self) -> str:
+        """The credential as it is now (the file's content, re-read: the kubelet rotates it in place)."""
+        if self._token_file is None:
+            return self._api_key
+        what = f"TOKENVAULT_TOKEN_FILE {str(self._token_file)!r}"
+        try:
+            token = self._token_file.read_text().strip()
+        except OSError as error:
+            raise ValueError(f"cannot read {what}: {error.strerror or error}") from None
+        if not token:
+            raise ValueError(f"{what} is empty")
+        if not token.isascii() or not token.isprintable():
+            raise ValueError(f"{what} must hold printable ASCII")
+        return token
+
+
+class BearerAuth(grpc.UnaryUnaryClientInterceptor):
+    """Adds ``authorization: Bearer <api key or token>`` to every call."""
+
+    def __init__(self, credential: Credential) -> None:
+        self._credential = credential
 
     def intercept_unary_unary(self, continuation, details, request):
-        metadata = list(details.metadata or []) + [self._header]
+        header = ("authorization", f"Bearer {self._credential.current()}")
+        metadata = list(details.metadata or []) + [header]
         details = _CallDetails(
             details.method,
             details.timeout,
@@ -178,10 +217,15 @@ def describe(token) -> None:
 
 
 def main() -> int:
-    api_key = env("TOKENVAULT_API_KEY")
     connection_id = env("CONNECTION_ID")
-    if not api_key or not connection_id:
-        print("agent: TOKENVAULT_API_KEY and CONNECTION_ID must be set", file=sys.stderr)
+    if not connection_id:
+        print("agent: CONNECTION_ID must be set", file=sys.stderr)
+        return 1
+    try:
+        credential = Credential(env("TOKENVAULT_API_KEY"), env("TOKENVAULT_TOKEN_FILE"))
+        credential.current()  # fails early on a token file that cannot be read
+    except ValueError as error:
+        print(f"agent: {error}", file=sys.stderr)
         return 1
     scopes = sorted({s.strip() for s in (env("SCOPES") or "").split(",") if s.strip()})
     capabilities = sorted({c.strip() for c in (env("CAPABILITIES") or "").split(",") if c.strip()})
@@ -192,7 +236,7 @@ def main() -> int:
 
     channel = grpc.intercept_channel(
         grpc.insecure_channel(target(env("TOKENVAULT_ADDR", "http://127.0.0.1:50051"))),
-        BearerAuth(api_key),
+        BearerAuth(credential),
     )
     stub = token_pb2_grpc.TokenServiceStub(channel)
     cache = TokenCache()
@@ -239,6 +283,9 @@ def main() -> int:
             print("agent: the user must connect again (re-consent); stopping", file=sys.stderr)
             return 2
         print(f"agent: GetAccessToken failed: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except ValueError as error:  # the token file became unreadable between calls
+        print(f"agent: {error}", file=sys.stderr)
         return 1
     finally:
         channel.close()

@@ -110,6 +110,21 @@ httpGet:
 {{- end }}
 {{- end }}
 
+{{/* The issuer's CA file (`ca_file`): auth.workloadIdentity.caFile, else the mounted kube-root-ca.crt, else none. */}}
+{{- define "tokenvault.issuerCaFile" -}}
+{{- $wi := .Values.auth.workloadIdentity }}
+{{- if $wi.caFile }}
+{{- $wi.caFile }}
+{{- else if $wi.kubeRootCa.enabled -}}
+/etc/tokenvault/issuer-ca/ca.crt
+{{- end }}
+{{- end }}
+
+{{/* "true" when the issuer is the cluster's own API server reached through the kubernetes Service. */}}
+{{- define "tokenvault.issuerInCluster" -}}
+{{- if regexMatch "^https://kubernetes(\\.default(\\.svc(\\.[^/:]+)?)?)?(:[0-9]+)?/?$" .Values.auth.workloadIdentity.issuer }}true{{- end }}
+{{- end }}
+
 {{- define "tokenvault.publicUrl" -}}
 {{- if .Values.server.publicUrl }}
 {{- .Values.server.publicUrl | trimSuffix "/" }}
@@ -184,8 +199,40 @@ httpGet:
 {{- if and .Values.networkPolicy.enabled (not (or .Values.networkPolicy.egress.database.cidrs .Values.networkPolicy.egress.database.to)) }}
 {{- fail "networkPolicy.enabled: set networkPolicy.egress.database.cidrs or .to, or the pods cannot reach PostgreSQL" }}
 {{- end }}
+{{- include "tokenvault.validateWorkloadIdentity" . }}
 {{- if and .Values.preStop.sleepEnabled (semverCompare "<1.30-0" .Capabilities.KubeVersion.Version) }}
 {{- fail (printf "preStop.sleepEnabled needs Kubernetes >= 1.30 (lifecycle.preStop.sleep); this cluster is %s: set preStop.sleepEnabled=false" .Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- end }}
+
+{{/* Workload identity: what tokenvault refuses at start, and what cannot work in the cluster. */}}
+{{- define "tokenvault.validateWorkloadIdentity" -}}
+{{- $wi := .Values.auth.workloadIdentity }}
+{{- if not $wi.enabled }}
+{{- if .Values.auth.workloads }}
+{{- fail "auth.workloads needs auth.workloadIdentity.enabled=true with auth.workloadIdentity.issuer (tokenvault refuses [[auth.workloads]] without [auth.workload_identity])" }}
+{{- end }}
+{{- else }}
+{{- $_ := required "auth.workloadIdentity.issuer is required when auth.workloadIdentity.enabled: the tokens' iss, e.g. `kubectl get --raw /.well-known/openid-configuration | jq -r .issuer` (often https://kubernetes.default.svc.cluster.local)" $wi.issuer }}
+{{- if or (eq (trimSuffix "/" $wi.audience) (trimSuffix "/" $wi.issuer)) (hasPrefix "https://kubernetes.default.svc" $wi.audience) }}
+{{- fail (printf "auth.workloadIdentity.audience %q is the API server's own audience (by default the issuer): every automounted service-account token carries it, so those tokens would be accepted by tokenvault, and the tokens agents send tokenvault would work at the API server; use a dedicated audience such as \"tokenvault\" in the agents' projected token" $wi.audience) }}
+{{- end }}
+{{- if and $wi.issuerToken.enabled (eq $wi.issuerToken.audience $wi.audience) }}
+{{- fail (printf "auth.workloadIdentity.issuerToken.audience must not be %q (auth.workloadIdentity.audience): tokenvault's own token for the API server would then be a workload token that tokenvault accepts; leave it empty (the API server's audience)" $wi.audience) }}
+{{- end }}
+{{- if and $wi.clusterRoleBinding.create (not $wi.issuerToken.enabled) }}
+{{- fail "auth.workloadIdentity.clusterRoleBinding.create needs auth.workloadIdentity.issuerToken.enabled: the binding grants discovery to the server's ServiceAccount, which only helps if tokenvault sends its token" }}
+{{- end }}
+{{- $subjects := dict }}
+{{- range .Values.auth.workloads }}
+{{- if hasKey $subjects .subject }}
+{{- fail (printf "auth.workloads: subject %q is mapped twice" .subject) }}
+{{- end }}
+{{- $_ := set $subjects .subject true }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled (include "tokenvault.issuerInCluster" .) (not .Values.networkPolicy.egress.apiServer.cidrs) }}
+{{- fail (printf "networkPolicy.enabled with the in-cluster issuer %s: set networkPolicy.egress.apiServer.cidrs to the API server's addresses (kubectl get endpointslices -n default -l kubernetes.io/service-name=kubernetes), or tokenvault cannot fetch the issuer's keys and refuses every workload token (NetworkPolicy cannot name the API server)" $wi.issuer) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -227,9 +274,10 @@ at start; the chart refuses them at render time, with what to set.
 
 {{/* ---------------------------------------------------------------------
   config.toml
-  Called with (dict "root" $ "tls" bool). The migration hook renders it
-  with tls=false: it does not listen, and a cert-manager Secret does not
-  exist yet before the first install.
+  Called with (dict "root" $ "tls" bool "serve" bool). The migration hook
+  renders it with tls=false: it does not listen, and a cert-manager Secret
+  does not exist yet before the first install; and without serve: it
+  authenticates no caller, so it gets no [auth.workload_identity].
 --------------------------------------------------------------------- */}}
 
 {{/* One TOML value: strings and lists go through toJson (JSON strings are valid TOML basic strings). */}}
@@ -313,6 +361,35 @@ older_key_labels = {{ toJson . }}
 [auth]
 api_keys_file = "/etc/tokenvault/auth/api-keys.toml"
 {{- end }}
+{{- /* Workload identity is for serve only: the migration hook gets neither the section nor its files. */}}
+{{- if and .serve $v.auth.workloadIdentity.enabled }}
+{{- $wi := $v.auth.workloadIdentity }}
+
+[auth.workload_identity]
+issuer = {{ $wi.issuer | toJson }}
+audience = {{ $wi.audience | toJson }}
+{{- with include "tokenvault.issuerCaFile" $root }}
+ca_file = {{ toJson . }}
+{{- end }}
+{{- if $wi.issuerToken.enabled }}
+issuer_token_file = "/var/run/secrets/tokenvault-issuer/token"
+{{- end }}
+leeway_seconds = {{ int64 $wi.leewaySeconds }}
+max_token_bytes = {{ int64 $wi.maxTokenBytes }}
+refresh_interval_seconds = {{ int64 $wi.refreshIntervalSeconds }}
+keys_max_age_seconds = {{ int64 $wi.keysMaxAgeSeconds }}
+timeout_seconds = {{ int64 $wi.timeoutSeconds }}
+{{- range $v.auth.workloads }}
+
+[[auth.workloads]]
+{{- with .name }}
+name = {{ toJson . }}
+{{- end }}
+subject = {{ .subject | toJson }}
+roles = {{ .roles | toJson }}
+tenants = {{ .tenants | toJson }}
+{{- end }}
+{{- end }}
 
 [consent]
 allowed_return_origins = {{ $v.consent.allowedReturnOrigins | default list | toJson }}
@@ -357,7 +434,8 @@ sweep_interval_seconds = {{ int64 $v.lifecycle.sweepIntervalSeconds }}
 
 {{/* ---------------------------------------------------------------------
   Pod pieces shared by the Deployment and the migration Job.
-  Called with (dict "root" $ "configMap" NAME "tls" bool).
+  Called with (dict "root" $ "configMap" NAME "tls" bool "serve" bool);
+  "serve" (the Deployment) adds what only serve needs: workload identity.
 --------------------------------------------------------------------- */}}
 
 {{- define "tokenvault.env" -}}
@@ -413,6 +491,18 @@ sweep_interval_seconds = {{ int64 $v.lifecycle.sweepIntervalSeconds }}
 - name: tls
   mountPath: /etc/tokenvault/tls
   readOnly: true
+{{- end }}
+{{- if and .serve $v.auth.workloadIdentity.enabled }}
+{{- if and $v.auth.workloadIdentity.kubeRootCa.enabled (not $v.auth.workloadIdentity.caFile) }}
+- name: issuer-ca
+  mountPath: /etc/tokenvault/issuer-ca
+  readOnly: true
+{{- end }}
+{{- if $v.auth.workloadIdentity.issuerToken.enabled }}
+- name: issuer-token
+  mountPath: /var/run/secrets/tokenvault-issuer
+  readOnly: true
+{{- end }}
 {{- end }}
 - name: tmp
   mountPath: /tmp
@@ -492,6 +582,31 @@ sweep_interval_seconds = {{ int64 $v.lifecycle.sweepIntervalSeconds }}
             - key: {{ $v.tls.clientCa.key }}
               path: ca.crt
       {{- end }}
+{{- end }}
+{{- if and .serve $v.auth.workloadIdentity.enabled }}
+{{- $wi := $v.auth.workloadIdentity }}
+{{- if and $wi.kubeRootCa.enabled (not $wi.caFile) }}
+# The cluster CA (every namespace has this ConfigMap): the issuer's TLS.
+- name: issuer-ca
+  configMap:
+    name: kube-root-ca.crt
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- if $wi.issuerToken.enabled }}
+# tokenvault's own token for the API server's issuer discovery and JWKS (re-read at each fetch).
+- name: issuer-token
+  projected:
+    defaultMode: 0440
+    sources:
+      - serviceAccountToken:
+          path: token
+          {{- with $wi.issuerToken.audience }}
+          audience: {{ . }}
+          {{- end }}
+          expirationSeconds: {{ int64 $wi.issuerToken.expirationSeconds }}
+{{- end }}
 {{- end }}
 - name: tmp
   emptyDir:
