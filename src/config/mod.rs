@@ -386,7 +386,9 @@ pub struct ApiKeyConfig {
 pub struct ClientCertConfig {
     /// Name recorded in audit events as the actor.
     pub name: String,
-    /// The certificate's subject common name or a DNS/URI subject alternative name.
+    /// The certificate name, typed: `uri:<URI SAN>` (e.g. `uri:spiffe://example.org/agent`),
+    /// `dns:<DNS SAN>` or `cn:<subject common name>`; matched by type and exact value.
+    /// Validation refuses a subject without one of these prefixes.
     pub subject: String,
     /// What the certificate may do.
     pub roles: Vec<Role>,

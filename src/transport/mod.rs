@@ -15,7 +15,9 @@
 //!   the TLS accept loop, a stream of connections for tonic;
 //!   `connection.rs`: one TLS connection, its handshake and its I/O.
 //! - `peer.rs`: the peer address and verified client-certificate identity the
-//!   acceptors attach to requests, and how `auth/` reads them back.
+//!   acceptors attach to requests, and how `auth/` reads them back;
+//!   `subject.rs`: the typed certificate names (`uri:`, `dns:`, `cn:`) that
+//!   identity is made of and configuration maps.
 //!
 //! When `client_ca_file` is set, clients *may* present a certificate signed
 //! by that CA (mutual TLS); clients without one still connect and
@@ -29,6 +31,7 @@ mod http;
 mod listeners;
 mod peer;
 mod reload;
+mod subject;
 #[cfg(test)]
 mod test_pki;
 mod tls_config;
@@ -43,3 +46,4 @@ pub use peer::{
     certificate_identity, certificate_subjects, peer_ip, PeerAddr, PeerCertificateIdentity, TlsConnectInfo,
 };
 pub use reload::TlsAcceptor;
+pub use subject::{CertSubject, SubjectError, SubjectKind};

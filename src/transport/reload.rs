@@ -160,7 +160,7 @@ impl TlsAcceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::certificate_subjects;
+    use crate::transport::{certificate_subjects, CertSubject};
     use crate::transport::incoming;
     use crate::transport::test_pki::{connect, listener, next_connection, served_leaf, Pki};
     use futures::StreamExt;
@@ -208,7 +208,10 @@ mod tests {
         assert!(!acceptor.reload().unwrap());
         let leaf = served_leaf(&connect(addr, pki.client(None)).await.unwrap());
         assert_eq!(leaf, renewed.der);
-        assert_eq!(certificate_subjects(&leaf).unwrap(), vec!["tokenvault-2", "localhost"]);
+        assert_eq!(
+            certificate_subjects(&leaf).unwrap(),
+            vec![CertSubject::dns("localhost"), CertSubject::cn("tokenvault-2")]
+        );
 
         // A corrupt file: an error naming it, and the renewed certificate keeps serving.
         pki.write("cert.pem", "-----BEGIN GARBAGE-----\nnot a certificate\n");

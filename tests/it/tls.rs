@@ -90,7 +90,7 @@ async fn both_listeners_speak_tls_and_client_certificates_identify_callers() {
     config.tls = Some(pki.config(true));
     config.auth.client_certs = vec![ClientCertConfig {
         name: "agent-cert".into(),
-        subject: "agent-7".into(),
+        subject: "cn:agent-7".into(),
         roles: vec![Role::Agent],
         tenants: vec![keys::TENANT.into()],
     }];
