@@ -378,6 +378,14 @@ fn validate_callers(config: &Config, problems: &mut Vec<String>) {
     if !config.auth.client_certs.is_empty() && config.tls.as_ref().and_then(|t| t.client_ca_file.as_ref()).is_none() {
         problems.push("auth.client_certs needs tls.client_ca_file (mutual TLS)".to_owned());
     }
+    if let Some(tls) = &config.tls {
+        if tls.client_crl_file.is_some() && tls.client_ca_file.is_none() {
+            problems.push(
+                "tls.client_crl_file needs tls.client_ca_file (the CRLs revoke client certificates of those CAs)"
+                    .to_owned(),
+            );
+        }
+    }
     let mut subjects = HashSet::new();
     for workload in &config.auth.workloads {
         let name = workload.name.as_deref().unwrap_or(&workload.subject);

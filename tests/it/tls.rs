@@ -53,6 +53,7 @@ impl Pki {
             cert_file: write("tls.crt", &cert),
             key_file: write("tls.key", &key),
             client_ca_file: mutual.then(|| write("ca.crt", &self.ca.pem())),
+            client_crl_file: None,
             reload_interval_seconds: 30,
         }
     }
@@ -169,6 +170,7 @@ async fn bad_tls_files_stop_start_up_with_a_clear_error() {
         cert_file: "/nonexistent/tls.crt".into(),
         key_file: "/nonexistent/tls.key".into(),
         client_ca_file: None,
+        client_crl_file: None,
         reload_interval_seconds: 30,
     });
     let app = tokenvault::app::App::build(config, std::sync::Arc::new(tokenvault::clock::SystemClock), true)
