@@ -100,14 +100,13 @@ impl FromStr for CertSubject {
 
     /// Parses `uri:…`, `dns:…` or `cn:…`; the prefix is lower case, the value is kept exactly.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let kind = [SubjectKind::Uri, SubjectKind::Dns, SubjectKind::Cn]
+        let (kind, value) = [SubjectKind::Uri, SubjectKind::Dns, SubjectKind::Cn]
             .into_iter()
-            .find(|kind| {
-                text.strip_prefix(kind.prefix())
-                    .is_some_and(|rest| rest.starts_with(':'))
+            .find_map(|kind| {
+                let value = text.strip_prefix(kind.prefix())?.strip_prefix(':')?;
+                Some((kind, value))
             })
             .ok_or_else(|| SubjectError::Untyped(text.to_owned()))?;
-        let value = &text[kind.prefix().len() + 1..];
         if value.is_empty() {
             return Err(SubjectError::Empty(text.to_owned()));
         }

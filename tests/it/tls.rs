@@ -338,10 +338,11 @@ async fn an_untyped_client_certificate_subject_stops_start_up_naming_the_entry()
     let mut config = base_config(&db);
     config.tls = Some(pki.config(true));
     config.auth.client_certs = vec![cert_caller("old-style", "spiffe://tokenvault/agent/7", &[Role::Agent])];
-    let error = tokenvault::app::App::build(config, std::sync::Arc::new(tokenvault::clock::SystemClock), true)
-        .await
-        .unwrap_err()
-        .to_string();
+    let built = tokenvault::app::App::build(config, std::sync::Arc::new(tokenvault::clock::SystemClock), true).await;
+    let Err(error) = built else {
+        panic!("an untyped subject must stop start-up");
+    };
+    let error = error.to_string();
     assert!(error.contains("auth.client_certs `old-style`"), "{error}");
     assert!(error.contains("`spiffe://tokenvault/agent/7` has no type"), "{error}");
     assert!(error.contains("uri:"), "{error}");
