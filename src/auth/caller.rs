@@ -2,6 +2,7 @@
 
 use crate::config::{AuthConfig, Role};
 use crate::store::TenantScope;
+use crate::transport::{CertSubject, SubjectKind};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -41,11 +42,11 @@ impl Caller {
     }
 }
 
-/// Every configured caller, indexed by key digest, certificate subject and workload subject.
+/// Every configured caller, indexed by key digest, typed certificate subject and workload subject.
 #[derive(Debug, Default)]
 pub struct CallerRegistry {
     by_key_digest: HashMap<[u8; 32], Arc<Caller>>,
-    by_cert_subject: HashMap<String, Arc<Caller>>,
+    by_cert_subject: HashMap<CertSubject, Arc<Caller>>,
     by_workload_subject: HashMap<String, Arc<Caller>>,
 }
 
@@ -64,8 +65,12 @@ impl CallerRegistry {
             );
         }
         for cert in &auth.client_certs {
+            let subject: CertSubject = cert
+                .subject
+                .parse()
+                .map_err(|e| format!("auth.client_certs `{}`: subject {e}", cert.name))?;
             registry.by_cert_subject.insert(
-                cert.subject.clone(),
+                subject,
                 Arc::new(Caller::from_grant(&cert.name, &cert.roles, &cert.tenants)),
             );
         }
@@ -89,13 +94,113 @@ impl CallerRegistry {
         self.by_key_digest.get(digest).cloned()
     }
 
-    /// The caller a verified client certificate subject maps to.
-    pub fn by_cert_subject(&self, subject: &str) -> Option<Arc<Caller>> {
+    /// The caller a verified client certificate name maps to: a configured
+    /// subject of the same type with exactly the same value.
+    pub fn by_cert_subject(&self, subject: &CertSubject) -> Option<Arc<Caller>> {
         self.by_cert_subject.get(subject).cloned()
+    }
+
+    /// The caller a verified client certificate's names map to. URI SANs are
+    /// preferred: the first URI SAN a configured subject maps wins, then the
+    /// first DNS SAN, then the first common name, whatever order `subjects`
+    /// lists them in.
+    pub fn by_cert_subjects(&self, subjects: &[CertSubject]) -> Option<Arc<Caller>> {
+        [SubjectKind::Uri, SubjectKind::Dns, SubjectKind::Cn]
+            .into_iter()
+            .find_map(|kind| {
+                subjects
+                    .iter()
+                    .filter(|subject| subject.kind() == kind)
+                    .find_map(|subject| self.by_cert_subject(subject))
+            })
     }
 
     /// Whether any client certificate identities are configured.
     pub fn has_cert_callers(&self) -> bool {
         !self.by_cert_subject.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClientCertConfig;
+
+    fn registry(entries: &[(&str, &str)]) -> CallerRegistry {
+        let auth = AuthConfig {
+            client_certs: entries
+                .iter()
+                .map(|(name, subject)| ClientCertConfig {
+                    name: (*name).into(),
+                    subject: (*subject).into(),
+                    roles: vec![Role::Agent],
+                    tenants: vec!["*".into()],
+                })
+                .collect(),
+            ..Default::default()
+        };
+        CallerRegistry::from_config(&auth).unwrap()
+    }
+
+    fn name(caller: Option<Arc<Caller>>) -> Option<String> {
+        caller.map(|c| c.name.to_string())
+    }
+
+    #[test]
+    fn certificate_names_match_by_type_and_exact_value() {
+        let registry = registry(&[
+            ("by-uri", "uri:spiffe://x/agent"),
+            ("by-dns", "dns:agent.example"),
+            ("by-cn", "cn:agent-7"),
+        ]);
+        let found = |subjects: &[CertSubject]| name(registry.by_cert_subjects(subjects));
+        assert_eq!(
+            found(&[CertSubject::uri("spiffe://x/agent")]).as_deref(),
+            Some("by-uri")
+        );
+        assert_eq!(found(&[CertSubject::dns("agent.example")]).as_deref(), Some("by-dns"));
+        assert_eq!(found(&[CertSubject::cn("agent-7")]).as_deref(), Some("by-cn"));
+        // The same text under another type is another name.
+        assert_eq!(found(&[CertSubject::cn("spiffe://x/agent")]), None);
+        assert_eq!(found(&[CertSubject::uri("agent-7")]), None);
+        assert_eq!(found(&[CertSubject::cn("agent.example")]), None);
+        // Exact values only.
+        assert_eq!(found(&[CertSubject::uri("spiffe://x/agent/")]), None);
+        assert_eq!(found(&[CertSubject::cn("Agent-7")]), None);
+    }
+
+    #[test]
+    fn uri_names_are_preferred_then_dns_then_common_name() {
+        let registry = registry(&[
+            ("by-uri", "uri:spiffe://x/agent"),
+            ("by-dns", "dns:agent.example"),
+            ("by-cn", "cn:agent-7"),
+        ]);
+        let all = [
+            CertSubject::cn("agent-7"),
+            CertSubject::dns("agent.example"),
+            CertSubject::uri("spiffe://x/agent"),
+        ];
+        assert_eq!(name(registry.by_cert_subjects(&all)).as_deref(), Some("by-uri"));
+        assert_eq!(name(registry.by_cert_subjects(&all[..2])).as_deref(), Some("by-dns"));
+        // An unmapped URI SAN does not hide a mapped DNS SAN or common name.
+        let unmapped_uri = [CertSubject::uri("spiffe://x/other"), CertSubject::cn("agent-7")];
+        assert_eq!(name(registry.by_cert_subjects(&unmapped_uri)).as_deref(), Some("by-cn"));
+    }
+
+    #[test]
+    fn an_untyped_subject_is_refused_naming_the_entry() {
+        let auth = AuthConfig {
+            client_certs: vec![ClientCertConfig {
+                name: "old-style".into(),
+                subject: "agent-7".into(),
+                roles: vec![Role::Agent],
+                tenants: vec!["*".into()],
+            }],
+            ..Default::default()
+        };
+        let error = CallerRegistry::from_config(&auth).unwrap_err();
+        assert!(error.contains("auth.client_certs `old-style`"), "{error}");
+        assert!(error.contains("`agent-7` has no type"), "{error}");
     }
 }

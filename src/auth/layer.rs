@@ -310,10 +310,8 @@ impl Authenticator {
             }
             None => {
                 let identity = certificate_identity(extensions).ok_or_else(|| Failure::api_key("missing"))?;
-                identity
-                    .subjects
-                    .iter()
-                    .find_map(|subject| self.registry.by_cert_subject(subject))
+                self.registry
+                    .by_cert_subjects(&identity.subjects)
                     .map(Resolved::Caller)
                     .ok_or(Failure {
                         reason: "unknown",
@@ -432,7 +430,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::{PeerCertificateIdentity, TlsConnectInfo};
+    use crate::transport::{CertSubject, PeerCertificateIdentity, TlsConnectInfo};
 
     #[test]
     fn roles_follow_the_contract() {
@@ -489,7 +487,7 @@ mod tests {
         let auth = crate::config::AuthConfig {
             client_certs: vec![crate::config::ClientCertConfig {
                 name: "agent-worker".into(),
-                subject: "spiffe://tokenvault/agent/7".into(),
+                subject: "uri:spiffe://tokenvault/agent/7".into(),
                 roles: vec![Role::Agent],
                 tenants: vec!["*".into()],
             }],
@@ -521,13 +519,11 @@ mod tests {
         }
     }
 
-    fn tls_info(subjects: Option<&[&str]>) -> http::Extensions {
+    fn tls_info(subjects: Option<&[CertSubject]>) -> http::Extensions {
         let mut extensions = http::Extensions::new();
         extensions.insert(TlsConnectInfo {
             remote_addr: Some("192.0.2.9:4000".parse().unwrap()),
-            identity: subjects.map(|s| PeerCertificateIdentity {
-                subjects: s.iter().map(|s| s.to_string()).collect(),
-            }),
+            identity: subjects.map(|s| PeerCertificateIdentity { subjects: s.to_vec() }),
         });
         extensions
     }
@@ -536,7 +532,11 @@ mod tests {
     fn the_identity_in_tls_connect_info_authenticates() {
         let authenticator = cert_authenticator(20);
         let headers = http::HeaderMap::new();
-        let extensions = tls_info(Some(&["agent-7", "agent.internal", "spiffe://tokenvault/agent/7"]));
+        let extensions = tls_info(Some(&[
+            CertSubject::uri("spiffe://tokenvault/agent/7"),
+            CertSubject::dns("agent.internal"),
+            CertSubject::cn("agent-7"),
+        ]));
         let caller = authenticator
             .authenticate(&headers, &extensions, Role::Agent, RPC)
             .unwrap();
@@ -561,7 +561,8 @@ mod tests {
     fn failures_are_counted_against_the_tls_peer_address() {
         let authenticator = cert_authenticator(2);
         let headers = http::HeaderMap::new();
-        let unknown = tls_info(Some(&["someone-else"]));
+        // The configured URI as a common name is not the URI SAN.
+        let unknown = tls_info(Some(&[CertSubject::cn("spiffe://tokenvault/agent/7")]));
         for _ in 0..2 {
             let status = authenticator
                 .authenticate(&headers, &unknown, Role::Agent, RPC)
@@ -574,7 +575,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         // ...but a good certificate from it is still served.
-        let good = tls_info(Some(&["spiffe://tokenvault/agent/7"]));
+        let good = tls_info(Some(&[CertSubject::uri("spiffe://tokenvault/agent/7")]));
         let caller = authenticator.authenticate(&headers, &good, Role::Agent, RPC).unwrap();
         assert_eq!(&*caller.name, "agent-worker");
     }

@@ -308,6 +308,12 @@ pub async fn run(config_path: Option<&Path>, action: Action) -> Result<(), CliEr
                     problems.push(error);
                 }
             }
+            // The TLS files as the listeners load them: certificate, key, client CA and CRLs.
+            if let Some(tls) = &config.tls {
+                if let Err(error) = crate::transport::TlsAcceptor::load(tls) {
+                    problems.push(error.to_string());
+                }
+            }
             if !problems.is_empty() {
                 return Err(CliError::Other(format!(
                     "configuration is invalid:\n  - {}",

@@ -2,6 +2,7 @@
 //! files the configuration points to, then validation.
 
 use super::{ApiKeyConfig, Config};
+use crate::transport::CertSubject;
 use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Tag, Value};
 use figment::{Figment, Metadata, Profile, Provider};
@@ -375,17 +376,38 @@ fn validate_callers(config: &Config, problems: &mut Vec<String>) {
         }
         check_grant(&key.name, &key.roles, &key.tenants, problems);
     }
+    let mut cert_subjects = std::collections::HashMap::new();
     for cert in &config.auth.client_certs {
         if !names.insert(cert.name.as_str()) {
             problems.push(format!("auth: caller name `{}` is used twice", cert.name));
         }
         if cert.subject.trim().is_empty() {
             problems.push(format!("auth.client_certs `{}`: subject is empty", cert.name));
+        } else {
+            match cert.subject.parse::<CertSubject>() {
+                Ok(subject) => {
+                    if let Some(first) = cert_subjects.insert(subject, cert.name.as_str()) {
+                        problems.push(format!(
+                            "auth.client_certs `{}`: subject `{}` is already mapped by `{first}`",
+                            cert.name, cert.subject
+                        ));
+                    }
+                }
+                Err(error) => problems.push(format!("auth.client_certs `{}`: subject {error}", cert.name)),
+            }
         }
         check_grant(&cert.name, &cert.roles, &cert.tenants, problems);
     }
     if !config.auth.client_certs.is_empty() && config.tls.as_ref().and_then(|t| t.client_ca_file.as_ref()).is_none() {
         problems.push("auth.client_certs needs tls.client_ca_file (mutual TLS)".to_owned());
+    }
+    if let Some(tls) = &config.tls {
+        if tls.client_crl_file.is_some() && tls.client_ca_file.is_none() {
+            problems.push(
+                "tls.client_crl_file needs tls.client_ca_file (the CRLs revoke client certificates of those CAs)"
+                    .to_owned(),
+            );
+        }
     }
     let mut subjects = HashSet::new();
     for workload in &config.auth.workloads {
@@ -610,6 +632,40 @@ mod tests {
         for expected in ["database_url", "log.level", "64 hex digits", "no roles", "no tenants"] {
             assert!(error.contains(expected), "missing `{expected}` in: {error}");
         }
+    }
+
+    #[test]
+    fn client_certificate_subjects_must_be_typed_and_mapped_once() {
+        let entry = |name: &str, subject: &str| {
+            format!("[[auth.client_certs]]\nname = \"{name}\"\nsubject = \"{subject}\"\nroles = [\"agent\"]\ntenants = [\"*\"]\n")
+        };
+        let tls = "[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_ca_file = \"ca\"\n";
+        let f = file(&format!(
+            "{tls}{}{}{}{}",
+            entry("untyped", "spiffe://x/agent"),
+            entry("first", "uri:spiffe://x/agent"),
+            entry("again", "uri:spiffe://x/agent"),
+            entry("by-cn", "cn:spiffe://x/agent"),
+        ));
+        let error = load_from(Some(f.path()), &[]).unwrap_err().to_string();
+        for expected in [
+            "auth.client_certs `untyped`: subject `spiffe://x/agent` has no type",
+            "`uri:<URI SAN>`",
+            "auth.client_certs `again`: subject `uri:spiffe://x/agent` is already mapped by `first`",
+        ] {
+            assert!(error.contains(expected), "missing `{expected}` in: {error}");
+        }
+        assert!(
+            !error.contains("by-cn"),
+            "the same value of another type is another subject: {error}"
+        );
+
+        let f = file(&format!(
+            "{tls}{}{}",
+            entry("a", "dns:a.example"),
+            entry("b", "cn:a.example")
+        ));
+        load_from(Some(f.path()), &[]).unwrap();
     }
 
     #[test]

@@ -127,6 +127,11 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
     /// PEM CA bundle; when set, gRPC clients may authenticate with a certificate (mutual TLS).
     pub client_ca_file: Option<PathBuf>,
+    /// Certificate revocation lists for client certificates (PEM `X509 CRL`
+    /// blocks, or one DER CRL), one per CA that issues them; needs
+    /// `client_ca_file`. A revoked certificate, or one whose issuer has no CRL
+    /// in the file, is refused at the handshake. Reloaded with the other files.
+    pub client_crl_file: Option<PathBuf>,
     /// How often the files are checked for changes.
     #[serde(default = "default_tls_reload_seconds")]
     pub reload_interval_seconds: u64,
@@ -391,7 +396,9 @@ pub struct ApiKeyConfig {
 pub struct ClientCertConfig {
     /// Name recorded in audit events as the actor.
     pub name: String,
-    /// The certificate's subject common name or a DNS/URI subject alternative name.
+    /// The certificate name, typed: `uri:<URI SAN>` (e.g. `uri:spiffe://example.org/agent`),
+    /// `dns:<DNS SAN>` or `cn:<subject common name>`; matched by type and exact value.
+    /// Validation refuses a subject without one of these prefixes.
     pub subject: String,
     /// What the certificate may do.
     pub roles: Vec<Role>,

@@ -188,7 +188,7 @@ mod tests {
         assert!(problems(&config, Needs::Storage).is_empty());
         config.auth.client_certs.push(crate::config::ClientCertConfig {
             name: "c".into(),
-            subject: "agent.example".into(),
+            subject: "dns:agent.example".into(),
             roles: vec![Role::Agent],
             tenants: vec!["t".into()],
         });

@@ -81,6 +81,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, sender: mpsc:
 mod tests {
     use super::*;
     use crate::transport::test_pki::{connect, listener, next_connection, served_leaf, Ca, Pki};
+    use crate::transport::CertSubject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -142,7 +143,11 @@ mod tests {
         let identity = server.info().identity.clone().expect("a verified identity");
         assert_eq!(
             identity.subjects,
-            vec!["agent-7", "agent.internal", "spiffe://tokenvault/agent/7"]
+            vec![
+                CertSubject::uri("spiffe://tokenvault/agent/7"),
+                CertSubject::dns("agent.internal"),
+                CertSubject::cn("agent-7"),
+            ]
         );
 
         // No client certificate: still accepted, without an identity (API-key callers).

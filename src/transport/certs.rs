@@ -1,4 +1,4 @@
-//! The TLS files: reading the certificate, key and client CA bundle, telling
+//! The TLS files: reading the certificate, key, client CA bundle and client CRL, telling
 //! whether they changed, and parsing their PEM into what rustls takes, with
 //! [`TlsError`] naming the file and the problem.
 
@@ -59,6 +59,14 @@ pub enum TlsError {
         /// What rustls reported.
         reason: String,
     },
+    /// The client CRL file holds no CRL or an unusable one.
+    #[error("bad client CRL file {}: {reason}", path.display())]
+    BadCrl {
+        /// The CRL file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The client CA bundle is empty or holds an unusable certificate.
     #[error("bad client CA bundle {}: {reason}", path.display())]
     BadCaBundle {
@@ -75,6 +83,7 @@ pub(super) struct TlsFiles {
     pub(super) cert_file: PathBuf,
     pub(super) key_file: PathBuf,
     pub(super) client_ca_file: Option<PathBuf>,
+    pub(super) client_crl_file: Option<PathBuf>,
 }
 
 /// The raw contents of the files; the key is wiped on drop.
@@ -82,6 +91,7 @@ pub(super) struct Material {
     cert: Vec<u8>,
     key: Zeroizing<Vec<u8>>,
     pub(super) ca: Option<Vec<u8>>,
+    pub(super) crl: Option<Vec<u8>>,
 }
 
 impl Material {
@@ -91,13 +101,19 @@ impl Material {
             cert: read_file(&files.cert_file)?,
             key: Zeroizing::new(read_file(&files.key_file)?),
             ca: files.client_ca_file.as_deref().map(read_file).transpose()?,
+            crl: files.client_crl_file.as_deref().map(read_file).transpose()?,
         })
     }
 
     /// A digest of all the contents, to tell whether anything changed.
     pub(super) fn digest(&self) -> [u8; 32] {
         let mut hasher = Sha256::new();
-        for part in [Some(&self.cert[..]), Some(&self.key[..]), self.ca.as_deref()] {
+        for part in [
+            Some(&self.cert[..]),
+            Some(&self.key[..]),
+            self.ca.as_deref(),
+            self.crl.as_deref(),
+        ] {
             match part {
                 Some(bytes) => {
                     hasher.update([1]);
@@ -233,6 +249,20 @@ mod tests {
         let error = TlsAcceptor::load(&config).unwrap_err();
         assert!(matches!(error, TlsError::BadCaBundle { .. }), "{error}");
         assert!(error.to_string().contains("empty-ca.pem"), "{error}");
+
+        pki.write("empty-crl.pem", "\n");
+        let mut config = pki.config(true);
+        config.client_crl_file = Some(pki.path("empty-crl.pem"));
+        let error = TlsAcceptor::load(&config).unwrap_err();
+        assert!(matches!(error, TlsError::BadCrl { .. }), "{error}");
+        assert!(error.to_string().contains("empty-crl.pem"), "{error}");
+        assert!(error.to_string().contains("no CRL in it"), "{error}");
+
+        let mut config = pki.config(true);
+        config.client_crl_file = Some(pki.path("missing-crl.pem"));
+        let error = TlsAcceptor::load(&config).unwrap_err();
+        assert!(matches!(error, TlsError::Read { .. }), "{error}");
+        assert!(error.to_string().contains("missing-crl.pem"), "{error}");
 
         assert!(TlsAcceptor::load(&pki.config(true)).unwrap().mutual());
     }

@@ -50,6 +50,7 @@ where
 mod tests {
     use super::*;
     use crate::transport::test_pki::{listener, Pki};
+    use crate::transport::CertSubject;
     use crate::transport::TlsConnectInfo;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
@@ -105,7 +106,10 @@ mod tests {
         assert_eq!(seen.len(), 1);
         let info = seen[0].clone().expect("tonic inserts TlsConnectInfo");
         assert_eq!(info.remote_addr.unwrap().ip(), addr.ip());
-        assert_eq!(info.identity.unwrap().subjects, vec!["agent-7", "agent.internal"]);
+        assert_eq!(
+            info.identity.unwrap().subjects,
+            vec![CertSubject::dns("agent.internal"), CertSubject::cn("agent-7")]
+        );
 
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), server)

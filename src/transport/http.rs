@@ -112,7 +112,15 @@ mod tests {
                 get(
                     |axum::Extension(PeerAddr(peer)): axum::Extension<PeerAddr>,
                      identity: Option<axum::Extension<PeerCertificateIdentity>>| async move {
-                        let subjects = identity.map(|i| i.0.subjects.join(",")).unwrap_or_default();
+                        let subjects = identity
+                            .map(|i| {
+                                i.0.subjects
+                                    .iter()
+                                    .map(ToString::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .unwrap_or_default();
                         format!("{}|{subjects}", peer.map(|p| p.to_string()).unwrap_or_default())
                     },
                 ),
@@ -155,7 +163,7 @@ mod tests {
             .text()
             .await
             .unwrap();
-        assert!(body.ends_with("|agent-7,agent.internal"), "{body}");
+        assert!(body.ends_with("|dns:agent.internal,cn:agent-7"), "{body}");
 
         // A request in flight when stop is cancelled still completes.
         let slow_client = client(None);

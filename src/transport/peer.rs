@@ -1,16 +1,18 @@
 //! Who is on the other end of a connection: the peer address and the verified
 //! client-certificate identity the acceptors attach to each request, the
-//! certificate subject names that identity is made of, and how the auth layer
+//! typed certificate names that identity is made of, and how the auth layer
 //! reads them back from a request's extensions.
 
+use super::subject::CertSubject;
 use std::net::{IpAddr, SocketAddr};
 use tonic::transport::server::TcpConnectInfo;
 
 /// A verified client certificate's identity, inserted by the TLS acceptor.
 #[derive(Debug, Clone)]
 pub struct PeerCertificateIdentity {
-    /// Subject names of the leaf certificate (common name, DNS and URI SANs).
-    pub subjects: Vec<String>,
+    /// Typed names of the leaf certificate, in the order an identity is
+    /// resolved from them: URI SANs, then DNS SANs, then common names.
+    pub subjects: Vec<CertSubject>,
 }
 
 /// The peer's address, inserted by whichever acceptor accepted the connection.
@@ -26,28 +28,30 @@ pub struct TlsConnectInfo {
     pub identity: Option<PeerCertificateIdentity>,
 }
 
-/// Subject names of a certificate: the subject common name, every DNS SAN,
-/// every URI SAN, in that order. `None` when the certificate cannot be parsed.
-pub fn certificate_subjects(der: &[u8]) -> Option<Vec<String>> {
+/// Typed names of a certificate, in the order an identity is resolved from
+/// them: every URI SAN, then every DNS SAN, then the subject common names.
+/// `None` when the certificate cannot be parsed.
+pub fn certificate_subjects(der: &[u8]) -> Option<Vec<CertSubject>> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let mut subjects: Vec<String> = cert
-        .subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok())
-        .map(str::to_owned)
-        .collect();
+    let mut subjects = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         let names = &san.value.general_names;
         subjects.extend(names.iter().filter_map(|name| match name {
-            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            GeneralName::URI(uri) => Some(CertSubject::uri(*uri)),
             _ => None,
         }));
         subjects.extend(names.iter().filter_map(|name| match name {
-            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            GeneralName::DNSName(dns) => Some(CertSubject::dns(*dns)),
             _ => None,
         }));
     }
+    subjects.extend(
+        cert.subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .map(CertSubject::cn),
+    );
     Some(subjects)
 }
 
@@ -85,7 +89,7 @@ mod tests {
     use crate::transport::test_pki::Ca;
 
     #[test]
-    fn subjects_list_the_common_name_then_dns_then_uri_names() {
+    fn subjects_are_typed_uri_then_dns_then_common_name() {
         let ca = Ca::new("ca");
         let leaf = ca.issue(
             "worker",
@@ -96,8 +100,24 @@ mod tests {
         );
         assert_eq!(
             certificate_subjects(&leaf.der).unwrap(),
-            vec!["worker", "a.example", "b.example", "spiffe://x/y", "urn:z"]
+            vec![
+                CertSubject::uri("spiffe://x/y"),
+                CertSubject::uri("urn:z"),
+                CertSubject::dns("a.example"),
+                CertSubject::dns("b.example"),
+                CertSubject::cn("worker"),
+            ]
         );
         assert_eq!(certificate_subjects(b"not der"), None);
+    }
+
+    #[test]
+    fn a_common_name_that_reads_like_a_uri_stays_a_common_name() {
+        let ca = Ca::new("ca");
+        let leaf = ca.issue("spiffe://x/y", &[], &[], true, 6);
+        assert_eq!(
+            certificate_subjects(&leaf.der).unwrap(),
+            vec![CertSubject::cn("spiffe://x/y")]
+        );
     }
 }

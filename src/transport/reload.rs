@@ -35,6 +35,7 @@ impl std::fmt::Debug for TlsAcceptor {
             .field("cert_file", &self.shared.files.cert_file)
             .field("key_file", &self.shared.files.key_file)
             .field("client_ca_file", &self.shared.files.client_ca_file)
+            .field("client_crl_file", &self.shared.files.client_crl_file)
             .field("mutual", &self.mutual())
             .finish()
     }
@@ -44,12 +45,14 @@ impl TlsAcceptor {
     /// Reads the files of `config` and builds the server configuration: TLS 1.2
     /// and 1.3, ALPN `h2` then `http/1.1`. With `client_ca_file`, client
     /// certificates are verified against that bundle but optional, so API-key
-    /// callers still connect over TLS.
+    /// callers still connect over TLS; with `client_crl_file` too, a client
+    /// certificate those CRLs revoke is refused at the handshake.
     pub fn load(config: &TlsConfig) -> Result<Self, TlsError> {
         let files = TlsFiles {
             cert_file: config.cert_file.clone(),
             key_file: config.key_file.clone(),
             client_ca_file: config.client_ca_file.clone(),
+            client_crl_file: config.client_crl_file.clone(),
         };
         let material = Material::read(&files)?;
         let configs = build(&files, &material)?;
@@ -160,9 +163,9 @@ impl TlsAcceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::certificate_subjects;
     use crate::transport::incoming;
     use crate::transport::test_pki::{connect, listener, next_connection, served_leaf, Pki};
+    use crate::transport::{certificate_subjects, CertSubject};
     use futures::StreamExt;
 
     #[tokio::test]
@@ -208,7 +211,10 @@ mod tests {
         assert!(!acceptor.reload().unwrap());
         let leaf = served_leaf(&connect(addr, pki.client(None)).await.unwrap());
         assert_eq!(leaf, renewed.der);
-        assert_eq!(certificate_subjects(&leaf).unwrap(), vec!["tokenvault-2", "localhost"]);
+        assert_eq!(
+            certificate_subjects(&leaf).unwrap(),
+            vec![CertSubject::dns("localhost"), CertSubject::cn("tokenvault-2")]
+        );
 
         // A corrupt file: an error naming it, and the renewed certificate keeps serving.
         pki.write("cert.pem", "-----BEGIN GARBAGE-----\nnot a certificate\n");
@@ -222,6 +228,70 @@ mod tests {
             served_leaf(&connect(addr, pki.client(None)).await.unwrap()),
             renewed.der
         );
+        drain.abort();
+    }
+
+    /// Whether the server refused the client's certificate (a TLS alert) rather than serving it.
+    async fn refused(addr: std::net::SocketAddr, pki: &Pki, leaf: &crate::transport::test_pki::Leaf) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut stream = connect(addr, pki.client(Some(leaf))).await.unwrap();
+        let mut buf = [0u8; 1];
+        // A served connection is closed by the server (end of stream, with or
+        // without close_notify); a refused one ends with the server's alert.
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(_)) => false,
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => false,
+            Ok(Err(error)) => {
+                assert!(error.to_string().contains("alert"), "{error}");
+                true
+            }
+            Err(_) => panic!("the server neither refused nor closed the connection"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_client_crl_refuses_revoked_certificates_and_reloads_with_the_files() {
+        let pki = Pki::new();
+        pki.write("crl.pem", &pki.ca.crl(&[71]).pem);
+        let mut config = pki.config(true);
+        config.client_crl_file = Some(pki.path("crl.pem"));
+        let acceptor = TlsAcceptor::load(&config).unwrap();
+        let (listener, addr) = listener().await;
+        // The server side accepts in the background and closes each connection it gets.
+        let drain = tokio::spawn(incoming(listener, acceptor.clone()).for_each(|_| async {}));
+
+        let served = pki.ca.issue("agent-7", &[], &["spiffe://x/agent/7"], true, 70);
+        let revoked = pki.ca.issue("agent-8", &[], &["spiffe://x/agent/8"], true, 71);
+        assert!(!refused(addr, &pki, &served).await, "not on the CRL: served");
+        assert!(
+            refused(addr, &pki, &revoked).await,
+            "on the CRL: refused at the handshake"
+        );
+
+        // A new CRL (DER this time) is picked up with the certificate reload.
+        std::fs::write(pki.path("crl.pem"), pki.ca.crl(&[70, 71]).der).unwrap();
+        assert!(acceptor.reload().unwrap());
+        assert!(refused(addr, &pki, &served).await, "revoked by the new CRL");
+
+        // A broken CRL: a clear error naming it, and the previous CRL keeps being enforced.
+        pki.write(
+            "crl.pem",
+            "-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n",
+        );
+        let error = acceptor.reload().unwrap_err();
+        assert!(matches!(error, TlsError::BadCrl { .. }), "{error}");
+        assert!(error.to_string().contains("crl.pem"), "{error}");
+        assert!(refused(addr, &pki, &served).await);
+        let fresh = pki.ca.issue("agent-9", &[], &[], true, 72);
+        assert!(!refused(addr, &pki, &fresh).await);
+
+        // A certificate from a CA the CRLs do not cover is refused too (fail closed).
+        let other = crate::transport::test_pki::Ca::new("second CA");
+        pki.write("ca.pem", &format!("{}{}", pki.ca.pem(), other.pem()));
+        pki.write("crl.pem", &pki.ca.crl(&[]).pem);
+        assert!(acceptor.reload().unwrap());
+        assert!(!refused(addr, &pki, &served).await, "the new CRL revokes nothing");
+        assert!(refused(addr, &pki, &other.issue("agent-10", &[], &[], true, 73)).await);
         drain.abort();
     }
 

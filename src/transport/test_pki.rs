@@ -5,8 +5,8 @@ use super::TlsConnection;
 use crate::config::TlsConfig;
 use futures::{Stream, StreamExt};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -30,10 +30,39 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         Self { cert, key }
+    }
+
+    /// A CRL signed by this CA revoking the certificates with these serials.
+    pub(super) fn crl(&self, revoked: &[u64]) -> Crl {
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2999, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|&serial| RevokedCertParams {
+                    serial_number: SerialNumber::from(serial),
+                    revocation_time: rcgen::date_time_ymd(2020, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.cert, &self.key).unwrap();
+        Crl {
+            pem: crl.pem().unwrap(),
+            der: crl.der().to_vec(),
+        }
     }
 
     /// The CA certificate, PEM.
@@ -67,6 +96,12 @@ impl Ca {
     pub(super) fn server(&self, cn: &str, serial: u64) -> Leaf {
         self.issue(cn, &["localhost", "127.0.0.1"], &[], false, serial)
     }
+}
+
+/// A certificate revocation list, PEM and DER.
+pub(super) struct Crl {
+    pub(super) pem: String,
+    pub(super) der: Vec<u8>,
 }
 
 /// A leaf certificate and its key.
@@ -124,6 +159,7 @@ impl Pki {
             cert_file: self.path("cert.pem"),
             key_file: self.path("key.pem"),
             client_ca_file: mutual.then(|| self.path("ca.pem")),
+            client_crl_file: None,
             reload_interval_seconds: 30,
         }
     }

@@ -1,14 +1,16 @@
 //! The rustls server configurations built from one version of the TLS files:
 //! TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, and — with a client CA — a
-//! verifier that checks client certificates but lets clients without one in.
+//! verifier that checks client certificates (against the client CRLs too,
+//! when configured) but lets clients without one in.
 
 use super::certs::{bad_ca_bundle, client_roots, Material, TlsError, TlsFiles};
+use super::crl::{bad_crl, client_crls};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::server::danger::ClientCertVerifier;
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use tokio_rustls::rustls::{self, ServerConfig};
 
 /// ALPN protocols offered, in order of preference.
@@ -32,7 +34,8 @@ pub(super) fn build(files: &TlsFiles, material: &Material) -> Result<Configs, Tl
     let server_only = server_config(files, &provider, None, chain.clone(), key.clone_key())?;
     let client_auth = match (&files.client_ca_file, &material.ca) {
         (Some(ca_file), Some(ca_pem)) => {
-            let verifier = client_verifier(ca_file, ca_pem, &provider)?;
+            let crl = files.client_crl_file.as_deref().zip(material.crl.as_deref());
+            let verifier = client_verifier(ca_file, ca_pem, crl, &provider)?;
             server_config(files, &provider, Some(verifier), chain, key)?
         }
         _ => server_only.clone(),
@@ -44,16 +47,28 @@ pub(super) fn build(files: &TlsFiles, material: &Material) -> Result<Configs, Tl
     })
 }
 
+/// The verifier of client certificates: signed by the bundle at `path`
+/// (contents `ca_pem`), optional, and — with `crl` (its path and contents) —
+/// refused when revoked. Only the client's own certificate is checked against
+/// the CRLs, and one whose issuer has no CRL there is refused (fail closed).
 fn client_verifier(
     path: &Path,
     ca_pem: &[u8],
+    crl: Option<(&Path, &[u8])>,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let roots = client_roots(path, ca_pem)?;
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| bad_ca_bundle(path, e.to_string()))
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).allow_unauthenticated();
+    if let Some((crl_path, contents)) = crl {
+        builder = builder
+            .with_crls(client_crls(crl_path, contents)?)
+            .only_check_end_entity_revocation();
+    }
+    builder.build().map_err(|e| match (e, crl) {
+        (error @ VerifierBuilderError::InvalidCrl(_), Some((crl_path, _))) => bad_crl(crl_path, error.to_string()),
+        (e, _) => bad_ca_bundle(path, e.to_string()),
+    })
 }
 
 fn server_config(

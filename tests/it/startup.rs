@@ -28,7 +28,7 @@ fn agent_key_entry() -> String {
 }
 
 /// `tokenvault <args> --config <dir>/tokenvault.toml` with `config`, no inherited `TOKENVAULT_*` variable.
-fn run(dir: &Path, config: &str, args: &[&str]) -> Output {
+pub(crate) fn run(dir: &Path, config: &str, args: &[&str]) -> Output {
     let path = dir.join("tokenvault.toml");
     std::fs::write(&path, config).unwrap();
     tokenvault_testkit::server_process::clean_command(Path::new(env!("CARGO_BIN_EXE_tokenvault")))
