@@ -75,10 +75,93 @@ pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Config
         figment = figment.merge(Toml::file_exact(path));
     }
     figment = figment.merge(EnvOverrides::from_pairs(env));
-    let mut config: Config = figment.extract_lossy()?;
+    let mut config: Config = extract_reporting_all(&figment)?;
     resolve_files(&mut config)?;
     validate(&config)?;
     Ok(config)
+}
+
+/// Most keys set aside while collecting parse problems (a bound, not a limit anyone meets).
+const MAX_PARSE_PROBLEMS: usize = 64;
+
+/// Extracts the configuration, reporting every key that does not parse:
+/// serde stops at the first unknown key or wrongly typed value, so each
+/// offending key is set aside and the rest parsed again until nothing more
+/// is found, and all the problems are reported together.
+fn extract_reporting_all(figment: &Figment) -> Result<Config, figment::Error> {
+    let first = match figment.extract_lossy::<Config>() {
+        Ok(config) => return Ok(config),
+        Err(error) => error,
+    };
+    let Ok(mut data) = figment.data() else {
+        return Err(first);
+    };
+    let mut all = first.clone();
+    let mut last = first;
+    for _ in 0..MAX_PARSE_PROBLEMS {
+        let mut removed = false;
+        for problem in last.clone() {
+            removed |= set_aside(&mut data, &problem);
+        }
+        if !removed {
+            break;
+        }
+        let retry = data.iter().fold(Figment::new(), |figment, (profile, dict)| {
+            figment.merge(figment::providers::Serialized::from(dict.clone(), profile.clone()))
+        });
+        match retry.extract_lossy::<Config>() {
+            Ok(_) => break,
+            Err(error) => {
+                // Name the file or variable each key came from, not the re-parse.
+                for mut problem in error.clone() {
+                    problem.metadata = figment.find_metadata(&problem_key(&problem).join(".")).cloned();
+                    all = all.chain(problem);
+                }
+                last = error;
+            }
+        }
+    }
+    Err(all)
+}
+
+/// The path of the key `problem` is about (an unknown field's own name included).
+fn problem_key(problem: &figment::Error) -> Vec<String> {
+    let mut path = problem.path.clone();
+    if let figment::error::Kind::UnknownField(field, _) = &problem.kind {
+        if path.last() != Some(field) {
+            path.push(field.clone());
+        }
+    }
+    path
+}
+
+/// Removes the key `problem` is about from `data`; `false` when it cannot be found.
+fn set_aside(data: &mut Map<Profile, Dict>, problem: &figment::Error) -> bool {
+    let mut path = problem_key(problem);
+    let profile = problem.profile.clone().unwrap_or(Profile::Default);
+    let Some(dict) = data.get_mut(&profile) else {
+        return false;
+    };
+    let profile_name = profile.as_str().as_str();
+    if path.first().is_some_and(|p| p.as_str() == profile_name) && !dict.contains_key(profile_name) {
+        path.remove(0);
+    }
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    // Inside an array of tables (`[[auth.api_keys]]`) the walk stops: the
+    // problem's nearest table key is set aside whole.
+    let mut here = dict;
+    for key in parents {
+        if !matches!(here.get(key), Some(Value::Dict(..))) {
+            return here.remove(key).is_some();
+        }
+        match here.get_mut(key) {
+            Some(Value::Dict(_, inner)) => here = inner,
+            _ => return false,
+        }
+    }
+    here.remove(last).is_some()
 }
 
 /// Reads what the configuration keeps in separate files (API key hashes,
@@ -613,6 +696,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("brokr"), "{error}");
+    }
+
+    #[test]
+    fn every_unknown_key_and_bad_value_is_reported_at_once() {
+        let f = file("[server]\ngrpc_lisen = \"127.0.0.1:1\"\n[broker]\nmax_lease_secs = 5\nrefresh_attempts = \"three\"\n[consent]\nttl_seconds = 600\n");
+        let error = load_from(Some(f.path()), &env(&[("TOKENVAULT_BROKR__X", "1")]))
+            .unwrap_err()
+            .to_string();
+        for expected in ["grpc_lisen", "max_lease_secs", "broker.refresh_attempts", "brokr"] {
+            assert!(error.contains(expected), "missing `{expected}` in: {error}");
+        }
+        assert!(error.contains("4 problems"), "{error}");
+        assert!(!error.contains("default."), "{error}");
     }
 
     #[test]
