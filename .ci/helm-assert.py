@@ -27,7 +27,9 @@ objects fit together the way tokenvault needs them to:
   ServiceAccount are hooks with a lower weight (they must exist before it);
 - the grace period outlasts preStop sleep + drain; selectors of the Service,
   PDB, NetworkPolicy and ServiceMonitor match the server pods; NetworkPolicy
-  ingress rules always name their peers; the Ingress never exposes /metrics.
+  ingress rules always name their peers; the Ingress never exposes /metrics;
+  with a NetworkPolicy, every network in events.webhooks.allowed_networks is
+  reachable through an egress ipBlock (not cut out by an `except`).
 
 Usage: helm-assert.py RENDERED.yaml [...]   (exit 1 on the first file that fails)
 """
@@ -360,6 +362,23 @@ def check_pod(c, kind, name, spec, cfg):
                 c.ok(v["secret"]["secretName"], f"{where}: volume {v['name']} has no secretName")
 
 
+def egress_allows(policies, net):
+    """Whether an egress ipBlock of one of the policies covers all of `net`."""
+    for np in policies:
+        for rule in np["spec"].get("egress", []):
+            for peer in rule.get("to", []):
+                block = peer.get("ipBlock")
+                if not block:
+                    continue
+                cidr = ipaddress.ip_network(block["cidr"], strict=False)
+                if cidr.version != net.version or not net.subnet_of(cidr):
+                    continue
+                excepts = [ipaddress.ip_network(e, strict=False) for e in block.get("except", [])]
+                if not any(e.version == net.version and e.overlaps(net) for e in excepts):
+                    return True
+    return False
+
+
 def check_file(path):
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
@@ -433,6 +452,10 @@ def check_file(path):
     server_nps = [np for np in by_kind.get("NetworkPolicy", []) if hook_info(np) is None]
     for np in server_nps:
         c.ok(matches(np["spec"]["podSelector"]["matchLabels"], pod_labels), "NetworkPolicy selects the server pods")
+    if server_nps:
+        for net in cfg["events"]["webhooks"]["allowed_networks"]:
+            c.ok(egress_allows(server_nps, ipaddress.ip_network(net, strict=False)),
+                 f"NetworkPolicy: events.webhooks.allowed_networks lists {net}, but no egress rule reaches it")
     for sm in by_kind.get("ServiceMonitor", []):
         svc_labels = by_kind["Service"][0]["metadata"]["labels"]
         c.ok(matches(sm["spec"]["selector"]["matchLabels"], svc_labels), "ServiceMonitor selects the Service")
