@@ -14,6 +14,10 @@ objects fit together the way tokenvault needs them to:
 - [auth.workload_identity] and [[auth.workloads]] hold what load.rs
   validate_auth / validate_workload_identity accept (https issuer, audience,
   bounds, subjects mapped once, known roles), only in the server's config;
+- [events] / [events.webhooks] hold only the keys of src/config/events.rs,
+  with values load.rs validate_events accepts (positive bounds, networks in
+  CIDR form), never allow_http_loopback (development only), and only in the
+  server's config;
 - server and migration pods are hardened, bounded, and get no automounted
   API token; the only service-account token is the server's projected one
   for the issuer (issuer_token_file), never for the workloads' audience;
@@ -23,10 +27,13 @@ objects fit together the way tokenvault needs them to:
   ServiceAccount are hooks with a lower weight (they must exist before it);
 - the grace period outlasts preStop sleep + drain; selectors of the Service,
   PDB, NetworkPolicy and ServiceMonitor match the server pods; NetworkPolicy
-  ingress rules always name their peers; the Ingress never exposes /metrics.
+  ingress rules always name their peers; the Ingress never exposes /metrics;
+  with a NetworkPolicy, every network in events.webhooks.allowed_networks is
+  reachable through an egress ipBlock (not cut out by an `except`).
 
 Usage: helm-assert.py RENDERED.yaml [...]   (exit 1 on the first file that fails)
 """
+import ipaddress
 import sys
 
 import yaml
@@ -53,7 +60,12 @@ KNOWN = {
     "providers": None,  # catalog_file + one table per provider, checked below
     "broker": {"max_lease_seconds", "cache_capacity"},
     "lifecycle": {"purge_after_days", "audit_retention_days", "sweep_interval_seconds"},
+    "events": {"retention_days", "heartbeat_seconds", "poll_interval_ms", "max_watchers", "webhooks"},
 }
+# [events.webhooks] (src/config/events.rs, WebhooksConfig, deny_unknown_fields).
+EVENTS_WEBHOOKS_KEYS = {"workers", "request_timeout_seconds", "max_response_bytes", "retry_initial_ms", "retry_max_seconds",
+                        "give_up_after_seconds", "previous_secret_hours", "allowed_networks", "allow_http_loopback",
+                        "max_endpoints_per_tenant"}
 # [auth.workload_identity] and one [[auth.workloads]] entry (src/config/mod.rs,
 # WorkloadIdentityConfig and WorkloadConfig, deny_unknown_fields).
 WORKLOAD_IDENTITY_KEYS = {"issuer", "audience", "ca_file", "issuer_token_file", "leeway_seconds", "max_token_bytes",
@@ -149,6 +161,7 @@ def check_config(c, cm_name, text, for_migration):
         c.ok("client_secret" not in p, f"{cm_name}: [providers.{name}] holds a client secret in clear")
     check_keys(c, cm_name, cfg["keys"])
     check_auth(c, cm_name, cfg.get("auth", {}), for_migration)
+    check_events(c, cm_name, cfg.get("events"), for_migration)
     c.ok(cfg["database"]["run_migrations"] is False, f"{cm_name}: run_migrations must be false (the hook Job migrates)")
     c.ok(cfg["log"]["format"] in ("json", "pretty"), f"{cm_name}: bad log format")
     if for_migration:
@@ -195,6 +208,41 @@ def check_auth(c, cm_name, auth, for_migration):
     for key in ("ca_file", "issuer_token_file"):
         if key in identity:
             c.ok(identity[key].startswith("/"), f"{cm_name}: auth.workload_identity.{key} must be an absolute path")
+
+
+def check_events(c, cm_name, events, for_migration):
+    """[events] / [events.webhooks]: what load.rs validate_events accepts, server only."""
+    if for_migration:
+        c.ok(events is None, f"{cm_name}: the migration config must not carry [events] (it serves no events)")
+        return
+    c.ok(isinstance(events, dict), f"{cm_name}: the server config must render [events]")
+    for key in ("retention_days", "heartbeat_seconds"):
+        c.ok(key in events, f"{cm_name}: events.{key} must be explicit")
+    for key in ("retention_days", "heartbeat_seconds", "poll_interval_ms", "max_watchers"):
+        if key in events:
+            c.ok(isinstance(events[key], int) and events[key] >= 1, f"{cm_name}: events.{key} must be a positive integer")
+    hooks = events.get("webhooks")
+    c.ok(isinstance(hooks, dict), f"{cm_name}: the server config must render [events.webhooks]")
+    unknown = set(hooks) - EVENTS_WEBHOOKS_KEYS
+    c.ok(not unknown, f"{cm_name}: unknown keys in [events.webhooks]: {sorted(unknown)}")
+    c.ok("allow_http_loopback" not in hooks,
+         f"{cm_name}: events.webhooks.allow_http_loopback is development only; the chart must not render it")
+    c.ok(isinstance(hooks.get("workers"), int) and hooks["workers"] >= 0,
+         f"{cm_name}: events.webhooks.workers must be an integer >= 0")
+    for key in ("request_timeout_seconds", "retry_initial_ms", "retry_max_seconds", "give_up_after_seconds",
+                "max_endpoints_per_tenant"):
+        c.ok(isinstance(hooks.get(key), int) and hooks[key] >= 1,
+             f"{cm_name}: events.webhooks.{key} must be a positive integer")
+    c.ok(isinstance(hooks.get("previous_secret_hours"), int) and hooks["previous_secret_hours"] >= 0,
+         f"{cm_name}: events.webhooks.previous_secret_hours must be an integer >= 0")
+    networks = hooks.get("allowed_networks")
+    c.ok(isinstance(networks, list), f"{cm_name}: events.webhooks.allowed_networks must be an array")
+    for n in networks:
+        try:
+            ok = "/" in n and bool(ipaddress.ip_network(n, strict=False))
+        except (TypeError, ValueError):
+            ok = False
+        c.ok(ok, f"{cm_name}: events.webhooks.allowed_networks: {n!r} is not a network in CIDR form")
 
 
 def check_service_account_tokens(c, where, spec, ctr, cfg, server):
@@ -314,6 +362,23 @@ def check_pod(c, kind, name, spec, cfg):
                 c.ok(v["secret"]["secretName"], f"{where}: volume {v['name']} has no secretName")
 
 
+def egress_allows(policies, net):
+    """Whether an egress ipBlock of one of the policies covers all of `net`."""
+    for np in policies:
+        for rule in np["spec"].get("egress", []):
+            for peer in rule.get("to", []):
+                block = peer.get("ipBlock")
+                if not block:
+                    continue
+                cidr = ipaddress.ip_network(block["cidr"], strict=False)
+                if cidr.version != net.version or not net.subnet_of(cidr):
+                    continue
+                excepts = [ipaddress.ip_network(e, strict=False) for e in block.get("except", [])]
+                if not any(e.version == net.version and e.overlaps(net) for e in excepts):
+                    return True
+    return False
+
+
 def check_file(path):
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
@@ -387,6 +452,10 @@ def check_file(path):
     server_nps = [np for np in by_kind.get("NetworkPolicy", []) if hook_info(np) is None]
     for np in server_nps:
         c.ok(matches(np["spec"]["podSelector"]["matchLabels"], pod_labels), "NetworkPolicy selects the server pods")
+    if server_nps:
+        for net in cfg["events"]["webhooks"]["allowed_networks"]:
+            c.ok(egress_allows(server_nps, ipaddress.ip_network(net, strict=False)),
+                 f"NetworkPolicy: events.webhooks.allowed_networks lists {net}, but no egress rule reaches it")
     for sm in by_kind.get("ServiceMonitor", []):
         svc_labels = by_kind["Service"][0]["metadata"]["labels"]
         c.ok(matches(sm["spec"]["selector"]["matchLabels"], svc_labels), "ServiceMonitor selects the Service")

@@ -277,7 +277,8 @@ at start; the chart refuses them at render time, with what to set.
   Called with (dict "root" $ "tls" bool "serve" bool). The migration hook
   renders it with tls=false: it does not listen, and a cert-manager Secret
   does not exist yet before the first install; and without serve: it
-  authenticates no caller, so it gets no [auth.workload_identity].
+  authenticates no caller and serves no events, so it gets no
+  [auth.workload_identity] and no [events].
 --------------------------------------------------------------------- */}}
 
 {{/* One TOML value: strings and lists go through toJson (JSON strings are valid TOML basic strings). */}}
@@ -420,6 +421,24 @@ cache_capacity = {{ int64 $v.broker.cacheCapacity }}
 purge_after_days = {{ int64 $v.lifecycle.purgeAfterDays }}
 audit_retention_days = {{ int64 $v.lifecycle.auditRetentionDays }}
 sweep_interval_seconds = {{ int64 $v.lifecycle.sweepIntervalSeconds }}
+{{- /* The event log and webhook delivery run inside serve only: the migration hook gets neither section. allow_http_loopback (development only) is never rendered: it stays false. */}}
+{{- if .serve }}
+{{- $ev := $v.events }}
+
+[events]
+retention_days = {{ int64 $ev.retentionDays }}
+heartbeat_seconds = {{ int64 $ev.heartbeatSeconds }}
+
+[events.webhooks]
+workers = {{ int64 $ev.webhooks.workers }}
+request_timeout_seconds = {{ int64 $ev.webhooks.requestTimeoutSeconds }}
+retry_initial_ms = {{ int64 $ev.webhooks.retryInitialMs }}
+retry_max_seconds = {{ int64 $ev.webhooks.retryMaxSeconds }}
+give_up_after_seconds = {{ int64 $ev.webhooks.giveUpAfterSeconds }}
+previous_secret_hours = {{ int64 $ev.webhooks.previousSecretHours }}
+allowed_networks = {{ $ev.webhooks.allowedNetworks | default list | toJson }}
+max_endpoints_per_tenant = {{ int64 $ev.webhooks.maxEndpointsPerTenant }}
+{{- end }}
 {{- end }}
 
 {{/* ConfigMap "data:" block (config.toml and the optional catalog), at column 0. Same arguments as configToml. */}}
