@@ -233,6 +233,7 @@ impl Seeder {
                 &ConsentGrant {
                     connection_id: connection.id,
                     expected_version: connection.token_version,
+                    expected_status: connection.stored_status,
                     dek_id: key.id(),
                     refresh_token: Some(Sealed(refresh)),
                     granted_scopes: scopes.clone(),

@@ -34,6 +34,20 @@ fn actor(context: &CallContext) -> Actor<'_> {
     }
 }
 
+/// A delivery listing's page token: `<event id>.<endpoint id>` of the last delivery shown.
+fn delivery_page_token(token: &str) -> Result<Option<(uuid::Uuid, uuid::Uuid)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let (event, endpoint) = token
+        .split_once('.')
+        .ok_or_else(|| Status::invalid_argument("page_token is malformed"))?;
+    Ok(Some((
+        validate::id("page_token", event)?,
+        validate::id("page_token", endpoint)?,
+    )))
+}
+
 fn reason(text: &str, default: &str) -> Result<String, Status> {
     if text.len() > 500 || text.chars().any(char::is_control) {
         return Err(Status::invalid_argument(
@@ -232,7 +246,10 @@ impl AdminService for AdminApi {
     ) -> Result<Response<DeleteWebhookEndpointResponse>, Status> {
         let context = CallContext::of(&request)?;
         let id = validate::id("endpoint_id", &request.get_ref().endpoint_id)?;
-        self.app.webhooks.delete(&context.caller.tenants, id).await?;
+        self.app
+            .webhooks
+            .delete(&context.caller.name, &context.caller.tenants, id)
+            .await?;
         Ok(Response::new(DeleteWebhookEndpointResponse {}))
     }
 
@@ -258,7 +275,7 @@ impl AdminService for AdminApi {
         let rotated = self
             .app
             .webhooks
-            .rotate(&context.caller.tenants, id, previous_for)
+            .rotate(&context.caller.name, &context.caller.tenants, id, previous_for)
             .await?;
         Ok(Response::new(RotateWebhookSecretResponse {
             endpoint: Some(convert::webhook_endpoint(&rotated.endpoint)),
@@ -298,7 +315,7 @@ impl AdminService for AdminApi {
                 &DeliveryFilter {
                     endpoint_id,
                     status,
-                    before_event: validate::page_token(&body.page_token)?,
+                    after: delivery_page_token(&body.page_token)?,
                     limit,
                 },
             )
@@ -306,7 +323,7 @@ impl AdminService for AdminApi {
         let next_page_token = if reports.len() == limit as usize {
             reports
                 .last()
-                .map(|r| r.delivery.event_id.to_string())
+                .map(|r| format!("{}.{}", r.delivery.event_id, r.delivery.endpoint_id))
                 .unwrap_or_default()
         } else {
             String::new()

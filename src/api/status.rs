@@ -21,6 +21,7 @@ impl From<StoreError> for Status {
                 tracing::warn!(%reason, "database unavailable");
                 Status::unavailable("database unavailable; retry shortly")
             }
+            StoreError::Conflict(message) => Status::aborted(message),
             other => internal(&other),
         }
     }

@@ -81,6 +81,12 @@ impl EventBuilder {
         self
     }
 
+    /// The tenant concerned (no user: a tenant-wide action).
+    pub fn tenant(mut self, tenant_id: &str) -> Self {
+        self.event.tenant_id = Some(tenant_id.to_owned());
+        self
+    }
+
     /// The connection concerned.
     pub fn connection(mut self, id: Uuid) -> Self {
         self.event.connection_id = Some(id);

@@ -1196,6 +1196,7 @@ impl ConsentFlow {
             let grant = ConsentGrant {
                 connection_id: connection.id,
                 expected_version: connection.token_version,
+                expected_status: connection.stored_status,
                 dek_id: key.id(),
                 refresh_token,
                 granted_scopes: granted.clone(),

@@ -170,6 +170,9 @@ impl EventHub {
         let bounds = self.store.event_bounds().await?;
         let cursor = if request.start_at_latest {
             bounds.latest
+        } else if request.after_cursor == 0 {
+            // From the oldest event the log still keeps.
+            bounds.purged_through
         } else if request.after_cursor > bounds.latest {
             return Err(WatchError::Ahead {
                 cursor: request.after_cursor,
@@ -215,14 +218,33 @@ impl EventHub {
             {
                 Ok(page) => page,
                 Err(error) => {
-                    let _ = sender.send(Err(error.into())).await;
+                    let _ = self.send(&sender, Err(error.into()), &stop).await;
                     return;
                 }
             };
             let full = page.len() == PAGE as usize;
+            // A gap after the cursor is a rolled-back cursor, a filter, or a purge that
+            // ran since the stream started: only the last one is an error.
+            if page.first().is_some_and(|e| e.cursor != cursor + 1) {
+                match self.store.event_bounds().await {
+                    Ok(bounds) if bounds.purged_through > cursor => {
+                        let expired = WatchError::Expired {
+                            cursor,
+                            purged_through: bounds.purged_through,
+                        };
+                        let _ = self.send(&sender, Err(expired), &stop).await;
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        let _ = self.send(&sender, Err(error.into()), &stop).await;
+                        return;
+                    }
+                }
+            }
             for event in page {
                 cursor = event.cursor;
-                if sender.send(Ok(WatchItem::Event(Box::new(event)))).await.is_err() {
+                if !self.send(&sender, Ok(WatchItem::Event(Box::new(event))), &stop).await {
                     return;
                 }
             }
@@ -236,11 +258,25 @@ impl EventHub {
                 () = tokio::time::sleep(self.settings.poll) => {}
                 _ = heartbeat.tick() => {
                     let beat = WatchItem::Heartbeat { cursor, at: self.clock.now() };
-                    if sender.send(Ok(beat)).await.is_err() {
+                    if !self.send(&sender, Ok(beat), &stop).await {
                         return;
                     }
                 }
             }
+        }
+    }
+
+    /// Sends one item; `false` when the watcher is gone or the process stops
+    /// (a watcher that stops reading does not hold the shutdown).
+    async fn send(
+        &self,
+        sender: &mpsc::Sender<Result<WatchItem, WatchError>>,
+        item: Result<WatchItem, WatchError>,
+        stop: &CancellationToken,
+    ) -> bool {
+        tokio::select! {
+            () = stop.cancelled() => false,
+            sent = sender.send(item) => sent.is_ok(),
         }
     }
 }

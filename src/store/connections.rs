@@ -57,6 +57,10 @@ pub struct ConsentGrant {
     pub connection_id: Uuid,
     /// The token version read before sealing; the write fails if it moved.
     pub expected_version: i64,
+    /// The stored status read with it; the write fails if it changed (a
+    /// refused refresh moves a connection to `needs_reauth` without a new
+    /// version, and the grant's events depend on the status it replaces).
+    pub expected_status: ConnectionStatus,
     /// The data key the tokens are sealed with.
     pub dek_id: Uuid,
     /// The sealed refresh token (`None` for providers that issue none).
@@ -305,7 +309,7 @@ impl ConnectionStore for SqlStore {
              refresh_token = $3, token_version = $4, updated_at = $5, refreshed_at = $5, \
              refresh_owner = NULL, refresh_started_at = NULL, refresh_lease_until = NULL, \
              account_subject = COALESCE($8, account_subject), account_display = COALESCE($9, account_display) \
-             WHERE id = $6 AND token_version = $7",
+             WHERE id = $6 AND token_version = $7 AND status = $10",
         )
         .bind(scopes_to_text(&grant.granted_scopes))
         .bind(grant.dek_id.to_string())
@@ -316,6 +320,7 @@ impl ConnectionStore for SqlStore {
         .bind(grant.expected_version)
         .bind(grant.account_subject.clone())
         .bind(grant.account_display.clone())
+        .bind(grant.expected_status.as_str())
         .run(&mut *tx)
         .await?;
         if updated != 1 {
@@ -327,9 +332,17 @@ impl ConnectionStore for SqlStore {
         record.token_version = version;
         upsert_access_token(&record, now).run(&mut *tx).await?;
         if let Some(consent_id) = grant.consent_id {
-            complete_consent(consent_id, grant.connection_id, now)
+            // A request that ended meanwhile (cancelled, expired) keeps its end: nothing is stored.
+            if complete_consent(consent_id, grant.connection_id, now)
                 .run(&mut *tx)
-                .await?;
+                .await?
+                != 1
+            {
+                tx.rollback().await.map_err(map_err)?;
+                return Err(StoreError::Conflict(format!(
+                    "consent request {consent_id} ended before its grant was stored"
+                )));
+            }
         }
         if let Some(entry) = &grant.replaced {
             insert_outbox_entry(&mut tx, entry).await?;
@@ -533,7 +546,8 @@ pub(super) fn upsert_access_token(record: &AccessTokenRecord, now: DateTime<Utc>
 fn complete_consent(consent_id: Uuid, connection_id: Uuid, now: DateTime<Utc>) -> AnyQuery<'static> {
     sqlx::query(
         "UPDATE consent_requests SET state = $1, connection_id = $2, error = NULL, completed_at = $3, \
-         pkce_verifier = NULL, pending_grant = NULL, completion_hash = NULL WHERE id = $4",
+         pkce_verifier = NULL, pending_grant = NULL, completion_hash = NULL \
+         WHERE id = $4 AND state NOT IN ('completed', 'failed')",
     )
     .bind(super::ConsentState::Completed.as_str())
     .bind(connection_id.to_string())

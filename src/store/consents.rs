@@ -64,7 +64,8 @@ pub trait ConsentStore: Send + Sync {
     /// Moves a pending, unexpired request to `exchanging`; `false` if it was not pending (single use).
     async fn claim_consent(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Records the outcome and drops the sealed verifier, appending `trail`
-    /// in the same transaction. (A grant completes its request itself, in
+    /// in the same transaction; a request that already ended (completed or
+    /// failed) is left as it is and `trail` is not appended. (A grant completes its request itself, in
     /// [`store_consent_grant`](super::ConnectionStore::store_consent_grant).)
     async fn finish_consent(
         &self,
@@ -249,9 +250,10 @@ impl ConsentStore for SqlStore {
         trail: &Trail,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
+        // A request that already ended keeps its end (and its one event).
+        let updated = sqlx::query(
             "UPDATE consent_requests SET state = $1, connection_id = $2, error = $3, completed_at = $4, pkce_verifier = NULL, \
-             pending_grant = NULL, completion_hash = NULL WHERE id = $5",
+             pending_grant = NULL, completion_hash = NULL WHERE id = $5 AND state NOT IN ('completed', 'failed')",
         )
         .bind(state.as_str())
         .bind(connection_id.map(|c| c.to_string()))
@@ -260,7 +262,9 @@ impl ConsentStore for SqlStore {
         .bind(id.to_string())
         .run(&mut *tx)
         .await?;
-        append_trail(&mut tx, trail).await?;
+        if updated == 1 {
+            append_trail(&mut tx, trail).await?;
+        }
         tx.commit().await.map_err(map_err)
     }
 

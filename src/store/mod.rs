@@ -89,6 +89,9 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// The change lost to a concurrent one that ended what it was about.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// The main database: every aggregate, plus migrations and a liveness probe.

@@ -50,8 +50,8 @@ pub struct DeliveryFilter {
     pub endpoint_id: Option<Uuid>,
     /// Only deliveries in this state.
     pub status: Option<DeliveryStatus>,
-    /// Newest first, before this event id (keyset cursor).
-    pub before_event: Option<Uuid>,
+    /// Newest first, after this (event id, endpoint id) of the previous page (keyset cursor).
+    pub after: Option<(Uuid, Uuid)>,
     /// At most this many.
     pub limit: u32,
 }
@@ -274,9 +274,13 @@ impl WebhookStore for SqlStore {
             binds.push(status.as_str().to_owned());
             sql.push_str(&format!(" AND status = ${}", binds.len()));
         }
-        if let Some(id) = filter.before_event {
-            binds.push(id.to_string());
-            sql.push_str(&format!(" AND event_id < ${}", binds.len()));
+        if let Some((event, endpoint)) = filter.after {
+            binds.push(event.to_string());
+            binds.push(endpoint.to_string());
+            let (e, p) = (binds.len() - 1, binds.len());
+            sql.push_str(&format!(
+                " AND (event_id < ${e} OR (event_id = ${e} AND endpoint_id > ${p}))"
+            ));
         }
         sql.push_str(&format!(
             " ORDER BY event_id DESC, endpoint_id LIMIT {}",

@@ -380,6 +380,9 @@ async fn cursors_and_filters(backend: Backend) {
         "{}",
         expired.message()
     );
+    // Cursor 0 means "from the oldest event kept", however much was purged.
+    let mut from_oldest = Watch::open(server, keys::PLATFORM, keys::TENANT, 0).await.unwrap();
+    from_oldest.stays_quiet(Duration::from_millis(300)).await.unwrap();
     // Resuming from the last cursor seen is fine, and new events follow it.
     let mut resumed = Watch::open(server, keys::PLATFORM, keys::TENANT, last as u64)
         .await

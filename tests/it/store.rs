@@ -42,6 +42,7 @@ async fn connected(store: &SqlStore, tenant: &str, user: &str) -> Connection {
     let grant = ConsentGrant {
         connection_id: connection.id,
         expected_version: connection.token_version,
+        expected_status: connection.stored_status,
         dek_id: Uuid::new_v4(),
         refresh_token: Some(Sealed(b"sealed-refresh".to_vec())),
         granted_scopes: scopes(&["a", "b"]),
@@ -179,6 +180,7 @@ async fn connections(backend: Backend) {
     let stale = ConsentGrant {
         connection_id: connection.id,
         expected_version: 0,
+        expected_status: ConnectionStatus::Active,
         dek_id: Uuid::new_v4(),
         refresh_token: None,
         granted_scopes: scopes(&["x"]),

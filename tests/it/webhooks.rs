@@ -6,7 +6,7 @@
 use crate::events::stored_events;
 use crate::on_both;
 use crate::support::fixture::WithProvider;
-use crate::support::inspect::metrics;
+use crate::support::inspect::{audit, metrics};
 use crate::support::provider::connect;
 use crate::support::webhooks::Receiver;
 use crate::support::{eventually, keys, Backend, TestServer};
@@ -126,6 +126,14 @@ async fn signed_deliveries(backend: Backend) {
     assert!(metrics(&with.server)
         .await
         .contains("tokenvault_webhook_attempts_total{outcome=\"delivered\"} 2"));
+    // The operator's action is audited (without the secret).
+    let audited = audit(&with.server, "webhook.endpoint_created").await;
+    assert_eq!(audited.len(), 1);
+    assert_eq!(audited[0].tenant_id.as_deref(), Some(keys::TENANT));
+    assert!(!audited[0]
+        .detail
+        .to_string()
+        .contains(created.secret.trim_start_matches("whsec_")));
     with.stop().await;
 }
 on_both!(webhooks_are_signed_and_verified, signed_deliveries);

@@ -83,6 +83,26 @@ impl AddressPolicy {
         Ok(url)
     }
 
+    /// The checks of each attempt before it connects: form, scheme and
+    /// credentials again (the policy may have changed since creation), and an
+    /// IP-literal host against the networks (names are checked by the
+    /// [`CheckedResolver`] when the client resolves them).
+    pub fn check_before_sending(&self, raw: &str) -> Result<(), EndpointUrlError> {
+        let url = self.check_form(raw)?;
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        match literal {
+            Some(address) if !self.allows(address) => Err(EndpointUrlError::Private {
+                host: url.host_str().unwrap_or_default().to_owned(),
+                address,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The checks that need no lookup: form, scheme, credentials.
     fn check_form(&self, raw: &str) -> Result<Url, EndpointUrlError> {
         if raw.len() > MAX_URL_LEN || raw.chars().any(char::is_control) {
@@ -172,6 +192,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
         || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
         || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
         || a >= 240) // reserved
 }
 
@@ -185,7 +206,18 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         let [.., a, b, c, d] = ip.octets();
         return is_public_v4(Ipv4Addr::new(a, b, c, d));
     }
+    // IPv4-compatible (::a.b.c.d, deprecated) and 6to4 (2002:a.b.c.d::/48) carry an IPv4 address too.
+    if ip.segments()[..6] == [0, 0, 0, 0, 0, 0] {
+        let [.., a, b, c, d] = ip.octets();
+        return is_public_v4(Ipv4Addr::new(a, b, c, d));
+    }
+    if first == 0x2002 {
+        let [_, _, a, b, c, d, ..] = ip.octets();
+        return is_public_v4(Ipv4Addr::new(a, b, c, d));
+    }
     !((first & 0xfe00) == 0xfc00 // unique local
+        || (first == 0x2001 && ip.segments()[1] == 0) // Teredo: an address behind a NAT, not judged
+        || ip.segments()[..3] == [0x64, 0xff9b, 1] // NAT64 local use
         || (first & 0xffc0) == 0xfe80 // link-local
         || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
@@ -246,13 +278,24 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
             "2001:db8::1",
+            "::7f00:1",
+            "2002:a00:1::1",
+            "2001:0:4136:e378::1",
+            "64:ff9b:1::a00:1",
+            "192.88.99.1",
         ] {
             assert!(
                 !is_public(refused.parse().unwrap()),
                 "{refused} must not count as public"
             );
         }
-        for public in ["93.184.215.14", "8.8.8.8", "2606:4700::1111", "64:ff9b::808:808"] {
+        for public in [
+            "93.184.215.14",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert!(is_public(public.parse().unwrap()), "{public} is public");
         }
     }

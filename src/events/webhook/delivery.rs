@@ -96,6 +96,7 @@ pub struct DeliveryWorker {
     clock: SharedClock,
     metrics: Metrics,
     http: reqwest::Client,
+    policy: Arc<AddressPolicy>,
     settings: Settings,
 }
 
@@ -111,6 +112,16 @@ impl std::fmt::Debug for DeliveryWorker {
 struct Answer {
     status: Option<u16>,
     error: Option<String>,
+}
+
+impl Answer {
+    /// No answer: `error` went wrong.
+    fn failed(error: String) -> Self {
+        Self {
+            status: None,
+            error: Some(error),
+        }
+    }
 }
 
 impl DeliveryWorker {
@@ -143,6 +154,7 @@ impl DeliveryWorker {
             clock,
             metrics,
             http,
+            policy,
             settings: Settings {
                 workers: config.workers,
                 max_response_bytes: config.max_response_bytes,
@@ -205,22 +217,22 @@ impl DeliveryWorker {
     async fn attempt(&self, delivery: &WebhookDelivery, claim: Uuid) -> Result<(), crate::store::StoreError> {
         let started = Instant::now();
         let attempted_at = self.clock.now();
-        let Some(endpoint) = self
+        let endpoint = self
             .store
             .webhook_endpoint(&TenantScope::All, delivery.endpoint_id)
-            .await?
-        else {
-            return Ok(()); // deleted meanwhile, with its deliveries
-        };
-        let answer = match self.store.event(delivery.event_id).await? {
-            None => Answer {
-                status: None,
-                error: Some("the event is no longer in the log (retention)".to_owned()),
-            },
-            Some(event) => self.post(&endpoint, &event, attempted_at).await,
+            .await?;
+        let event = self.store.event(delivery.event_id).await?;
+        // Nothing left to deliver (an endpoint deleted while this delivery was being queued, or an
+        // event past retention): the delivery ends `failed` rather than staying pending.
+        let (answer, gone) = match (&endpoint, &event) {
+            (None, _) => (Answer::failed("the endpoint was deleted".to_owned()), true),
+            (_, None) => (
+                Answer::failed("the event is no longer in the log (retention)".to_owned()),
+                true,
+            ),
+            (Some(endpoint), Some(event)) => (self.post(endpoint, event, attempted_at).await, false),
         };
         let delivered = answer.status.is_some_and(|s| (200..300).contains(&s));
-        let gone = answer.error.as_deref() == Some("the event is no longer in the log (retention)");
         let next = if delivered {
             DeliveryNext::Delivered
         } else {
@@ -274,10 +286,10 @@ impl DeliveryWorker {
 
     /// POSTs the signed event; the answer's status, or what went wrong.
     async fn post(&self, endpoint: &crate::store::WebhookEndpoint, event: &Event, now: DateTime<Utc>) -> Answer {
-        let failed = |error: String| Answer {
-            status: None,
-            error: Some(error),
-        };
+        let failed = Answer::failed;
+        if let Err(refused) = self.policy.check_before_sending(&endpoint.url) {
+            return failed(refused.to_string());
+        }
         let body = match serde_json::to_vec(&WebhookBody::of(event)) {
             Ok(body) => body,
             Err(e) => return failed(format!("encoding the event failed: {e}")),

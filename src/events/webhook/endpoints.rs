@@ -8,6 +8,7 @@
 
 use super::address::{AddressPolicy, EndpointUrlError};
 use super::signature::SigningSecret;
+use crate::audit::EventBuilder;
 use crate::clock::SharedClock;
 use crate::events::EventType;
 use crate::store::{
@@ -192,6 +193,17 @@ impl Webhooks {
             let _ = self.vault.destroy_data_keys(&[key.id()]).await;
             return Err(error.into());
         }
+        self.audit(
+            EventBuilder::new("webhook.endpoint_created", "success", actor, now)
+                .tenant(tenant_id)
+                .detail("endpoint_id", endpoint.id.to_string())
+                .detail("url", endpoint.url.clone())
+                .detail(
+                    "types",
+                    endpoint.event_types.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+                ),
+        )
+        .await;
         tracing::info!(endpoint_id = %endpoint.id, tenant_id, types = endpoint.event_types.len(), "webhook endpoint created");
         Ok(CreatedEndpoint {
             endpoint,
@@ -205,13 +217,20 @@ impl Webhooks {
     }
 
     /// Deletes an endpoint inside `scope`: its queued deliveries go, and its key is destroyed.
-    pub async fn delete(&self, scope: &TenantScope, id: Uuid) -> Result<(), WebhookError> {
+    pub async fn delete(&self, actor: &str, scope: &TenantScope, id: Uuid) -> Result<(), WebhookError> {
+        let endpoint = self.endpoint(scope, id).await?;
         let dek = self
             .store
             .delete_webhook_endpoint(scope, id)
             .await?
             .ok_or(WebhookError::NotFound(id))?;
         self.vault.destroy_and_announce(&[dek], &*self.store).await?;
+        self.audit(
+            EventBuilder::new("webhook.endpoint_deleted", "success", actor, self.clock.now())
+                .tenant(&endpoint.tenant_id)
+                .detail("endpoint_id", id.to_string()),
+        )
+        .await;
         tracing::info!(endpoint_id = %id, "webhook endpoint deleted");
         Ok(())
     }
@@ -220,6 +239,7 @@ impl Webhooks {
     /// signing beside it for `previous_for` (the configured overlap when `None`).
     pub async fn rotate(
         &self,
+        actor: &str,
         scope: &TenantScope,
         id: Uuid,
         previous_for: Option<ChronoDuration>,
@@ -250,6 +270,14 @@ impl Webhooks {
             .webhook_endpoint(scope, id)
             .await?
             .ok_or(WebhookError::NotFound(id))?;
+        self.audit(
+            EventBuilder::new("webhook.secret_rotated", "success", actor, now)
+                .tenant(&endpoint.tenant_id)
+                .detail("endpoint_id", id.to_string())
+                .detail("secret_version", endpoint.secret_version)
+                .detail("previous_until", rotation.previous_until.to_rfc3339()),
+        )
+        .await;
         tracing::info!(endpoint_id = %id, secret_version = endpoint.secret_version, "webhook secret rotated");
         Ok(CreatedEndpoint {
             endpoint,
@@ -281,6 +309,15 @@ impl Webhooks {
             .webhook_endpoint(scope, id)
             .await?
             .ok_or(WebhookError::NotFound(id))
+    }
+}
+
+impl Webhooks {
+    /// Records an operator's action (it is done already: a failure to record is logged).
+    async fn audit(&self, event: EventBuilder) {
+        if let Err(error) = self.store.append_audit(&[event.build()]).await {
+            tracing::warn!(%error, "could not write the audit event of a webhook endpoint change");
+        }
     }
 }
 
