@@ -48,6 +48,9 @@ struct Args {
     /// Changes timed one at a time for the latency figures.
     #[arg(long, default_value_t = 200)]
     events: usize,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 /// What the webhook receiver saw: per delivery, the event's id and the latency from its change.

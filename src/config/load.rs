@@ -75,7 +75,7 @@ pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Config
         figment = figment.merge(Toml::file_exact(path));
     }
     figment = figment.merge(EnvOverrides::from_pairs(env));
-    let mut config: Config = extract_reporting_all(&figment)?;
+    let mut config: Config = extract_reporting_all(&figment).map_err(ConfigError::Parse)?;
     resolve_files(&mut config)?;
     validate(&config)?;
     Ok(config)
@@ -88,13 +88,13 @@ const MAX_PARSE_PROBLEMS: usize = 64;
 /// serde stops at the first unknown key or wrongly typed value, so each
 /// offending key is set aside and the rest parsed again until nothing more
 /// is found, and all the problems are reported together.
-fn extract_reporting_all(figment: &Figment) -> Result<Config, figment::Error> {
+fn extract_reporting_all(figment: &Figment) -> Result<Config, Box<figment::Error>> {
     let first = match figment.extract_lossy::<Config>() {
         Ok(config) => return Ok(config),
         Err(error) => error,
     };
     let Ok(mut data) = figment.data() else {
-        return Err(first);
+        return Err(Box::new(first));
     };
     let mut all = first.clone();
     let mut last = first;
@@ -121,7 +121,7 @@ fn extract_reporting_all(figment: &Figment) -> Result<Config, figment::Error> {
             }
         }
     }
-    Err(all)
+    Err(Box::new(all))
 }
 
 /// The path of the key `problem` is about (an unknown field's own name included).
