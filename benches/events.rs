@@ -23,7 +23,6 @@ use axum::extract::State;
 use axum::routing::post;
 use chrono::{DateTime, Utc};
 use clap::Parser;
-use common::{pg_admin_url, BenchDb};
 use secrecy::SecretString;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -307,24 +306,7 @@ async fn run(args: &Args, db_url: String) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    runtime.block_on(async {
-        let db = BenchDb::create().await?;
-        println!(
-            "# tokenvault event benchmark\n\nmachine: {} cores; server in this process ({} build), PostgreSQL {}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            if cfg!(debug_assertions) { "debug" } else { "optimized" },
-            pg_admin_url().rsplit_once('@').map_or("", |(_, host)| host)
-        );
-        let url = db.url.clone();
-        let outcome = tokio::spawn(async move { run(&args, url).await }).await;
-        db.drop_now().await;
-        match outcome {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic.into_panic()),
-        }
+    common::run_on_fresh_database("tokenvault event benchmark", "in this process", move |url| async move {
+        run(&args, url).await
     })
 }

@@ -24,7 +24,6 @@ mod common;
 
 use anyhow::{ensure, Context as _, Result};
 use clap::Parser;
-use common::{pg_admin_url, BenchDb};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeSet;
@@ -777,25 +776,9 @@ async fn run(args: &Args, db_url: String) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    runtime.block_on(async {
-        let db = BenchDb::create().await?;
-        println!(
-            "# tokenvault load benchmark\n\nmachine: {} cores; server: `tokenvault serve` ({} build), PostgreSQL {}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            if cfg!(debug_assertions) { "debug" } else { "optimized" },
-            pg_admin_url().rsplit_once('@').map_or("", |(_, host)| host)
-        );
-        // A panic inside the run must still drop the database.
-        let url = db.url.clone();
-        let outcome = tokio::spawn(async move { run(&args, url).await }).await;
-        db.drop_now().await;
-        match outcome {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic.into_panic()),
-        }
-    })
+    common::run_on_fresh_database(
+        "tokenvault load benchmark",
+        "`tokenvault serve`",
+        move |url| async move { run(&args, url).await },
+    )
 }

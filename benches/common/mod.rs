@@ -48,3 +48,33 @@ impl BenchDb {
         }
     }
 }
+
+/// Runs `run(url)` on a fresh database under a multi-threaded runtime, after
+/// printing `title` and the machine; the database is dropped afterwards,
+/// even when the run panics.
+pub fn run_on_fresh_database<F, Fut>(title: &str, server: &str, run: F) -> Result<()>
+where
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    runtime.block_on(async {
+        let db = BenchDb::create().await?;
+        println!(
+            "# {title}\n\nmachine: {} cores; server: {server} ({} build), PostgreSQL {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            if cfg!(debug_assertions) { "debug" } else { "optimized" },
+            pg_admin_url().rsplit_once('@').map_or("", |(_, host)| host)
+        );
+        let url = db.url.clone();
+        let outcome = tokio::spawn(async move { run(url).await }).await;
+        db.drop_now().await;
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic.into_panic()),
+        }
+    })
+}

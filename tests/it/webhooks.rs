@@ -43,6 +43,18 @@ async fn deliveries(server: &TestServer, endpoint_id: &str) -> Vec<WebhookDelive
         .deliveries
 }
 
+async fn endpoints(server: &TestServer) -> Vec<WebhookEndpoint> {
+    server
+        .admin(keys::ADMIN)
+        .list_webhook_endpoints(ListWebhookEndpointsRequest {
+            tenant_id: keys::TENANT.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoints
+}
+
 /// Waits (at most 15 s) until the receiver holds `n` deliveries.
 async fn received(receiver: &Receiver, n: usize) -> Vec<Value> {
     eventually(Duration::from_secs(15), || async {
@@ -111,16 +123,7 @@ async fn signed_deliveries(backend: Backend) {
         assert_eq!(delivery.attempt_log.len(), 1);
         assert_eq!(delivery.attempt_log[0].status_code, 200);
     }
-    let listed = with
-        .server
-        .admin(keys::ADMIN)
-        .list_webhook_endpoints(ListWebhookEndpointsRequest {
-            tenant_id: keys::TENANT.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .endpoints;
+    let listed = endpoints(&with.server).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].url, receiver.url());
     assert!(metrics(&with.server)
@@ -313,16 +316,7 @@ async fn endpoints_must_not_reach_private_networks() {
         assert!(status.message().contains(says), "{url}: {}", status.message());
     }
     // Nothing was stored.
-    let listed = with
-        .server
-        .admin(keys::ADMIN)
-        .list_webhook_endpoints(ListWebhookEndpointsRequest {
-            tenant_id: keys::TENANT.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .endpoints;
+    let listed = endpoints(&with.server).await;
     assert!(listed.is_empty());
     // Another tenant's admin may not manage acme's endpoints; unknown types are refused.
     let status = with
