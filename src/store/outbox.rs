@@ -6,9 +6,9 @@
 //! revocation (see the connections store).
 
 use super::sql::error::map_err;
-use super::sql::query::{placeholders, purge_where, Fetch};
+use super::sql::query::{placeholders, purge_where, skip_locked, Fetch};
 use super::sql::rows::OUTBOX_COLUMNS;
-use super::sql::{Backend, SqlStore};
+use super::sql::SqlStore;
 use super::trail::append_trail;
 use super::{OutboxEntry, ProviderRevocation, Sealed, StoreError, Trail};
 use crate::clock::to_millis;
@@ -87,12 +87,7 @@ impl OutboxStore for SqlStore {
         lease_until: DateTime<Utc>,
         claim: Uuid,
     ) -> Result<Option<OutboxEntry>, StoreError> {
-        // Two workers never take one entry: PostgreSQL skips rows another
-        // claim holds; SQLite has a single writer.
-        let skip_locked = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
+        let skip_locked = skip_locked(self.backend);
         let sql = format!(
             "UPDATE revocation_outbox SET next_attempt_at = $1, claim_token = $2 \
              WHERE status = 'pending' AND next_attempt_at <= $3 AND id = \

@@ -6,11 +6,11 @@
 //! [`Trail`](super::Trail)).
 
 use super::sql::error::map_err;
-use super::sql::query::{placeholders, purge_where, Fetch};
+use super::sql::query::{placeholders, purge_keyed_where, purge_where, skip_locked, Fetch};
 use super::sql::rows::{
     event_types_to_text, WEBHOOK_ATTEMPT_COLUMNS, WEBHOOK_DELIVERY_COLUMNS, WEBHOOK_ENDPOINT_COLUMNS,
 };
-use super::sql::{Backend, SqlStore};
+use super::sql::SqlStore;
 use super::{DeliveryStatus, Sealed, StoreError, TenantScope, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 use crate::clock::to_millis;
 use async_trait::async_trait;
@@ -185,12 +185,7 @@ impl WebhookStore for SqlStore {
         lease_until: DateTime<Utc>,
         claim: Uuid,
     ) -> Result<Option<WebhookDelivery>, StoreError> {
-        // Two workers never take one delivery: PostgreSQL skips rows another
-        // claim holds; SQLite has a single writer.
-        let skip_locked = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
+        let skip_locked = skip_locked(self.backend);
         let sql = format!(
             "UPDATE webhook_deliveries SET next_attempt_at = $1, claim_token = $2 \
              WHERE status = 'pending' AND next_attempt_at <= $3 AND (endpoint_id, event_id) = \
@@ -314,31 +309,16 @@ impl WebhookStore for SqlStore {
             self.purge_batch,
         )
         .await?;
-        // Deliveries are keyed by (endpoint, event): delete in batches by that pair.
-        let condition = "status <> 'pending' AND finished_at < $1";
-        if dry_run {
-            let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM webhook_deliveries WHERE {condition}"))
-                .bind(to_millis(before))
-                .fetch_one(&self.pool)
-                .await
-                .map_err(map_err)?;
-            return Ok(attempts + u64::try_from(n).unwrap_or(0));
-        }
-        let sql = format!(
-            "DELETE FROM webhook_deliveries WHERE (endpoint_id, event_id) IN \
-             (SELECT endpoint_id, event_id FROM webhook_deliveries WHERE {condition} LIMIT $2)"
-        );
-        let mut purged = attempts;
-        loop {
-            let deleted = sqlx::query(&sql)
-                .bind(to_millis(before))
-                .bind(i64::from(self.purge_batch))
-                .run(&self.pool)
-                .await?;
-            purged += deleted;
-            if deleted < u64::from(self.purge_batch) {
-                return Ok(purged);
-            }
-        }
+        let deliveries = purge_keyed_where(
+            &self.pool,
+            "webhook_deliveries",
+            "endpoint_id, event_id",
+            "status <> 'pending' AND finished_at < $1",
+            before,
+            dry_run,
+            self.purge_batch,
+        )
+        .await?;
+        Ok(attempts + deliveries)
     }
 }

@@ -87,6 +87,15 @@ pub(in crate::store) fn lock_suffix(backend: Backend) -> &'static str {
     }
 }
 
+/// What a claiming sub-`SELECT` ends with so that two workers never take one
+/// row: PostgreSQL skips rows another claim holds; SQLite has a single writer.
+pub(in crate::store) fn skip_locked(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    }
+}
+
 /// Most ids bound in one `IN (…)` list: far below PostgreSQL's 65,535 bind
 /// parameters and SQLite's limit (999 in old builds) even when a statement
 /// repeats the list four times.
@@ -104,6 +113,20 @@ pub(in crate::store) async fn purge_where(
     dry_run: bool,
     batch: u32,
 ) -> Result<u64, StoreError> {
+    purge_keyed_where(pool, table, "id", condition, before, dry_run, batch).await
+}
+
+/// As [`purge_where`], for a table keyed by the columns `key` (e.g.
+/// `endpoint_id, event_id`).
+pub(in crate::store) async fn purge_keyed_where(
+    pool: &AnyPool,
+    table: &str,
+    key: &str,
+    condition: &str,
+    before: DateTime<Utc>,
+    dry_run: bool,
+    batch: u32,
+) -> Result<u64, StoreError> {
     if dry_run {
         let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {condition}"))
             .bind(to_millis(before))
@@ -112,7 +135,7 @@ pub(in crate::store) async fn purge_where(
             .map_err(map_err)?;
         return Ok(u64::try_from(n).unwrap_or(0));
     }
-    let sql = format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {condition} LIMIT $2)");
+    let sql = format!("DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {condition} LIMIT $2)");
     let batch = batch.max(1);
     let mut purged = 0;
     loop {
