@@ -153,6 +153,9 @@ pub fn render_show(spec: &ProviderSpec, config: &Config) -> String {
     if let Some(url) = &spec.token_url {
         line(&mut out, "token endpoint", url.as_str());
     }
+    if let Some(url) = &spec.refresh_url {
+        line(&mut out, "refresh endpoint", url.as_str());
+    }
     if let Some(issuer) = &spec.issuer {
         line(&mut out, "issuer (discovery)", issuer.as_str());
     }

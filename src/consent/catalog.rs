@@ -259,6 +259,10 @@ pub struct ProviderSpec {
     pub authorization_url: Option<Url>,
     /// Token endpoint (always set when `issuer` is not).
     pub token_url: Option<Url>,
+    /// Endpoint of refresh requests when it is not the token endpoint
+    /// (Figma's `/v1/oauth/refresh`); `None`: refreshes go to the token
+    /// endpoint.
+    pub refresh_url: Option<Url>,
     /// Revocation endpoint; `None` when revocation is unsupported or the
     /// endpoint comes from discovery.
     pub revocation_url: Option<Url>,
@@ -297,6 +301,9 @@ pub struct ProviderSpec {
     /// JSON object of the code-exchange response that holds the token fields
     /// instead of the top level (`authed_user` for Slack user tokens).
     pub token_response_object: Option<String>,
+    /// Member of the token answer that names the granted scopes when the
+    /// answer has no `scope` (HubSpot's `scopes` array).
+    pub granted_scopes_member: Option<String>,
     /// Fixed extra authorization-request parameters (e.g. Google's
     /// `access_type=offline`).
     pub authorization_params: BTreeMap<String, String>,
@@ -411,6 +418,15 @@ impl ProviderSpec {
             .map(String::as_str)
             .collect::<Vec<_>>()
             .join(&self.scope_separator)
+    }
+
+    /// How this provider's token answers depart from RFC 6749's shape.
+    pub fn answer_shape(&self) -> crate::provider::AnswerShape<'_> {
+        crate::provider::AnswerShape {
+            response_object: self.token_response_object.as_deref(),
+            scopes_member: self.granted_scopes_member.as_deref(),
+            separator: &self.scope_separator,
+        }
     }
 
     /// The scopes of a provider's answer. Tolerant: splits on the separator and
@@ -562,6 +578,7 @@ struct RawProvider {
     issuer: Option<String>,
     authorization_url: Option<String>,
     token_url: Option<String>,
+    refresh_url: Option<String>,
     revocation_url: Option<String>,
     revocation_method: Option<RevocationMethod>,
     revocation_unsupported_reason: Option<String>,
@@ -582,6 +599,7 @@ struct RawProvider {
     #[serde(default = "default_true")]
     uses_scopes: bool,
     token_response_object: Option<String>,
+    granted_scopes_member: Option<String>,
     #[serde(default)]
     authorization_params: BTreeMap<String, String>,
     incremental_authorization: Option<IncrementalAuthorization>,
@@ -1195,6 +1213,15 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, Vec<CatalogE
         UrlRole::Endpoint,
     );
     let token_url = url_field(&mut problems, "token_url", raw.token_url.as_deref(), UrlRole::Endpoint);
+    let refresh_url = url_field(
+        &mut problems,
+        "refresh_url",
+        raw.refresh_url.as_deref(),
+        UrlRole::Endpoint,
+    );
+    if raw.refresh_url.is_some() && !raw.issues_refresh_tokens {
+        problems.push("`refresh_url` is set but the entry says `issues_refresh_tokens = false`");
+    }
     let revocation_text = substitute(&mut problems, base, "revocation_url", raw.revocation_url.as_deref());
     let revocation_url = problems
         .keep(
@@ -1235,13 +1262,20 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, Vec<CatalogE
             raw.scope_param
         ));
     }
-    if let Some(object) = &raw.token_response_object {
-        let ok = !object.is_empty() && object.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    for (field, member) in [
+        ("token_response_object", &raw.token_response_object),
+        ("granted_scopes_member", &raw.granted_scopes_member),
+    ] {
+        let Some(member) = member else { continue };
+        let ok = !member.is_empty() && member.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
             problems.push(format!(
-                "`token_response_object`: `{object}` is not a JSON member name of letters, digits and `_`"
+                "`{field}`: `{member}` is not a JSON member name of letters, digits and `_`"
             ));
         }
+    }
+    if raw.granted_scopes_member.is_some() && !raw.uses_scopes {
+        problems.push("`granted_scopes_member` needs scopes: the entry says `uses_scopes = false`".to_owned());
     }
 
     for (header, value) in &raw.request_headers {
@@ -1370,6 +1404,7 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, Vec<CatalogE
         issuer,
         authorization_url,
         token_url,
+        refresh_url,
         revocation_url,
         revocation_method: revocation.method,
         revocation_user_page: revocation.user_page,
@@ -1384,6 +1419,7 @@ fn validate(name: String, raw: RawProvider) -> Result<ProviderSpec, Vec<CatalogE
         scope_param: raw.scope_param,
         uses_scopes: raw.uses_scopes,
         token_response_object: raw.token_response_object,
+        granted_scopes_member: raw.granted_scopes_member,
         authorization_params: raw.authorization_params,
         incremental_authorization: raw.incremental_authorization,
         refresh_scope_narrowing: raw.refresh_scope_narrowing,

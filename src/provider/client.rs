@@ -103,7 +103,7 @@ impl Transport {
 
     async fn send(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
         let response = self.send_raw(request).await?;
-        Ok(normalize(response, self.spec.token_response_object.as_deref()))
+        Ok(normalize(response, self.spec.answer_shape()))
     }
 
     /// Sends a token request (a JSON body where the provider wants one) and
@@ -143,10 +143,7 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Keeping<'_> {
                 let raw = RawAnswer(zeroize::Zeroizing::new(response.body().clone()));
                 *self.body.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(raw);
             }
-            Ok(normalize(
-                response,
-                self.transport.spec.token_response_object.as_deref(),
-            ))
+            Ok(normalize(response, self.transport.spec.answer_shape()))
         })
     }
 }
@@ -342,7 +339,14 @@ impl ProviderClient {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<TokenSet, ProviderError> {
         let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
-        let mut request = self.oauth.exchange_refresh_token(&token);
+        // A provider with its own refresh endpoint (Figma) gets the request there.
+        let at_refresh_url = self
+            .spec
+            .refresh_url
+            .as_ref()
+            .map(|url| self.oauth.clone().set_token_uri(TokenUrl::from_url(url.clone())));
+        let oauth = at_refresh_url.as_ref().unwrap_or(&self.oauth);
+        let mut request = oauth.exchange_refresh_token(&token);
         if let Some(scopes) = narrow_to.filter(|_| self.spec.refresh_scope_narrowing) {
             request = request.add_scopes(scopes.iter().map(|s| Scope::new(s.clone())));
         }
@@ -910,7 +914,7 @@ mod tests {
             .status(200)
             .body(serde_json::to_vec(&body).unwrap())
             .unwrap();
-        let response = normalize(response, None);
+        let response = normalize(response, Default::default());
         let parsed: oauth2::StandardErrorResponse<BasicErrorResponseType> =
             serde_json::from_slice(response.body()).unwrap();
         let error = token_error("github", RequestTokenError::ServerResponse(parsed));

@@ -174,12 +174,29 @@ async fn read_limited(mut response: reqwest::Response, max: usize) -> Result<Vec
     Ok(body)
 }
 
+/// Where a provider's token answer departs from RFC 6749's shape (catalog
+/// `token_response_object`, `granted_scopes_member`, `scope_separator`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnswerShape<'a> {
+    /// The object of a code-exchange answer that holds the token fields
+    /// (Slack's `authed_user`).
+    pub response_object: Option<&'a str>,
+    /// The member naming the granted scopes instead of `scope` (HubSpot's
+    /// `scopes` array).
+    pub scopes_member: Option<&'a str>,
+    /// What joins the scopes of a `scopes_member` array.
+    pub separator: &'a str,
+}
+
 /// Makes provider quirks look like RFC 6749:
 /// - an error object sent with status 200 (GitHub, Slack `ok: false`) becomes a 400;
 /// - the token fields under `response_object` (Slack's `authed_user`) are lifted to the top level;
+/// - granted scopes under `scopes_member` (a string, or an array of strings
+///   joined with the separator) become `scope` when the answer has none;
 /// - a missing `token_type` is `Bearer`, a numeric-string `expires_in` a number;
 /// - a JSON body is labelled `application/json`.
-pub fn normalize(response: oauth2::HttpResponse, response_object: Option<&str>) -> oauth2::HttpResponse {
+pub fn normalize(response: oauth2::HttpResponse, shape: AnswerShape<'_>) -> oauth2::HttpResponse {
+    let response_object = shape.response_object;
     let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice::<serde_json::Value>(response.body()) else {
         return response;
     };
@@ -209,6 +226,15 @@ pub fn normalize(response: oauth2::HttpResponse, response_object: Option<&str>) 
                     changed = true;
                 }
             }
+            if let (false, Some(member)) = (object.contains_key("scope"), shape.scopes_member) {
+                if let Some(scope) = object
+                    .get(member)
+                    .and_then(|value| joined_scopes(value, shape.separator))
+                {
+                    object.insert("scope".into(), scope.into());
+                    changed = true;
+                }
+            }
             if object.contains_key("access_token") && !object.contains_key("token_type") {
                 object.insert("token_type".into(), "Bearer".into());
                 changed = true;
@@ -227,6 +253,20 @@ pub fn normalize(response: oauth2::HttpResponse, response_object: Option<&str>) 
         body
     };
     http::Response::from_parts(parts, body)
+}
+
+/// A granted-scopes member as one `scope` string: a string as it is, an
+/// array of strings joined with `separator`; anything else is ignored.
+fn joined_scopes(value: &serde_json::Value, separator: &str) -> Option<String> {
+    match value {
+        serde_json::Value::String(text) => Some(text.clone()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_str())
+            .collect::<Option<Vec<_>>>()
+            .map(|scopes| scopes.join(separator)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -266,9 +306,15 @@ mod tests {
 
     #[test]
     fn errors_sent_with_200_become_400() {
-        let out = normalize(response(200, r#"{"error":"bad_verification_code"}"#), None);
+        let out = normalize(
+            response(200, r#"{"error":"bad_verification_code"}"#),
+            AnswerShape::default(),
+        );
         assert_eq!(out.status(), 400);
-        let out = normalize(response(200, r#"{"ok":false,"error":"invalid_code"}"#), None);
+        let out = normalize(
+            response(200, r#"{"ok":false,"error":"invalid_code"}"#),
+            AnswerShape::default(),
+        );
         assert_eq!(out.status(), 400);
         assert_eq!(out.headers()[http::header::CONTENT_TYPE], "application/json");
     }
@@ -280,7 +326,10 @@ mod tests {
                 200,
                 r#"{"ok":true,"authed_user":{"id":"U1","access_token":"xoxp-1","token_type":"user","scope":"chat:write"}}"#,
             ),
-            Some("authed_user"),
+            AnswerShape {
+                response_object: Some("authed_user"),
+                ..AnswerShape::default()
+            },
         );
         let value: serde_json::Value = serde_json::from_slice(out.body()).unwrap();
         assert_eq!(value["access_token"], "xoxp-1");
@@ -288,18 +337,46 @@ mod tests {
     }
 
     #[test]
+    fn a_granted_scopes_member_becomes_scope_unless_the_answer_has_one() {
+        let shape = AnswerShape {
+            scopes_member: Some("scopes"),
+            separator: ",",
+            ..AnswerShape::default()
+        };
+        let scope_of = |body: &str| {
+            let out = normalize(response(200, body), shape);
+            let value: serde_json::Value = serde_json::from_slice(out.body()).unwrap();
+            value.get("scope").cloned()
+        };
+        assert_eq!(
+            scope_of(r#"{"access_token":"a","scopes":["oauth","crm.objects.contacts.read"]}"#),
+            Some("oauth,crm.objects.contacts.read".into())
+        );
+        assert_eq!(scope_of(r#"{"access_token":"a","scopes":"a b"}"#), Some("a b".into()));
+        assert_eq!(
+            scope_of(r#"{"access_token":"a","scope":"kept","scopes":["x"]}"#),
+            Some("kept".into())
+        );
+        assert_eq!(scope_of(r#"{"access_token":"a","scopes":[1, "x"]}"#), None);
+        assert_eq!(scope_of(r#"{"access_token":"a"}"#), None);
+    }
+
+    #[test]
     fn ordinary_answers_pass_through() {
         let body = r#"{"access_token":"a","token_type":"Bearer"}"#;
-        let out = normalize(response(200, body), None);
+        let out = normalize(response(200, body), AnswerShape::default());
         assert_eq!(out.status(), 200);
         assert_eq!(out.body(), body.as_bytes());
-        let out = normalize(response(200, r#"{"access_token":"a","expires_in":"60"}"#), None);
+        let out = normalize(
+            response(200, r#"{"access_token":"a","expires_in":"60"}"#),
+            AnswerShape::default(),
+        );
         let value: serde_json::Value = serde_json::from_slice(out.body()).unwrap();
         assert_eq!(
             (value["token_type"].as_str(), value["expires_in"].as_u64()),
             (Some("Bearer"), Some(60))
         );
-        let out = normalize(response(200, "not json"), None);
+        let out = normalize(response(200, "not json"), AnswerShape::default());
         assert_eq!(out.body(), b"not json");
     }
 }

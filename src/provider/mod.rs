@@ -11,7 +11,7 @@ pub use client::{
     NON_EXPIRING_LIFETIME,
 };
 pub use discovery::discover;
-pub use http::{HttpError, ProviderHttp};
+pub use http::{AnswerShape, HttpError, ProviderHttp};
 pub use registry::{Providers, ProvidersError};
 
 use chrono::{DateTime, Utc};

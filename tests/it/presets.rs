@@ -228,8 +228,8 @@ const TOKEN_ANSWERS: &[(&str, Option<&[&str]>, i64)] = &[
     ),
     ("asana", None, 3600),
     ("atlassian", Some(&["offline_access", "read:jira-work"]), 3600),
-    // Bitbucket names the field `scopes`, not `scope`.
-    ("bitbucket", None, 7200),
+    // `scope` since 2026-05-04 (before, `scopes`): the consumer's permissions.
+    ("bitbucket", Some(&["account", "repository"]), 7200),
     ("box", None, 3600),
     ("calendly", Some(&["scheduled_events:read", "users:read"]), 7200),
     ("digitalocean", Some(&["read", "write"]), 2_592_000),
@@ -241,7 +241,8 @@ const TOKEN_ANSWERS: &[(&str, Option<&[&str]>, i64)] = &[
     ),
     ("figma", None, 7_776_000),
     ("github", Some(&[]), 28_800),
-    ("gitlab", Some(&["read_api", "read_user"]), 7200),
+    // GitLab's documented answer has no `scope`.
+    ("gitlab", None, 7200),
     (
         "google",
         Some(&[
@@ -250,7 +251,12 @@ const TOKEN_ANSWERS: &[(&str, Option<&[&str]>, i64)] = &[
         ]),
         3599,
     ),
-    ("hubspot", Some(&["crm.objects.contacts.read", "oauth"]), 1800),
+    // A `scopes` array (granted_scopes_member).
+    (
+        "hubspot",
+        Some(&["crm.objects.contacts.read", "crm.objects.contacts.write", "oauth"]),
+        1800,
+    ),
     // Comma-separated, as Linear writes scopes.
     ("linear", Some(&["read", "write"]), 86_399),
     // Microsoft answers with the resource-prefixed form (docs/providers.md).
@@ -501,4 +507,74 @@ base_url = "https://git.acme.example"
     let output = tokenvault().args(["catalog", "show", "nope"]).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown provider `nope`"));
+}
+
+/// Figma refreshes at an endpoint of its own (`refresh_url`): a connection
+/// made through the preset refreshes there, never at the token endpoint
+/// (which, like the fake here, refuses the refresh grant).
+#[tokio::test]
+async fn figma_refreshes_at_its_own_refresh_endpoint() {
+    use tokenvault_testkit::fake_provider::{FakeProvider, FakeProviderConfig};
+    let fake = FakeProvider::start(FakeProviderConfig {
+        separate_refresh_endpoint: true,
+        rotate_refresh_tokens: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut config = base_config(&db);
+    // The preset with its endpoints moved to the fake (loopback http is a
+    // development catalog) and the fake's userinfo as the account.
+    let catalog = format!(
+        "[providers.figma_local]\npreset = \"figma\"\nauthorization_url = \"{a}\"\ntoken_url = \"{t}\"\n\
+         refresh_url = \"{r}\"\n[providers.figma_local.account]\nsource = \"endpoint\"\nurl = \"{u}\"\n\
+         subject = [\"/sub\"]\n",
+        a = fake.authorization_url(),
+        t = fake.token_url(),
+        r = fake.refresh_url(),
+        u = fake.userinfo_url(),
+    );
+    let _catalog = crate::support::provider::install_catalog(&mut config, &fake, "figma_local", &catalog);
+    let server = TestServer::start_on(db, config).await;
+
+    let started = server
+        .consent(keys::PLATFORM)
+        .start_consent(StartConsentRequest {
+            tenant_id: keys::TENANT.into(),
+            user_id: "u-figma".into(),
+            provider: "figma_local".into(),
+            capabilities: vec!["designs.read".into()],
+            return_url: "https://app.example.com/connected".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("StartConsent")
+        .into_inner();
+    let params = crate::support::provider::approve_on(&fake, &started.authorization_url).await;
+    let connection = crate::support::provider::confirm_on(&server, "u-figma", &params).await;
+    let before = fake.stats();
+    assert_eq!((before.code_exchanges, before.refreshes), (1, 0));
+
+    // The access token is due: the next call refreshes.
+    server.clock.advance(chrono::Duration::seconds(3600));
+    let token = server
+        .tokens(keys::AGENT)
+        .get_access_token(tokenvault::proto::GetAccessTokenRequest {
+            connection_id: connection,
+            ..Default::default()
+        })
+        .await
+        .expect("GetAccessToken")
+        .into_inner();
+    let after = fake.stats();
+    assert_eq!(after.successful_refreshes, 1, "{after:?}");
+    assert_eq!(after.refresh_endpoint_requests, 1, "the refresh went to refresh_url");
+    assert_eq!(
+        after.token_endpoint_requests, before.token_endpoint_requests,
+        "no refresh at the token endpoint"
+    );
+    assert!(!token.access_token.is_empty());
+    server.stop().await;
+    fake.shutdown().await;
 }

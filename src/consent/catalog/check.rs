@@ -189,12 +189,13 @@ pub fn check_text(text: &str, origin: &str) -> Report {
 /// What a valid entry still lacks to be complete.
 fn completeness(spec: &ProviderSpec) -> Vec<String> {
     let mut missing = Vec::new();
-    let urls: [(&str, Option<&Url>); 7] = [
+    let urls: [(&str, Option<&Url>); 8] = [
         ("docs_url", spec.docs_url.as_ref()),
         ("registration_url", spec.registration_url.as_ref()),
         ("issuer", spec.issuer.as_ref()),
         ("authorization_url", spec.authorization_url.as_ref()),
         ("token_url", spec.token_url.as_ref()),
+        ("refresh_url", spec.refresh_url.as_ref()),
         ("revocation_url", spec.revocation_url.as_ref()),
         ("revocation_user_page", spec.revocation_user_page.as_ref()),
     ];

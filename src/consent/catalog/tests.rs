@@ -247,7 +247,8 @@ fn builtin_reconsent_revocation() {
             ("notion", RevocationScope::Token, true),
             ("salesforce", RevocationScope::Token, true),
             ("slack", RevocationScope::Token, true),
-            ("zoom", RevocationScope::Token, true),
+            // Revoking uninstalls the app; a re-consent stays in the same install.
+            ("zoom", RevocationScope::Grant, false),
         ]
     );
     // Grant-wide alone is not enough: a re-consent that opens a new grant may revoke the old one.
@@ -869,7 +870,7 @@ fn builtin_refresh_properties() {
             ("airtable", RefreshRotation::Strict, Some(60)),
             ("asana", RefreshRotation::None, None),
             ("atlassian", RefreshRotation::Rotating, Some(90)),
-            ("bitbucket", RefreshRotation::None, None),
+            ("bitbucket", RefreshRotation::Strict, Some(90)),
             ("box", RefreshRotation::Strict, Some(60)),
             ("calendly", RefreshRotation::Strict, None),
             ("digitalocean", RefreshRotation::Strict, None),
@@ -910,6 +911,12 @@ fn refresh_properties_need_refresh_tokens() {
             "`refresh_idle_expiry_days` must be at least 1",
         ),
         ("token_types = []", "`token_types` is empty"),
+        (
+            "issues_refresh_tokens = false\naccess_token_expires = false\nrefresh_url = \"https://id.acme.example/refresh\"",
+            "`refresh_url` is set but the entry says `issues_refresh_tokens = false`",
+        ),
+        ("refresh_url = \"not a url\"", "`refresh_url`"),
+        ("granted_scopes_member = \"a.b\"", "`granted_scopes_member`: `a.b` is not a JSON member name"),
     ] {
         let text = MINIMAL.replace("allowed_scopes", &format!("{extra}\nallowed_scopes"));
         let (provider, reason) = invalid_reason(&text);
@@ -1266,11 +1273,11 @@ const ACCOUNTS: &[(&str, &str, Option<&str>)] = &[
     ),
     ("discord", "80351110224678912", Some("nelly")),
     ("dropbox", "dbid:AAH4f99T0taONIb-OurWxbNQ6ywGRopQngc", None),
-    ("figma", "123456", None),
+    ("figma", "1234567890123456789", Some("ada@example.com")),
     ("github", "1", Some("octocat")),
     ("gitlab", "1", Some("john_smith")),
     ("google", "110169484474386276334", Some("ada@example.com")),
-    ("hubspot", "62515/123456", Some("ada@example.com")),
+    ("hubspot", "62515", None),
     (
         "linear",
         "8c7d6e5f-4a3b-2c1d-0e9f-8a7b6c5d4e3f/2f3e9a64-8b1c-4f3b-9f5e-0e1d2c3b4a59",

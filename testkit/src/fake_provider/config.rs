@@ -61,6 +61,10 @@ pub struct FakeProviderConfig {
     /// `iss` (the fake's base URL) and the metadata says so
     /// (`authorization_response_iss_parameter_supported`, RFC 9207).
     pub send_iss: bool,
+    /// When `true` (default `false`), refreshes are served at `POST /refresh`
+    /// only and `POST /token` refuses `grant_type=refresh_token`, as a
+    /// provider with its own refresh endpoint does (Figma).
+    pub separate_refresh_endpoint: bool,
 }
 
 impl Default for FakeProviderConfig {
@@ -77,6 +81,7 @@ impl Default for FakeProviderConfig {
             auto_approve: true,
             non_expiring_access_tokens: false,
             send_iss: false,
+            separate_refresh_endpoint: false,
         }
     }
 }

@@ -132,6 +132,7 @@ impl FakeProvider {
         let router = Router::new()
             .route("/authorize", get(authorize::authorize))
             .route("/token", post(token::token))
+            .route("/refresh", post(token::refresh_endpoint))
             .route("/revoke", post(revoke::revoke))
             .route("/revoke-grant", post(revoke::revoke_grant))
             .route("/bearer-revoke", post(bearer_revoke::bearer_revoke))
@@ -173,6 +174,12 @@ impl FakeProvider {
     /// `{base}/token`.
     pub fn token_url(&self) -> Url {
         self.endpoint("token")
+    }
+
+    /// `{base}/refresh`: refreshes only, when the fake is configured with
+    /// `separate_refresh_endpoint`.
+    pub fn refresh_url(&self) -> Url {
+        self.endpoint("refresh")
     }
 
     /// `{base}/userinfo`: the user of a live access token (`sub`, `email`, `login`).

@@ -117,6 +117,9 @@ pub struct Stats {
     pub revocations: Vec<RevocationRecord>,
     /// Every request to `POST /token`, including those answered by a fault.
     pub token_endpoint_requests: u64,
+    /// Every request to `POST /refresh` (the separate refresh endpoint),
+    /// including those answered by a fault.
+    pub refresh_endpoint_requests: u64,
     /// Every request to `POST /revoke` and `POST /revoke-grant`, including
     /// those answered by a fault.
     pub revoke_endpoint_requests: u64,

@@ -23,11 +23,32 @@ use super::params::{dedup, split_scopes, Params};
 use super::responses::{no_store, oauth_error};
 use super::state::Shared;
 
-/// The token endpoint.
+/// The token endpoint (`POST /token`).
 pub(super) async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    answer(shared, headers, body, Path::Token).await
+}
+
+/// The refresh endpoint of a provider that refreshes elsewhere than at its
+/// token endpoint (`POST /refresh`, Figma-style), when
+/// `separate_refresh_endpoint` is on.
+pub(super) async fn refresh_endpoint(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    answer(shared, headers, body, Path::Refresh).await
+}
+
+/// Which of the two endpoints a request reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Token,
+    Refresh,
+}
+
+async fn answer(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, path: Path) -> Response {
     let params = Params::parse(&body);
     shared.count(|s| {
-        s.token_endpoint_requests += 1;
+        match path {
+            Path::Token => s.token_endpoint_requests += 1,
+            Path::Refresh => s.refresh_endpoint_requests += 1,
+        }
         match params.get("grant_type") {
             Some("authorization_code") => s.code_exchanges += 1,
             Some("refresh_token") => s.refreshes += 1,
@@ -57,6 +78,17 @@ pub(super) async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap,
         Ok(client_id) => client_id,
         Err(error) => return error.into_response(),
     };
+    // With a separate refresh endpoint, each endpoint takes its one grant.
+    let separate = shared.config.separate_refresh_endpoint;
+    let wrong_endpoint = match (path, params.get("grant_type")) {
+        (Path::Refresh, _) if !separate => Some("this provider refreshes at its token endpoint"),
+        (Path::Token, Some("refresh_token")) if separate => Some("refresh at the refresh endpoint"),
+        (Path::Refresh, Some(grant)) if grant != "refresh_token" => Some("the refresh endpoint only refreshes"),
+        _ => None,
+    };
+    if let Some(description) = wrong_endpoint {
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", description);
+    }
     let answer = match params.get("grant_type") {
         None => oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is missing"),
         Some("authorization_code") => exchange_code(&shared, &client_id, &params, reduce_scopes, refresh_token),
